@@ -1,0 +1,108 @@
+//! Blob encoding: zstd when it pays, stored as is when it does not.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::MAX_CHUNK;
+use crate::id::ChunkId;
+use crate::FormatError;
+
+/// How a blob's bytes are stored in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Codec {
+    /// Stored as is (the content did not compress).
+    Raw,
+    /// zstd frame.
+    Zstd,
+}
+
+/// zstd level used for chunks: level 3 is zstd's default and the speed/ratio sweet spot.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// Encodes a chunk: compressed when that saves at least 1/32 of its size, raw otherwise.
+pub fn encode(raw: &[u8]) -> (Codec, Vec<u8>) {
+    if raw.len() >= 64 {
+        if let Ok(z) = zstd::bulk::compress(raw, ZSTD_LEVEL) {
+            if z.len() + raw.len() / 32 < raw.len() {
+                return (Codec::Zstd, z);
+            }
+        }
+    }
+    (Codec::Raw, raw.to_vec())
+}
+
+/// Decodes a stored blob and checks its length and hash against what the index promised.
+pub fn decode(codec: Codec, stored: &[u8], raw_len: u32, id: &ChunkId) -> Result<Vec<u8>, FormatError> {
+    let what = || format!("chunk {}", id.short());
+    if raw_len > MAX_CHUNK {
+        return Err(FormatError::new(what(), format!("claims {raw_len} bytes, more than the 16 MiB chunk limit")));
+    }
+    let raw = match codec {
+        Codec::Raw => stored.to_vec(),
+        Codec::Zstd => zstd::bulk::decompress(stored, raw_len as usize)
+            .map_err(|e| FormatError::new(what(), format!("zstd: {e}")))?,
+    };
+    if raw.len() != raw_len as usize {
+        return Err(FormatError::new(what(), format!("{} bytes instead of {raw_len}", raw.len())));
+    }
+    if ChunkId::of(&raw) != *id {
+        return Err(FormatError::new(what(), "content does not match its hash"));
+    }
+    Ok(raw)
+}
+
+/// Compresses a whole metadata object (manifest, index) with zstd.
+pub fn compress_object(bytes: &[u8]) -> Vec<u8> {
+    // Compressing an in-memory buffer cannot fail for a valid level.
+    zstd::bulk::compress(bytes, ZSTD_LEVEL).unwrap_or_else(|_| bytes.to_vec())
+}
+
+/// Decompresses a metadata object, refusing to grow past `limit` bytes.
+pub fn decompress_object(what: &str, bytes: &[u8], limit: usize) -> Result<Vec<u8>, FormatError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let decoder = zstd::stream::read::Decoder::new(bytes).map_err(|e| FormatError::new(what, format!("zstd: {e}")))?;
+    decoder.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| FormatError::new(what, format!("zstd: {e}")))?;
+    if out.len() > limit {
+        return Err(FormatError::new(what, format!("decompresses to more than {limit} bytes")));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_raw_fallback() {
+        let text = b"hello hello hello hello hello hello hello hello hello hello hello".repeat(10);
+        let (codec, stored) = encode(&text);
+        assert_eq!(codec, Codec::Zstd);
+        assert_eq!(decode(codec, &stored, text.len() as u32, &ChunkId::of(&text)).unwrap(), text);
+
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        let (codec, stored) = encode(&noise);
+        assert_eq!(codec, Codec::Raw);
+        assert_eq!(stored, noise);
+    }
+
+    #[test]
+    fn hostile_blobs_are_rejected() {
+        let id = ChunkId::of(b"abc");
+        assert!(decode(Codec::Raw, b"abd", 3, &id).is_err());
+        assert!(decode(Codec::Zstd, b"not zstd", 3, &id).is_err());
+        assert!(decode(Codec::Raw, b"abc", u32::MAX, &id).is_err());
+        assert!(decode(Codec::Raw, b"abc", 2, &id).is_err());
+        assert!(decompress_object("x", b"garbage", 10).is_err());
+        let big = compress_object(&vec![0u8; 1000]);
+        assert!(decompress_object("x", &big, 999).is_err());
+        assert_eq!(decompress_object("x", &big, 1000).unwrap().len(), 1000);
+    }
+}

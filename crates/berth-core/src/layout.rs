@@ -1,0 +1,106 @@
+//! Where each kind of object lives in the store.
+//!
+//! ```text
+//! config                               store format and chunker parameters
+//! packs/<2 hex>/<pack id>              blobs + trailer (immutable)
+//! index/<index id>                     which pack holds which chunk (immutable)
+//! manifests/<manifest id>              one tree per snapshot (immutable)
+//! snapshots/<workspace>/<gen>/<seq>    snapshot records; the highest seq is the latest
+//! prune/marks/<mark id>                objects found unreferenced, deleted after a grace period
+//! ```
+
+use crate::id::{IndexId, ManifestId, MarkId, PackId};
+use crate::workspace::{Generation, WorkspaceId};
+
+/// The store's configuration object.
+pub const CONFIG: &str = "config";
+/// Prefix of pack objects.
+pub const PACKS: &str = "packs/";
+/// Prefix of index objects.
+pub const INDEX: &str = "index/";
+/// Prefix of manifests.
+pub const MANIFESTS: &str = "manifests/";
+/// Prefix of snapshot records.
+pub const SNAPSHOTS: &str = "snapshots/";
+/// Prefix of prune marks.
+pub const MARKS: &str = "prune/marks/";
+
+/// Returns a pack's key.
+pub fn pack(id: &PackId) -> String {
+    let hex = id.to_hex();
+    format!("{PACKS}{}/{hex}", &hex[..2])
+}
+
+/// Returns an index object's key.
+pub fn index(id: &IndexId) -> String {
+    format!("{INDEX}{id}")
+}
+
+/// Returns a manifest's key.
+pub fn manifest(id: &ManifestId) -> String {
+    format!("{MANIFESTS}{id}")
+}
+
+/// Returns a prune mark's key.
+pub fn mark(id: &MarkId) -> String {
+    format!("{MARKS}{id}")
+}
+
+/// Returns the prefix of one workspace generation's snapshot records.
+pub fn snapshots_of(ws: &WorkspaceId, generation: Generation) -> String {
+    format!("{SNAPSHOTS}{ws}/{generation}/")
+}
+
+/// Returns a snapshot record's key. Zero-padded so that key order is seq order.
+pub fn snapshot(ws: &WorkspaceId, generation: Generation, seq: u64) -> String {
+    format!("{}{seq:020}", snapshots_of(ws, generation))
+}
+
+/// A snapshot record key, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotKey {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// The generation.
+    pub generation: Generation,
+    /// The sequence number.
+    pub seq: u64,
+}
+
+/// Parses a snapshot record key; `None` for anything else.
+pub fn parse_snapshot(key: &str) -> Option<SnapshotKey> {
+    let rest = key.strip_prefix(SNAPSHOTS)?;
+    let mut parts = rest.split('/');
+    let workspace = WorkspaceId::new(parts.next()?).ok()?;
+    let generation = Generation(parts.next()?.parse().ok()?);
+    let seq_text = parts.next()?;
+    if parts.next().is_some() || seq_text.len() != 20 {
+        return None;
+    }
+    Some(SnapshotKey { workspace, generation, seq: seq_text.parse().ok()? })
+}
+
+/// Parses the id at the end of a `packs/`, `index/`, `manifests/` or `prune/marks/` key.
+pub fn parse_id_hex(key: &str) -> Option<&str> {
+    let last = key.rsplit('/').next()?;
+    (last.len() == 64 && last.bytes().all(|b| b.is_ascii_hexdigit())).then_some(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_keys_round_trip_and_sort() {
+        let ws = WorkspaceId::new("agent:7").unwrap();
+        let k = snapshot(&ws, Generation(3), 42);
+        assert_eq!(k, "snapshots/agent:7/3/00000000000000000042");
+        let parsed = parse_snapshot(&k).unwrap();
+        assert_eq!((parsed.workspace, parsed.generation, parsed.seq), (ws.clone(), Generation(3), 42));
+        assert!(snapshot(&ws, Generation(3), 9) < snapshot(&ws, Generation(3), 10));
+        assert_eq!(parse_snapshot("snapshots/a/1/12"), None);
+        assert_eq!(parse_snapshot("snapshots/../1/00000000000000000001"), None);
+        let p = PackId::of(b"x");
+        assert_eq!(parse_id_hex(&pack(&p)), Some(p.to_hex().as_str()));
+    }
+}

@@ -1,0 +1,131 @@
+//! Retention (`forget`): which snapshots of a workspace to keep, as a plan that can be printed
+//! before anything is deleted. Buckets work like restic's: newest first, one snapshot per
+//! distinct hour/day/week/month until each count is used up.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::SnapshotId;
+use crate::time::Timestamp;
+
+/// How many snapshots to keep of each kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The newest N.
+    pub last: u32,
+    /// The newest in each of the last N hours that have snapshots.
+    pub hourly: u32,
+    /// The newest in each of the last N days that have snapshots.
+    pub daily: u32,
+    /// The newest in each of the last N ISO weeks that have snapshots.
+    pub weekly: u32,
+    /// The newest in each of the last N months that have snapshots.
+    pub monthly: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self { last: 10, hourly: 24, daily: 7, weekly: 4, monthly: 0 }
+    }
+}
+
+/// A snapshot as retention sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Its position in the workspace history.
+    pub seq: u64,
+    /// When it was taken.
+    pub time: Timestamp,
+}
+
+/// The decision for one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// The snapshot.
+    pub id: SnapshotId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it was taken.
+    pub time: Timestamp,
+    /// Whether it is kept.
+    pub keep: bool,
+    /// The rules that keep it (empty when it is forgotten).
+    pub reasons: Vec<&'static str>,
+}
+
+/// Decides which snapshots to keep. The latest is always kept, whatever the policy says.
+/// Returns decisions newest first.
+pub fn plan(candidates: &[Candidate], policy: &Policy) -> Vec<Decision> {
+    let mut sorted: Vec<&Candidate> = candidates.iter().collect();
+    sorted.sort_by(|a, b| b.seq.cmp(&a.seq));
+    type BucketFn = fn(&Timestamp) -> i64;
+    let rules: [(&'static str, u32, BucketFn); 4] = [
+        ("hourly", policy.hourly, |t| t.secs().div_euclid(3600)),
+        ("daily", policy.daily, |t| t.days()),
+        ("weekly", policy.weekly, |t| {
+            let (y, w) = t.iso_week();
+            y * 100 + w
+        }),
+        ("monthly", policy.monthly, |t| {
+            let c = t.civil();
+            c.year * 100 + c.month as i64
+        }),
+    ];
+    let mut left: Vec<u32> = rules.iter().map(|r| r.1).collect();
+    let mut last_bucket: Vec<Option<i64>> = vec![None; rules.len()];
+    let mut decisions = Vec::with_capacity(sorted.len());
+    for (i, c) in sorted.iter().enumerate() {
+        let mut reasons = Vec::new();
+        if i == 0 {
+            reasons.push("latest");
+        }
+        if (i as u64) < policy.last as u64 {
+            reasons.push("last");
+        }
+        for (r, (name, _, bucket)) in rules.iter().enumerate() {
+            let b = bucket(&c.time);
+            if left[r] > 0 && last_bucket[r] != Some(b) {
+                left[r] -= 1;
+                last_bucket[r] = Some(b);
+                reasons.push(name);
+            }
+        }
+        decisions.push(Decision { id: c.id, seq: c.seq, time: c.time, keep: !reasons.is_empty(), reasons });
+    }
+    decisions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3600 * 1_000_000_000;
+
+    fn candidates(hours: &[i64]) -> Vec<Candidate> {
+        hours
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Candidate { id: SnapshotId::of(&i.to_le_bytes()), seq: i as u64 + 1, time: Timestamp(h * H) })
+            .collect()
+    }
+
+    fn check(hours: &[i64], policy: Policy, expect_kept_seqs: &[u64]) {
+        let kept: Vec<u64> = plan(&candidates(hours), &policy).iter().filter(|d| d.keep).map(|d| d.seq).collect();
+        assert_eq!(kept, expect_kept_seqs);
+    }
+
+    #[test]
+    fn policies() {
+        let none = Policy { last: 0, hourly: 0, daily: 0, weekly: 0, monthly: 0 };
+        // The latest survives even an empty policy.
+        check(&[0, 1, 2], none, &[3]);
+        check(&[0, 1, 2, 3], Policy { last: 2, ..none }, &[4, 3]);
+        // Two per hour over three hours: hourly keeps the newest of each hour.
+        check(&[0, 0, 1, 1, 2, 2], Policy { hourly: 2, ..none }, &[6, 4]);
+        // Daily over 3 days, 12-hour spacing.
+        check(&[0, 12, 24, 36, 48, 60], Policy { daily: 10, ..none }, &[6, 4, 2]);
+        let d = plan(&candidates(&[0, 1]), &Policy::default());
+        assert_eq!(d[0].reasons, vec!["latest", "last", "hourly", "daily", "weekly"]);
+    }
+}

@@ -1,0 +1,92 @@
+//! Snapshot records: the small immutable object that makes a manifest a snapshot of a
+//! workspace. Writing it is the act that publishes the snapshot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ManifestId, SnapshotId};
+use crate::manifest::Totals;
+use crate::time::Timestamp;
+use crate::workspace::{Generation, WorkspaceId};
+use crate::FormatError;
+
+/// Format version of snapshot records.
+pub const RECORD_VERSION: u32 = 1;
+/// Largest snapshot record berth parses.
+pub const MAX_RECORD: usize = 1 << 20;
+
+/// The published description of one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// Format version.
+    pub version: u32,
+    /// The workspace it belongs to.
+    pub workspace: WorkspaceId,
+    /// The workspace generation it belongs to.
+    pub generation: Generation,
+    /// Position in the workspace's history; the highest is the latest.
+    pub seq: u64,
+    /// When it was taken.
+    pub time: Timestamp,
+    /// The tree.
+    pub manifest: ManifestId,
+    /// The snapshot it was taken on top of, if any.
+    pub parent: Option<SnapshotId>,
+    /// Host that took it.
+    pub host: String,
+    /// Counts over the tree.
+    pub totals: Totals,
+    /// Paths left out because of the size budget.
+    #[serde(default)]
+    pub skipped_for_budget: Vec<String>,
+}
+
+impl SnapshotRecord {
+    /// Encodes the record as JSON; returns the snapshot id and the stored bytes.
+    pub fn encode(&self) -> (SnapshotId, Vec<u8>) {
+        // Serializing plain structs into a Vec cannot fail.
+        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        (SnapshotId::of(&bytes), bytes)
+    }
+
+    /// Decodes a stored record; its id is the digest of the stored bytes.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<(SnapshotId, Self), FormatError> {
+        let what = format!("snapshot record {key}");
+        if bytes.len() > MAX_RECORD {
+            return Err(FormatError::new(what, "larger than 1 MiB"));
+        }
+        let record: SnapshotRecord =
+            serde_json::from_slice(bytes).map_err(|e| FormatError::new(&what, e.to_string()))?;
+        if record.version != RECORD_VERSION {
+            return Err(FormatError::new(
+                what,
+                format!("format version {} is not supported by this berth", record.version),
+            ));
+        }
+        Ok((SnapshotId::of(bytes), record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let r = SnapshotRecord {
+            version: RECORD_VERSION,
+            workspace: WorkspaceId::new("agent:1").unwrap(),
+            generation: Generation(2),
+            seq: 7,
+            time: Timestamp(5),
+            manifest: ManifestId::of(b"m"),
+            parent: None,
+            host: "h".into(),
+            totals: Totals::default(),
+            skipped_for_budget: vec![],
+        };
+        let (id, bytes) = r.encode();
+        assert_eq!(SnapshotRecord::decode("k", &bytes).unwrap(), (id, r));
+        assert!(SnapshotRecord::decode("k", b"{}").is_err());
+        assert!(SnapshotRecord::decode("k", b"\xff").is_err());
+    }
+}
