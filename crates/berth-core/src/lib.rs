@@ -6,6 +6,7 @@
 pub mod budget;
 pub mod chunker;
 pub mod codec;
+pub mod config;
 pub mod diff;
 pub mod excludes;
 pub mod id;

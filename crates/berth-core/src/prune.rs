@@ -91,12 +91,10 @@ pub fn plan(input: &PruneInput, now: Timestamp, grace_secs: i64) -> PrunePlan {
                 unref_packs.insert(p.id);
             }
             Some(chunks) => {
-                let used: u64 =
-                    chunks.iter().filter(|(c, _)| input.referenced_chunks.contains(c)).map(|(_, n)| *n as u64).count()
-                        as u64;
+                let used = chunks.iter().filter(|(c, _)| input.referenced_chunks.contains(c)).count();
                 if used == 0 {
                     unref_packs.insert(p.id);
-                } else if (used as usize) < chunks.len() {
+                } else if used < chunks.len() {
                     plan.packs_partly_used += 1;
                     plan.partly_used_waste_bytes += chunks
                         .iter()

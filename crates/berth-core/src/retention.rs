@@ -58,7 +58,7 @@ pub struct Decision {
 /// Returns decisions newest first.
 pub fn plan(candidates: &[Candidate], policy: &Policy) -> Vec<Decision> {
     let mut sorted: Vec<&Candidate> = candidates.iter().collect();
-    sorted.sort_by(|a, b| b.seq.cmp(&a.seq));
+    sorted.sort_by_key(|c| std::cmp::Reverse(c.seq));
     type BucketFn = fn(&Timestamp) -> i64;
     let rules: [(&'static str, u32, BucketFn); 4] = [
         ("hourly", policy.hourly, |t| t.secs().div_euclid(3600)),

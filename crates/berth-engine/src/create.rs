@@ -1,0 +1,518 @@
+//! Taking a snapshot: scan, read only what changed, chunk, deduplicate, pack, upload, then
+//! publish in durability order.
+//!
+//! # Guarantees
+//! - Packs are durable before the index object naming them, the index before the manifest,
+//!   the manifest before the snapshot record. The record is the only thing that makes a
+//!   snapshot visible, so a crash or Ctrl-C at any point leaves the previous snapshot the
+//!   latest, complete and restorable; what was uploaded is reused by the next run or pruned.
+//! - The record is written create-if-absent at `parent seq + 1`: a concurrent writer on the
+//!   same workspace makes one of the two fail with `Conflict`, never both succeed.
+//!
+//! # Assumptions
+//! - A run takes less than the prune grace period (see `berth_core::prune`).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use berth_core::budget;
+use berth_core::chunker::ChunkerParams;
+use berth_core::codec;
+use berth_core::excludes::Excludes;
+use berth_core::id::{ChunkId, SnapshotId};
+use berth_core::index::{Index, IndexFile, IndexedPack};
+use berth_core::layout;
+use berth_core::manifest::{ChunkRef, Entry, EntryKind, Manifest};
+use berth_core::pack::{PackBuilder, SealedPack};
+use berth_core::path::RelPath;
+use berth_core::snapshot::{SnapshotRecord, RECORD_VERSION};
+use berth_core::time::Timestamp;
+use berth_core::workspace::{Generation, WorkspaceId};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::cache::{self, CachedFile, FileCache};
+use crate::error::{EngineError, Result};
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::scan::{self, FileStat, ScanKind};
+use crate::store::{DynStore, Put};
+
+/// Pack uploads in flight at once.
+const UPLOADS_IN_FLIGHT: usize = 4;
+
+/// What to snapshot and how.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// The workspace the snapshot belongs to.
+    pub workspace: WorkspaceId,
+    /// Its generation.
+    pub generation: Generation,
+    /// The directory to snapshot.
+    pub dir: PathBuf,
+    /// What to leave out.
+    pub excludes: Excludes,
+    /// Largest total of file bytes to include; the largest files beyond it are skipped.
+    pub budget: Option<u64>,
+    /// Where the local file cache and index cache live (`None`: no cache, read everything).
+    pub cache_dir: Option<PathBuf>,
+    /// Host name recorded in the snapshot.
+    pub host: String,
+    /// Worker threads for reading, chunking and compressing.
+    pub threads: usize,
+}
+
+/// What a snapshot run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateSummary {
+    /// The snapshot now latest (the parent when nothing changed).
+    pub snapshot: SnapshotId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Whether the tree was identical to the latest snapshot, so nothing was published.
+    pub unchanged: bool,
+    /// Regular files in the snapshot.
+    pub files_scanned: u64,
+    /// Directories in the snapshot.
+    pub dirs: u64,
+    /// Bytes of regular files in the snapshot.
+    pub bytes_scanned: u64,
+    /// Files whose content was read (the rest matched the cache).
+    pub files_read: u64,
+    /// Bytes read from those files.
+    pub bytes_read: u64,
+    /// Chunks the store did not have.
+    pub chunks_new: u64,
+    /// Uncompressed bytes of those chunks.
+    pub bytes_new: u64,
+    /// Bytes written to the store (packs, index, manifest, record).
+    pub bytes_uploaded: u64,
+    /// Packs written.
+    pub packs_uploaded: u64,
+    /// Files left out by the size budget.
+    pub skipped_for_budget: Vec<String>,
+    /// Entries that could not be read, with why.
+    pub skipped_unreadable: Vec<String>,
+    /// Sockets, FIFOs and devices, which are not snapshotted.
+    pub special_files_skipped: u64,
+    /// Wall time of the run.
+    pub duration_secs: f64,
+}
+
+/// A file to read.
+struct ReadJob {
+    path: RelPath,
+    slot: usize,
+}
+
+/// A file that was read.
+struct ReadDone {
+    slot: usize,
+    stat: FileStat,
+    chunks: Vec<ChunkRef>,
+    /// Whether the file stayed unchanged while it was read (only then is it cached).
+    stable: bool,
+}
+
+#[derive(Default)]
+struct ReadStats {
+    files_read: u64,
+    bytes_read: u64,
+    chunks_new: u64,
+    bytes_new: u64,
+    skipped: Vec<String>,
+}
+
+/// Takes a snapshot of `opts.dir` and publishes it as the latest of its workspace generation.
+pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>) -> Result<CreateSummary> {
+    let started = Instant::now();
+    let dir = std::fs::canonicalize(&opts.dir).map_err(|e| EngineError::io("opening directory", &opts.dir, e))?;
+    let store = repo.store().clone();
+    progress.start("scan", 0, 0);
+    let loaded = repo.load_index(opts.cache_dir.as_deref()).await?;
+    let parent = repo.latest(&opts.workspace, opts.generation).await?;
+    let cache_file =
+        opts.cache_dir.as_ref().map(|d| cache::path(d, store.url(), &opts.workspace, opts.generation, &dir));
+    let cache = cache_file.as_deref().map(FileCache::load).unwrap_or_default();
+    let skip: Vec<PathBuf> = opts.cache_dir.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect();
+    let (scan_dir, excludes) = (dir.clone(), opts.excludes.clone());
+    let scan = tokio::task::spawn_blocking(move || scan::scan(&scan_dir, &excludes, &skip))
+        .await
+        .map_err(|e| EngineError::Invalid(format!("scan task failed: {e}")))??;
+
+    // Plan: hard links, the budget, then what can be reused and what must be read.
+    let mut slots: Vec<Option<Entry>> = Vec::with_capacity(scan.entries.len());
+    let mut stats: Vec<Option<FileStat>> = Vec::with_capacity(scan.entries.len());
+    let mut first_link: HashMap<(u64, u64), RelPath> = HashMap::new();
+    let mut file_slots = Vec::new();
+    for e in &scan.entries {
+        let kind = match &e.kind {
+            ScanKind::Dir => Some(EntryKind::Dir),
+            ScanKind::Symlink(target) => Some(EntryKind::Symlink { target: target.clone() }),
+            ScanKind::File { dev, nlink } => {
+                if *nlink > 1 {
+                    if let Some(first) = first_link.get(&(*dev, e.stat.ino)) {
+                        Some(EntryKind::Hardlink { target: first.clone() })
+                    } else {
+                        first_link.insert((*dev, e.stat.ino), e.path.clone());
+                        file_slots.push(slots.len());
+                        None
+                    }
+                } else {
+                    file_slots.push(slots.len());
+                    None
+                }
+            }
+        };
+        slots.push(kind.map(|kind| Entry { path: e.path.clone(), mode: e.mode, mtime_ns: e.stat.mtime_ns, kind }));
+        stats.push(None);
+    }
+    let sizes: Vec<u64> = file_slots.iter().map(|s| scan.entries[*s].stat.size).collect();
+    let plan = budget::plan(&sizes, opts.budget);
+    let over_budget: HashSet<usize> = plan.skipped.iter().map(|i| file_slots[*i]).collect();
+    let skipped_for_budget: Vec<String> =
+        plan.skipped.iter().map(|i| scan::show(&scan.entries[file_slots[*i]].path)).collect();
+
+    let index = &loaded.index;
+    let mut jobs = Vec::new();
+    let mut bytes_to_read = 0u64;
+    for &slot in &file_slots {
+        if over_budget.contains(&slot) {
+            continue;
+        }
+        let e = &scan.entries[slot];
+        match cache.lookup(e.path.as_bytes(), &e.stat) {
+            Some(chunks) if chunks.iter().all(|c| index.is_reusable(&c.id)) => {
+                let size = chunks.iter().map(|c| c.len as u64).sum();
+                slots[slot] = Some(Entry {
+                    path: e.path.clone(),
+                    mode: e.mode,
+                    mtime_ns: e.stat.mtime_ns,
+                    kind: EntryKind::File { size, chunks: chunks.to_vec() },
+                });
+                stats[slot] = Some(e.stat);
+            }
+            _ => {
+                bytes_to_read += e.stat.size;
+                jobs.push(ReadJob { path: e.path.clone(), slot });
+            }
+        }
+    }
+
+    // Read, chunk and pack on worker threads; upload packs as they fill.
+    progress.start("read", jobs.len() as u64, bytes_to_read);
+    let (tx, rx) = mpsc::channel::<SealedPack>(opts.threads.max(1));
+    let uploader = tokio::spawn(upload_packs(store.clone(), rx));
+    let ctx = Arc::new(ReadCtx {
+        root: dir.clone(),
+        params: repo.config().chunker,
+        index: loaded.index,
+        claimed: Mutex::new(HashSet::new()),
+        stop: AtomicBool::new(false),
+        next: AtomicUsize::new(0),
+    });
+    let threads = opts.threads.max(1);
+    let read = {
+        let (ctx, progress) = (ctx.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || read_files(&ctx, &jobs, threads, tx, &progress))
+    };
+    let read_result = read.await.map_err(|e| EngineError::Invalid(format!("read task failed: {e}")))?;
+    let upload_result = uploader.await.map_err(|e| EngineError::Invalid(format!("upload task failed: {e}")))?;
+    let (new_packs, mut bytes_uploaded) = upload_result?;
+    let (done, read_stats) = read_result?;
+
+    for d in done {
+        let e = &scan.entries[d.slot];
+        let size = d.chunks.iter().map(|c| c.len as u64).sum();
+        slots[d.slot] = Some(Entry {
+            path: e.path.clone(),
+            mode: e.mode,
+            mtime_ns: d.stat.mtime_ns,
+            kind: EntryKind::File { size, chunks: d.chunks },
+        });
+        if d.stable {
+            stats[d.slot] = Some(d.stat);
+        }
+    }
+    // A hard link whose first name could not be read is left out with it.
+    let present: HashSet<RelPath> =
+        slots.iter().flatten().filter(|e| matches!(e.kind, EntryKind::File { .. })).map(|e| e.path.clone()).collect();
+    let mut skipped_unreadable = scan.problems.clone();
+    skipped_unreadable.extend(read_stats.skipped);
+    let mut manifest = Manifest::default();
+    let mut new_cache = FileCache::new();
+    for (slot, entry) in slots.into_iter().enumerate() {
+        let Some(entry) = entry else { continue };
+        if let EntryKind::Hardlink { target } = &entry.kind {
+            if !present.contains(target) {
+                skipped_unreadable.push(format!("{}: hard link to an unreadable file", entry.path));
+                continue;
+            }
+        }
+        if let (EntryKind::File { chunks, .. }, Some(stat)) = (&entry.kind, stats[slot]) {
+            new_cache.files.insert(entry.path.as_bytes().to_vec(), CachedFile { stat, chunks: chunks.clone() });
+        }
+        manifest.entries.push(entry);
+    }
+    manifest.sort();
+
+    // Publish in durability order: packs (done), index, manifest, record.
+    if !new_packs.is_empty() {
+        let (index_id, bytes) = IndexFile { packs: new_packs.clone() }.encode();
+        bytes_uploaded += bytes.len() as u64;
+        store.put_if_absent(&layout::index(&index_id), Bytes::from(bytes)).await?;
+    }
+    let (manifest_id, manifest_bytes) = manifest.encode();
+    let totals = manifest.totals();
+    let summary = |snapshot, seq, unchanged, bytes_uploaded| CreateSummary {
+        snapshot,
+        seq,
+        unchanged,
+        files_scanned: totals.files + totals.hardlinks,
+        dirs: totals.dirs,
+        bytes_scanned: totals.bytes,
+        files_read: read_stats.files_read,
+        bytes_read: read_stats.bytes_read,
+        chunks_new: read_stats.chunks_new,
+        bytes_new: read_stats.bytes_new,
+        bytes_uploaded,
+        packs_uploaded: new_packs.len() as u64,
+        skipped_for_budget: skipped_for_budget.clone(),
+        skipped_unreadable: skipped_unreadable.clone(),
+        special_files_skipped: scan.special,
+        duration_secs: started.elapsed().as_secs_f64(),
+    };
+    let save_cache = |c: &FileCache| {
+        if let Some(path) = &cache_file {
+            if let Err(e) = c.save(path) {
+                tracing::warn!(event = "cache_save_failed", path = %path.display(), error = %e);
+            }
+        }
+    };
+    if let Some(p) = parent.as_ref().filter(|p| p.record.manifest == manifest_id) {
+        save_cache(&new_cache);
+        return Ok(summary(p.id, p.record.seq, true, bytes_uploaded));
+    }
+    bytes_uploaded += manifest_bytes.len() as u64;
+    store.put_if_absent(&layout::manifest(&manifest_id), Bytes::from(manifest_bytes)).await?;
+    let seq = parent.as_ref().map_or(1, |p| p.record.seq + 1);
+    let record = SnapshotRecord {
+        version: RECORD_VERSION,
+        workspace: opts.workspace.clone(),
+        generation: opts.generation,
+        seq,
+        time: now(),
+        manifest: manifest_id,
+        parent: parent.as_ref().map(|p| p.id),
+        host: opts.host.clone(),
+        totals,
+        skipped_for_budget: skipped_for_budget.clone(),
+    };
+    let (snapshot_id, record_bytes) = record.encode();
+    bytes_uploaded += record_bytes.len() as u64;
+    let key = layout::snapshot(&opts.workspace, opts.generation, seq);
+    if store.put_if_absent(&key, Bytes::from(record_bytes)).await? == Put::AlreadyExists {
+        return Err(EngineError::Conflict(format!(
+            "another writer published snapshot {seq} of workspace {} (generation {}) while this one ran; \
+             nothing of this run is visible. Make sure one sandbox writes a workspace at a time, then rerun",
+            opts.workspace, opts.generation
+        )));
+    }
+    save_cache(&new_cache);
+    tracing::info!(event = "snapshot_created", workspace = %opts.workspace, seq, snapshot = %snapshot_id);
+    Ok(summary(snapshot_id, seq, false, bytes_uploaded))
+}
+
+/// Returns the current time.
+pub fn now() -> Timestamp {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp(d.as_nanos() as i64)
+}
+
+async fn upload_packs(store: DynStore, rx: mpsc::Receiver<SealedPack>) -> Result<(Vec<IndexedPack>, u64)> {
+    let packs = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
+    let uploaded: Vec<(IndexedPack, u64)> = packs
+        .map(|pack| {
+            let store = store.clone();
+            async move {
+                let size = pack.bytes.len() as u64;
+                let put = store.put_if_absent(&layout::pack(&pack.id), Bytes::from(pack.bytes)).await?;
+                let sent = if put == Put::Created { size } else { 0 };
+                Ok::<_, EngineError>((IndexedPack { id: pack.id, size, blobs: pack.entries }, sent))
+            }
+        })
+        .buffer_unordered(UPLOADS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let bytes = uploaded.iter().map(|(_, n)| n).sum();
+    Ok((uploaded.into_iter().map(|(p, _)| p).collect(), bytes))
+}
+
+struct ReadCtx {
+    root: PathBuf,
+    params: ChunkerParams,
+    index: Index,
+    /// Chunks already packed by this run.
+    claimed: Mutex<HashSet<ChunkId>>,
+    stop: AtomicBool,
+    next: AtomicUsize,
+}
+
+fn read_files(
+    ctx: &ReadCtx,
+    jobs: &[ReadJob],
+    threads: usize,
+    tx: mpsc::Sender<SealedPack>,
+    progress: &Progress,
+) -> Result<(Vec<ReadDone>, ReadStats)> {
+    let results: Vec<Result<(Vec<ReadDone>, ReadStats)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| worker(ctx, jobs, &tx, progress))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Invalid("reader thread panicked".into()))))
+            .collect()
+    });
+    let mut done = Vec::new();
+    let mut stats = ReadStats::default();
+    for r in results {
+        let (d, s) = r?;
+        done.extend(d);
+        stats.files_read += s.files_read;
+        stats.bytes_read += s.bytes_read;
+        stats.chunks_new += s.chunks_new;
+        stats.bytes_new += s.bytes_new;
+        stats.skipped.extend(s.skipped);
+    }
+    Ok((done, stats))
+}
+
+/// Why one file was not read.
+enum Skip {
+    /// The file is gone or changed type; report and go on.
+    File(String),
+    /// The run must stop.
+    Fatal(EngineError),
+}
+
+fn worker(
+    ctx: &ReadCtx,
+    jobs: &[ReadJob],
+    tx: &mpsc::Sender<SealedPack>,
+    progress: &Progress,
+) -> Result<(Vec<ReadDone>, ReadStats)> {
+    let mut pack = PackBuilder::default();
+    let mut buf = Vec::new();
+    let mut done = Vec::new();
+    let mut stats = ReadStats::default();
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let i = ctx.next.fetch_add(1, Ordering::Relaxed);
+        let Some(job) = jobs.get(i) else { break };
+        match read_one(ctx, job, &mut buf, &mut pack, tx, &mut stats) {
+            Ok(d) => {
+                progress.file_done(d.stat.size);
+                done.push(d);
+            }
+            Err(Skip::File(why)) => {
+                progress.file_done(0);
+                stats.skipped.push(format!("{}: {why}", job.path));
+            }
+            Err(Skip::Fatal(e)) => {
+                ctx.stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+    }
+    if !pack.is_empty() {
+        send(tx, pack.seal()).map_err(|s| match s {
+            Skip::Fatal(e) => e,
+            Skip::File(m) => EngineError::Invalid(m),
+        })?;
+    }
+    Ok((done, stats))
+}
+
+fn send(tx: &mpsc::Sender<SealedPack>, pack: SealedPack) -> Result<(), Skip> {
+    // The uploader only hangs up when it failed; its error is the one reported.
+    tx.blocking_send(pack).map_err(|_| Skip::Fatal(EngineError::Invalid("pack upload stopped".into())))
+}
+
+fn read_one(
+    ctx: &ReadCtx,
+    job: &ReadJob,
+    buf: &mut Vec<u8>,
+    pack: &mut PackBuilder,
+    tx: &mpsc::Sender<SealedPack>,
+    stats: &mut ReadStats,
+) -> Result<ReadDone, Skip> {
+    let path = scan::join(&ctx.root, &job.path);
+    let io_skip = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => Skip::File("vanished while the snapshot ran".into()),
+        _ if e.raw_os_error() == Some(libc_eloop()) => Skip::File("became a symlink while the snapshot ran".into()),
+        std::io::ErrorKind::PermissionDenied => Skip::File(format!("cannot read: {e}")),
+        _ => Skip::Fatal(EngineError::io("reading", &path, e)),
+    };
+    // O_NOFOLLOW: a file swapped for a link after the scan is not followed out of the workspace.
+    let file = OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(&path).map_err(io_skip)?;
+    let before = file.metadata().map_err(io_skip)?;
+    if !before.is_file() {
+        return Err(Skip::File("is no longer a regular file".into()));
+    }
+    let mut chunks = Vec::new();
+    let mut add = |data: &[u8], pack: &mut PackBuilder, stats: &mut ReadStats| -> Result<(), Skip> {
+        let id = ChunkId::of(data);
+        let len = data.len() as u32;
+        chunks.push(ChunkRef { id, len });
+        if ctx.index.is_reusable(&id) || !ctx.claimed.lock().map(|mut c| c.insert(id)).unwrap_or(true) {
+            return Ok(());
+        }
+        let (codec, stored) = codec::encode(data);
+        pack.add(id, codec, &stored, len);
+        stats.chunks_new += 1;
+        stats.bytes_new += len as u64;
+        if pack.is_full() {
+            send(tx, pack.seal())?;
+        }
+        Ok(())
+    };
+    let mut read = 0u64;
+    if before.len() <= ctx.params.max as u64 {
+        buf.clear();
+        (&file).read_to_end(buf).map_err(io_skip)?;
+        read = buf.len() as u64;
+        for range in ctx.params.chunks(buf) {
+            add(&buf[range], pack, stats)?;
+        }
+    } else {
+        let p = ctx.params;
+        let cdc = fastcdc::v2020::StreamCDC::new(&file, p.min as usize, p.avg as usize, p.max as usize);
+        for chunk in cdc {
+            let chunk = chunk.map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(e) => io_skip(e),
+                other => Skip::Fatal(EngineError::Invalid(format!("chunking {}: {other}", path.display()))),
+            })?;
+            read += chunk.data.len() as u64;
+            add(&chunk.data, pack, stats)?;
+        }
+    }
+    let after = file.metadata().map_err(io_skip)?;
+    stats.files_read += 1;
+    stats.bytes_read += read;
+    let stat = FileStat::of(&before);
+    Ok(ReadDone { slot: job.slot, stat, chunks, stable: FileStat::of(&after) == stat && read == stat.size })
+}
+
+fn libc_o_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+fn libc_eloop() -> i32 {
+    rustix::io::Errno::LOOP.raw_os_error()
+}

@@ -1,0 +1,282 @@
+//! Maintenance over a whole store: verify, diff, forget (retention) and prune (two-phase
+//! garbage collection). Each destructive operation computes a plan first and can stop there.
+
+use std::collections::{HashMap, HashSet};
+
+use berth_core::diff::{self, Change};
+use berth_core::id::{ChunkId, IndexId, ManifestId, PackId, SnapshotId};
+use berth_core::index::{IndexFile, IndexedPack};
+use berth_core::layout;
+use berth_core::prune::{self, PackObject, PruneInput, PrunePlan};
+use berth_core::retention::{self, Candidate, Decision, Policy};
+use berth_core::workspace::{Generation, WorkspaceId};
+use berth_core::{codec, pack};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::create::now;
+use crate::error::{EngineError, Result};
+use crate::repo::{Repo, Snapshot};
+use crate::store::Deleted;
+
+const CONCURRENCY: usize = 8;
+
+/// The outcome of a verification.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Distinct chunks they reference.
+    pub chunks: u64,
+    /// Packs holding those chunks.
+    pub packs: u64,
+    /// Packs whose every blob was read, decoded and hashed (`--read-data`).
+    pub packs_read: u64,
+    /// Everything found wrong; empty means the snapshots restore.
+    pub errors: Vec<String>,
+}
+
+/// Checks that every object the selected snapshots need exists (and, with `read_data`, that
+/// every chunk decodes to its hash).
+pub async fn verify(repo: &Repo, snapshots: &[Snapshot], read_data: bool) -> Result<VerifyReport> {
+    let mut report = VerifyReport { snapshots: snapshots.len() as u64, ..VerifyReport::default() };
+    let loaded = repo.load_index(None).await?;
+    let listed: HashMap<String, u64> =
+        repo.store().list(layout::PACKS).await?.into_iter().map(|o| (o.key, o.size)).collect();
+    let mut needed: HashSet<ChunkId> = HashSet::new();
+    for s in snapshots {
+        match repo.manifest(&s.record.manifest).await {
+            Ok(m) => needed.extend(m.chunk_ids().copied()),
+            Err(e) => report.errors.push(format!("snapshot {} (seq {}): {e}", s.id.short(), s.record.seq)),
+        }
+    }
+    report.chunks = needed.len() as u64;
+    let mut packs: HashMap<PackId, Vec<ChunkId>> = HashMap::new();
+    for c in &needed {
+        match loaded.index.get(c) {
+            Some(loc) => packs.entry(loc.pack).or_default().push(*c),
+            None => report.errors.push(format!("chunk {} is in no index", c.short())),
+        }
+    }
+    report.packs = packs.len() as u64;
+    for (p, size) in loaded.index.packs() {
+        if !packs.contains_key(p) {
+            continue;
+        }
+        match listed.get(&layout::pack(p)) {
+            None => report.errors.push(format!("pack {} is missing from the store", p.short())),
+            Some(s) if s != size => {
+                report.errors.push(format!("pack {} has {s} bytes, the index says {size}", p.short()))
+            }
+            Some(_) => {}
+        }
+    }
+    if read_data {
+        let store = repo.store().clone();
+        let index = &loaded.index;
+        let results: Vec<Vec<String>> = futures::stream::iter(packs.keys().copied().collect::<Vec<_>>())
+            .map(|p| {
+                let store = store.clone();
+                async move {
+                    let bytes = match store.get(&layout::pack(&p)).await {
+                        Ok(b) => b,
+                        Err(e) => return vec![e.to_string()],
+                    };
+                    tokio::task::spawn_blocking(move || check_pack(p, &bytes))
+                        .await
+                        .unwrap_or_else(|e| vec![e.to_string()])
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        report.packs_read = results.len() as u64;
+        report.errors.extend(results.into_iter().flatten());
+        let _ = index;
+    }
+    Ok(report)
+}
+
+/// Parses a pack and decodes every blob, returning what is wrong.
+fn check_pack(id: PackId, bytes: &[u8]) -> Vec<String> {
+    let what = format!("pack {}", id.short());
+    if PackId::of(bytes) != id {
+        return vec![format!("{what}: content does not match its id")];
+    }
+    let entries = match pack::parse(&what, bytes) {
+        Ok(e) => e,
+        Err(e) => return vec![e.to_string()],
+    };
+    entries
+        .iter()
+        .filter_map(|e| {
+            let stored = &bytes[e.offset as usize..(e.offset + e.len) as usize];
+            codec::decode(e.codec, stored, e.raw_len, &e.id).err().map(|err| format!("{what}: {err}"))
+        })
+        .collect()
+}
+
+/// Lists the changes between two snapshots.
+pub async fn diff(repo: &Repo, old: &Snapshot, new: &Snapshot) -> Result<Vec<Change>> {
+    let (a, b) = (repo.manifest(&old.record.manifest).await?, repo.manifest(&new.record.manifest).await?);
+    Ok(diff::diff(&a, &b))
+}
+
+/// Retention decisions for one workspace generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForgetGroup {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// The generation.
+    pub generation: Generation,
+    /// One decision per snapshot, newest first.
+    pub decisions: Vec<Decision>,
+}
+
+/// Plans retention for every workspace generation among `snapshots`.
+pub fn forget_plan(snapshots: &[Snapshot], policy: &Policy) -> Vec<ForgetGroup> {
+    let mut groups: HashMap<(WorkspaceId, Generation), Vec<Candidate>> = HashMap::new();
+    for s in snapshots {
+        groups.entry((s.record.workspace.clone(), s.record.generation)).or_default().push(Candidate {
+            id: s.id,
+            seq: s.record.seq,
+            time: s.record.time,
+        });
+    }
+    let mut out: Vec<ForgetGroup> = groups
+        .into_iter()
+        .map(|((workspace, generation), c)| ForgetGroup {
+            workspace,
+            generation,
+            decisions: retention::plan(&c, policy),
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.workspace, a.generation).cmp(&(&b.workspace, b.generation)));
+    out
+}
+
+/// Deletes the snapshot records the plan forgets; returns how many were deleted.
+pub async fn forget_apply(repo: &Repo, plan: &[ForgetGroup]) -> Result<u64> {
+    let mut n = 0;
+    for g in plan {
+        for d in g.decisions.iter().filter(|d| !d.keep) {
+            repo.store().delete(&layout::snapshot(&g.workspace, g.generation, d.seq)).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// A prune plan with what it was computed from.
+#[derive(Debug)]
+pub struct Prune {
+    /// The plan.
+    pub plan: PrunePlan,
+    index_files: Vec<(IndexId, IndexFile)>,
+}
+
+/// Computes what a prune run would do now.
+pub async fn prune_plan(repo: &Repo, grace_secs: i64) -> Result<Prune> {
+    let store = repo.store();
+    // Order matters: index and pack listings first, snapshots last, so that a snapshot
+    // published meanwhile is seen with everything it references.
+    let loaded = repo.load_index(None).await?;
+    let pack_objects = store.list(layout::PACKS).await?;
+    let manifest_objects = store.list(layout::MANIFESTS).await?;
+    let snapshots = repo.snapshots(None, None).await?;
+    let referenced_manifests: HashSet<ManifestId> = snapshots.iter().map(|s| s.record.manifest).collect();
+    let manifests: Vec<_> = futures::stream::iter(referenced_manifests.iter().copied())
+        .map(|id| async move { repo.manifest(&id).await })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let referenced_chunks: HashSet<ChunkId> = manifests.iter().flat_map(|m| m.chunk_ids().copied()).collect();
+    let mut by_pack: HashMap<PackId, Vec<(ChunkId, u32)>> = HashMap::new();
+    for (_, f) in &loaded.files {
+        for p in &f.packs {
+            by_pack.entry(p.id).or_default().extend(p.blobs.iter().map(|b| (b.id, b.len)));
+        }
+    }
+    let packs = pack_objects
+        .iter()
+        .filter_map(|o| {
+            let id = PackId::from_hex(layout::parse_id_hex(&o.key)?).ok()?;
+            Some(PackObject { id, size: o.size, chunks: by_pack.get(&id).cloned() })
+        })
+        .collect();
+    let manifests =
+        manifest_objects.iter().filter_map(|o| ManifestId::from_hex(layout::parse_id_hex(&o.key)?).ok()).collect();
+    let input = PruneInput { referenced_chunks, referenced_manifests, packs, manifests, marks: loaded.marks };
+    Ok(Prune { plan: prune::plan(&input, now(), grace_secs), index_files: loaded.files })
+}
+
+/// What a prune run did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PruneOutcome {
+    /// Packs deleted.
+    pub packs_deleted: u64,
+    /// Bytes they held.
+    pub bytes_deleted: u64,
+    /// Manifests deleted.
+    pub manifests_deleted: u64,
+    /// Objects newly marked.
+    pub marked: u64,
+}
+
+/// Carries out a prune plan.
+///
+/// # Guarantees
+/// Order: the new mark; then, when packs go, a new index without them before the old index
+/// objects are deleted, and those before the packs; the retired marks last. A crash between
+/// any two steps leaves every snapshot restorable, and the next run finishes the work.
+pub async fn prune_apply(repo: &Repo, prune: &Prune) -> Result<PruneOutcome> {
+    let store = repo.store();
+    let plan = &prune.plan;
+    let mut out = PruneOutcome::default();
+    if let Some(mark) = &plan.new_mark {
+        let (id, bytes) = mark.encode();
+        store.put_if_absent(&layout::mark(&id), Bytes::from(bytes)).await?;
+        out.marked = (mark.packs.len() + mark.manifests.len()) as u64;
+    }
+    if !plan.delete_packs.is_empty() {
+        let doomed: HashSet<PackId> = plan.delete_packs.iter().copied().collect();
+        let kept: Vec<IndexedPack> = prune
+            .index_files
+            .iter()
+            .flat_map(|(_, f)| f.packs.iter())
+            .filter(|p| !doomed.contains(&p.id))
+            .cloned()
+            .collect();
+        let (new_id, bytes) = IndexFile { packs: kept }.encode();
+        store.put_if_absent(&layout::index(&new_id), Bytes::from(bytes)).await?;
+        for (id, _) in prune.index_files.iter().filter(|(id, _)| *id != new_id) {
+            store.delete(&layout::index(id)).await?;
+        }
+        let deleted: Vec<Deleted> = futures::stream::iter(plan.delete_packs.iter())
+            .map(|p| async move { store.delete(&layout::pack(p)).await })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        out.packs_deleted = deleted.len() as u64;
+        out.bytes_deleted = plan.delete_pack_bytes;
+    }
+    for m in &plan.delete_manifests {
+        store.delete(&layout::manifest(m)).await?;
+        out.manifests_deleted += 1;
+    }
+    for id in &plan.retire_marks {
+        store.delete(&layout::mark(id)).await?;
+    }
+    Ok(out)
+}
+
+/// Returns the snapshot with id `id` among `snapshots`.
+pub fn find(snapshots: &[Snapshot], id: &SnapshotId) -> Option<Snapshot> {
+    snapshots.iter().find(|s| s.id == *id).cloned()
+}
+
+/// Reports a missing object as an engine error.
+pub fn missing(what: String) -> EngineError {
+    EngineError::NotFound { what, hint: "list snapshots with `berth snapshot ls`".into() }
+}

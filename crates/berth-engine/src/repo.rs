@@ -1,0 +1,250 @@
+//! `Repo`: a store opened as a berth repository: its config, index, snapshot records and
+//! manifests, read with validation.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use berth_core::config::StoreConfig;
+use berth_core::id::{IndexId, ManifestId, MarkId, PackId, SnapshotId};
+use berth_core::index::{Index, IndexFile};
+use berth_core::layout;
+use berth_core::manifest::Manifest;
+use berth_core::mark::Mark;
+use berth_core::snapshot::SnapshotRecord;
+use berth_core::workspace::{Generation, WorkspaceId};
+use berth_core::FormatError;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::error::{EngineError, Result};
+use crate::store::{DynStore, Put, StoreError};
+
+/// How many small objects are fetched at once.
+const FETCH_CONCURRENCY: usize = 16;
+
+/// A published snapshot.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Its record's key.
+    pub key: String,
+    /// Its record.
+    pub record: SnapshotRecord,
+}
+
+/// The store's index with the objects it was built from.
+#[derive(Debug, Default)]
+pub struct LoadedIndex {
+    /// Chunk locations.
+    pub index: Index,
+    /// The index objects read, with their content.
+    pub files: Vec<(IndexId, IndexFile)>,
+    /// The prune marks in force.
+    pub marks: Vec<(MarkId, Mark)>,
+}
+
+/// A berth repository in an object store.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    store: DynStore,
+    config: StoreConfig,
+}
+
+impl Repo {
+    /// Opens an existing repository.
+    pub async fn open(store: DynStore) -> Result<Repo> {
+        match store.get(layout::CONFIG).await {
+            Ok(bytes) => Ok(Repo { config: StoreConfig::decode(&bytes)?, store }),
+            Err(StoreError::NotFound { .. }) => Err(EngineError::NotFound {
+                what: format!("a berth store at {}", store.url()),
+                hint: "check the --store URL; `berth snapshot create` initialises a new store".into(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens a repository, initialising the store when it has no config yet.
+    pub async fn open_or_init(store: DynStore) -> Result<Repo> {
+        match Repo::open(store.clone()).await {
+            Err(EngineError::NotFound { .. }) => {
+                let config = StoreConfig::default();
+                // Two writers initialising at once both end up with the one config that won.
+                if store.put_if_absent(layout::CONFIG, Bytes::from(config.encode())).await? == Put::AlreadyExists {
+                    return Repo::open(store).await;
+                }
+                Ok(Repo { store, config })
+            }
+            other => other,
+        }
+    }
+
+    /// Returns the underlying store.
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    /// Returns the store's configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Reads every prune mark.
+    pub async fn marks(&self) -> Result<Vec<(MarkId, Mark)>> {
+        let objects = self.store.list(layout::MARKS).await?;
+        futures::stream::iter(objects)
+            .map(|o| async move {
+                let hex = layout::parse_id_hex(&o.key).ok_or_else(|| FormatError::new(&o.key, "not a mark key"))?;
+                let id = MarkId::from_hex(hex).map_err(|e| FormatError::new(&o.key, e.to_string()))?;
+                let bytes = self.store.get(&o.key).await?;
+                Ok::<_, EngineError>((id, Mark::decode(&id, &bytes)?))
+            })
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// Loads every index object, using `cache_dir/index/` as a local cache of them (they are
+    /// immutable and verified against their id).
+    pub async fn load_index(&self, cache_dir: Option<&Path>) -> Result<LoadedIndex> {
+        let marks = self.marks().await?;
+        let doomed: HashSet<PackId> = marks.iter().flat_map(|(_, m)| m.packs.iter().copied()).collect();
+        let objects = self.store.list(layout::INDEX).await?;
+        let cache = cache_dir.map(|d| d.join("index"));
+        let files: Vec<(IndexId, IndexFile)> = futures::stream::iter(objects)
+            .map(|o| {
+                let cache = cache.clone();
+                async move {
+                    let hex =
+                        layout::parse_id_hex(&o.key).ok_or_else(|| FormatError::new(&o.key, "not an index key"))?;
+                    let id = IndexId::from_hex(hex).map_err(|e| FormatError::new(&o.key, e.to_string()))?;
+                    if let Some(dir) = &cache {
+                        if let Ok(bytes) = std::fs::read(dir.join(hex)) {
+                            if let Ok(file) = IndexFile::decode(&id, &bytes) {
+                                return Ok((id, file));
+                            }
+                        }
+                    }
+                    let bytes = self.store.get(&o.key).await?;
+                    let file = IndexFile::decode(&id, &bytes)?;
+                    if let Some(dir) = &cache {
+                        // The cache is an optimisation: failing to fill it is not an error.
+                        let _ = std::fs::create_dir_all(dir).and_then(|()| write_atomic(&dir.join(hex), &bytes));
+                    }
+                    Ok::<_, EngineError>((id, file))
+                }
+            })
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut index = Index::new(doomed);
+        for (_, f) in &files {
+            index.add(f);
+        }
+        Ok(LoadedIndex { index, files, marks })
+    }
+
+    async fn read_records(&self, keys: Vec<String>) -> Result<Vec<Snapshot>> {
+        futures::stream::iter(keys)
+            .map(|key| async move {
+                let bytes = self.store.get(&key).await?;
+                let (id, record) = SnapshotRecord::decode(&key, &bytes)?;
+                let expected = layout::snapshot(&record.workspace, record.generation, record.seq);
+                if expected != key {
+                    return Err(
+                        FormatError::new(format!("snapshot record {key}"), "its content names another key").into()
+                    );
+                }
+                Ok(Snapshot { id, key, record })
+            })
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// Lists snapshots, of one workspace (and generation) or of the whole store, oldest first.
+    pub async fn snapshots(
+        &self,
+        workspace: Option<&WorkspaceId>,
+        generation: Option<Generation>,
+    ) -> Result<Vec<Snapshot>> {
+        let prefix = match (workspace, generation) {
+            (Some(ws), Some(g)) => layout::snapshots_of(ws, g),
+            (Some(ws), None) => format!("{}{ws}/", layout::SNAPSHOTS),
+            _ => layout::SNAPSHOTS.to_string(),
+        };
+        let keys: Vec<String> = self
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter(|o| layout::parse_snapshot(&o.key).is_some())
+            .map(|o| o.key)
+            .collect();
+        let mut snaps = self.read_records(keys).await?;
+        snaps.sort_by(|a, b| {
+            (&a.record.workspace, a.record.generation, a.record.seq).cmp(&(
+                &b.record.workspace,
+                b.record.generation,
+                b.record.seq,
+            ))
+        });
+        Ok(snaps)
+    }
+
+    /// Returns the latest snapshot of a workspace generation, if any.
+    pub async fn latest(&self, workspace: &WorkspaceId, generation: Generation) -> Result<Option<Snapshot>> {
+        let objects = self.store.list(&layout::snapshots_of(workspace, generation)).await?;
+        let Some(last) =
+            objects.into_iter().filter_map(|o| layout::parse_snapshot(&o.key).map(|k| (k.seq, o.key))).max()
+        else {
+            return Ok(None);
+        };
+        Ok(self.read_records(vec![last.1]).await?.pop())
+    }
+
+    /// Finds a snapshot by `latest` or by a unique prefix of its id (at least 4 hex digits).
+    pub async fn resolve(&self, workspace: &WorkspaceId, generation: Generation, selector: &str) -> Result<Snapshot> {
+        let not_found = |what: String| EngineError::NotFound {
+            what,
+            hint: format!("list them with `berth snapshot ls --workspace {workspace}`"),
+        };
+        if selector == "latest" {
+            return self
+                .latest(workspace, generation)
+                .await?
+                .ok_or_else(|| not_found(format!("a snapshot of workspace {workspace} (generation {generation})")));
+        }
+        if selector.len() < 4 || !selector.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(EngineError::Invalid(format!(
+                "snapshot '{selector}' is neither 'latest' nor an id prefix of at least 4 hex digits"
+            )));
+        }
+        let matches: Vec<Snapshot> = self
+            .snapshots(Some(workspace), Some(generation))
+            .await?
+            .into_iter()
+            .filter(|s| s.id.to_hex().starts_with(&selector.to_ascii_lowercase()))
+            .collect();
+        match matches.len() {
+            0 => Err(not_found(format!("snapshot {selector} of workspace {workspace} (generation {generation})"))),
+            1 => Ok(matches.into_iter().next().expect("one match")),
+            n => Err(EngineError::Invalid(format!(
+                "snapshot prefix '{selector}' matches {n} snapshots; give more digits"
+            ))),
+        }
+    }
+
+    /// Reads and validates a manifest.
+    pub async fn manifest(&self, id: &ManifestId) -> Result<Manifest> {
+        let bytes = self.store.get(&layout::manifest(id)).await?;
+        Ok(Manifest::decode(id, &bytes)?)
+    }
+}
+
+/// Writes a file atomically: a temporary sibling, then a rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,448 @@
+//! Restoring a snapshot into a directory, empty or not.
+//!
+//! # Guarantees
+//! - Nothing is written, linked or removed outside the target, and no symlink is followed on
+//!   the way (see `beneath`); a manifest that tries is refused before any data is written.
+//! - Every chunk is checked against its hash before its bytes reach a file.
+//! - Every chunk is located in the index before the target is touched, so a damaged store
+//!   fails the restore without destroying what the target held.
+//! - Entries the snapshot does not hold are removed from the target, except excluded paths,
+//!   which a snapshot never holds and a restore leaves alone.
+//!
+//! # Caveats
+//! - Ownership, ACLs and extended attributes are not restored; files belong to the restoring user.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use berth_core::codec;
+use berth_core::excludes::Excludes;
+use berth_core::id::{ChunkId, PackId, SnapshotId};
+use berth_core::index::{Index, Location};
+use berth_core::layout;
+use berth_core::manifest::{Entry, EntryKind, Manifest};
+use berth_core::path::RelPath;
+use berth_core::workspace::{Generation, WorkspaceId};
+use bytes::Bytes;
+use futures::StreamExt;
+use rustix::fs::OFlags;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::beneath::{self, Root};
+use crate::cache::{self, CachedFile, FileCache};
+use crate::error::{EngineError, Result};
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::scan::{self, FileStat, ScanKind};
+
+/// Packs fetched at once.
+const FETCHES_IN_FLIGHT: usize = 4;
+
+/// What to restore and where.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The workspace.
+    pub workspace: WorkspaceId,
+    /// Its generation.
+    pub generation: Generation,
+    /// `latest` or a snapshot id prefix.
+    pub snapshot: String,
+    /// The target directory (created when missing).
+    pub dir: PathBuf,
+    /// Paths a restore leaves alone in an existing target.
+    pub excludes: Excludes,
+    /// Where to seed the local file cache (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Worker threads for decoding and writing.
+    pub threads: usize,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreSummary {
+    /// The snapshot restored.
+    pub snapshot: SnapshotId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Regular files written.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symlinks.
+    pub symlinks: u64,
+    /// Hard links.
+    pub hardlinks: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Entries of the target removed because the snapshot does not hold them.
+    pub removed: u64,
+    /// Packs read from the store.
+    pub packs_fetched: u64,
+    /// Bytes read from the store.
+    pub bytes_fetched: u64,
+    /// Wall time.
+    pub duration_secs: f64,
+}
+
+/// One destination of a chunk.
+#[derive(Clone, Copy)]
+struct Dest {
+    file: u32,
+    offset: u64,
+}
+
+/// The chunks one pack provides.
+struct PackWork {
+    pack: PackId,
+    chunks: Vec<(ChunkId, Location, Vec<Dest>)>,
+}
+
+/// A regular file being written.
+struct Target {
+    entry: usize,
+    /// Chunk writes still to do; whoever does the last one sets the metadata.
+    remaining: AtomicU32,
+}
+
+/// Restores a snapshot into `opts.dir`.
+pub async fn restore(repo: &Repo, opts: &RestoreOptions, progress: &Arc<Progress>) -> Result<RestoreSummary> {
+    let started = Instant::now();
+    let snapshot = repo.resolve(&opts.workspace, opts.generation, &opts.snapshot).await?;
+    let manifest = repo.manifest(&snapshot.record.manifest).await?;
+    let loaded = repo.load_index(opts.cache_dir.as_deref()).await?;
+    let work = plan_packs(&manifest, &loaded.index)?;
+
+    std::fs::create_dir_all(&opts.dir).map_err(|e| EngineError::io("creating", &opts.dir, e))?;
+    let dir = std::fs::canonicalize(&opts.dir).map_err(|e| EngineError::io("opening", &opts.dir, e))?;
+    let root = Arc::new(Root::open(&dir).map_err(|e| EngineError::io("opening", &dir, e))?);
+    let manifest = Arc::new(manifest);
+
+    // Prepare the tree: clear what does not belong, make directories, links and empty files.
+    let (m, r, d, ex) = (manifest.clone(), root.clone(), dir.clone(), opts.excludes.clone());
+    let skip: Vec<PathBuf> = opts.cache_dir.iter().filter_map(|c| std::fs::canonicalize(c).ok()).collect();
+    let (targets, removed) = blocking(move || prepare(&r, &d, &m, &ex, &skip)).await??;
+    let totals = manifest.totals();
+    progress.start("restore", totals.files, totals.bytes);
+
+    // Fetch packs and write their chunks on worker threads.
+    let targets = Arc::new(targets);
+    let stable: Arc<Mutex<Vec<(usize, FileStat)>>> = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(PackWork, Bytes)>(opts.threads.max(1) * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let threads = opts.threads.max(1);
+    let writers = {
+        let (root, manifest, targets, stable, failed, progress) =
+            (root.clone(), manifest.clone(), targets.clone(), stable.clone(), failed.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let r = write_worker(&root, &manifest, &targets, &rx, &stable, &progress);
+                            if r.is_err() {
+                                failed.store(true, Ordering::Relaxed);
+                            }
+                            r
+                        })
+                    })
+                    .collect();
+                let results: Vec<Result<()>> = handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Invalid("restore thread panicked".into()))))
+                    .collect();
+                results.into_iter().collect::<Result<Vec<()>>>()
+            })
+        })
+    };
+    let store = repo.store().clone();
+    let n_packs = work.len() as u64;
+    let mut fetches = futures::stream::iter(work)
+        .map(|w| {
+            let store = store.clone();
+            async move {
+                let bytes = store.get(&layout::pack(&w.pack)).await?;
+                Ok::<_, EngineError>((w, bytes))
+            }
+        })
+        .buffered(FETCHES_IN_FLIGHT);
+    let mut bytes_fetched = 0u64;
+    let mut fetch_error = None;
+    while let Some(item) = fetches.next().await {
+        match item {
+            Ok((w, bytes)) => {
+                bytes_fetched += bytes.len() as u64;
+                progress.transferred(bytes.len() as u64);
+                if failed.load(Ordering::Relaxed) || tx.send((w, bytes)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                fetch_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let written = writers.await.map_err(|e| EngineError::Invalid(format!("restore task failed: {e}")))?;
+    if let Some(e) = fetch_error {
+        return Err(e);
+    }
+    written?;
+
+    // Hard links, then directory metadata deepest first (so read-only directories come last).
+    let (m, r) = (manifest.clone(), root.clone());
+    blocking(move || finish(&r, &m)).await??;
+
+    if let Some(cache_dir) = &opts.cache_dir {
+        let mut c = FileCache::new();
+        let stable = std::mem::take(&mut *stable.lock().unwrap_or_else(|e| e.into_inner()));
+        // Linking changed the ctime of every hard-linked file: take its stat again.
+        let linked: std::collections::HashSet<&RelPath> = manifest
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::Hardlink { target } => Some(target),
+                _ => None,
+            })
+            .collect();
+        for (entry, mut stat) in stable {
+            let e = &manifest.entries[entry];
+            if linked.contains(&e.path) {
+                match std::fs::symlink_metadata(scan::join(&dir, &e.path)) {
+                    Ok(m) => stat = FileStat::of(&m),
+                    Err(_) => continue,
+                }
+            }
+            if let EntryKind::File { chunks, .. } = &e.kind {
+                c.files.insert(e.path.as_bytes().to_vec(), CachedFile { stat, chunks: chunks.clone() });
+            }
+        }
+        let path = cache::path(cache_dir, store.url(), &opts.workspace, opts.generation, &dir);
+        if let Err(e) = c.save(&path) {
+            tracing::warn!(event = "cache_save_failed", path = %path.display(), error = %e);
+        }
+    }
+    tracing::info!(event = "snapshot_restored", workspace = %opts.workspace, seq = snapshot.record.seq, snapshot = %snapshot.id);
+    Ok(RestoreSummary {
+        snapshot: snapshot.id,
+        seq: snapshot.record.seq,
+        files: totals.files,
+        dirs: totals.dirs,
+        symlinks: totals.symlinks,
+        hardlinks: totals.hardlinks,
+        bytes: totals.bytes,
+        removed,
+        packs_fetched: n_packs,
+        bytes_fetched,
+        duration_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Invalid(format!("restore task failed: {e}")))
+}
+
+/// Groups every chunk the manifest needs by pack, in order of first use. Fails if any chunk
+/// is missing from the index.
+fn plan_packs(manifest: &Manifest, index: &Index) -> Result<Vec<PackWork>> {
+    let mut order: Vec<PackWork> = Vec::new();
+    let mut pack_slot: HashMap<PackId, usize> = HashMap::new();
+    let mut chunk_slot: HashMap<ChunkId, (usize, usize)> = HashMap::new();
+    let mut file = 0u32;
+    for e in &manifest.entries {
+        let EntryKind::File { chunks, .. } = &e.kind else { continue };
+        let mut offset = 0u64;
+        for c in chunks {
+            let dest = Dest { file, offset };
+            offset += c.len as u64;
+            if let Some((p, i)) = chunk_slot.get(&c.id) {
+                order[*p].chunks[*i].2.push(dest);
+                continue;
+            }
+            let loc = *index.get(&c.id).ok_or_else(|| EngineError::NotFound {
+                what: format!("chunk {} of {}", c.id.short(), e.path),
+                hint: "the store is damaged (an object was deleted outside berth); run `berth snapshot verify` and restore an older snapshot".into(),
+            })?;
+            if loc.raw_len != c.len {
+                return Err(berth_core::FormatError::new(
+                    format!("chunk {}", c.id.short()),
+                    "the index and the manifest disagree on its length",
+                )
+                .into());
+            }
+            let p = *pack_slot.entry(loc.pack).or_insert_with(|| {
+                order.push(PackWork { pack: loc.pack, chunks: Vec::new() });
+                order.len() - 1
+            });
+            order[p].chunks.push((c.id, loc, vec![dest]));
+            chunk_slot.insert(c.id, (p, order[p].chunks.len() - 1));
+        }
+        file += 1;
+    }
+    Ok(order)
+}
+
+fn io_err(op: &'static str, dir: &std::path::Path, rel: &RelPath, e: std::io::Error) -> EngineError {
+    if beneath::is_link_refusal(&e) {
+        return EngineError::Unsafe {
+            path: rel.to_string(),
+            reason: "a symlink or non-directory stands in its path".into(),
+        };
+    }
+    EngineError::io(op, scan::join(dir, rel), e)
+}
+
+fn kind_matches(scanned: &ScanKind, entry: &EntryKind) -> bool {
+    matches!(
+        (scanned, entry),
+        (ScanKind::Dir, EntryKind::Dir) | (ScanKind::File { nlink: 1, .. }, EntryKind::File { .. })
+    )
+}
+
+/// Clears the target of what the snapshot does not hold, creates directories, symlinks and
+/// empty files, and pre-sizes multi-chunk files. Returns the regular files to fill.
+fn prepare(
+    root: &Root,
+    dir: &std::path::Path,
+    manifest: &Manifest,
+    excludes: &Excludes,
+    skip: &[PathBuf],
+) -> Result<(Vec<Target>, u64)> {
+    let wanted: HashMap<&RelPath, &EntryKind> = manifest.entries.iter().map(|e| (&e.path, &e.kind)).collect();
+    let existing = scan::scan(dir, excludes, skip)?;
+    let mut removed = 0u64;
+    let mut gone: std::collections::HashSet<RelPath> = std::collections::HashSet::new();
+    for e in &existing.entries {
+        if std::iter::successors(e.path.parent(), |p| p.parent()).any(|p| gone.contains(&p)) {
+            continue;
+        }
+        // Symlinks and hard links are always made anew; files linked elsewhere are replaced,
+        // never written through.
+        let keep = wanted.get(&e.path).is_some_and(|k| kind_matches(&e.kind, k));
+        if !keep {
+            root.remove(e.path.as_bytes()).map_err(|err| io_err("removing", dir, &e.path, err))?;
+            if !wanted.contains_key(&e.path) {
+                removed += 1;
+            }
+            gone.insert(e.path.clone());
+        }
+    }
+    let mut targets = Vec::new();
+    for (i, e) in manifest.entries.iter().enumerate() {
+        let rel = e.path.as_bytes();
+        match &e.kind {
+            EntryKind::Dir => root.mkdir(rel, 0o700).map_err(|err| io_err("creating", dir, &e.path, err))?,
+            EntryKind::Symlink { target } => {
+                root.symlink(target, rel, e.mtime_ns).map_err(|err| io_err("creating", dir, &e.path, err))?
+            }
+            EntryKind::Hardlink { .. } => {}
+            EntryKind::File { chunks, size } => {
+                if chunks.len() != 1 {
+                    // Empty files are finished here; multi-chunk files are sized for positional writes.
+                    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC;
+                    let fd = root.open_at(rel, flags, 0o600).map_err(|err| io_err("creating", dir, &e.path, err))?;
+                    let f = File::from(fd);
+                    f.set_len(*size).map_err(|err| io_err("sizing", dir, &e.path, err))?;
+                    if chunks.is_empty() {
+                        beneath::set_meta(&f, e.mode, e.mtime_ns)
+                            .map_err(|err| io_err("setting metadata of", dir, &e.path, err))?;
+                    }
+                }
+                targets.push(Target { entry: i, remaining: AtomicU32::new(chunks.len() as u32) });
+            }
+        }
+    }
+    Ok((targets, removed))
+}
+
+fn write_worker(
+    root: &Root,
+    manifest: &Manifest,
+    targets: &[Target],
+    rx: &Mutex<mpsc::Receiver<(PackWork, Bytes)>>,
+    stable: &Mutex<Vec<(usize, FileStat)>>,
+    progress: &Progress,
+) -> Result<()> {
+    loop {
+        let next = match rx.lock() {
+            Ok(mut rx) => rx.blocking_recv(),
+            Err(_) => None,
+        };
+        let Some((work, bytes)) = next else { return Ok(()) };
+        for (id, loc, dests) in &work.chunks {
+            let (start, end) = (loc.offset as usize, loc.offset as usize + loc.len as usize);
+            let stored = bytes.get(start..end).ok_or_else(|| {
+                berth_core::FormatError::new(
+                    format!("pack {}", work.pack.short()),
+                    format!("chunk {} lies past its end", id.short()),
+                )
+            })?;
+            let raw = codec::decode(loc.codec, stored, loc.raw_len, id)?;
+            for dest in dests {
+                let target = &targets[dest.file as usize];
+                let entry = &manifest.entries[target.entry];
+                if write_chunk(root, entry, target, dest.offset, &raw, stable)? {
+                    progress.file_done(entry.size());
+                }
+            }
+        }
+    }
+}
+
+/// Writes one chunk into its file; returns whether that finished the file.
+fn write_chunk(
+    root: &Root,
+    entry: &Entry,
+    target: &Target,
+    offset: u64,
+    raw: &[u8],
+    stable: &Mutex<Vec<(usize, FileStat)>>,
+) -> Result<bool> {
+    let EntryKind::File { chunks, .. } = &entry.kind else { return Ok(false) };
+    let rel = entry.path.as_bytes();
+    let fail = |op, e| io_err(op, std::path::Path::new(""), &entry.path, e);
+    let single = chunks.len() == 1;
+    let flags = if single { OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC } else { OFlags::WRONLY };
+    let mut f = File::from(root.open_at(rel, flags, 0o600).map_err(|e| fail("writing", e))?);
+    if single {
+        f.write_all(raw).map_err(|e| fail("writing", e))?;
+    } else {
+        f.write_all_at(raw, offset).map_err(|e| fail("writing", e))?;
+    }
+    if target.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        beneath::set_meta(&f, entry.mode, entry.mtime_ns).map_err(|e| fail("setting metadata of", e))?;
+        let meta = f.metadata().map_err(|e| fail("reading metadata of", e))?;
+        if let Ok(mut s) = stable.lock() {
+            s.push((target.entry, FileStat::of(&meta)));
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Makes hard links and sets directory metadata, deepest directories first.
+fn finish(root: &Root, manifest: &Manifest) -> Result<()> {
+    let here = std::path::Path::new("");
+    for e in &manifest.entries {
+        if let EntryKind::Hardlink { target } = &e.kind {
+            root.hard_link(target.as_bytes(), e.path.as_bytes())
+                .map_err(|err| io_err("linking", here, &e.path, err))?;
+        }
+    }
+    let dirs: Vec<&Entry> = manifest.entries.iter().filter(|e| matches!(e.kind, EntryKind::Dir)).collect();
+    for e in dirs.iter().rev() {
+        let fd = root
+            .open_at(e.path.as_bytes(), OFlags::RDONLY | OFlags::DIRECTORY, 0)
+            .map_err(|err| io_err("opening", here, &e.path, err))?;
+        beneath::set_meta(&fd, e.mode, e.mtime_ns).map_err(|err| io_err("setting metadata of", here, &e.path, err))?;
+    }
+    Ok(())
+}
