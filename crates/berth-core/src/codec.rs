@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunker::MAX_CHUNK;
 use crate::id::ChunkId;
+use crate::pack::BlobEntry;
 use crate::FormatError;
 
 /// How a blob's bytes are stored in a pack.
@@ -18,36 +19,100 @@ pub enum Codec {
 /// zstd level used for chunks: level 3 is zstd's default and the speed/ratio sweet spot.
 pub const ZSTD_LEVEL: i32 = 3;
 
-/// Encodes a chunk: compressed when that saves at least 1/32 of its size, raw otherwise.
-pub fn encode(raw: &[u8]) -> (Codec, Vec<u8>) {
-    if raw.len() >= 64 {
-        if let Ok(z) = zstd::bulk::compress(raw, ZSTD_LEVEL) {
-            if z.len() + raw.len() / 32 < raw.len() {
-                return (Codec::Zstd, z);
-            }
-        }
-    }
-    (Codec::Raw, raw.to_vec())
+/// Reusable zstd contexts: creating one per blob costs more than compressing a small file.
+/// One per worker thread.
+pub struct Codecs {
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
 }
 
-/// Decodes a stored blob and checks its length and hash against what the index promised.
-pub fn decode(codec: Codec, stored: &[u8], raw_len: u32, id: &ChunkId) -> Result<Vec<u8>, FormatError> {
-    let what = || format!("chunk {}", id.short());
-    if raw_len > MAX_CHUNK {
-        return Err(FormatError::new(what(), format!("claims {raw_len} bytes, more than the 16 MiB chunk limit")));
+impl std::fmt::Debug for Codecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Codecs")
     }
-    let raw = match codec {
-        Codec::Raw => stored.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(stored, raw_len as usize)
+}
+
+impl Default for Codecs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Codecs {
+    /// Creates the contexts (falling back to per-call contexts if zstd cannot allocate them).
+    pub fn new() -> Self {
+        Self {
+            compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
+            decompressor: zstd::bulk::Decompressor::new().ok(),
+        }
+    }
+
+    /// Encodes a chunk: compressed when that saves at least 1/32 of its size, raw otherwise.
+    pub fn encode(&mut self, raw: &[u8]) -> (Codec, Vec<u8>) {
+        if raw.len() >= 64 {
+            let z = match &mut self.compressor {
+                Some(c) => c.compress(raw),
+                None => zstd::bulk::compress(raw, ZSTD_LEVEL),
+            };
+            if let Ok(z) = z {
+                if z.len() + raw.len() / 32 < raw.len() {
+                    return (Codec::Zstd, z);
+                }
+            }
+        }
+        (Codec::Raw, raw.to_vec())
+    }
+
+    /// Decodes a stored frame, refusing anything larger than `MAX_FRAME` or than it claims.
+    pub fn decode_frame(&mut self, codec: Codec, stored: &[u8], frame_raw_len: u32) -> Result<Vec<u8>, FormatError> {
+        let what = || format!("frame of {} bytes", stored.len());
+        if frame_raw_len > MAX_FRAME {
+            return Err(FormatError::new(what(), format!("claims {frame_raw_len} bytes, more than the 16 MiB limit")));
+        }
+        let raw = match codec {
+            Codec::Raw => stored.to_vec(),
+            Codec::Zstd => match &mut self.decompressor {
+                Some(d) => d.decompress(stored, frame_raw_len as usize),
+                None => zstd::bulk::decompress(stored, frame_raw_len as usize),
+            }
             .map_err(|e| FormatError::new(what(), format!("zstd: {e}")))?,
-    };
-    if raw.len() != raw_len as usize {
-        return Err(FormatError::new(what(), format!("{} bytes instead of {raw_len}", raw.len())));
+        };
+        if raw.len() != frame_raw_len as usize {
+            return Err(FormatError::new(what(), format!("decodes to {} bytes instead of {frame_raw_len}", raw.len())));
+        }
+        Ok(raw)
     }
-    if ChunkId::of(&raw) != *id {
+
+    /// Decodes the frame of `entry` (its stored bytes) and returns the blob, hash checked.
+    pub fn decode(&mut self, entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+        let frame = self.decode_frame(entry.codec, stored, entry.frame_raw_len)?;
+        extract(&frame, entry.inner, entry.raw_len, &entry.id).map(<[u8]>::to_vec)
+    }
+}
+
+/// Largest decoded frame berth accepts.
+pub const MAX_FRAME: u32 = MAX_CHUNK;
+
+/// Returns a blob from its decoded frame after checking its bounds and hash.
+pub fn extract<'a>(frame: &'a [u8], inner: u32, raw_len: u32, id: &ChunkId) -> Result<&'a [u8], FormatError> {
+    let what = || format!("chunk {}", id.short());
+    let raw = frame
+        .get(inner as usize..inner as usize + raw_len as usize)
+        .ok_or_else(|| FormatError::new(what(), "lies outside its frame"))?;
+    if ChunkId::of(raw) != *id {
         return Err(FormatError::new(what(), "content does not match its hash"));
     }
     Ok(raw)
+}
+
+/// Encodes a chunk with a one-off context (see `Codecs` for the reusable form).
+pub fn encode(raw: &[u8]) -> (Codec, Vec<u8>) {
+    Codecs::new().encode(raw)
+}
+
+/// Decodes a blob stored alone in its frame, with a one-off context, checking length and hash.
+pub fn decode(codec: Codec, stored: &[u8], raw_len: u32, id: &ChunkId) -> Result<Vec<u8>, FormatError> {
+    Codecs::new().decode(&BlobEntry::single(*id, 0, stored.len() as u32, raw_len, codec), stored)
 }
 
 /// Compresses a whole metadata object (manifest, index) with zstd.
@@ -100,6 +165,7 @@ mod tests {
         assert!(decode(Codec::Zstd, b"not zstd", 3, &id).is_err());
         assert!(decode(Codec::Raw, b"abc", u32::MAX, &id).is_err());
         assert!(decode(Codec::Raw, b"abc", 2, &id).is_err());
+        assert!(extract(b"abc", 2, 5, &id).is_err());
         assert!(decompress_object("x", b"garbage", 10).is_err());
         let big = compress_object(&vec![0u8; 1000]);
         assert!(decompress_object("x", &big, 999).is_err());

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, Codec};
+use crate::codec;
 use crate::id::{ChunkId, IndexId, PackId};
 use crate::pack::BlobEntry;
 use crate::FormatError;
@@ -55,14 +55,8 @@ impl IndexFile {
 pub struct Location {
     /// The pack.
     pub pack: PackId,
-    /// Offset of the stored bytes in the pack.
-    pub offset: u32,
-    /// Length of the stored bytes.
-    pub len: u32,
-    /// Length after decoding.
-    pub raw_len: u32,
-    /// How the bytes are stored.
-    pub codec: Codec,
+    /// The blob's entry in the pack (frame position, codec, position inside the frame).
+    pub blob: BlobEntry,
 }
 
 /// What the store holds, as far as its index objects say.
@@ -95,7 +89,7 @@ impl Index {
         self.packs.insert(pack, size);
         let live = !self.doomed.contains(&pack);
         for b in blobs {
-            let loc = Location { pack, offset: b.offset, len: b.len, raw_len: b.raw_len, codec: b.codec };
+            let loc = Location { pack, blob: *b };
             match self.chunks.get(&b.id) {
                 Some(old) if !live || !self.doomed.contains(&old.pack) => {}
                 _ => {
@@ -129,9 +123,10 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Codec;
 
     fn blob(id: ChunkId) -> BlobEntry {
-        BlobEntry { id, offset: 0, len: 1, raw_len: 1, codec: Codec::Raw }
+        BlobEntry::single(id, 0, 1, 1, Codec::Raw)
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! Pack objects: many blobs concatenated, followed by a trailer that lists them, so a pack
+//! Pack objects: frames of blobs, followed by a trailer that lists every blob, so a pack
 //! describes itself and the index can be rebuilt or checked from packs alone.
 //!
-//! Layout: `blob* | header (postcard Vec<BlobEntry>) | header length (u32 LE) | MAGIC`.
+//! Layout: `frame* | header (postcard Vec<BlobEntry>) | header length (u32 LE) | MAGIC`.
+//!
+//! A frame is encoded (zstd or raw) as a unit. Large chunks get a frame each; small chunks
+//! (small files, mostly) share frames of up to `FRAME_TARGET` bytes, so they compress with
+//! each other's context the way a tar archive does, while each stays addressable by its id.
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::Codec;
+use crate::codec::{Codec, Codecs};
 use crate::id::{ChunkId, PackId};
 use crate::FormatError;
 
@@ -16,20 +20,35 @@ pub const MAGIC: &[u8; 8] = b"berthpk1";
 pub const TARGET_SIZE: usize = 8 * 1024 * 1024;
 /// Largest pack berth will parse.
 pub const MAX_PACK: usize = 256 * 1024 * 1024;
+/// Chunks smaller than this share frames.
+pub const SMALL_CHUNK: usize = 1024 * 1024;
+/// A shared frame is encoded once it holds this many bytes.
+pub const FRAME_TARGET: usize = 4 * 1024 * 1024;
 
 /// One blob inside a pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobEntry {
     /// The chunk's id.
     pub id: ChunkId,
-    /// Offset of the stored bytes from the start of the pack.
+    /// Offset of the blob's frame from the start of the pack.
     pub offset: u32,
-    /// Length of the stored bytes.
+    /// Stored length of the frame.
     pub len: u32,
-    /// Length after decoding.
+    /// Length of the blob.
     pub raw_len: u32,
-    /// How the bytes are stored.
+    /// How the frame is stored.
     pub codec: Codec,
+    /// Length of the frame after decoding.
+    pub frame_raw_len: u32,
+    /// Offset of the blob inside the decoded frame.
+    pub inner: u32,
+}
+
+impl BlobEntry {
+    /// Describes a blob stored alone in its frame.
+    pub fn single(id: ChunkId, offset: u32, len: u32, raw_len: u32, codec: Codec) -> Self {
+        BlobEntry { id, offset, len, raw_len, codec, frame_raw_len: raw_len, inner: 0 }
+    }
 }
 
 /// Collects blobs until the pack is large enough to seal.
@@ -37,6 +56,9 @@ pub struct BlobEntry {
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<BlobEntry>,
+    /// Small chunks waiting to be encoded together: their raw bytes and (id, inner offset, length).
+    frame: Vec<u8>,
+    framed: Vec<(ChunkId, u32, u32)>,
 }
 
 /// A finished pack, ready to upload.
@@ -51,32 +73,66 @@ pub struct SealedPack {
 }
 
 impl PackBuilder {
-    /// Adds an encoded blob.
+    /// Adds an already encoded blob as a frame of its own.
     pub fn add(&mut self, id: ChunkId, codec: Codec, stored: &[u8], raw_len: u32) {
         if self.buf.capacity() == 0 {
             self.buf.reserve(TARGET_SIZE + stored.len());
         }
-        self.entries.push(BlobEntry { id, offset: self.buf.len() as u32, len: stored.len() as u32, raw_len, codec });
+        self.entries.push(BlobEntry::single(id, self.buf.len() as u32, stored.len() as u32, raw_len, codec));
         self.buf.extend_from_slice(stored);
     }
 
-    /// Returns the bytes of blob data so far.
+    /// Adds a chunk: a large one is encoded as its own frame, a small one joins the shared frame.
+    pub fn add_chunk(&mut self, codecs: &mut Codecs, id: ChunkId, raw: &[u8]) {
+        if raw.len() >= SMALL_CHUNK {
+            let (codec, stored) = codecs.encode(raw);
+            self.add(id, codec, &stored, raw.len() as u32);
+            return;
+        }
+        self.framed.push((id, self.frame.len() as u32, raw.len() as u32));
+        self.frame.extend_from_slice(raw);
+        if self.frame.len() >= FRAME_TARGET {
+            self.flush_frame(codecs);
+        }
+    }
+
+    /// Encodes the shared frame and appends it.
+    fn flush_frame(&mut self, codecs: &mut Codecs) {
+        if self.framed.is_empty() {
+            return;
+        }
+        let (codec, stored) = codecs.encode(&self.frame);
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(TARGET_SIZE + stored.len());
+        }
+        let offset = self.buf.len() as u32;
+        let frame_raw_len = self.frame.len() as u32;
+        for (id, inner, raw_len) in self.framed.drain(..) {
+            self.entries.push(BlobEntry { id, offset, len: stored.len() as u32, raw_len, codec, frame_raw_len, inner });
+        }
+        self.buf.extend_from_slice(&stored);
+        self.frame.clear();
+    }
+
+    /// Returns the bytes of blob data so far (shared frame counted unencoded).
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.frame.len()
     }
 
     /// Returns whether no blob was added.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.framed.is_empty()
     }
 
     /// Returns whether the pack should be sealed.
     pub fn is_full(&self) -> bool {
-        self.buf.len() >= TARGET_SIZE
+        self.len() >= TARGET_SIZE
     }
 
-    /// Appends the trailer and returns the finished pack; the builder is left empty.
-    pub fn seal(&mut self) -> SealedPack {
+    /// Encodes any pending frame, appends the trailer and returns the finished pack; the
+    /// builder is left empty.
+    pub fn seal(&mut self, codecs: &mut Codecs) -> SealedPack {
+        self.flush_frame(codecs);
         let mut bytes = std::mem::take(&mut self.buf);
         let entries = std::mem::take(&mut self.entries);
         // Serializing plain structs into a Vec cannot fail.
@@ -112,6 +168,9 @@ pub fn parse(what: &str, bytes: &[u8]) -> Result<Vec<BlobEntry>, FormatError> {
         if e.offset as usize + e.len as usize > data_end {
             return fail(format!("blob {} lies outside the pack data", e.id.short()));
         }
+        if e.inner as u64 + e.raw_len as u64 > e.frame_raw_len as u64 {
+            return fail(format!("blob {} lies outside its frame", e.id.short()));
+        }
     }
     Ok(entries)
 }
@@ -119,26 +178,31 @@ pub fn parse(what: &str, bytes: &[u8]) -> Result<Vec<BlobEntry>, FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec;
 
     #[test]
     fn seal_then_parse() {
+        let mut codecs = Codecs::new();
         let mut b = PackBuilder::default();
         let mut chunks = Vec::new();
+        // Small chunks share frames; a large one gets its own; one more is added pre-encoded.
         for i in 0..10u8 {
             let raw = vec![i; 100 + i as usize];
-            let (c, stored) = codec::encode(&raw);
-            b.add(ChunkId::of(&raw), c, &stored, raw.len() as u32);
+            b.add_chunk(&mut codecs, ChunkId::of(&raw), &raw);
             chunks.push(raw);
         }
-        let sealed = b.seal();
+        let large: Vec<u8> = (0..SMALL_CHUNK as u32 + 10).map(|i| (i % 251) as u8).collect();
+        b.add_chunk(&mut codecs, ChunkId::of(&large), &large);
+        chunks.push(large);
+        let sealed = b.seal(&mut codecs);
         assert!(b.is_empty());
         assert_eq!(PackId::of(&sealed.bytes), sealed.id);
         let entries = parse("pack", &sealed.bytes).unwrap();
         assert_eq!(entries, sealed.entries);
-        for (e, raw) in entries.iter().zip(&chunks) {
+        assert_eq!(entries.iter().filter(|e| e.inner > 0).count(), 9, "small chunks share a frame");
+        for raw in &chunks {
+            let e = entries.iter().find(|e| e.id == ChunkId::of(raw)).unwrap();
             let stored = &sealed.bytes[e.offset as usize..(e.offset + e.len) as usize];
-            assert_eq!(&codec::decode(e.codec, stored, e.raw_len, &e.id).unwrap(), raw);
+            assert_eq!(&codecs.decode(e, stored).unwrap(), raw);
         }
     }
 
@@ -151,7 +215,7 @@ mod tests {
         bogus.extend_from_slice(MAGIC);
         assert!(parse("p", &bogus).is_err());
         // A header that points a blob past the data.
-        let entries = vec![BlobEntry { id: ChunkId::of(b""), offset: 0, len: 1000, raw_len: 0, codec: Codec::Raw }];
+        let entries = vec![BlobEntry::single(ChunkId::of(b""), 0, 1000, 0, Codec::Raw)];
         let header = postcard::to_allocvec(&entries).unwrap();
         let mut p = header.clone();
         p.extend_from_slice(&(header.len() as u32).to_le_bytes());

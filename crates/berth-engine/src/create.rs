@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use berth_core::budget;
 use berth_core::chunker::ChunkerParams;
-use berth_core::codec;
+use berth_core::codec::Codecs;
 use berth_core::excludes::Excludes;
 use berth_core::id::{ChunkId, SnapshotId};
 use berth_core::index::{Index, IndexFile, IndexedPack};
@@ -409,13 +409,14 @@ fn worker(
     progress: &Progress,
 ) -> Result<(Vec<ReadDone>, ReadStats)> {
     let mut pack = PackBuilder::default();
+    let mut codecs = Codecs::new();
     let mut buf = Vec::new();
     let mut done = Vec::new();
     let mut stats = ReadStats::default();
     while !ctx.stop.load(Ordering::Relaxed) {
         let i = ctx.next.fetch_add(1, Ordering::Relaxed);
         let Some(job) = jobs.get(i) else { break };
-        match read_one(ctx, job, &mut buf, &mut pack, tx, &mut stats) {
+        match read_one(ctx, job, &mut buf, &mut codecs, &mut pack, tx, &mut stats) {
             Ok(d) => {
                 progress.file_done(d.stat.size);
                 done.push(d);
@@ -431,7 +432,7 @@ fn worker(
         }
     }
     if !pack.is_empty() {
-        send(tx, pack.seal()).map_err(|s| match s {
+        send(tx, pack.seal(&mut codecs)).map_err(|s| match s {
             Skip::Fatal(e) => e,
             Skip::File(m) => EngineError::Invalid(m),
         })?;
@@ -448,6 +449,7 @@ fn read_one(
     ctx: &ReadCtx,
     job: &ReadJob,
     buf: &mut Vec<u8>,
+    codecs: &mut Codecs,
     pack: &mut PackBuilder,
     tx: &mpsc::Sender<SealedPack>,
     stats: &mut ReadStats,
@@ -473,12 +475,11 @@ fn read_one(
         if ctx.index.is_reusable(&id) || !ctx.claimed.lock().map(|mut c| c.insert(id)).unwrap_or(true) {
             return Ok(());
         }
-        let (codec, stored) = codec::encode(data);
-        pack.add(id, codec, &stored, len);
+        pack.add_chunk(codecs, id, data);
         stats.chunks_new += 1;
         stats.bytes_new += len as u64;
         if pack.is_full() {
-            send(tx, pack.seal())?;
+            send(tx, pack.seal(codecs))?;
         }
         Ok(())
     };

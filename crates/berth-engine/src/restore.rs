@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use berth_core::codec;
+use berth_core::codec::Codecs;
 use berth_core::excludes::Excludes;
 use berth_core::id::{ChunkId, PackId, SnapshotId};
 use berth_core::index::{Index, Location};
@@ -127,13 +127,13 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions, progress: &Arc<Progress
     // Prepare the tree: clear what does not belong, make directories, links and empty files.
     let (m, r, d, ex) = (manifest.clone(), root.clone(), dir.clone(), opts.excludes.clone());
     let skip: Vec<PathBuf> = opts.cache_dir.iter().filter_map(|c| std::fs::canonicalize(c).ok()).collect();
-    let (targets, removed) = blocking(move || prepare(&r, &d, &m, &ex, &skip)).await??;
+    let (targets, finished, removed) = blocking(move || prepare(&r, &d, &m, &ex, &skip)).await??;
     let totals = manifest.totals();
     progress.start("restore", totals.files, totals.bytes);
 
     // Fetch packs and write their chunks on worker threads.
     let targets = Arc::new(targets);
-    let stable: Arc<Mutex<Vec<(usize, FileStat)>>> = Arc::new(Mutex::new(Vec::new()));
+    let stable: Arc<Mutex<Vec<(usize, FileStat)>>> = Arc::new(Mutex::new(finished));
     let failed = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<(PackWork, Bytes)>(opts.threads.max(1) * 2);
     let rx = Arc::new(Mutex::new(rx));
@@ -271,7 +271,7 @@ fn plan_packs(manifest: &Manifest, index: &Index) -> Result<Vec<PackWork>> {
                 what: format!("chunk {} of {}", c.id.short(), e.path),
                 hint: "the store is damaged (an object was deleted outside berth); run `berth snapshot verify` and restore an older snapshot".into(),
             })?;
-            if loc.raw_len != c.len {
+            if loc.blob.raw_len != c.len {
                 return Err(berth_core::FormatError::new(
                     format!("chunk {}", c.id.short()),
                     "the index and the manifest disagree on its length",
@@ -286,6 +286,10 @@ fn plan_packs(manifest: &Manifest, index: &Index) -> Result<Vec<PackWork>> {
             chunk_slot.insert(c.id, (p, order[p].chunks.len() - 1));
         }
         file += 1;
+    }
+    // In frame order, so that each shared frame is decoded once.
+    for w in &mut order {
+        w.chunks.sort_by_key(|(_, loc, _)| (loc.blob.offset, loc.blob.inner));
     }
     Ok(order)
 }
@@ -308,14 +312,15 @@ fn kind_matches(scanned: &ScanKind, entry: &EntryKind) -> bool {
 }
 
 /// Clears the target of what the snapshot does not hold, creates directories, symlinks and
-/// empty files, and pre-sizes multi-chunk files. Returns the regular files to fill.
+/// empty files, and pre-sizes multi-chunk files. Returns the regular files to fill, the empty
+/// files it finished (with their stat, for the cache) and how many entries it removed.
 fn prepare(
     root: &Root,
     dir: &std::path::Path,
     manifest: &Manifest,
     excludes: &Excludes,
     skip: &[PathBuf],
-) -> Result<(Vec<Target>, u64)> {
+) -> Result<(Vec<Target>, Vec<(usize, FileStat)>, u64)> {
     let wanted: HashMap<&RelPath, &EntryKind> = manifest.entries.iter().map(|e| (&e.path, &e.kind)).collect();
     let existing = scan::scan(dir, excludes, skip)?;
     let mut removed = 0u64;
@@ -336,6 +341,7 @@ fn prepare(
         }
     }
     let mut targets = Vec::new();
+    let mut finished = Vec::new();
     for (i, e) in manifest.entries.iter().enumerate() {
         let rel = e.path.as_bytes();
         match &e.kind {
@@ -354,13 +360,15 @@ fn prepare(
                     if chunks.is_empty() {
                         beneath::set_meta(&f, e.mode, e.mtime_ns)
                             .map_err(|err| io_err("setting metadata of", dir, &e.path, err))?;
+                        let meta = f.metadata().map_err(|err| io_err("reading metadata of", dir, &e.path, err))?;
+                        finished.push((i, FileStat::of(&meta)));
                     }
                 }
                 targets.push(Target { entry: i, remaining: AtomicU32::new(chunks.len() as u32) });
             }
         }
     }
-    Ok((targets, removed))
+    Ok((targets, finished, removed))
 }
 
 fn write_worker(
@@ -371,25 +379,32 @@ fn write_worker(
     stable: &Mutex<Vec<(usize, FileStat)>>,
     progress: &Progress,
 ) -> Result<()> {
+    let mut codecs = Codecs::new();
     loop {
         let next = match rx.lock() {
             Ok(mut rx) => rx.blocking_recv(),
             Err(_) => None,
         };
         let Some((work, bytes)) = next else { return Ok(()) };
+        let mut frame: Option<(u32, Vec<u8>)> = None;
         for (id, loc, dests) in &work.chunks {
-            let (start, end) = (loc.offset as usize, loc.offset as usize + loc.len as usize);
-            let stored = bytes.get(start..end).ok_or_else(|| {
-                berth_core::FormatError::new(
-                    format!("pack {}", work.pack.short()),
-                    format!("chunk {} lies past its end", id.short()),
-                )
-            })?;
-            let raw = codec::decode(loc.codec, stored, loc.raw_len, id)?;
+            let b = &loc.blob;
+            if frame.as_ref().is_none_or(|(offset, _)| *offset != b.offset) {
+                let (start, end) = (b.offset as usize, b.offset as usize + b.len as usize);
+                let stored = bytes.get(start..end).ok_or_else(|| {
+                    berth_core::FormatError::new(
+                        format!("pack {}", work.pack.short()),
+                        format!("chunk {} lies past its end", id.short()),
+                    )
+                })?;
+                frame = Some((b.offset, codecs.decode_frame(b.codec, stored, b.frame_raw_len)?));
+            }
+            let decoded = frame.as_ref().map(|(_, f)| f.as_slice()).unwrap_or_default();
+            let raw = berth_core::codec::extract(decoded, b.inner, b.raw_len, id)?;
             for dest in dests {
                 let target = &targets[dest.file as usize];
                 let entry = &manifest.entries[target.entry];
-                if write_chunk(root, entry, target, dest.offset, &raw, stable)? {
+                if write_chunk(root, entry, target, dest.offset, raw, stable)? {
                     progress.file_done(entry.size());
                 }
             }

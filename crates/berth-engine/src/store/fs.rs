@@ -36,7 +36,8 @@ impl FsStore {
     }
 
     fn err(&self, op: &'static str, key: &str, e: io::Error) -> StoreError {
-        if e.kind() == io::ErrorKind::NotFound {
+        // A put below an object (ENOTDIR) is a real failure, not a missing object.
+        if e.kind() == io::ErrorKind::NotFound || (op != "put" && is_missing(&e)) {
             return StoreError::NotFound { store: self.url.clone(), key: key.to_string() };
         }
         let temporary =
@@ -119,6 +120,12 @@ impl FsStore {
     }
 }
 
+/// Returns whether an error means there is no object under the key: also when a parent of its
+/// path is an object (ENOTDIR), which for an object store is just another missing key.
+fn is_missing(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -160,7 +167,7 @@ impl Store for FsStore {
                 }
                 Ok(Deleted::Removed)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Deleted::NotFound),
+            Err(e) if is_missing(&e) => Ok(Deleted::NotFound),
             Err(e) => Err(e),
         })
         .await;
