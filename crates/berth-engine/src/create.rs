@@ -105,6 +105,21 @@ pub struct CreateSummary {
     pub special_files_skipped: u64,
     /// Wall time of the run.
     pub duration_secs: f64,
+    /// Wall time per phase: loading the index and cache, scanning, reading and uploading, publishing.
+    pub phase_secs: PhaseSecs,
+}
+
+/// Wall time per phase of a snapshot run, in seconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PhaseSecs {
+    /// Listing and loading the index, the latest record and the local cache.
+    pub load: f64,
+    /// Walking the directory.
+    pub scan: f64,
+    /// Reading, chunking, compressing and uploading changed files.
+    pub read: f64,
+    /// Index, manifest and record.
+    pub publish: f64,
 }
 
 /// A file to read.
@@ -142,9 +157,11 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
     let cache_file =
         opts.cache_dir.as_ref().map(|d| cache::path(d, store.url(), &opts.workspace, opts.generation, &dir));
     let cache = cache_file.as_deref().map(FileCache::load).unwrap_or_default();
+    let mut phases = PhaseSecs { load: started.elapsed().as_secs_f64(), ..PhaseSecs::default() };
+    let mark = Instant::now();
     let skip: Vec<PathBuf> = opts.cache_dir.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect();
-    let (scan_dir, excludes) = (dir.clone(), opts.excludes.clone());
-    let scan = tokio::task::spawn_blocking(move || scan::scan(&scan_dir, &excludes, &skip))
+    let (scan_dir, excludes, threads) = (dir.clone(), opts.excludes.clone(), opts.threads);
+    let scan = tokio::task::spawn_blocking(move || scan::scan(&scan_dir, &excludes, &skip, threads))
         .await
         .map_err(|e| EngineError::Invalid(format!("scan task failed: {e}")))??;
 
@@ -208,6 +225,9 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
     }
 
     // Read, chunk and pack on worker threads; upload packs as they fill.
+    phases.scan = mark.elapsed().as_secs_f64();
+    let jobs_len = jobs.len();
+    let mark = Instant::now();
     progress.start("read", jobs.len() as u64, bytes_to_read);
     let (tx, rx) = mpsc::channel::<SealedPack>(opts.threads.max(1));
     let uploader = tokio::spawn(upload_packs(store.clone(), rx));
@@ -264,14 +284,18 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
     }
     manifest.sort();
 
+    phases.read = mark.elapsed().as_secs_f64();
+    let mark = Instant::now();
     // Publish in durability order: packs (done), index, manifest, record.
     if !new_packs.is_empty() {
         let (index_id, bytes) = IndexFile { packs: new_packs.clone() }.encode();
         bytes_uploaded += bytes.len() as u64;
         store.put_if_absent(&layout::index(&index_id), Bytes::from(bytes)).await?;
     }
-    let (manifest_id, manifest_bytes) = manifest.encode();
+    let manifest_id = manifest.id();
     let totals = manifest.totals();
+    // Every file matched the cache and none went away: the cache on disk is already right.
+    let cache_current = jobs_len == 0 && new_cache.files.len() == cache.files.len();
     let summary = |snapshot, seq, unchanged, bytes_uploaded| CreateSummary {
         snapshot,
         seq,
@@ -289,8 +313,12 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
         skipped_unreadable: skipped_unreadable.clone(),
         special_files_skipped: scan.special,
         duration_secs: started.elapsed().as_secs_f64(),
+        phase_secs: PhaseSecs { publish: mark.elapsed().as_secs_f64(), ..phases },
     };
     let save_cache = |c: &FileCache| {
+        if cache_current {
+            return;
+        }
         if let Some(path) = &cache_file {
             if let Err(e) = c.save(path) {
                 tracing::warn!(event = "cache_save_failed", path = %path.display(), error = %e);
@@ -301,6 +329,7 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
         save_cache(&new_cache);
         return Ok(summary(p.id, p.record.seq, true, bytes_uploaded));
     }
+    let (_, manifest_bytes) = manifest.encode();
     bytes_uploaded += manifest_bytes.len() as u64;
     store.put_if_absent(&layout::manifest(&manifest_id), Bytes::from(manifest_bytes)).await?;
     let seq = parent.as_ref().map_or(1, |p| p.record.seq + 1);
@@ -374,7 +403,8 @@ fn read_files(
     progress: &Progress,
 ) -> Result<(Vec<ReadDone>, ReadStats)> {
     let results: Vec<Result<(Vec<ReadDone>, ReadStats)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| worker(ctx, jobs, &tx, progress))).collect();
+        let handles: Vec<_> =
+            (0..threads.min(jobs.len())).map(|_| s.spawn(|| worker(ctx, jobs, &tx, progress))).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Invalid("reader thread panicked".into()))))

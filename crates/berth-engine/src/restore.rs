@@ -311,6 +311,9 @@ fn kind_matches(scanned: &ScanKind, entry: &EntryKind) -> bool {
     )
 }
 
+/// Files written completely, by manifest entry, with their stat then (to seed the cache).
+type Finished = Vec<(usize, FileStat)>;
+
 /// Clears the target of what the snapshot does not hold, creates directories, symlinks and
 /// empty files, and pre-sizes multi-chunk files. Returns the regular files to fill, the empty
 /// files it finished (with their stat, for the cache) and how many entries it removed.
@@ -320,18 +323,28 @@ fn prepare(
     manifest: &Manifest,
     excludes: &Excludes,
     skip: &[PathBuf],
-) -> Result<(Vec<Target>, Vec<(usize, FileStat)>, u64)> {
+) -> Result<(Vec<Target>, Finished, u64)> {
     let wanted: HashMap<&RelPath, &EntryKind> = manifest.entries.iter().map(|e| (&e.path, &e.kind)).collect();
-    let existing = scan::scan(dir, excludes, skip)?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let existing = scan::scan(dir, excludes, skip, threads)?;
     let mut removed = 0u64;
     let mut gone: std::collections::HashSet<RelPath> = std::collections::HashSet::new();
+    // Entries are removed and created below read-only directories too: open those up until
+    // `finish` sets the snapshot's modes (the ones the snapshot lacks are removed anyway).
+    for e in existing.entries.iter().filter(|e| matches!(e.kind, ScanKind::Dir) && e.mode & 0o700 != 0o700) {
+        if let Ok(fd) = root.open_at(e.path.as_bytes(), OFlags::RDONLY | OFlags::DIRECTORY, 0) {
+            rustix::fs::fchmod(&fd, rustix::fs::Mode::from_bits_truncate(e.mode | 0o700))
+                .map_err(|err| io_err("making writable", dir, &e.path, err.into()))?;
+        }
+    }
     for e in &existing.entries {
         if std::iter::successors(e.path.parent(), |p| p.parent()).any(|p| gone.contains(&p)) {
             continue;
         }
         // Symlinks and hard links are always made anew; files linked elsewhere are replaced,
-        // never written through.
-        let keep = wanted.get(&e.path).is_some_and(|k| kind_matches(&e.kind, k));
+        // never written through; so are read-only files, which cannot be opened for writing.
+        let keep = wanted.get(&e.path).is_some_and(|k| kind_matches(&e.kind, k))
+            && (matches!(e.kind, ScanKind::Dir) || e.mode & 0o200 != 0);
         if !keep {
             root.remove(e.path.as_bytes()).map_err(|err| io_err("removing", dir, &e.path, err))?;
             if !wanted.contains_key(&e.path) {

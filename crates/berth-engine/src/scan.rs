@@ -7,6 +7,7 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 
 use berth_core::excludes::Excludes;
 use berth_core::path::{escape, RelPath};
@@ -80,81 +81,140 @@ pub struct Scan {
 }
 
 /// Scans `root`, leaving out excluded entries and the paths in `skip` (absolute).
-pub fn scan(root: &Path, excludes: &Excludes, skip: &[PathBuf]) -> Result<Scan> {
+///
+/// Directories are listed by `threads` workers sharing a queue (metadata calls dominate, and
+/// they run in parallel well); the result is sorted, so it does not depend on the schedule.
+pub fn scan(root: &Path, excludes: &Excludes, skip: &[PathBuf], threads: usize) -> Result<Scan> {
     let meta = fs::metadata(root).map_err(|e| EngineError::io("reading directory", root, e))?;
     if !meta.is_dir() {
         return Err(EngineError::Invalid(format!("{} is not a directory", root.display())));
     }
+    let queue = Queue { state: Mutex::new((vec![(root.to_path_buf(), None)], 0)), ready: Condvar::new() };
+    let parts: Vec<Scan> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(|| scan_worker(&queue, excludes, skip))).collect();
+        workers.into_iter().filter_map(|w| w.join().ok()).collect()
+    });
     let mut out = Scan::default();
-    let mut stack: Vec<(PathBuf, Option<RelPath>)> = vec![(root.to_path_buf(), None)];
-    while let Some((dir, rel)) = stack.pop() {
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
+    for p in parts {
+        out.entries.extend(p.entries);
+        out.problems.extend(p.problems);
+        out.special += p.special;
+    }
+    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    out.problems.sort();
+    Ok(out)
+}
+
+type DirJob = (PathBuf, Option<RelPath>);
+
+/// Directories waiting to be listed, and how many workers are listing one right now.
+struct Queue {
+    state: Mutex<(Vec<DirJob>, usize)>,
+    ready: Condvar,
+}
+
+impl Queue {
+    /// Takes the next directory, waiting while others may still add some; `None` when done.
+    fn take(&self) -> Option<DirJob> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(job) = state.0.pop() {
+                state.1 += 1;
+                return Some(job);
+            }
+            if state.1 == 0 {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Adds the subdirectories found and marks one listing finished.
+    fn finish(&self, found: Vec<DirJob>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0.extend(found);
+        state.1 -= 1;
+        self.ready.notify_all();
+    }
+}
+
+fn scan_worker(queue: &Queue, excludes: &Excludes, skip: &[PathBuf]) -> Scan {
+    let mut out = Scan::default();
+    while let Some((dir, rel)) = queue.take() {
+        let mut found = Vec::new();
+        list_dir(&dir, rel.as_ref(), excludes, skip, &mut out, &mut found);
+        queue.finish(found);
+    }
+    out
+}
+
+fn list_dir(
+    dir: &Path,
+    rel: Option<&RelPath>,
+    excludes: &Excludes,
+    skip: &[PathBuf],
+    out: &mut Scan,
+    found: &mut Vec<DirJob>,
+) {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => {
+            out.problems.push(format!("{}: cannot list directory: {e}", dir.display()));
+            return;
+        }
+    };
+    for entry in rd {
+        let entry = match entry {
+            Ok(e) => e,
             Err(e) => {
                 out.problems.push(format!("{}: cannot list directory: {e}", dir.display()));
+                break;
+            }
+        };
+        let name = entry.file_name();
+        let child_rel = match rel {
+            None => RelPath::new(name.as_bytes().to_vec()),
+            Some(r) => r.join(name.as_bytes()),
+        };
+        let child_rel = match child_rel {
+            Ok(r) => r,
+            Err(e) => {
+                out.problems.push(e.to_string());
                 continue;
             }
         };
-        for entry in rd {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    out.problems.push(format!("{}: cannot list directory: {e}", dir.display()));
-                    break;
-                }
-            };
-            let name = entry.file_name();
-            let child_rel = match &rel {
-                None => RelPath::new(name.as_bytes().to_vec()),
-                Some(r) => r.join(name.as_bytes()),
-            };
-            let child_rel = match child_rel {
-                Ok(r) => r,
-                Err(e) => {
-                    out.problems.push(e.to_string());
-                    continue;
-                }
-            };
-            let path = entry.path();
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    out.problems.push(format!("{child_rel}: {e}"));
-                    continue;
-                }
-            };
-            let ft = meta.file_type();
-            if excludes.is_excluded(child_rel.as_bytes(), ft.is_dir()) || skip.contains(&path) {
+        let path = entry.path();
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.problems.push(format!("{child_rel}: {e}"));
                 continue;
             }
-            let kind = if ft.is_dir() {
-                stack.push((path, Some(child_rel.clone())));
-                ScanKind::Dir
-            } else if ft.is_file() {
-                ScanKind::File { dev: meta.dev(), nlink: meta.nlink() }
-            } else if ft.is_symlink() {
-                match fs::read_link(&path) {
-                    Ok(t) => ScanKind::Symlink(t.into_os_string().into_vec()),
-                    Err(e) => {
-                        out.problems.push(format!("{child_rel}: cannot read link: {e}"));
-                        continue;
-                    }
-                }
-            } else {
-                out.special += 1;
-                continue;
-            };
-            out.entries.push(ScanEntry {
-                path: child_rel,
-                kind,
-                mode: meta.mode() & 0o7777,
-                stat: FileStat::of(&meta),
-            });
+        };
+        let ft = meta.file_type();
+        if excludes.is_excluded(child_rel.as_bytes(), ft.is_dir()) || skip.contains(&path) {
+            continue;
         }
+        let kind = if ft.is_dir() {
+            found.push((path, Some(child_rel.clone())));
+            ScanKind::Dir
+        } else if ft.is_file() {
+            ScanKind::File { dev: meta.dev(), nlink: meta.nlink() }
+        } else if ft.is_symlink() {
+            match fs::read_link(&path) {
+                Ok(t) => ScanKind::Symlink(t.into_os_string().into_vec()),
+                Err(e) => {
+                    out.problems.push(format!("{child_rel}: cannot read link: {e}"));
+                    continue;
+                }
+            }
+        } else {
+            out.special += 1;
+            continue;
+        };
+        out.entries.push(ScanEntry { path: child_rel, kind, mode: meta.mode() & 0o7777, stat: FileStat::of(&meta) });
     }
-    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
 }
 
 /// Returns the absolute path of `rel` below `root`.

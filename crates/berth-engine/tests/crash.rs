@@ -1,0 +1,335 @@
+//! Crash consistency through the store port (STYLE.md §5): a workload of snapshot, change,
+//! snapshot, forget and two prunes runs over `FaultyStore(k)`, which fails every operation
+//! from the k-th on, for every k up to the number of operations of a clean run. After each
+//! "crash" the store left behind (the inner memory store) must hold exactly the snapshots the
+//! failed step allows, each restoring byte for byte and verifying with `--read-data`, and a
+//! rerun of the whole workload on it must finish with the second tree restorable and nothing
+//! left for prune to collect.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_core::excludes::Excludes;
+use berth_core::retention::Policy;
+use berth_core::workspace::{Generation, WorkspaceId};
+use berth_engine::create::{create, CreateOptions};
+use berth_engine::maintain::{self, PruneOutcome};
+use berth_engine::progress::Progress;
+use berth_engine::repo::{Repo, Snapshot};
+use berth_engine::restore::{restore, RestoreOptions};
+use berth_engine::store::{memory, DynStore, FaultyStore};
+use berth_engine::EngineError;
+use common::{Rng, Tree};
+
+/// The multi-chunk file changed in the middle between the two trees (chunking is min 256 KiB,
+/// avg 1 MiB, max 4 MiB, so it also takes the streaming path for files over 4 MiB).
+const BIG: usize = 6 * 1024 * 1024;
+/// A file only the first tree has, just over the 8 MiB pack target: read first (paths are
+/// read in sorted order with one reader thread), its chunks fill a pack of their own, which
+/// the prunes then delete, exercising the index rewrite.
+const DOOMED: usize = 8 * 1024 * 1024 + 128 * 1024;
+/// Where the big file is overwritten for the second tree, and with how much.
+const PATCH_AT: usize = 3 * 1024 * 1024;
+const PATCH_LEN: usize = 64 * 1024;
+
+/// The workload's steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    CreateV1,
+    CreateV2,
+    Forget,
+    Prune1,
+    Prune2,
+}
+
+/// The content of both trees, generated once.
+struct Fixture {
+    doomed: Vec<u8>,
+    big: Vec<u8>,
+    patch: Vec<u8>,
+    /// Small files of the first tree: (path, content, mode, mtime); those whose name starts
+    /// with `gone-` are deleted for the second tree.
+    small: Vec<(String, Vec<u8>, u32, i64)>,
+    /// Small files the second tree adds.
+    added: Vec<(String, Vec<u8>, u32, i64)>,
+    mtimes: [i64; 4],
+    seed: u64,
+}
+
+impl Fixture {
+    fn new(seed: u64) -> Fixture {
+        let mut rng = Rng::new(seed);
+        let doomed = rng.bytes(DOOMED);
+        let big = rng.bytes(BIG);
+        let patch = rng.bytes(PATCH_LEN);
+        let mut small = Vec::new();
+        for i in 0..6 {
+            let name = if i % 2 == 0 { format!("dir/keep-{i}.txt") } else { format!("dir/gone-{i}.txt") };
+            let len = rng.below(3000) as usize;
+            small.push((name, rng.bytes(len), 0o644, rng.mtime()));
+        }
+        small.push(("dir/sub/empty-file".into(), Vec::new(), 0o600, rng.mtime()));
+        small.push(("run.sh".into(), rng.bytes(200), 0o755, rng.mtime()));
+        let mut added = Vec::new();
+        for i in 0..3 {
+            let len = 1 + rng.below(2000) as usize;
+            added.push((format!("dir/new-{i}.txt"), rng.bytes(len), 0o640, rng.mtime()));
+        }
+        added.push(("new-dir/nested/x.bin".into(), rng.bytes(5000), 0o600, rng.mtime()));
+        let mtimes = [rng.mtime(), rng.mtime(), rng.mtime(), rng.mtime()];
+        Fixture { doomed, big, patch, small, added, mtimes, seed }
+    }
+
+    /// Makes `ws` hold exactly the first tree.
+    fn write_v1(&self, ws: &Path) {
+        if ws.exists() {
+            std::fs::remove_dir_all(ws).expect("clearing the workspace");
+        }
+        std::fs::create_dir_all(ws).expect("creating the workspace");
+        common::write_file(&ws.join("a-doomed.bin"), &self.doomed, 0o644, self.mtimes[0]);
+        common::write_file(&ws.join("big.bin"), &self.big, 0o644, self.mtimes[1]);
+        for (name, data, mode, mtime) in &self.small {
+            common::write_file(&ws.join(name), data, *mode, *mtime);
+        }
+        std::fs::create_dir_all(ws.join("empty")).expect("mkdir");
+        common::symlink("big.bin", &ws.join("link-to-big"), self.mtimes[2]);
+        common::stamp_dirs(ws, &mut Rng::new(self.seed ^ 1));
+    }
+
+    /// Turns the first tree in `ws` into the second, in place: the big file is overwritten in
+    /// the middle (same inode), the doomed file and the `gone-` files are deleted, files added.
+    fn mutate_to_v2(&self, ws: &Path) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(ws.join("big.bin")).expect("opening big.bin");
+        f.write_all_at(&self.patch, PATCH_AT as u64).expect("patching big.bin");
+        drop(f);
+        common::set_mtime(&ws.join("big.bin"), self.mtimes[3]);
+        std::fs::remove_file(ws.join("a-doomed.bin")).expect("rm");
+        for (name, ..) in self.small.iter().filter(|(n, ..)| n.contains("gone-")) {
+            std::fs::remove_file(ws.join(name)).expect("rm");
+        }
+        for (name, data, mode, mtime) in &self.added {
+            common::write_file(&ws.join(name), data, *mode, *mtime);
+        }
+        common::stamp_dirs(ws, &mut Rng::new(self.seed ^ 2));
+    }
+}
+
+fn workspace() -> WorkspaceId {
+    WorkspaceId::new("crash:ws").expect("valid id")
+}
+
+fn create_opts(ws: &Path, cache: Option<&Path>) -> CreateOptions {
+    CreateOptions {
+        workspace: workspace(),
+        generation: Generation::default(),
+        dir: ws.to_path_buf(),
+        excludes: Excludes::new(&[], false).expect("no excludes"),
+        budget: None,
+        cache_dir: cache.map(Path::to_path_buf),
+        host: "crash-test".into(),
+        // One reader: packs are filled in path order, so the op sequence is the same every run.
+        threads: 1,
+    }
+}
+
+/// What a complete run did, to check that the workload exercises what it is meant to.
+#[derive(Debug)]
+struct Done {
+    forgotten: u64,
+    prunes: [PruneOutcome; 2],
+}
+
+/// Runs the workload, stopping at the first error and saying in which step it happened.
+async fn workload(store: DynStore, fx: &Fixture, ws: &Path, cache: Option<&Path>) -> Result<Done, (Step, EngineError)> {
+    let progress = Arc::new(Progress::default());
+    let opts = create_opts(ws, cache);
+    fx.write_v1(ws);
+    let repo = Repo::open_or_init(store).await.map_err(|e| (Step::CreateV1, e))?;
+    create(&repo, &opts, &progress).await.map_err(|e| (Step::CreateV1, e))?;
+    fx.mutate_to_v2(ws);
+    create(&repo, &opts, &progress).await.map_err(|e| (Step::CreateV2, e))?;
+    let policy = Policy { last: 1, hourly: 0, daily: 0, weekly: 0, monthly: 0 };
+    let forgotten = async {
+        let snaps = repo.snapshots(None, None).await?;
+        maintain::forget_apply(&repo, &maintain::forget_plan(&snaps, &policy)).await
+    }
+    .await
+    .map_err(|e| (Step::Forget, e))?;
+    let mut prunes = [PruneOutcome::default(), PruneOutcome::default()];
+    for (i, step) in [Step::Prune1, Step::Prune2].into_iter().enumerate() {
+        prunes[i] = async {
+            let plan = maintain::prune_plan(&repo, 0).await?;
+            maintain::prune_apply(&repo, &plan).await
+        }
+        .await
+        .map_err(|e| (step, e))?;
+    }
+    Ok(Done { forgotten, prunes })
+}
+
+/// Restores one snapshot into a fresh directory under `scratch` and captures it.
+async fn restore_tree(repo: &Repo, snap: &Snapshot, scratch: &Path, name: &str) -> Tree {
+    let dir = scratch.join(name);
+    let opts = RestoreOptions {
+        workspace: workspace(),
+        generation: Generation::default(),
+        snapshot: snap.id.to_hex(),
+        dir: dir.clone(),
+        excludes: Excludes::new(&[], false).expect("no excludes"),
+        cache_dir: None,
+        threads: 2,
+    };
+    restore(repo, &opts, &Arc::new(Progress::default()))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: restoring snapshot seq {} failed: {e}", snap.record.seq));
+    let tree = Tree::capture(&dir);
+    std::fs::remove_dir_all(&dir).expect("cleaning up a restore");
+    tree
+}
+
+/// Snapshots in the store, none when it was never initialised.
+async fn snapshots_of(store: &DynStore) -> (Option<Repo>, Vec<Snapshot>) {
+    match Repo::open(store.clone()).await {
+        Ok(repo) => {
+            let snaps = repo.snapshots(None, None).await.expect("listing snapshots after the crash");
+            (Some(repo), snaps)
+        }
+        Err(EngineError::NotFound { .. }) => (None, Vec::new()),
+        Err(e) => panic!("opening the store after the crash: {e}"),
+    }
+}
+
+/// Asserts every snapshot in the store restores to the tree of its seq and verifies clean.
+async fn check_restorable(store: &DynStore, expect: &[Tree; 2], scratch: &Path, ctx: &str) -> Vec<u64> {
+    let (repo, snaps) = snapshots_of(store).await;
+    let seqs: Vec<u64> = snaps.iter().map(|s| s.record.seq).collect();
+    let Some(repo) = repo else { return seqs };
+    for s in &snaps {
+        // Seq 1 and 3 hold the first tree, 2 and 4 the second (after a rerun).
+        let want = &expect[((s.record.seq + 1) % 2) as usize];
+        let got = restore_tree(&repo, s, scratch, &format!("seq{}", s.record.seq)).await;
+        common::assert_same_tree(want, &got, &format!("{ctx}: snapshot seq {}", s.record.seq));
+    }
+    let report = maintain::verify(&repo, &snaps, true).await.unwrap_or_else(|e| panic!("{ctx}: verify failed: {e}"));
+    assert!(report.errors.is_empty(), "{ctx}: verify --read-data found errors: {:#?}", report.errors);
+    if !snaps.is_empty() {
+        assert!(report.packs_read > 0, "{ctx}: verify read no pack");
+    }
+    seqs
+}
+
+async fn crash_at_every_op(use_cache: bool) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ws = tmp.path().join("ws");
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).expect("mkdir");
+    let fx = Fixture::new(0xC0FFEE);
+
+    // The two trees, as the workload builds them.
+    fx.write_v1(&ws);
+    let v1 = Tree::capture(&ws);
+    fx.mutate_to_v2(&ws);
+    let v2 = Tree::capture(&ws);
+    assert_ne!(v1, v2);
+    let expect = [v1, v2];
+
+    // A clean run: count its operations and check it does what the test relies on.
+    let cache_of = |name: &str| {
+        use_cache.then(|| {
+            let d = tmp.path().join("cache").join(name);
+            let _ = std::fs::remove_dir_all(&d);
+            d
+        })
+    };
+    let clean_cache = cache_of("clean");
+    let counter = Arc::new(FaultyStore::new(memory(), u64::MAX));
+    let done = workload(counter.clone(), &fx, &ws, clean_cache.as_deref()).await.expect("clean run");
+    let n = counter.ops();
+    assert_eq!(done.forgotten, 1, "forget keeps the last of two snapshots");
+    assert!(done.prunes[0].marked > 0 && done.prunes[0].packs_deleted == 0, "first prune only marks: {done:?}");
+    assert!(
+        done.prunes[1].packs_deleted >= 1 && done.prunes[1].manifests_deleted == 1,
+        "second prune deletes the doomed pack and the first manifest: {done:?}"
+    );
+    assert!((30..1000).contains(&n), "a clean run took {n} store operations");
+    eprintln!("clean run: {n} store operations (cache: {use_cache})");
+
+    let mut seen = std::collections::BTreeMap::<Step, u64>::new();
+    for k in 0..=n {
+        let inner = memory();
+        let cache = cache_of(&format!("k{k}"));
+        let faulty = Arc::new(FaultyStore::new(inner.clone(), k));
+        let result = workload(faulty, &fx, &ws, cache.as_deref()).await;
+        let ctx = format!("crash at op {k} of {n} (cache: {use_cache})");
+        let failed = match result {
+            Ok(_) => {
+                assert_eq!(k, n, "{ctx}: the workload finished although op {k} failed");
+                None
+            }
+            Err((step, e)) => {
+                assert!(k < n, "{ctx}: the workload failed with no fault injected: {step:?}: {e}");
+                assert!(e.is_temporary(), "{ctx}: an injected fault surfaced as a permanent error: {e}");
+                *seen.entry(step).or_default() += 1;
+                Some(step)
+            }
+        };
+
+        // The crashed store: exactly the snapshots the failed step allows, all restorable.
+        let seqs = check_restorable(&inner, &expect, &scratch, &ctx).await;
+        match failed {
+            Some(Step::CreateV1) => assert_eq!(seqs, Vec::<u64>::new(), "{ctx}: nothing was published"),
+            Some(Step::CreateV2) => assert_eq!(seqs, vec![1], "{ctx}: only the first snapshot was published"),
+            // forget deletes seq 1 as its very last operation.
+            Some(Step::Forget) => assert_eq!(seqs, vec![1, 2], "{ctx}: forget did not finish"),
+            Some(Step::Prune1 | Step::Prune2) | None => assert_eq!(seqs, vec![2], "{ctx}: after forget"),
+        }
+
+        // Recovery: the same workload, on the same store (and cache), completes.
+        let rerun = workload(inner.clone(), &fx, &ws, cache.as_deref())
+            .await
+            .unwrap_or_else(|(step, e)| panic!("{ctx}: the rerun failed in {step:?}: {e}"));
+        let seqs = check_restorable(&inner, &expect, &scratch, &format!("{ctx}, after the rerun")).await;
+        let last = *seqs.last().expect("a snapshot after the rerun");
+        assert_eq!(seqs.len(), 1, "{ctx}: after the rerun one snapshot is kept: {seqs:?}");
+        assert_eq!(last % 2, 0, "{ctx}: the latest snapshot holds the second tree (seq {last})");
+        let repo = Repo::open(inner.clone()).await.expect("open");
+        let plan = maintain::prune_plan(&repo, 0).await.expect("prune plan");
+        assert!(plan.plan.is_empty(), "{ctx}: garbage left after the rerun: {:#?} (rerun: {rerun:?})", plan.plan);
+    }
+    // Every step was interrupted at least once.
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![Step::CreateV1, Step::CreateV2, Step::Forget, Step::Prune1, Step::Prune2],
+        "steps interrupted: {seen:?}"
+    );
+    eprintln!("crash points per step: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_op_without_cache() {
+    crash_at_every_op(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_every_op_with_cache() {
+    crash_at_every_op(true).await;
+}
+
+/// The fault wrapper itself: op k fails and every op after it, none before.
+#[tokio::test]
+async fn faulty_store_fails_from_k_on() {
+    use berth_engine::store::{Put, Store};
+    let inner = memory();
+    let s = FaultyStore::new(inner.clone(), 2);
+    assert_eq!(s.put_if_absent("a", bytes::Bytes::from_static(b"1")).await.expect("op 0"), Put::Created);
+    assert_eq!(s.get("a").await.expect("op 1").as_ref(), b"1");
+    assert!(s.get("a").await.expect_err("op 2").is_temporary());
+    assert!(s.list("").await.is_err(), "op 3");
+    assert!(s.put_if_absent("b", bytes::Bytes::new()).await.is_err(), "op 4");
+    assert_eq!(s.ops(), 5);
+    // A failed put wrote nothing.
+    assert!(inner.list("").await.expect("list").iter().all(|o| o.key == "a"));
+}

@@ -1,0 +1,503 @@
+//! End-to-end tests of the `berth` binary against a local file store: what a user sees
+//! (exit codes, messages, JSON) and what ends up on disk.
+
+mod util;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use util::{assert_same_tree, read_tree, s, write_file, write_symlink, Env, Node, Rng};
+
+/// A tree with what a snapshot must keep: modes, an empty file, empty and nested directories,
+/// a multi-chunk file, duplicate content, relative, absolute and dangling symlinks, hard links.
+fn sample_tree(root: &Path) {
+    write_file(root, "README.md", b"hello\n", 0o644);
+    write_file(root, "bin/run.sh", b"#!/bin/sh\necho hi\n", 0o755);
+    write_file(root, "secret/key", b"k", 0o600);
+    write_file(root, "read-only.txt", b"do not touch", 0o444);
+    write_file(root, "empty.txt", b"", 0o644);
+    write_file(root, "data/big.bin", &Rng::new(1).bytes(5 << 20), 0o640);
+    let dup = Rng::new(2).bytes(70_000);
+    write_file(root, "data/dup1", &dup, 0o644);
+    write_file(root, "data/dup2", &dup, 0o644);
+    write_file(root, "hard/a", b"linked twice", 0o644);
+    fs::hard_link(root.join("hard/a"), root.join("hard/b")).unwrap();
+    fs::create_dir_all(root.join("empty/nested/deeper")).unwrap();
+    write_symlink(root, "link-rel", "README.md");
+    write_symlink(root, "data/link-abs-dangling", "/nonexistent/berth/target");
+    write_symlink(root, "dirlink", "bin");
+    fs::set_permissions(root.join("secret"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(root.join("bin"), fs::Permissions::from_mode(0o750)).unwrap();
+}
+
+/// The paths of a tree.
+fn paths(root: &Path) -> BTreeSet<String> {
+    read_tree(root).into_keys().collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[track_caller]
+fn u64_field(v: &Value, name: &str) -> u64 {
+    v[name].as_u64().unwrap_or_else(|| panic!("field {name} is not a number in {v:#}"))
+}
+
+#[track_caller]
+fn bool_field(v: &Value, name: &str) -> bool {
+    v[name].as_bool().unwrap_or_else(|| panic!("field {name} is not a bool in {v:#}"))
+}
+
+#[track_caller]
+fn str_field<'a>(v: &'a Value, name: &str) -> &'a str {
+    v[name].as_str().unwrap_or_else(|| panic!("field {name} is not a string in {v:#}"))
+}
+
+#[test]
+fn create_ls_restore_round_trip() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample_tree(&src);
+
+    let c1 = env.run("create", &["--workspace", "agent:1", "--json", s(&src)]).ok().json();
+    let id = str_field(&c1, "snapshot").to_string();
+    assert_eq!(id.len(), 64, "{c1:#}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{c1:#}");
+    assert_eq!(u64_field(&c1, "seq"), 1);
+    assert!(!bool_field(&c1, "unchanged"));
+    // README, run.sh, key, read-only, empty, big, dup1, dup2, hard/a (hard/b is a link).
+    assert_eq!(u64_field(&c1, "files_read"), 9, "{c1:#}");
+    let big = 5u64 << 20;
+    assert!(u64_field(&c1, "bytes_new") >= big + 70_000, "duplicate content counted once: {c1:#}");
+    assert!(u64_field(&c1, "bytes_new") < big + 2 * 70_000, "duplicate content counted once: {c1:#}");
+    assert!(u64_field(&c1, "bytes_uploaded") >= big, "random data does not compress: {c1:#}");
+
+    let ls = env.run("ls", &["--json"]).ok().json();
+    let rows = ls.as_array().expect("ls --json is an array");
+    assert_eq!(rows.len(), 1, "{ls:#}");
+    assert_eq!(rows[0]["id"], id.as_str());
+    assert_eq!(rows[0]["record"]["seq"], 1);
+    assert_eq!(rows[0]["record"]["workspace"], "agent:1");
+    let text = env.run("ls", &[]).ok();
+    assert!(text.stdout.contains(&id[..12]) && text.stdout.contains("agent:1"), "{text:?}");
+
+    let out = env.path("out");
+    let r = env.run("restore", &["--workspace", "agent:1", "--json", s(&out)]).ok().json();
+    assert_eq!(str_field(&r, "snapshot"), id);
+    assert_same_tree(&read_tree(&src), &read_tree(&out));
+    let (a, b) = (fs::metadata(out.join("hard/a")).unwrap(), fs::metadata(out.join("hard/b")).unwrap());
+    assert_eq!(a.ino(), b.ino(), "hard links are restored as hard links");
+
+    // Nothing changed: nothing read, nothing published.
+    let c2 = env.run("create", &["--workspace", "agent:1", "--json", s(&src)]).ok().json();
+    assert!(bool_field(&c2, "unchanged"), "{c2:#}");
+    assert_eq!(u64_field(&c2, "files_read"), 0, "{c2:#}");
+    assert_eq!(u64_field(&c2, "bytes_new"), 0, "{c2:#}");
+    assert_eq!(u64_field(&c2, "bytes_uploaded"), 0, "{c2:#}");
+    assert_eq!((str_field(&c2, "snapshot"), u64_field(&c2, "seq")), (id.as_str(), 1));
+
+    // The restored copy is the same snapshot, and the restore seeded the cache for it.
+    let c3 = env.run("create", &["--workspace", "agent:1", "--json", s(&out)]).ok().json();
+    assert!(bool_field(&c3, "unchanged"), "a restored tree snapshots as the same snapshot: {c3:#}");
+    // Restore seeds the file cache, so no content is read again. (Empty files are not seeded
+    // and count as one read of 0 bytes.)
+    assert_eq!(u64_field(&c3, "bytes_read"), 0, "restore seeds the file cache: {c3:#}");
+    assert!(u64_field(&c3, "files_read") <= 1, "restore seeds the file cache: {c3:#}");
+
+    // One file changed: only it is read, and a new snapshot follows.
+    write_file(&src, "README.md", b"hello again\n", 0o644);
+    let c4 = env.run("create", &["--workspace", "agent:1", "--json", s(&src)]).ok().json();
+    assert!(!bool_field(&c4, "unchanged"), "{c4:#}");
+    assert_eq!((u64_field(&c4, "seq"), u64_field(&c4, "files_read")), (2, 1), "{c4:#}");
+    let r2 = env.run("restore", &["--workspace", "agent:1", "--json", s(&out)]).ok().json();
+    assert_eq!(r2["seq"], 2);
+    assert_same_tree(&read_tree(&src), &read_tree(&out));
+    assert_eq!(env.run("ls", &["--json"]).ok().json().as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn exit_codes_and_error_messages() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src, "a.txt", b"a", 0o644);
+    let out = env.path("out");
+
+    // Usage errors: 2.
+    env.run_raw(&["snapshot", "restore", "--workspace", "w", s(&out)]).fails(2).stderr_has(&["--store"]);
+    env.run("create", &["--workspace", "w", "--bogus", s(&src)]).fails(2).stderr_has(&["--bogus"]);
+    env.run("create", &["--workspace", "w", "--generation", "two", s(&src)]).fails(2).stderr_has(&["two"]);
+    env.run_raw(&["snapshot", "frobnicate"]).fails(2).stderr_has(&["frobnicate"]);
+
+    // Failures: 1, with a message naming the object and what to do.
+    env.run("restore", &["--workspace", "w", s(&out)]).fails(1).stderr_has(&[
+        &env.url,
+        "not found",
+        "berth snapshot create",
+    ]);
+    assert!(!out.exists(), "a failed restore does not create its target");
+    env.run_raw(&["snapshot", "ls", "--store", "ftp://x"]).fails(1).stderr_has(&[
+        "ftp://x",
+        "file:///",
+        "s3://",
+        "memory://",
+    ]);
+    env.run_raw(&["snapshot", "create", "--store", "file://relative/store", "--workspace", "w", s(&src)])
+        .fails(1)
+        .stderr_has(&["file://relative/store", "absolute"]);
+    env.run("create", &["--workspace", "a/b", s(&src)]).fails(1).stderr_has(&["'a/b'", "workspace id"]);
+    assert!(!env.store.exists(), "an invalid workspace id is refused before the store is touched");
+    let missing = env.path("no-such-dir");
+    env.run("create", &["--workspace", "w", s(&missing)]).fails(1).stderr_has(&[s(&missing)]);
+    let file = src.join("a.txt");
+    env.run("create", &["--workspace", "w", s(&file)]).fails(1).stderr_has(&[s(&file), "not a directory"]);
+    env.run("create", &["--workspace", "w", "--budget", "lots", s(&src)]).fails(1).stderr_has(&["--budget", "lots"]);
+
+    // An initialised store without that workspace.
+    env.run("create", &["--workspace", "w1", s(&src)]).ok();
+    env.run("restore", &["--workspace", "w2", s(&out)]).fails(1).stderr_has(&[
+        "workspace w2",
+        "not found",
+        "berth snapshot ls",
+    ]);
+    env.run("restore", &["--workspace", "w1", "--snapshot", "deadbeef", s(&out)])
+        .fails(1)
+        .stderr_has(&["deadbeef", "not found"]);
+    env.run("restore", &["--workspace", "w1", "--snapshot", "xyz", s(&out)]).fails(1).stderr_has(&["'xyz'"]);
+    env.run("verify", &["--workspace", "w2"]).fails(1).stderr_has(&["w2"]);
+    env.run("ls", &["--generation", "1"]).fails(1).stderr_has(&["--workspace"]);
+    assert!(!out.exists(), "a failed restore does not create its target");
+}
+
+#[test]
+fn default_and_user_excludes() {
+    let env = Env::new();
+    let src = env.path("src");
+    for (rel, data) in [
+        ("src/main.rs", "fn main() {}"),
+        ("node_modules/pkg/index.js", "module.exports = 1"),
+        ("web/node_modules/x.js", "x"),
+        ("target/debug/app", "elf"),
+        ("app.log", "log"),
+        ("logs/b.log", "log"),
+        (".git-credentials", "https://user:token@example.com"),
+        ("sub/.git-credentials", "https://user:token@example.com"),
+        ("keep.txt", "keep"),
+    ] {
+        write_file(&src, rel, data.as_bytes(), 0o644);
+    }
+    let restored = |ws: &str, extra: &[&str]| {
+        let mut args = vec!["--workspace", ws];
+        args.extend_from_slice(extra);
+        args.push(s(&src));
+        env.run("create", &args).ok();
+        let out = env.path(&format!("out-{ws}"));
+        env.run("restore", &["--workspace", ws, s(&out)]).ok();
+        paths(&out)
+    };
+    let kept = ["src", "src/main.rs", "web", "sub", "keep.txt"];
+
+    let mut expected = set(&kept);
+    expected.extend(set(&["app.log", "logs", "logs/b.log"]));
+    assert_eq!(restored("defaults", &[]), expected, "node_modules/ and target/ are left out by default");
+
+    let mut expected = expected.clone();
+    expected.extend(set(&[
+        "node_modules",
+        "node_modules/pkg",
+        "node_modules/pkg/index.js",
+        "web/node_modules",
+        "web/node_modules/x.js",
+        "target",
+        "target/debug",
+        "target/debug/app",
+    ]));
+    assert_eq!(
+        restored("everything", &["--no-default-excludes"]),
+        expected,
+        "--no-default-excludes keeps caches, never .git-credentials"
+    );
+    assert_eq!(
+        restored("everything-else", &["--no-default-excludes", "--exclude", "!.git-credentials"]),
+        expected,
+        ".git-credentials cannot be re-included"
+    );
+
+    let mut expected = set(&kept);
+    expected.insert("logs".into());
+    assert_eq!(restored("nologs", &["--exclude", "*.log"]), expected, "--exclude '*.log'");
+}
+
+#[test]
+fn budget_leaves_out_the_largest_file() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src, "big.bin", &Rng::new(3).bytes(2048), 0o644);
+    for name in ["a.txt", "b.txt", "dir/c.txt"] {
+        write_file(&src, name, &[b'x'; 100], 0o644);
+    }
+    let run = env.run("create", &["--workspace", "w", "--budget", "1KiB", "--json", s(&src)]).ok();
+    let c = run.json();
+    assert_eq!(c["skipped_for_budget"], serde_json::json!(["big.bin"]), "{c:#}");
+    assert_eq!(u64_field(&c, "files_scanned"), 3, "{c:#}");
+    assert!(
+        run.stderr.contains("warning:") && run.stderr.contains("big.bin") && run.stderr.contains("--budget"),
+        "the left-out file is listed on stderr: {run:?}"
+    );
+    let ls = env.run("ls", &["--json"]).ok().json();
+    assert_eq!(ls[0]["record"]["skipped_for_budget"], serde_json::json!(["big.bin"]), "{ls:#}");
+
+    let out = env.path("out");
+    env.run("restore", &["--workspace", "w", s(&out)]).ok();
+    assert_eq!(paths(&out), set(&["a.txt", "b.txt", "dir", "dir/c.txt"]));
+    let mut expected = read_tree(&src);
+    expected.remove("big.bin");
+    assert_same_tree(&expected, &read_tree(&out));
+
+    // Without a budget problem nothing is left out or warned about.
+    let run = env.run("create", &["--workspace", "w", "--budget", "unlimited", "--json", s(&src)]).ok();
+    assert_eq!(run.json()["skipped_for_budget"], serde_json::json!([]));
+    assert!(!run.stderr.contains("warning"), "{run:?}");
+}
+
+#[test]
+fn diff_lists_added_removed_and_modified_paths() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src, "a.txt", b"one", 0o644);
+    write_file(&src, "b.txt", b"bee", 0o644);
+    write_file(&src, "d/same.txt", b"same", 0o644);
+    write_file(&src, "d/mode.sh", b"echo", 0o644);
+    let id1 =
+        str_field(&env.run("create", &["--workspace", "w", "--json", s(&src)]).ok().json(), "snapshot").to_string();
+
+    write_file(&src, "a.txt", b"ONE!", 0o644);
+    fs::remove_file(src.join("b.txt")).unwrap();
+    write_file(&src, "new.txt", b"new", 0o644);
+    fs::set_permissions(src.join("d/mode.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    // An mtime-only change is not a change.
+    let f = fs::File::options().write(true).open(src.join("d/same.txt")).unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    let id2 =
+        str_field(&env.run("create", &["--workspace", "w", "--json", s(&src)]).ok().json(), "snapshot").to_string();
+    assert_ne!(id1, id2);
+
+    let text = env.run("diff", &["--workspace", "w", &id1[..12], &id2[..12]]).ok();
+    for line in ["M a.txt", "- b.txt", "+ new.txt", "M d/mode.sh", "4 change(s)"] {
+        assert!(text.stdout.lines().any(|l| l.starts_with(line)), "diff output lacks {line:?}: {text:?}");
+    }
+    assert!(!text.stdout.contains("same.txt"), "{text:?}");
+
+    let json = env.run("diff", &["--workspace", "w", "--json", &id1[..8], "latest"]).ok().json();
+    let got: BTreeMap<String, (String, u64, u64)> = json
+        .as_array()
+        .expect("diff --json is an array")
+        .iter()
+        .map(|c| {
+            let kind = str_field(c, "kind").to_string();
+            (str_field(c, "path").to_string(), (kind, u64_field(c, "size_before"), u64_field(c, "size_after")))
+        })
+        .collect();
+    let expected: BTreeMap<String, (String, u64, u64)> = [
+        ("a.txt", ("modified", 3, 4)),
+        ("b.txt", ("removed", 3, 0)),
+        ("d/mode.sh", ("modified", 4, 4)),
+        ("new.txt", ("added", 0, 3)),
+    ]
+    .into_iter()
+    .map(|(p, (k, b, a))| (p.to_string(), (k.to_string(), b, a)))
+    .collect();
+    assert_eq!(got, expected);
+
+    // Reversed, additions become removals; a snapshot against itself has no changes.
+    let rev = env.run("diff", &["--workspace", "w", "--json", &id2[..12], &id1[..12]]).ok().json();
+    assert!(rev.as_array().unwrap().iter().any(|c| c["path"] == "new.txt" && c["kind"] == "removed"), "{rev:#}");
+    let none = env.run("diff", &["--workspace", "w", "--json", "latest", "latest"]).ok().json();
+    assert_eq!(none, serde_json::json!([]));
+}
+
+#[test]
+fn verify_read_data_finds_a_corrupt_pack() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src, "data.bin", &Rng::new(4).bytes(300_000), 0o644);
+    write_file(&src, "small.txt", b"small", 0o644);
+    env.run("create", &["--workspace", "w", s(&src)]).ok();
+    let v = env.run("verify", &["--workspace", "w"]).ok();
+    assert!(v.stdout.contains("ok"), "{v:?}");
+    let v = env.run("verify", &["--workspace", "w", "--read-data", "--json"]).ok().json();
+    assert_eq!(v["errors"], serde_json::json!([]), "{v:#}");
+    assert!(u64_field(&v, "packs_read") >= 1, "{v:#}");
+
+    // Corrupt the pack holding data.bin (the largest), in its middle: blob data.
+    let pack = env.packs().into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).expect("a pack");
+    let pack = &pack;
+    let mut bytes = fs::read(pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(pack, &bytes).unwrap();
+    let short = &pack.file_name().unwrap().to_str().unwrap()[..12];
+
+    // Same size: only reading the data finds it.
+    env.run("verify", &["--workspace", "w"]).ok();
+    let bad = env.run("verify", &["--workspace", "w", "--read-data"]).fails(1);
+    assert!(bad.stdout.contains(short) || bad.stderr.contains(short), "the message names pack {short}: {bad:?}");
+    let bad = env.run("verify", &["--workspace", "w", "--read-data", "--json"]);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    let errors = bad.json()["errors"].as_array().cloned().unwrap_or_default();
+    assert!(errors.iter().any(|e| e.as_str().is_some_and(|e| e.contains(short))), "{bad:?}");
+
+    // A restore checks every chunk: it fails instead of writing corrupt data.
+    let out = env.path("out");
+    env.run("restore", &["--workspace", "w", s(&out)]).fails(1).stderr_has(&["corrupt"]);
+}
+
+#[test]
+fn forget_then_prune_twice_reclaims_space() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut ids = Vec::new();
+    // Each snapshot holds only its own file, so each older pack becomes wholly unreferenced.
+    for i in 1..=3u64 {
+        if i > 1 {
+            fs::remove_file(src.join(format!("x{}", i - 1))).unwrap();
+        }
+        write_file(&src, &format!("x{i}"), &Rng::new(10 + i).bytes(200_000), 0o644);
+        let c = env.run("create", &["--workspace", "w", "--json", s(&src)]).ok().json();
+        assert_eq!(u64_field(&c, "seq"), i);
+        ids.push(str_field(&c, "snapshot").to_string());
+    }
+    let packs_before = env.packs();
+    assert_eq!(packs_before.len(), 3, "{packs_before:?}");
+    let keep =
+        ["--keep-last", "1", "--keep-hourly", "0", "--keep-daily", "0", "--keep-weekly", "0", "--keep-monthly", "0"];
+    let count = || env.run("ls", &["--json"]).ok().json().as_array().map_or(0, Vec::len);
+
+    let mut args = keep.to_vec();
+    args.extend(["--dry-run", "--json"]);
+    let dry = env.run("forget", &args).ok().json();
+    assert_eq!((dry["dry_run"].as_bool(), u64_field(&dry, "forgotten")), (Some(true), 0), "{dry:#}");
+    let decisions = dry["plan"][0]["decisions"].as_array().expect("decisions").clone();
+    assert_eq!(decisions.len(), 3, "{dry:#}");
+    let kept: Vec<&Value> = decisions.iter().filter(|d| d["keep"] == true).collect();
+    assert_eq!(kept.len(), 1, "{dry:#}");
+    assert_eq!(kept[0]["seq"], 3, "{dry:#}");
+    assert_eq!(count(), 3, "a dry run forgets nothing");
+    let text = env.run("forget", &[&keep[..], &["--dry-run"]].concat()).ok();
+    assert!(text.stdout.contains("would forget 2"), "{text:?}");
+    assert_eq!(count(), 3, "a dry run forgets nothing");
+
+    let real = env.run("forget", &[&keep[..], &["--json"]].concat()).ok().json();
+    assert_eq!(u64_field(&real, "forgotten"), 2, "{real:#}");
+    let ls = env.run("ls", &["--json"]).ok().json();
+    assert_eq!(ls.as_array().map(Vec::len), Some(1), "{ls:#}");
+    assert_eq!(ls[0]["id"], ids[2].as_str());
+
+    let dry = env.run("prune", &["--grace", "0s", "--dry-run", "--json"]).ok().json();
+    assert!(dry["outcome"].is_null(), "{dry:#}");
+    let p1 = env.run("prune", &["--grace", "0s", "--json"]).ok().json();
+    assert_eq!(u64_field(&p1["outcome"], "packs_deleted"), 0, "the first run only marks: {p1:#}");
+    assert_eq!(u64_field(&p1["outcome"], "marked"), 4, "two packs and two manifests: {p1:#}");
+    assert_eq!(env.packs(), packs_before, "the first prune deletes nothing");
+
+    let p2 = env.run("prune", &["--grace", "0s", "--json"]).ok().json();
+    assert_eq!(u64_field(&p2["outcome"], "packs_deleted"), 2, "{p2:#}");
+    assert_eq!(u64_field(&p2["outcome"], "manifests_deleted"), 2, "{p2:#}");
+    let after = env.packs();
+    assert_eq!(after.len(), 1, "the second prune deletes the marked packs: {after:?}");
+    assert!(packs_before.contains(&after[0]));
+
+    let out = env.path("out");
+    env.run("restore", &["--workspace", "w", s(&out)]).ok();
+    assert_same_tree(&read_tree(&src), &read_tree(&out));
+    env.run("verify", &["--workspace", "w", "--read-data"]).ok();
+    // Nothing is left to do.
+    let p3 = env.run("prune", &["--grace", "0s", "--json"]).ok().json();
+    assert_eq!(u64_field(&p3["outcome"], "packs_deleted"), 0, "{p3:#}");
+    assert_eq!(u64_field(&p3["outcome"], "marked"), 0, "{p3:#}");
+}
+
+#[test]
+fn a_new_generation_sees_nothing_of_the_old_one() {
+    let env = Env::new();
+    let (old, new) = (env.path("old"), env.path("new"));
+    write_file(&old, "memory.txt", b"what the first owner knew", 0o644);
+    write_file(&new, "fresh.txt", b"a new start", 0o644);
+    env.run("create", &["--workspace", "owner", s(&old)]).ok();
+
+    let out = env.path("out");
+    env.run("restore", &["--workspace", "owner", "--generation", "2", s(&out)]).fails(1).stderr_has(&[
+        "owner",
+        "generation 2",
+        "not found",
+    ]);
+    assert!(!out.exists(), "nothing of generation 1 is restored");
+
+    env.run("create", &["--workspace", "owner", "--generation", "2", s(&new)]).ok();
+    env.run("restore", &["--workspace", "owner", "--generation", "2", s(&out)]).ok();
+    assert_same_tree(&read_tree(&new), &read_tree(&out));
+    let out1 = env.path("out1");
+    env.run("restore", &["--workspace", "owner", s(&out1)]).ok();
+    assert_same_tree(&read_tree(&old), &read_tree(&out1));
+
+    let ls = env.run("ls", &["--workspace", "owner", "--generation", "2", "--json"]).ok().json();
+    let rows = ls.as_array().expect("array");
+    assert_eq!(rows.len(), 1, "{ls:#}");
+    assert_eq!((rows[0]["record"]["generation"].as_u64(), rows[0]["record"]["seq"].as_u64()), (Some(2), Some(1)));
+}
+
+#[test]
+fn restore_into_an_existing_directory() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src, "keep.txt", b"snapshot content", 0o644);
+    write_file(&src, "dir/a.txt", b"a", 0o600);
+    write_file(&src, "dir/sub/b.txt", b"b", 0o644);
+    write_file(&src, "web/app.js", b"app()", 0o644);
+    fs::create_dir_all(src.join("empty")).unwrap();
+    write_symlink(&src, "link", "keep.txt");
+    env.run("create", &["--workspace", "w", s(&src)]).ok();
+
+    let out = env.path("out");
+    let outside = env.path("outside");
+    write_file(&outside, "victim.txt", b"outside the target", 0o644);
+    write_file(&out, "keep.txt", b"local edits", 0o755);
+    write_file(&out, "extra.txt", b"extra", 0o644);
+    write_file(&out, "extra_dir/deep/file", b"deep", 0o644);
+    write_file(&out, "dir/sub", b"a file where the snapshot has a directory", 0o644);
+    write_file(&out, "empty/stale", b"stale", 0o644);
+    symlink(&outside, out.join("web")).unwrap();
+    write_symlink(&out, "link", "/etc/passwd");
+    let excluded = [
+        ("node_modules/pkg/index.js", "module.exports = 1"),
+        ("dir/node_modules/lib.js", "lib"),
+        ("target/out.o", "obj"),
+        ("build/x", "artifact"),
+    ];
+    for (rel, data) in excluded {
+        write_file(&out, rel, data.as_bytes(), 0o644);
+    }
+
+    let r = env.run("restore", &["--workspace", "w", "--json", s(&out)]).ok().json();
+    assert!(u64_field(&r, "removed") >= 3, "{r:#}");
+
+    let mut restored = read_tree(&out);
+    for (rel, data) in excluded {
+        match restored.get(rel) {
+            Some(Node::File { data: d, .. }) => assert_eq!(d, data.as_bytes(), "{rel} is left alone"),
+            other => panic!("excluded {rel} must be left alone, found {other:?}"),
+        }
+    }
+    restored.retain(|p, _| {
+        !["node_modules", "dir/node_modules", "target", "build"]
+            .iter()
+            .any(|x| p == x || p.starts_with(&format!("{x}/")))
+    });
+    assert_same_tree(&read_tree(&src), &restored);
+    assert_eq!(fs::read(outside.join("victim.txt")).unwrap(), b"outside the target", "no write through a symlink");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "nothing written outside the target");
+}
