@@ -794,10 +794,10 @@ def summarize(work, run_id=None):
     tz = [r["out_bytes"] for r in ok.get("anchor.tar_zstd", []) if "out_bytes" in r]
     tzb = tz[-1] if tz else None
     if tzb:
-        L.append(f"| tar \\| zstd -3 | - | {fmt_bytes(tzb)} | 1 | 1.00 |")
+        L.append(f"| tar \\| zstd -3 | - | {fmt_bytes(tzb)} | 1 | 1.000 |")
     for store in ("restic", "restic_s3", "berth", "berth_s3"):
         for r in sizes.get(store, []):
-            ratio = f"{r['store_bytes'] / tzb:.2f}" if tzb and "store_bytes" in r else "n/a"
+            ratio = f"{r['store_bytes'] / tzb:.3f}" if tzb and "store_bytes" in r else "n/a"
             L.append(f"| {store} | {r['phase']} | {fmt_bytes(r.get('store_bytes', 0))} | "
                      f"{r.get('store_files', '?')} | {ratio} |")
 
@@ -834,7 +834,7 @@ def summarize(work, run_id=None):
     if bs and tzb:
         ratio = bs[-1]["store_bytes"] / tzb
         L.append(f"| store size after first snapshot <= tar\\|zstd -3 output | {fmt_bytes(bs[-1]['store_bytes'])} | "
-                 f"{fmt_bytes(tzb)} | {ratio:.2f} | <= 1 | {verdict(ratio <= 1)} |")
+                 f"{fmt_bytes(tzb)} | {ratio:.3f} | <= 1 | {verdict(ratio <= 1)} |")
     bv = [r for r in verifies if r["name"] == "verify.berth"]
     if bv:
         n_ok = sum(1 for r in bv if r["ok"])

@@ -96,6 +96,10 @@ hash_id!(
     SnapshotId
 );
 hash_id!(
+    /// The id of a tree: the digest of a manifest's entries alone, equal for equal trees.
+    TreeId
+);
+hash_id!(
     /// The id of a prune mark: the digest of its stored bytes.
     MarkId
 );

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunker::MAX_CHUNK;
 use crate::codec;
-use crate::id::{ChunkId, ManifestId};
+use crate::id::{ChunkId, ManifestId, TreeId};
 use crate::path::{serde_bytes_vec, RelPath};
 use crate::FormatError;
 
@@ -96,16 +96,26 @@ impl Manifest {
         self.entries.sort_by(|a, b| a.path.cmp(&b.path));
     }
 
-    /// Encodes the manifest; returns its id (of the plain encoding) and the stored bytes.
-    pub fn encode(&self) -> (ManifestId, Vec<u8>) {
+    /// Encodes the manifest as a new object; returns its id and the stored bytes.
+    ///
+    /// The plain encoding is `nonce (16 bytes) | entries`. The nonce (random per writer run)
+    /// makes every published snapshot own its manifest object, so a writer never depends on an
+    /// identical object that prune may be deleting. Equal trees are recognised by `tree_id`.
+    pub fn encode_with(&self, nonce: [u8; 16]) -> (ManifestId, Vec<u8>) {
+        let mut plain = nonce.to_vec();
         // Serializing plain structs into a Vec cannot fail.
-        let plain = postcard::to_allocvec(self).unwrap_or_default();
+        plain.extend(postcard::to_allocvec(self).unwrap_or_default());
         (ManifestId::of(&plain), codec::compress_object(&plain))
     }
 
-    /// Returns the id the manifest would have, without compressing it.
-    pub fn id(&self) -> ManifestId {
-        ManifestId::of(&postcard::to_allocvec(self).unwrap_or_default())
+    /// Encodes the manifest with a zero nonce (tests and tools that need no uniqueness).
+    pub fn encode(&self) -> (ManifestId, Vec<u8>) {
+        self.encode_with([0; 16])
+    }
+
+    /// Returns the id of the tree: equal for equal entries, whatever object holds them.
+    pub fn tree_id(&self) -> TreeId {
+        TreeId::of(&postcard::to_allocvec(self).unwrap_or_default())
     }
 
     /// Decodes stored bytes, checks the id and validates the tree.
@@ -115,7 +125,10 @@ impl Manifest {
         if ManifestId::of(&plain) != *id {
             return Err(FormatError::new(what, "content does not match its id"));
         }
-        let manifest: Manifest = postcard::from_bytes(&plain).map_err(|e| {
+        let Some(plain) = plain.get(16..) else {
+            return Err(FormatError::new(what, "shorter than its header"));
+        };
+        let manifest: Manifest = postcard::from_bytes(plain).map_err(|e| {
             let reason = match e {
                 // Custom errors come from validation in deserializers (RelPath); postcard drops their text.
                 postcard::Error::SerdeDeCustom => {
@@ -259,7 +272,9 @@ mod tests {
         m.sort();
         let (id, stored) = m.encode();
         assert_eq!(Manifest::decode(&id, &stored).unwrap(), m);
-        assert_eq!(m.id(), id);
+        let (id2, _) = m.encode_with([7; 16]);
+        assert_ne!(id2, id, "the nonce makes each object unique");
+        assert_eq!(Manifest::decode(&id2, &m.encode_with([7; 16]).1).unwrap().tree_id(), m.tree_id());
         assert!(Manifest::decode(&ManifestId::of(b"other"), &stored).is_err());
     }
 
@@ -316,7 +331,8 @@ mod tests {
                     kind: EntryKind::Dir,
                 }],
             };
-            let plain = postcard::to_allocvec(&raw).unwrap();
+            let mut plain = vec![0u8; 16];
+            plain.extend(postcard::to_allocvec(&raw).unwrap());
             let id = ManifestId::of(&plain);
             let err = Manifest::decode(&id, &codec::compress_object(&plain)).unwrap_err();
             assert!(err.reason.contains("escapes the root"), "{err}");

@@ -51,9 +51,19 @@ impl BlobEntry {
     }
 }
 
+/// The trailer's header (written as the tuple `(nonce, blobs)`, which encodes the same).
+#[derive(Debug, Deserialize)]
+struct Header {
+    /// Random per writer run, so that no two runs ever write the same pack (a run never finds
+    /// its pack "already there" in a state prune may be about to delete).
+    _nonce: [u8; 16],
+    blobs: Vec<BlobEntry>,
+}
+
 /// Collects blobs until the pack is large enough to seal.
 #[derive(Debug, Default)]
 pub struct PackBuilder {
+    nonce: [u8; 16],
     buf: Vec<u8>,
     entries: Vec<BlobEntry>,
     /// Small chunks waiting to be encoded together: their raw bytes and (id, inner offset, length).
@@ -73,6 +83,11 @@ pub struct SealedPack {
 }
 
 impl PackBuilder {
+    /// Creates a builder whose packs carry the run's random `nonce`.
+    pub fn new(nonce: [u8; 16]) -> Self {
+        Self { nonce, ..Self::default() }
+    }
+
     /// Adds an already encoded blob as a frame of its own.
     pub fn add(&mut self, id: ChunkId, codec: Codec, stored: &[u8], raw_len: u32) {
         if self.buf.capacity() == 0 {
@@ -136,7 +151,7 @@ impl PackBuilder {
         let mut bytes = std::mem::take(&mut self.buf);
         let entries = std::mem::take(&mut self.entries);
         // Serializing plain structs into a Vec cannot fail.
-        let header = postcard::to_allocvec(&entries).unwrap_or_default();
+        let header = postcard::to_allocvec(&(self.nonce, &entries)).unwrap_or_default();
         bytes.extend_from_slice(&header);
         bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
         bytes.extend_from_slice(MAGIC);
@@ -160,8 +175,8 @@ pub fn parse(what: &str, bytes: &[u8]) -> Result<Vec<BlobEntry>, FormatError> {
         return fail(format!("header length {header_len} exceeds the pack"));
     }
     let data_end = len_at - header_len;
-    let entries: Vec<BlobEntry> = match postcard::from_bytes(&bytes[data_end..len_at]) {
-        Ok(e) => e,
+    let entries: Vec<BlobEntry> = match postcard::from_bytes::<Header>(&bytes[data_end..len_at]) {
+        Ok(h) => h.blobs,
         Err(e) => return fail(format!("header: {e}")),
     };
     for e in &entries {
@@ -216,7 +231,7 @@ mod tests {
         assert!(parse("p", &bogus).is_err());
         // A header that points a blob past the data.
         let entries = vec![BlobEntry::single(ChunkId::of(b""), 0, 1000, 0, Codec::Raw)];
-        let header = postcard::to_allocvec(&entries).unwrap();
+        let header = postcard::to_allocvec(&([0u8; 16], &entries)).unwrap();
         let mut p = header.clone();
         p.extend_from_slice(&(header.len() as u32).to_le_bytes());
         p.extend_from_slice(MAGIC);

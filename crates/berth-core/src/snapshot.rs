@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ManifestId, SnapshotId};
+use crate::id::{ManifestId, SnapshotId, TreeId};
 use crate::manifest::Totals;
 use crate::time::Timestamp;
 use crate::workspace::{Generation, WorkspaceId};
@@ -27,8 +27,10 @@ pub struct SnapshotRecord {
     pub seq: u64,
     /// When it was taken.
     pub time: Timestamp,
-    /// The tree.
+    /// The manifest object holding the tree.
     pub manifest: ManifestId,
+    /// The tree's id: equal trees have equal ids (used to skip publishing an unchanged tree).
+    pub tree: TreeId,
     /// The snapshot it was taken on top of, if any.
     pub parent: Option<SnapshotId>,
     /// Host that took it.
@@ -79,6 +81,7 @@ mod tests {
             seq: 7,
             time: Timestamp(5),
             manifest: ManifestId::of(b"m"),
+            tree: TreeId::of(b"t"),
             parent: None,
             host: "h".into(),
             totals: Totals::default(),

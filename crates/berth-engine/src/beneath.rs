@@ -58,6 +58,9 @@ impl Root {
             }
         }
         let (parent, name) = split(rel);
+        if name.is_empty() || name == b"." || name == b".." {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "path component not allowed"));
+        }
         let dir = self.dir_walk(parent)?;
         Ok(rustix::fs::openat(&dir, os(name), flags, mode)?)
     }

@@ -149,6 +149,7 @@ struct ReadStats {
 /// Takes a snapshot of `opts.dir` and publishes it as the latest of its workspace generation.
 pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>) -> Result<CreateSummary> {
     let started = Instant::now();
+    let nonce = run_nonce();
     let dir = std::fs::canonicalize(&opts.dir).map_err(|e| EngineError::io("opening directory", &opts.dir, e))?;
     let store = repo.store().clone();
     progress.start("scan", 0, 0);
@@ -236,6 +237,7 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
         params: repo.config().chunker,
         index: loaded.index,
         claimed: Mutex::new(HashSet::new()),
+        nonce,
         stop: AtomicBool::new(false),
         next: AtomicUsize::new(0),
     });
@@ -292,7 +294,7 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
         bytes_uploaded += bytes.len() as u64;
         store.put_if_absent(&layout::index(&index_id), Bytes::from(bytes)).await?;
     }
-    let manifest_id = manifest.id();
+    let tree = manifest.tree_id();
     let totals = manifest.totals();
     // Every file matched the cache and none went away: the cache on disk is already right.
     let cache_current = jobs_len == 0 && new_cache.files.len() == cache.files.len();
@@ -325,11 +327,11 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
             }
         }
     };
-    if let Some(p) = parent.as_ref().filter(|p| p.record.manifest == manifest_id) {
+    if let Some(p) = parent.as_ref().filter(|p| p.record.tree == tree) {
         save_cache(&new_cache);
         return Ok(summary(p.id, p.record.seq, true, bytes_uploaded));
     }
-    let (_, manifest_bytes) = manifest.encode();
+    let (manifest_id, manifest_bytes) = manifest.encode_with(nonce);
     bytes_uploaded += manifest_bytes.len() as u64;
     store.put_if_absent(&layout::manifest(&manifest_id), Bytes::from(manifest_bytes)).await?;
     let seq = parent.as_ref().map_or(1, |p| p.record.seq + 1);
@@ -340,6 +342,7 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
         seq,
         time: now(),
         manifest: manifest_id,
+        tree,
         parent: parent.as_ref().map(|p| p.id),
         host: opts.host.clone(),
         totals,
@@ -358,6 +361,17 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
     save_cache(&new_cache);
     tracing::info!(event = "snapshot_created", workspace = %opts.workspace, seq, snapshot = %snapshot_id);
     Ok(summary(snapshot_id, seq, false, bytes_uploaded))
+}
+
+/// Returns 16 random bytes for this run (falling back to time and pid if the kernel has no
+/// entropy call, which only weakens uniqueness, never safety of what is already stored).
+fn run_nonce() -> [u8; 16] {
+    let mut nonce = [0u8; 16];
+    if rustix::rand::getrandom(&mut nonce[..], rustix::rand::GetRandomFlags::empty()).map_or(true, |n| n < 16) {
+        let seed = format!("{:?}{}{:?}", now(), std::process::id(), std::thread::current().id());
+        nonce.copy_from_slice(&blake3::hash(seed.as_bytes()).as_bytes()[..16]);
+    }
+    nonce
 }
 
 /// Returns the current time.
@@ -391,6 +405,8 @@ struct ReadCtx {
     index: Index,
     /// Chunks already packed by this run.
     claimed: Mutex<HashSet<ChunkId>>,
+    /// This run's random nonce, carried by its packs and manifest.
+    nonce: [u8; 16],
     stop: AtomicBool,
     next: AtomicUsize,
 }
@@ -438,7 +454,7 @@ fn worker(
     tx: &mpsc::Sender<SealedPack>,
     progress: &Progress,
 ) -> Result<(Vec<ReadDone>, ReadStats)> {
-    let mut pack = PackBuilder::default();
+    let mut pack = PackBuilder::new(ctx.nonce);
     let mut codecs = Codecs::new();
     let mut buf = Vec::new();
     let mut done = Vec::new();

@@ -410,10 +410,12 @@ fn write_worker(
                         format!("chunk {} lies past its end", id.short()),
                     )
                 })?;
-                frame = Some((b.offset, codecs.decode_frame(b.codec, stored, b.frame_raw_len)?));
+                let decoded = codecs.decode_frame(b.codec, stored, b.frame_raw_len);
+                frame = Some((b.offset, decoded.map_err(|e| corrupt(&work, id, dests, manifest, targets, e))?));
             }
             let decoded = frame.as_ref().map(|(_, f)| f.as_slice()).unwrap_or_default();
-            let raw = berth_core::codec::extract(decoded, b.inner, b.raw_len, id)?;
+            let raw = berth_core::codec::extract(decoded, b.inner, b.raw_len, id)
+                .map_err(|e| corrupt(&work, id, dests, manifest, targets, e))?;
             for dest in dests {
                 let target = &targets[dest.file as usize];
                 let entry = &manifest.entries[target.entry];
@@ -423,6 +425,23 @@ fn write_worker(
             }
         }
     }
+}
+
+/// Describes a chunk that failed to decode: which pack, which chunk, which file needed it.
+fn corrupt(
+    work: &PackWork,
+    id: &ChunkId,
+    dests: &[Dest],
+    manifest: &Manifest,
+    targets: &[Target],
+    e: berth_core::FormatError,
+) -> EngineError {
+    let file =
+        dests.first().map(|d| manifest.entries[targets[d.file as usize].entry].path.to_string()).unwrap_or_default();
+    EngineError::Format(berth_core::FormatError::new(
+        format!("chunk {} of {file} in pack {}", id.short(), work.pack.short()),
+        format!("{}; run `berth snapshot verify --read-data` and restore an older snapshot", e.reason),
+    ))
 }
 
 /// Writes one chunk into its file; returns whether that finished the file.

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use berth_core::chunker::MAX_CHUNK;
 use berth_core::codec::{self, Codec, Codecs};
 use berth_core::excludes::Excludes;
-use berth_core::id::{ChunkId, IndexId, ManifestId};
+use berth_core::id::{ChunkId, IndexId, ManifestId, TreeId};
 use berth_core::index::{IndexFile, IndexedPack};
 use berth_core::layout;
 use berth_core::manifest::{ChunkRef, Entry, EntryKind, Manifest, Totals};
@@ -101,7 +101,9 @@ impl Hostile {
 
     /// Stores a postcard-encoded manifest look-alike, bypassing `RelPath`.
     fn put_raw_manifest(&self, raw: &RawManifest) -> ManifestId {
-        let plain = postcard::to_allocvec(raw).unwrap();
+        // The plain encoding is a 16-byte nonce, then the entries.
+        let mut plain = vec![0u8; 16];
+        plain.extend(postcard::to_allocvec(raw).unwrap());
         let id = ManifestId::of(&plain);
         self.put(&layout::manifest(&id), codec::compress_object(&plain));
         id
@@ -164,6 +166,7 @@ fn record(workspace: WorkspaceId, seq: u64, manifest: ManifestId) -> SnapshotRec
         seq,
         time: Timestamp(1_700_000_000_000_000_000),
         manifest,
+        tree: TreeId::of(manifest.0.as_slice()),
         parent: None,
         host: "hostile".into(),
         totals: Totals::default(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use berth_core::excludes::Excludes;
 use berth_core::retention::Policy;
 use berth_core::workspace::{Generation, WorkspaceId};
@@ -77,8 +77,8 @@ pub enum Command {
         #[command(flatten)]
         exclude: ExcludeArgs,
         /// Size budget per snapshot; the largest files beyond it are left out and listed.
-        #[arg(long, default_value = "1GiB", value_name = "SIZE|unlimited")]
-        budget: String,
+        #[arg(long, default_value = "1GiB", value_name = "SIZE|unlimited", value_parser = units::parse_budget)]
+        budget: units::Budget,
         /// Worker threads [default: the number of cores].
         #[arg(long)]
         threads: Option<usize>,
@@ -154,8 +154,8 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
         /// How long marked data waits before deletion; must exceed the longest snapshot run.
-        #[arg(long, default_value = "24h", value_name = "DURATION")]
-        grace: String,
+        #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = units::parse_duration)]
+        grace: i64,
         /// Print the plan; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -244,7 +244,11 @@ pub async fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Create { store, ws, cache, exclude, budget, threads: t, out, dir } => {
             let (workspace, generation) = ws.parse()?;
-            let budget = units::parse_size(&budget).map_err(anyhow::Error::msg).context("--budget")?;
+            // Check the directory before a new store is initialised for nothing.
+            if !dir.is_dir() {
+                bail!("{} is not a directory: give the workspace directory to snapshot", dir.display());
+            }
+            let budget = budget.0;
             let repo = Repo::open_or_init(store::open(&store.store)?).await?;
             let opts = CreateOptions {
                 workspace,
@@ -400,7 +404,6 @@ pub async fn run(cmd: Command) -> Result<()> {
         }
         Command::Prune { store, grace, dry_run, out } => {
             let repo = open(&store).await?;
-            let grace = units::parse_duration(&grace).map_err(anyhow::Error::msg).context("--grace")?;
             let prune = maintain::prune_plan(&repo, grace).await?;
             let outcome = if dry_run { None } else { Some(maintain::prune_apply(&repo, &prune).await?) };
             if out.json {
@@ -468,8 +471,11 @@ pub async fn run(cmd: Command) -> Result<()> {
                     println!("  error: {e}");
                 }
             }
-            if !report.errors.is_empty() {
-                bail!("{} problem(s) found; the affected snapshots may not restore", report.errors.len());
+            if let Some(first) = report.errors.first() {
+                bail!(
+                    "{} problem(s) found, first: {first}; the affected snapshots may not restore",
+                    report.errors.len()
+                );
             }
             if !out.json {
                 println!("ok");

@@ -24,6 +24,15 @@ pub fn parse_size(s: &str) -> Result<Option<u64>, String> {
     Ok(Some((n * mult) as u64))
 }
 
+/// A size budget; `None` is unlimited.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget(pub Option<u64>);
+
+/// Parses a size budget for clap.
+pub fn parse_budget(s: &str) -> Result<Budget, String> {
+    parse_size(s).map(Budget)
+}
+
 /// Parses `90s`, `15m`, `24h`, `7d`, or bare seconds.
 pub fn parse_duration(s: &str) -> Result<i64, String> {
     let t = s.trim();

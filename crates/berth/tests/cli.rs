@@ -155,7 +155,7 @@ fn exit_codes_and_error_messages() {
     env.run("create", &["--workspace", "w", s(&missing)]).fails(1).stderr_has(&[s(&missing)]);
     let file = src.join("a.txt");
     env.run("create", &["--workspace", "w", s(&file)]).fails(1).stderr_has(&[s(&file), "not a directory"]);
-    env.run("create", &["--workspace", "w", "--budget", "lots", s(&src)]).fails(1).stderr_has(&["--budget", "lots"]);
+    env.run("create", &["--workspace", "w", "--budget", "lots", s(&src)]).fails(2).stderr_has(&["--budget", "lots"]);
 
     // An initialised store without that workspace.
     env.run("create", &["--workspace", "w1", s(&src)]).ok();
