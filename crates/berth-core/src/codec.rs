@@ -17,7 +17,7 @@ pub enum Codec {
 }
 
 /// zstd level used for chunks: level 3 is zstd's default and the speed/ratio sweet spot.
-pub const ZSTD_LEVEL: i32 = 3;
+pub const ZSTD_LEVEL: i32 = 4;
 
 /// Reusable zstd contexts: creating one per blob costs more than compressing a small file.
 /// One per worker thread.
@@ -47,7 +47,8 @@ impl Codecs {
         }
     }
 
-    /// Encodes a chunk: compressed when that saves at least 1/32 of its size, raw otherwise.
+    /// Encodes a chunk or frame: compressed when that makes it smaller, raw otherwise (zstd
+    /// stores incompressible blocks inside a frame raw anyway, so decoding stays cheap).
     pub fn encode(&mut self, raw: &[u8]) -> (Codec, Vec<u8>) {
         if raw.len() >= 64 {
             let z = match &mut self.compressor {
@@ -55,7 +56,7 @@ impl Codecs {
                 None => zstd::bulk::compress(raw, ZSTD_LEVEL),
             };
             if let Ok(z) = z {
-                if z.len() + raw.len() / 32 < raw.len() {
+                if z.len() < raw.len() {
                     return (Codec::Zstd, z);
                 }
             }
@@ -87,6 +88,39 @@ impl Codecs {
     pub fn decode(&mut self, entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
         let frame = self.decode_frame(entry.codec, stored, entry.frame_raw_len)?;
         extract(&frame, entry.inner, entry.raw_len, &entry.id).map(<[u8]>::to_vec)
+    }
+}
+
+/// The last frame decoded, so that blobs sharing a frame decode it once when read in
+/// (offset, inner) order.
+#[derive(Debug, Default)]
+pub struct FrameCache {
+    frame: Option<(u32, Vec<u8>)>,
+}
+
+impl Codecs {
+    /// Returns the blob `entry` describes inside `pack` (the whole pack object), checking that
+    /// its frame lies inside the pack, decodes to the size it claims, and that the blob matches
+    /// its hash.
+    pub fn blob<'a>(
+        &mut self,
+        cache: &'a mut FrameCache,
+        pack: &[u8],
+        entry: &BlobEntry,
+    ) -> Result<&'a [u8], FormatError> {
+        if cache.frame.as_ref().is_none_or(|(offset, _)| *offset != entry.offset) {
+            cache.frame = None;
+            let (start, end) = (entry.offset as usize, entry.offset as usize + entry.len as usize);
+            let stored = pack.get(start..end).ok_or_else(|| {
+                FormatError::new(
+                    format!("chunk {}", entry.id.short()),
+                    format!("lies past its end: bytes {start}..{end} of a {}-byte pack", pack.len()),
+                )
+            })?;
+            cache.frame = Some((entry.offset, self.decode_frame(entry.codec, stored, entry.frame_raw_len)?));
+        }
+        let frame = cache.frame.as_ref().map(|(_, f)| f.as_slice()).unwrap_or_default();
+        extract(frame, entry.inner, entry.raw_len, &entry.id)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Pack objects: frames of blobs, followed by a trailer that lists every blob, so a pack
 //! describes itself and the index can be rebuilt or checked from packs alone.
 //!
-//! Layout: `frame* | header (postcard Vec<BlobEntry>) | header length (u32 LE) | MAGIC`.
+//! Layout: `frame* | header (zstd of postcard (nonce, Vec<BlobEntry>)) | header length (u32 LE) | MAGIC`.
 //!
 //! A frame is encoded (zstd or raw) as a unit. Large chunks get a frame each; small chunks
 //! (small files, mostly) share frames of up to `FRAME_TARGET` bytes, so they compress with
@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{Codec, Codecs};
+use crate::codec::{self, Codec, Codecs};
 use crate::id::{ChunkId, PackId};
 use crate::FormatError;
 
@@ -21,9 +21,9 @@ pub const TARGET_SIZE: usize = 8 * 1024 * 1024;
 /// Largest pack berth will parse.
 pub const MAX_PACK: usize = 256 * 1024 * 1024;
 /// Chunks smaller than this share frames.
-pub const SMALL_CHUNK: usize = 1024 * 1024;
+pub const SMALL_CHUNK: usize = 4 * 1024 * 1024 + 1;
 /// A shared frame is encoded once it holds this many bytes.
-pub const FRAME_TARGET: usize = 4 * 1024 * 1024;
+pub const FRAME_TARGET: usize = 8 * 1024 * 1024;
 
 /// One blob inside a pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,7 +151,7 @@ impl PackBuilder {
         let mut bytes = std::mem::take(&mut self.buf);
         let entries = std::mem::take(&mut self.entries);
         // Serializing plain structs into a Vec cannot fail.
-        let header = postcard::to_allocvec(&(self.nonce, &entries)).unwrap_or_default();
+        let header = codec::compress_object(&postcard::to_allocvec(&(self.nonce, &entries)).unwrap_or_default());
         bytes.extend_from_slice(&header);
         bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
         bytes.extend_from_slice(MAGIC);
@@ -175,7 +175,8 @@ pub fn parse(what: &str, bytes: &[u8]) -> Result<Vec<BlobEntry>, FormatError> {
         return fail(format!("header length {header_len} exceeds the pack"));
     }
     let data_end = len_at - header_len;
-    let entries: Vec<BlobEntry> = match postcard::from_bytes::<Header>(&bytes[data_end..len_at]) {
+    let header = codec::decompress_object(what, &bytes[data_end..len_at], MAX_PACK)?;
+    let entries: Vec<BlobEntry> = match postcard::from_bytes::<Header>(&header) {
         Ok(h) => h.blobs,
         Err(e) => return fail(format!("header: {e}")),
     };
@@ -231,7 +232,7 @@ mod tests {
         assert!(parse("p", &bogus).is_err());
         // A header that points a blob past the data.
         let entries = vec![BlobEntry::single(ChunkId::of(b""), 0, 1000, 0, Codec::Raw)];
-        let header = postcard::to_allocvec(&([0u8; 16], &entries)).unwrap();
+        let header = codec::compress_object(&postcard::to_allocvec(&([0u8; 16], &entries)).unwrap());
         let mut p = header.clone();
         p.extend_from_slice(&(header.len() as u32).to_le_bytes());
         p.extend_from_slice(MAGIC);

@@ -13,7 +13,7 @@ use berth_core::manifest::ChunkRef;
 use berth_core::workspace::{Generation, WorkspaceId};
 use serde::{Deserialize, Serialize};
 
-use crate::scan::FileStat;
+use berth_core::sync::FileStat;
 
 const VERSION: u32 = 1;
 

@@ -12,7 +12,7 @@
 //! # Assumptions
 //! - A run takes less than the prune grace period (see `berth_core::prune`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -21,17 +21,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use berth_core::budget;
 use berth_core::chunker::ChunkerParams;
 use berth_core::codec::Codecs;
 use berth_core::excludes::Excludes;
 use berth_core::id::{ChunkId, SnapshotId};
 use berth_core::index::{Index, IndexFile, IndexedPack};
 use berth_core::layout;
-use berth_core::manifest::{ChunkRef, Entry, EntryKind, Manifest};
+use berth_core::manifest::{ChunkRef, Entry, EntryKind};
 use berth_core::pack::{PackBuilder, SealedPack};
 use berth_core::path::RelPath;
 use berth_core::snapshot::{SnapshotRecord, RECORD_VERSION};
+use berth_core::sync;
 use berth_core::time::Timestamp;
 use berth_core::workspace::{Generation, WorkspaceId};
 use bytes::Bytes;
@@ -43,7 +43,7 @@ use crate::cache::{self, CachedFile, FileCache};
 use crate::error::{EngineError, Result};
 use crate::progress::Progress;
 use crate::repo::Repo;
-use crate::scan::{self, FileStat, ScanKind};
+use crate::scan::{self, FileStat};
 use crate::store::{DynStore, Put};
 
 /// Pack uploads in flight at once.
@@ -126,7 +126,11 @@ pub struct PhaseSecs {
 struct ReadJob {
     path: RelPath,
     slot: usize,
+    size: u64,
 }
+
+/// Bytes of consecutive files a reader takes at once.
+const BATCH_BYTES: u64 = 1024 * 1024;
 
 /// A file that was read.
 struct ReadDone {
@@ -166,64 +170,20 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
         .await
         .map_err(|e| EngineError::Invalid(format!("scan task failed: {e}")))??;
 
-    // Plan: hard links, the budget, then what can be reused and what must be read.
-    let mut slots: Vec<Option<Entry>> = Vec::with_capacity(scan.entries.len());
-    let mut stats: Vec<Option<FileStat>> = Vec::with_capacity(scan.entries.len());
-    let mut first_link: HashMap<(u64, u64), RelPath> = HashMap::new();
-    let mut file_slots = Vec::new();
-    for e in &scan.entries {
-        let kind = match &e.kind {
-            ScanKind::Dir => Some(EntryKind::Dir),
-            ScanKind::Symlink(target) => Some(EntryKind::Symlink { target: target.clone() }),
-            ScanKind::File { dev, nlink } => {
-                if *nlink > 1 {
-                    if let Some(first) = first_link.get(&(*dev, e.stat.ino)) {
-                        Some(EntryKind::Hardlink { target: first.clone() })
-                    } else {
-                        first_link.insert((*dev, e.stat.ino), e.path.clone());
-                        file_slots.push(slots.len());
-                        None
-                    }
-                } else {
-                    file_slots.push(slots.len());
-                    None
-                }
-            }
-        };
-        slots.push(kind.map(|kind| Entry { path: e.path.clone(), mode: e.mode, mtime_ns: e.stat.mtime_ns, kind }));
-        stats.push(None);
-    }
-    let sizes: Vec<u64> = file_slots.iter().map(|s| scan.entries[*s].stat.size).collect();
-    let plan = budget::plan(&sizes, opts.budget);
-    let over_budget: HashSet<usize> = plan.skipped.iter().map(|i| file_slots[*i]).collect();
-    let skipped_for_budget: Vec<String> =
-        plan.skipped.iter().map(|i| scan::show(&scan.entries[file_slots[*i]].path)).collect();
-
-    let index = &loaded.index;
-    let mut jobs = Vec::new();
-    let mut bytes_to_read = 0u64;
-    for &slot in &file_slots {
-        if over_budget.contains(&slot) {
-            continue;
-        }
-        let e = &scan.entries[slot];
-        match cache.lookup(e.path.as_bytes(), &e.stat) {
-            Some(chunks) if chunks.iter().all(|c| index.is_reusable(&c.id)) => {
-                let size = chunks.iter().map(|c| c.len as u64).sum();
-                slots[slot] = Some(Entry {
-                    path: e.path.clone(),
-                    mode: e.mode,
-                    mtime_ns: e.stat.mtime_ns,
-                    kind: EntryKind::File { size, chunks: chunks.to_vec() },
-                });
-                stats[slot] = Some(e.stat);
-            }
-            _ => {
-                bytes_to_read += e.stat.size;
-                jobs.push(ReadJob { path: e.path.clone(), slot });
-            }
-        }
-    }
+    let plan = sync::plan(
+        &scan.entries,
+        opts.budget,
+        |path, stat| cache.lookup(path.as_bytes(), stat).map(<[ChunkRef]>::to_vec),
+        |id| loaded.index.is_reusable(id),
+    );
+    let skipped_for_budget: Vec<String> = plan.over_budget.iter().map(|s| scan::show(&scan.entries[*s].path)).collect();
+    let jobs: Vec<ReadJob> = plan
+        .read
+        .iter()
+        .map(|&slot| ReadJob { path: scan.entries[slot].path.clone(), slot, size: scan.entries[slot].stat.size })
+        .collect();
+    let bytes_to_read = plan.bytes_to_read;
+    let (mut slots, mut stats) = (plan.slots, plan.stats);
 
     // Read, chunk and pack on worker threads; upload packs as they fill.
     phases.scan = mark.elapsed().as_secs_f64();
@@ -240,6 +200,7 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
         nonce,
         stop: AtomicBool::new(false),
         next: AtomicUsize::new(0),
+        batches: sync::batches(&jobs.iter().map(|j| j.size).collect::<Vec<_>>(), BATCH_BYTES),
     });
     let threads = opts.threads.max(1);
     let read = {
@@ -264,27 +225,15 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
             stats[d.slot] = Some(d.stat);
         }
     }
-    // A hard link whose first name could not be read is left out with it.
-    let present: HashSet<RelPath> =
-        slots.iter().flatten().filter(|e| matches!(e.kind, EntryKind::File { .. })).map(|e| e.path.clone()).collect();
+    let assembled = sync::assemble(slots, &stats);
+    let manifest = assembled.manifest;
     let mut skipped_unreadable = scan.problems.clone();
     skipped_unreadable.extend(read_stats.skipped);
-    let mut manifest = Manifest::default();
+    skipped_unreadable.extend(assembled.skipped);
     let mut new_cache = FileCache::new();
-    for (slot, entry) in slots.into_iter().enumerate() {
-        let Some(entry) = entry else { continue };
-        if let EntryKind::Hardlink { target } = &entry.kind {
-            if !present.contains(target) {
-                skipped_unreadable.push(format!("{}: hard link to an unreadable file", entry.path));
-                continue;
-            }
-        }
-        if let (EntryKind::File { chunks, .. }, Some(stat)) = (&entry.kind, stats[slot]) {
-            new_cache.files.insert(entry.path.as_bytes().to_vec(), CachedFile { stat, chunks: chunks.clone() });
-        }
-        manifest.entries.push(entry);
+    for (path, stat, chunks) in assembled.cache {
+        new_cache.files.insert(path.as_bytes().to_vec(), CachedFile { stat, chunks });
     }
-    manifest.sort();
 
     phases.read = mark.elapsed().as_secs_f64();
     let mark = Instant::now();
@@ -408,7 +357,10 @@ struct ReadCtx {
     /// This run's random nonce, carried by its packs and manifest.
     nonce: [u8; 16],
     stop: AtomicBool,
+    /// The next batch to take.
     next: AtomicUsize,
+    /// Ranges of consecutive jobs, taken whole by one reader.
+    batches: Vec<std::ops::Range<usize>>,
 }
 
 fn read_files(
@@ -459,9 +411,19 @@ fn worker(
     let mut buf = Vec::new();
     let mut done = Vec::new();
     let mut stats = ReadStats::default();
+    let mut mine = 0..0;
     while !ctx.stop.load(Ordering::Relaxed) {
-        let i = ctx.next.fetch_add(1, Ordering::Relaxed);
-        let Some(job) = jobs.get(i) else { break };
+        let i = match mine.next() {
+            Some(i) => i,
+            None => match ctx.batches.get(ctx.next.fetch_add(1, Ordering::Relaxed)) {
+                Some(batch) => {
+                    mine = batch.clone();
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let job = &jobs[i];
         match read_one(ctx, job, &mut buf, &mut codecs, &mut pack, tx, &mut stats) {
             Ok(d) => {
                 progress.file_done(d.stat.size);
@@ -552,8 +514,8 @@ fn read_one(
     let after = file.metadata().map_err(io_skip)?;
     stats.files_read += 1;
     stats.bytes_read += read;
-    let stat = FileStat::of(&before);
-    Ok(ReadDone { slot: job.slot, stat, chunks, stable: FileStat::of(&after) == stat && read == stat.size })
+    let stat = scan::stat_of(&before);
+    Ok(ReadDone { slot: job.slot, stat, chunks, stable: scan::stat_of(&after) == stat && read == stat.size })
 }
 
 fn libc_o_nofollow() -> i32 {

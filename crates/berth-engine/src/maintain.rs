@@ -114,29 +114,10 @@ fn check_pack(id: PackId, bytes: &[u8]) -> Vec<String> {
         Err(e) => return vec![e.to_string()],
     };
     let mut codecs = codec::Codecs::new();
-    let mut errors = Vec::new();
+    let mut frame = codec::FrameCache::default();
     let mut sorted = entries;
     sorted.sort_by_key(|e| (e.offset, e.inner));
-    // Shared frames hold several blobs: decode each frame once.
-    let mut frame: Option<(u32, Vec<u8>)> = None;
-    for e in &sorted {
-        if frame.as_ref().is_none_or(|(offset, _)| *offset != e.offset) {
-            let stored = &bytes[e.offset as usize..(e.offset + e.len) as usize];
-            match codecs.decode_frame(e.codec, stored, e.frame_raw_len) {
-                Ok(f) => frame = Some((e.offset, f)),
-                Err(err) => {
-                    frame = None;
-                    errors.push(format!("{what}: chunk {}: {err}", e.id.short()));
-                    continue;
-                }
-            }
-        }
-        let decoded = frame.as_ref().map(|(_, f)| f.as_slice()).unwrap_or_default();
-        if let Err(err) = codec::extract(decoded, e.inner, e.raw_len, &e.id) {
-            errors.push(format!("{what}: {err}"));
-        }
-    }
-    errors
+    sorted.iter().filter_map(|e| codecs.blob(&mut frame, bytes, e).err().map(|err| format!("{what}: {err}"))).collect()
 }
 
 /// Decodes each needed chunk where the index places it, which is where a restore reads it
@@ -152,12 +133,7 @@ fn check_locations(id: PackId, bytes: &[u8], needed: &[(ChunkId, Location)]) -> 
         if trailer.get(c) == Some(&loc.blob) {
             continue;
         }
-        let (start, end) = (loc.blob.offset as usize, loc.blob.offset as usize + loc.blob.len as usize);
-        let Some(stored) = bytes.get(start..end) else {
-            errors.push(format!("{what}: chunk {} lies past its end (the index says bytes {start}..{end})", c.short()));
-            continue;
-        };
-        if let Err(err) = codecs.decode(&loc.blob, stored) {
+        if let Err(err) = codecs.blob(&mut codec::FrameCache::default(), bytes, &loc.blob) {
             errors.push(format!("{what}: chunk {} where the index places it: {err}", c.short()));
         }
     }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use berth_core::codec::Codecs;
+use berth_core::codec::{Codecs, FrameCache};
 use berth_core::excludes::Excludes;
 use berth_core::id::{ChunkId, PackId, SnapshotId};
 use berth_core::index::{Index, Location};
@@ -217,7 +217,7 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions, progress: &Arc<Progress
             let e = &manifest.entries[entry];
             if linked.contains(&e.path) {
                 match std::fs::symlink_metadata(scan::join(&dir, &e.path)) {
-                    Ok(m) => stat = FileStat::of(&m),
+                    Ok(m) => stat = scan::stat_of(&m),
                     Err(_) => continue,
                 }
             }
@@ -374,7 +374,7 @@ fn prepare(
                         beneath::set_meta(&f, e.mode, e.mtime_ns)
                             .map_err(|err| io_err("setting metadata of", dir, &e.path, err))?;
                         let meta = f.metadata().map_err(|err| io_err("reading metadata of", dir, &e.path, err))?;
-                        finished.push((i, FileStat::of(&meta)));
+                        finished.push((i, scan::stat_of(&meta)));
                     }
                 }
                 targets.push(Target { entry: i, remaining: AtomicU32::new(chunks.len() as u32) });
@@ -399,22 +399,10 @@ fn write_worker(
             Err(_) => None,
         };
         let Some((work, bytes)) = next else { return Ok(()) };
-        let mut frame: Option<(u32, Vec<u8>)> = None;
+        let mut frame = FrameCache::default();
         for (id, loc, dests) in &work.chunks {
-            let b = &loc.blob;
-            if frame.as_ref().is_none_or(|(offset, _)| *offset != b.offset) {
-                let (start, end) = (b.offset as usize, b.offset as usize + b.len as usize);
-                let stored = bytes.get(start..end).ok_or_else(|| {
-                    berth_core::FormatError::new(
-                        format!("pack {}", work.pack.short()),
-                        format!("chunk {} lies past its end", id.short()),
-                    )
-                })?;
-                let decoded = codecs.decode_frame(b.codec, stored, b.frame_raw_len);
-                frame = Some((b.offset, decoded.map_err(|e| corrupt(&work, id, dests, manifest, targets, e))?));
-            }
-            let decoded = frame.as_ref().map(|(_, f)| f.as_slice()).unwrap_or_default();
-            let raw = berth_core::codec::extract(decoded, b.inner, b.raw_len, id)
+            let raw = codecs
+                .blob(&mut frame, &bytes, &loc.blob)
                 .map_err(|e| corrupt(&work, id, dests, manifest, targets, e))?;
             for dest in dests {
                 let target = &targets[dest.file as usize];
@@ -468,7 +456,7 @@ fn write_chunk(
         beneath::set_meta(&f, entry.mode, entry.mtime_ns).map_err(|e| fail("setting metadata of", e))?;
         let meta = f.metadata().map_err(|e| fail("reading metadata of", e))?;
         if let Ok(mut s) = stable.lock() {
-            s.push((target.entry, FileStat::of(&meta)));
+            s.push((target.entry, scan::stat_of(&meta)));
         }
         return Ok(true);
     }

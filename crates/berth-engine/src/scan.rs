@@ -11,62 +11,19 @@ use std::sync::{Condvar, Mutex};
 
 use berth_core::excludes::Excludes;
 use berth_core::path::{escape, RelPath};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 
-/// The metadata that decides whether a file changed since it was last read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileStat {
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time, ns since the epoch.
-    pub mtime_ns: i64,
-    /// Status change time, ns since the epoch.
-    pub ctime_ns: i64,
-    /// Inode number.
-    pub ino: u64,
-}
+pub use berth_core::sync::{FileStat, ScanEntry, ScanKind};
 
-impl FileStat {
-    /// Extracts the fields from file metadata.
-    pub fn of(m: &fs::Metadata) -> Self {
-        FileStat {
-            size: m.len(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-            ino: m.ino(),
-        }
+/// Extracts the change-detection fields from file metadata.
+pub fn stat_of(m: &fs::Metadata) -> FileStat {
+    FileStat {
+        size: m.len(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        ino: m.ino(),
     }
-}
-
-/// What a scanned entry is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ScanKind {
-    /// A directory.
-    Dir,
-    /// A regular file; `dev` and `nlink` identify hard links.
-    File {
-        /// Device number.
-        dev: u64,
-        /// Link count.
-        nlink: u64,
-    },
-    /// A symbolic link and its target.
-    Symlink(Vec<u8>),
-}
-
-/// One scanned entry.
-#[derive(Clone, Debug)]
-pub struct ScanEntry {
-    /// Path relative to the root.
-    pub path: RelPath,
-    /// What it is.
-    pub kind: ScanKind,
-    /// Permission bits.
-    pub mode: u32,
-    /// Change-detection metadata.
-    pub stat: FileStat,
 }
 
 /// The result of a scan.
@@ -213,7 +170,7 @@ fn list_dir(
             out.special += 1;
             continue;
         };
-        out.entries.push(ScanEntry { path: child_rel, kind, mode: meta.mode() & 0o7777, stat: FileStat::of(&meta) });
+        out.entries.push(ScanEntry { path: child_rel, kind, mode: meta.mode() & 0o7777, stat: stat_of(&meta) });
     }
 }
 

@@ -118,6 +118,9 @@ pub enum Command {
         /// Only this generation (with --workspace).
         #[arg(long)]
         generation: Option<u64>,
+        /// Only the latest snapshot of each workspace generation.
+        #[arg(long)]
+        latest: bool,
         #[command(flatten)]
         out: Output,
     },
@@ -234,6 +237,10 @@ fn host() -> String {
         .unwrap_or_default()
 }
 
+fn same_history(a: &berth_engine::repo::Snapshot, b: &berth_engine::repo::Snapshot) -> bool {
+    a.record.workspace == b.record.workspace && a.record.generation == b.record.generation
+}
+
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -330,13 +337,24 @@ pub async fn run(cmd: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Ls { store, workspace, generation, out } => {
+        Command::Ls { store, workspace, generation, latest, out } => {
             let repo = open(&store).await?;
             let ws = workspace.map(WorkspaceId::new).transpose()?;
             if generation.is_some() && ws.is_none() {
                 bail!("--generation needs --workspace");
             }
-            let snaps = repo.snapshots(ws.as_ref(), generation.map(Generation)).await?;
+            let mut snaps = repo.snapshots(ws.as_ref(), generation.map(Generation)).await?;
+            if latest {
+                // Sorted by (workspace, generation, seq): keep the last of each group.
+                let mut keep: Vec<_> = Vec::new();
+                for s in snaps {
+                    match keep.last() {
+                        Some(prev) if same_history(prev, &s) => *keep.last_mut().expect("non-empty") = s,
+                        _ => keep.push(s),
+                    }
+                }
+                snaps = keep;
+            }
             if out.json {
                 let rows: Vec<_> =
                     snaps.iter().map(|s| serde_json::json!({ "id": s.id, "key": s.key, "record": s.record })).collect();

@@ -1,0 +1,153 @@
+//! The drain of a scope (a node, a pool, one workspace): set by an eviction, cleared only by
+//! the replacement's acknowledgement with the matching nonce, a heartbeat from a new instance,
+//! or a hard timeout (REQUIREMENTS 33). A late heartbeat from the old instance never clears it.
+//!
+//! `step(state, event, now) -> (state, outcome)`: the shell stores the state and records the
+//! outcome in the audit log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// Default hard timeout after which a drain clears by itself.
+pub const DEFAULT_HARD_TIMEOUT_SECS: i64 = 15 * 60;
+
+/// The drain state of one scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Drain {
+    /// Work may be dispatched into the scope.
+    Open,
+    /// No work may be dispatched into the scope.
+    Draining {
+        /// What the replacement must present to clear it.
+        nonce: String,
+        /// When the drain started.
+        since: Timestamp,
+        /// The instance being drained (its heartbeats never clear the drain).
+        instance: String,
+    },
+}
+
+/// Something that happened to a scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An eviction notice for `instance`, with a fresh nonce.
+    Evict {
+        /// The instance being evicted.
+        instance: String,
+        /// A fresh random nonce.
+        nonce: String,
+    },
+    /// A heartbeat from `instance`.
+    Heartbeat {
+        /// Who sent it.
+        instance: String,
+    },
+    /// The replacement acknowledges readiness.
+    Ack {
+        /// The nonce it presents.
+        nonce: String,
+    },
+    /// Time passes (the reconciler's tick).
+    Tick,
+}
+
+/// Why a drain cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClearedBy {
+    /// The replacement acknowledged with the matching nonce.
+    Ack,
+    /// A heartbeat came from an instance other than the drained one.
+    NewInstance,
+    /// The hard timeout passed.
+    Timeout,
+}
+
+/// What a step did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The drain started; the nonce to hand to the replacement.
+    Started(String),
+    /// An eviction while already draining: the existing nonce stands.
+    AlreadyDraining(String),
+    /// The drain cleared.
+    Cleared(ClearedBy),
+    /// An acknowledgement with the wrong nonce: still draining.
+    WrongNonce,
+    /// Nothing changed.
+    Unchanged,
+}
+
+/// Applies `event` at `now` with the given hard timeout.
+pub fn step(state: &Drain, event: Event, now: Timestamp, hard_timeout_secs: i64) -> (Drain, Outcome) {
+    match (state, event) {
+        (Drain::Open, Event::Evict { instance, nonce }) => {
+            (Drain::Draining { nonce: nonce.clone(), since: now, instance }, Outcome::Started(nonce))
+        }
+        (Drain::Draining { nonce, .. }, Event::Evict { .. }) => {
+            (state.clone(), Outcome::AlreadyDraining(nonce.clone()))
+        }
+        (Drain::Draining { since, .. }, _) if now >= since.plus_secs(hard_timeout_secs) => {
+            (Drain::Open, Outcome::Cleared(ClearedBy::Timeout))
+        }
+        (Drain::Draining { nonce, .. }, Event::Ack { nonce: given }) => {
+            if *nonce == given {
+                (Drain::Open, Outcome::Cleared(ClearedBy::Ack))
+            } else {
+                (state.clone(), Outcome::WrongNonce)
+            }
+        }
+        (Drain::Draining { instance, .. }, Event::Heartbeat { instance: from }) if *instance != from => {
+            (Drain::Open, Outcome::Cleared(ClearedBy::NewInstance))
+        }
+        // Not draining (an ack is a no-op), a late heartbeat from the drained instance, a tick
+        // inside the timeout.
+        _ => (state.clone(), Outcome::Unchanged),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Timestamp = Timestamp(1_000 * 1_000_000_000);
+    const HARD: i64 = DEFAULT_HARD_TIMEOUT_SECS;
+
+    fn evict() -> Event {
+        Event::Evict { instance: "old".into(), nonce: "n1".into() }
+    }
+
+    fn check(events: &[(i64, Event)], expect: &[Outcome], draining_at_end: bool) {
+        let mut state = Drain::Open;
+        let mut outcomes = Vec::new();
+        for (secs, e) in events {
+            let (s, o) = step(&state, e.clone(), T0.plus_secs(*secs), HARD);
+            state = s;
+            outcomes.push(o);
+        }
+        assert_eq!(outcomes, expect);
+        assert_eq!(matches!(state, Drain::Draining { .. }), draining_at_end);
+    }
+
+    #[test]
+    fn clearing_rules() {
+        use Outcome::*;
+        let hb = |i: &str| Event::Heartbeat { instance: i.into() };
+        let ack = |n: &str| Event::Ack { nonce: n.into() };
+        // A late heartbeat from the old instance never clears it; a wrong nonce leaves it draining.
+        check(&[(0, evict()), (1, hb("old")), (2, ack("nope"))], &[Started("n1".into()), Unchanged, WrongNonce], true);
+        // The matching nonce clears it.
+        check(&[(0, evict()), (5, ack("n1"))], &[Started("n1".into()), Cleared(ClearedBy::Ack)], false);
+        // A heartbeat from a new instance clears it.
+        check(&[(0, evict()), (5, hb("new"))], &[Started("n1".into()), Cleared(ClearedBy::NewInstance)], false);
+        // The hard timeout clears it, whatever comes.
+        check(&[(0, evict()), (HARD, Event::Tick)], &[Started("n1".into()), Cleared(ClearedBy::Timeout)], false);
+        check(&[(0, evict()), (HARD - 1, Event::Tick)], &[Started("n1".into()), Unchanged], true);
+        // An ack while not draining is a no-op; a second eviction keeps the first nonce.
+        check(&[(0, ack("n1"))], &[Unchanged], false);
+        let again = Event::Evict { instance: "old".into(), nonce: "n2".into() };
+        check(&[(0, evict()), (1, again)], &[Started("n1".into()), AlreadyDraining("n1".into())], true);
+    }
+}
