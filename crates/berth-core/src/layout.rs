@@ -7,6 +7,7 @@
 //! manifests/<manifest id>              one tree per snapshot (immutable)
 //! snapshots/<workspace>/<gen>/<seq>    snapshot records; the highest seq is the latest
 //! prune/marks/<mark id>                objects found unreferenced, deleted after a grace period
+//! prune/lock                           held by the running prune
 //! ```
 
 use crate::id::{IndexId, ManifestId, MarkId, PackId};
@@ -24,6 +25,8 @@ pub const MANIFESTS: &str = "manifests/";
 pub const SNAPSHOTS: &str = "snapshots/";
 /// Prefix of prune marks.
 pub const MARKS: &str = "prune/marks/";
+/// The lock a prune run holds, so that two prunes never interleave their deletions.
+pub const PRUNE_LOCK: &str = "prune/lock";
 
 /// Returns a pack's key.
 pub fn pack(id: &PackId) -> String {

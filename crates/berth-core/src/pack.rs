@@ -3,9 +3,10 @@
 //!
 //! Layout: `frame* | header (zstd of postcard (nonce, Vec<BlobEntry>)) | header length (u32 LE) | MAGIC`.
 //!
-//! A frame is encoded (zstd or raw) as a unit. Large chunks get a frame each; small chunks
-//! (small files, mostly) share frames of up to `FRAME_TARGET` bytes, so they compress with
-//! each other's context the way a tar archive does, while each stays addressable by its id.
+//! A frame is encoded (zstd or raw) as a unit. Chunks share frames of up to `FRAME_TARGET`
+//! bytes, so that small files compress with each other's context the way a tar archive does,
+//! while each chunk stays addressable by its id. A chunk of `SMALL_CHUNK` bytes or more (only
+//! possible with chunker bounds above the default 4 MiB maximum) gets a frame of its own.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,7 @@ pub const MAGIC: &[u8; 8] = b"berthpk1";
 pub const TARGET_SIZE: usize = 8 * 1024 * 1024;
 /// Largest pack berth will parse.
 pub const MAX_PACK: usize = 256 * 1024 * 1024;
-/// Chunks smaller than this share frames.
+/// Chunks smaller than this share frames (every chunk, with the default chunker bounds).
 pub const SMALL_CHUNK: usize = 4 * 1024 * 1024 + 1;
 /// A shared frame is encoded once it holds this many bytes.
 pub const FRAME_TARGET: usize = 8 * 1024 * 1024;

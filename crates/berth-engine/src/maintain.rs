@@ -94,7 +94,9 @@ pub async fn verify(repo: &Repo, snapshots: &[Snapshot], read_data: bool) -> Res
                     .unwrap_or_else(|e| vec![e.to_string()])
                 }
             })
-            .buffer_unordered(CONCURRENCY)
+            // Each pack in flight holds the pack and a decoded frame (up to 8 MiB each): bound
+            // the concurrency by the cores that decode them, not by the store.
+            .buffer_unordered(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .collect()
             .await;
         report.packs_read = results.len() as u64;
@@ -292,6 +294,61 @@ pub async fn prune_apply(repo: &Repo, prune: &Prune) -> Result<PruneOutcome> {
         store.delete(&layout::mark(id)).await?;
     }
     Ok(out)
+}
+
+/// A lock older than this is taken to belong to a prune that died.
+pub const PRUNE_LOCK_STALE_SECS: i64 = 6 * 3600;
+
+/// The prune lock, held while a prune plans and applies. Release it with `release`; a lock
+/// left by a crash is taken over once it is older than `PRUNE_LOCK_STALE_SECS`.
+#[derive(Debug)]
+pub struct PruneLock {
+    repo: Repo,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct LockInfo {
+    host: String,
+    pid: u32,
+    time: berth_core::time::Timestamp,
+}
+
+impl PruneLock {
+    /// Takes the prune lock, or says who holds it.
+    pub async fn acquire(repo: &Repo, host: &str) -> Result<PruneLock> {
+        let store = repo.store();
+        let info = LockInfo { host: host.to_string(), pid: std::process::id(), time: now() };
+        let bytes = Bytes::from(serde_json::to_vec(&info).unwrap_or_default());
+        for _ in 0..2 {
+            if store.put_if_absent(layout::PRUNE_LOCK, bytes.clone()).await? == crate::store::Put::Created {
+                return Ok(PruneLock { repo: repo.clone() });
+            }
+            let held =
+                store.get(layout::PRUNE_LOCK).await.ok().and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
+            match held {
+                Some(h) if h.time.plus_secs(PRUNE_LOCK_STALE_SECS) > now() => {
+                    return Err(EngineError::Conflict(format!(
+                        "another prune holds {} since {} (host {}, pid {}); wait for it, or delete that object if that prune is gone",
+                        layout::PRUNE_LOCK,
+                        h.time,
+                        h.host,
+                        h.pid
+                    )));
+                }
+                // Stale or unreadable: the prune that held it is gone.
+                _ => {
+                    store.delete(layout::PRUNE_LOCK).await?;
+                }
+            }
+        }
+        Err(EngineError::Conflict(format!("could not take {}; retry", layout::PRUNE_LOCK)))
+    }
+
+    /// Releases the lock.
+    pub async fn release(self) -> Result<()> {
+        self.repo.store().delete(layout::PRUNE_LOCK).await?;
+        Ok(())
+    }
 }
 
 /// Returns the snapshot with id `id` among `snapshots`.

@@ -422,8 +422,20 @@ pub async fn run(cmd: Command) -> Result<()> {
         }
         Command::Prune { store, grace, dry_run, out } => {
             let repo = open(&store).await?;
-            let prune = maintain::prune_plan(&repo, grace).await?;
-            let outcome = if dry_run { None } else { Some(maintain::prune_apply(&repo, &prune).await?) };
+            let (prune, outcome) = if dry_run {
+                (maintain::prune_plan(&repo, grace).await?, None)
+            } else {
+                // Plan and apply under the lock, so two prunes never interleave.
+                let lock = maintain::PruneLock::acquire(&repo, &host()).await?;
+                let result = async {
+                    let prune = maintain::prune_plan(&repo, grace).await?;
+                    let outcome = maintain::prune_apply(&repo, &prune).await?;
+                    Ok::<_, berth_engine::EngineError>((prune, Some(outcome)))
+                }
+                .await;
+                lock.release().await?;
+                result?
+            };
             if out.json {
                 return print_json(&serde_json::json!({ "dry_run": dry_run, "plan": prune.plan, "outcome": outcome }));
             }

@@ -501,3 +501,24 @@ fn restore_into_an_existing_directory() {
     assert_eq!(fs::read(outside.join("victim.txt")).unwrap(), b"outside the target", "no write through a symlink");
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "nothing written outside the target");
 }
+
+#[test]
+fn one_prune_at_a_time() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src, "a", b"data", 0o644);
+    env.run("create", &["--workspace", "w", s(&src)]).ok();
+    let lock = env.store.join("prune/lock");
+    fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    // A live lock held by another prune: refused, naming the lock and its holder.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    fs::write(&lock, format!(r#"{{"host":"other-host","pid":4242,"time":{now}}}"#)).unwrap();
+    env.run("prune", &["--grace", "0s"]).fails(1).stderr_has(&["prune/lock", "other-host", "4242"]);
+    assert!(lock.exists(), "a refused prune leaves the other prune's lock alone");
+    // A dry run needs no lock.
+    env.run("prune", &["--grace", "0s", "--dry-run"]).ok();
+    // A lock left by a prune that died long ago is taken over, and released afterwards.
+    fs::write(&lock, r#"{"host":"gone","pid":1,"time":0}"#).unwrap();
+    env.run("prune", &["--grace", "0s"]).ok();
+    assert!(!lock.exists(), "the lock is released when the prune ends");
+}
