@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use berth_core::diff::{self, Change};
-use berth_core::id::{ChunkId, IndexId, ManifestId, PackId, SnapshotId};
+use berth_core::id::{ChunkId, IndexId, ManifestId, PackId};
 use berth_core::index::{IndexFile, IndexedPack, Location};
 use berth_core::layout;
 use berth_core::prune::{self, PackObject, PruneInput, PrunePlan};
@@ -349,14 +349,4 @@ impl PruneLock {
         self.repo.store().delete(layout::PRUNE_LOCK).await?;
         Ok(())
     }
-}
-
-/// Returns the snapshot with id `id` among `snapshots`.
-pub fn find(snapshots: &[Snapshot], id: &SnapshotId) -> Option<Snapshot> {
-    snapshots.iter().find(|s| s.id == *id).cloned()
-}
-
-/// Reports a missing object as an engine error.
-pub fn missing(what: String) -> EngineError {
-    EngineError::NotFound { what, hint: "list snapshots with `berth snapshot ls`".into() }
 }
