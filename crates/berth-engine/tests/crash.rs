@@ -21,7 +21,7 @@ use berth_engine::repo::{Repo, Snapshot};
 use berth_engine::restore::{restore, RestoreOptions};
 use berth_engine::store::{memory, DynStore, FaultyStore};
 use berth_engine::EngineError;
-use common::{Rng, Tree};
+use common::{Rng, TreeImage};
 
 /// The multi-chunk file changed in the middle between the two trees (chunking is min 256 KiB,
 /// avg 1 MiB, max 4 MiB, so it also takes the streaming path for files over 4 MiB).
@@ -171,7 +171,7 @@ async fn workload(store: DynStore, fx: &Fixture, ws: &Path, cache: Option<&Path>
 }
 
 /// Restores one snapshot into a fresh directory under `scratch` and captures it.
-async fn restore_tree(repo: &Repo, snap: &Snapshot, scratch: &Path, name: &str) -> Tree {
+async fn restore_tree(repo: &Repo, snap: &Snapshot, scratch: &Path, name: &str) -> TreeImage {
     let dir = scratch.join(name);
     let opts = RestoreOptions {
         workspace: workspace(),
@@ -185,7 +185,7 @@ async fn restore_tree(repo: &Repo, snap: &Snapshot, scratch: &Path, name: &str) 
     restore(repo, &opts, &Arc::new(Progress::default()))
         .await
         .unwrap_or_else(|e| panic!("{name}: restoring snapshot seq {} failed: {e}", snap.record.seq));
-    let tree = Tree::capture(&dir);
+    let tree = TreeImage::read(&dir);
     std::fs::remove_dir_all(&dir).expect("cleaning up a restore");
     tree
 }
@@ -203,7 +203,7 @@ async fn snapshots_of(store: &DynStore) -> (Option<Repo>, Vec<Snapshot>) {
 }
 
 /// Asserts every snapshot in the store restores to the tree of its seq and verifies clean.
-async fn check_restorable(store: &DynStore, expect: &[Tree; 2], scratch: &Path, ctx: &str) -> Vec<u64> {
+async fn check_restorable(store: &DynStore, expect: &[TreeImage; 2], scratch: &Path, ctx: &str) -> Vec<u64> {
     let (repo, snaps) = snapshots_of(store).await;
     let seqs: Vec<u64> = snaps.iter().map(|s| s.record.seq).collect();
     let Some(repo) = repo else { return seqs };
@@ -211,7 +211,7 @@ async fn check_restorable(store: &DynStore, expect: &[Tree; 2], scratch: &Path, 
         // Seq 1 and 3 hold the first tree, 2 and 4 the second (after a rerun).
         let want = &expect[((s.record.seq + 1) % 2) as usize];
         let got = restore_tree(&repo, s, scratch, &format!("seq{}", s.record.seq)).await;
-        common::assert_same_tree(want, &got, &format!("{ctx}: snapshot seq {}", s.record.seq));
+        common::assert_same(want, &got, &format!("{ctx}: snapshot seq {}", s.record.seq));
     }
     let report = maintain::verify(&repo, &snaps, true).await.unwrap_or_else(|e| panic!("{ctx}: verify failed: {e}"));
     assert!(report.errors.is_empty(), "{ctx}: verify --read-data found errors: {:#?}", report.errors);
@@ -230,9 +230,9 @@ async fn crash_at_every_op(use_cache: bool) {
 
     // The two trees, as the workload builds them.
     fx.write_v1(&ws);
-    let v1 = Tree::capture(&ws);
+    let v1 = TreeImage::read(&ws);
     fx.mutate_to_v2(&ws);
-    let v2 = Tree::capture(&ws);
+    let v2 = TreeImage::read(&ws);
     assert_ne!(v1, v2);
     let expect = [v1, v2];
 

@@ -3,7 +3,7 @@
 //! temporary directory. Each case must fail with an error that names the problem, never panic,
 //! and never write outside the target; `verify --read-data` must see the corrupt data too.
 
-mod support;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -27,9 +27,9 @@ use berth_engine::repo::Repo;
 use berth_engine::restore::RestoreSummary;
 use berth_engine::store::{self, DynStore, Put};
 use bytes::Bytes;
+use common::{assert_same, chain, noise, restore_opts, restore_with, runtime, workspace, TreeImage};
 use rustix::fs::OFlags;
 use serde::Serialize;
-use support::{assert_same, chain, noise, restore_opts, restore_with, runtime, workspace, TreeImage};
 
 /// A memory store to fill with hostile objects, and a temporary directory holding the restore
 /// target next to things that must never change: `outside/` and a `neighbour` file.

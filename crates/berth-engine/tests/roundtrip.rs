@@ -3,19 +3,19 @@
 //! links, unicode and non-UTF-8 names) come back byte for byte, into a fresh directory and over
 //! a directory full of conflicting entries; the file cache makes unchanged trees cost no reads.
 
-mod support;
+mod common;
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use common::{
+    assert_same, differences, join, memory_repo, noise, restore, runtime, set_mode, set_mtime, snapshot, text, Kind,
+    TreeImage,
+};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use support::{
-    assert_same, differences, join, memory_repo, noise, restore, runtime, set_link_mtime, set_mode, set_mtime,
-    snapshot, text, Kind, TreeImage,
-};
 
 const LONG_NAME: [u8; 255] = [b'n'; 255];
 
@@ -202,7 +202,7 @@ fn build(root: &Path, tree: &TreeSpec, outside: &Path) {
         set_mtime(path, *mtime_ns);
     }
     for (path, mtime_ns) in &b.links {
-        set_link_mtime(path, *mtime_ns);
+        set_mtime(path, *mtime_ns);
     }
     b.dirs.sort_by_key(|d| std::cmp::Reverse(d.1));
     for (path, _, mode, mtime_ns) in &b.dirs {
@@ -258,7 +258,7 @@ proptest! {
             let repo = memory_repo().await;
             let first = snapshot(&repo, &src, Some(&cache)).await;
             prop_assert!(!first.unchanged);
-            let n_files = before.nodes.values().filter(|n| matches!(n.kind, Kind::File { .. })).count() as u64;
+            let n_files = before.files() as u64;
             prop_assert_eq!(first.files_scanned, n_files);
             prop_assert!(first.skipped_unreadable.is_empty(), "{:?}", first.skipped_unreadable);
 
@@ -388,11 +388,11 @@ fn fixed_tree(root: &Path, outside: &Path) {
     ] {
         let path = root.join(name);
         symlink(std::ffi::OsStr::from_bytes(target), &path).unwrap();
-        set_link_mtime(&path, 123_456_789);
+        set_mtime(&path, 123_456_789);
     }
     let abs = root.join("link-outside");
     symlink(outside, &abs).unwrap();
-    set_link_mtime(&abs, 9);
+    set_mtime(&abs, 9);
     for (rel, mode, mtime_ns) in [
         ("nested/deeper/empty-too", 0o700, 11),
         ("nested/deeper", 0o750, 1_500_000_000_000_000_001),

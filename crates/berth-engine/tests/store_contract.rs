@@ -5,6 +5,9 @@
 
 mod common;
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use berth_core::excludes::Excludes;
@@ -16,7 +19,7 @@ use berth_engine::repo::Repo;
 use berth_engine::restore::{restore, RestoreOptions};
 use berth_engine::store::{self, Deleted, DynStore, FsStore, ObjectInfo, Put, StoreError};
 use bytes::Bytes;
-use common::{Rng, Tree, TreeShape};
+use common::{Rng, TreeImage, TreeShape};
 
 /// Which adapter is under test, for the one place the contract allows a difference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,7 +304,7 @@ async fn s3_snapshot_restore_verify_end_to_end() {
     common::write_file(&src.join("data/three-mib.bin"), &rng.bytes(3 << 20), 0o644, rng.mtime());
     common::write_file(&src.join("data/five-mib.bin"), &rng.bytes(5 << 20), 0o600, rng.mtime());
     common::stamp_dirs(&src, &mut rng);
-    let v1 = Tree::capture(&src);
+    let v1 = TreeImage::read(&src);
 
     let ws = WorkspaceId::new("agent:42").expect("id");
     let progress = Arc::new(Progress::default());
@@ -325,14 +328,17 @@ async fn s3_snapshot_restore_verify_end_to_end() {
         let mut f = std::fs::OpenOptions::new().append(true).open(src.join("data/five-mib.bin")).expect("open");
         f.write_all(&rng.bytes(1000)).expect("append");
     }
-    let victim =
-        v1.0.iter()
-            .find(|(_, n)| matches!(n.kind, common::Kind::File { link_group: None, size, .. } if size > 0))
-            .map(|(p, _)| p.clone())
-            .expect("a file to remove");
-    std::fs::remove_file(src.join(&victim)).expect("rm");
+    // A non-empty file in no hard-link group: the first in `Path` order (by components, not bytes).
+    let victim = v1
+        .nodes
+        .iter()
+        .filter(|(p, n)| matches!(n.kind, common::Kind::File { len, .. } if len > 0) && !v1.is_linked(p))
+        .map(|(p, _)| Path::new(OsStr::from_bytes(p)))
+        .min()
+        .expect("a file to remove");
+    std::fs::remove_file(src.join(victim)).expect("rm");
     common::write_file(&src.join("src/added.txt"), b"added in v2\n", 0o644, rng.mtime());
-    let v2 = Tree::capture(&src);
+    let v2 = TreeImage::read(&src);
     let second = create(&repo, &copts, &progress).await.expect("second snapshot");
     assert_eq!(second.seq, 2);
     assert!(second.bytes_new < 5 << 20, "the second snapshot uploads only what changed: {second:?}");
@@ -356,7 +362,7 @@ async fn s3_snapshot_restore_verify_end_to_end() {
             threads: 2,
         };
         restore(&repo, &ropts, &progress).await.unwrap_or_else(|e| panic!("restore {selector}: {e}"));
-        common::assert_same_tree(want, &Tree::capture(&dir), &format!("restore of {selector}"));
+        common::assert_same(want, &TreeImage::read(&dir), &format!("restore of {selector}"));
     }
     let report = maintain::verify(&repo, &snaps, true).await.expect("verify");
     assert!(report.errors.is_empty(), "verify: {:?}", report.errors);
