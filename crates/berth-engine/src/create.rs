@@ -465,12 +465,12 @@ fn read_one(
     let path = scan::join(&ctx.root, &job.path);
     let io_skip = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => Skip::File("vanished while the snapshot ran".into()),
-        _ if e.raw_os_error() == Some(libc_eloop()) => Skip::File("became a symlink while the snapshot ran".into()),
+        _ if e.raw_os_error() == Some(eloop()) => Skip::File("became a symlink while the snapshot ran".into()),
         std::io::ErrorKind::PermissionDenied => Skip::File(format!("cannot read: {e}")),
         _ => Skip::Fatal(EngineError::io("reading", &path, e)),
     };
     // O_NOFOLLOW: a file swapped for a link after the scan is not followed out of the workspace.
-    let file = OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(&path).map_err(io_skip)?;
+    let file = OpenOptions::new().read(true).custom_flags(o_nofollow()).open(&path).map_err(io_skip)?;
     let before = file.metadata().map_err(io_skip)?;
     if !before.is_file() {
         return Err(Skip::File("is no longer a regular file".into()));
@@ -518,10 +518,10 @@ fn read_one(
     Ok(ReadDone { slot: job.slot, stat, chunks, stable: scan::stat_of(&after) == stat && read == stat.size })
 }
 
-fn libc_o_nofollow() -> i32 {
+fn o_nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-fn libc_eloop() -> i32 {
+fn eloop() -> i32 {
     rustix::io::Errno::LOOP.raw_os_error()
 }

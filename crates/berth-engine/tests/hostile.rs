@@ -174,6 +174,14 @@ fn record(workspace: WorkspaceId, seq: u64, manifest: ManifestId) -> SnapshotRec
     }
 }
 
+/// Seals `data` as the one raw blob of a pack; returns its chunk id and the pack.
+fn raw_pack(data: &[u8]) -> (ChunkId, SealedPack) {
+    let id = ChunkId::of(data);
+    let mut b = PackBuilder::default();
+    b.add(id, Codec::Raw, data, data.len() as u32);
+    (id, b.seal(&mut Codecs::new()))
+}
+
 fn rel(s: &str) -> RelPath {
     RelPath::new(s.as_bytes().to_vec()).unwrap()
 }
@@ -388,10 +396,7 @@ fn absurd_sizes_are_refused_before_anything_is_written() {
 fn an_index_entry_past_the_pack_end_is_refused() {
     let h = Hostile::new();
     let data = noise(1, 1000);
-    let id = ChunkId::of(&data);
-    let mut b = PackBuilder::default();
-    b.add(id, Codec::Raw, &data, 1000);
-    let pack = b.seal(&mut Codecs::new());
+    let (id, pack) = raw_pack(&data);
     let past = BlobEntry::single(id, pack.bytes.len() as u32 + 100, 1000, 1000, Codec::Raw);
     h.put_pack(&pack, vec![past]);
     h.publish(h.put_manifest(&Manifest { entries: vec![file("f", vec![ChunkRef { id, len: 1000 }])] }));
@@ -471,10 +476,7 @@ fn zstd_frame(data: &[u8]) -> Vec<u8> {
 fn a_truncated_pack_is_refused() {
     let h = Hostile::new();
     let data = noise(2, 50_000);
-    let id = ChunkId::of(&data);
-    let mut b = PackBuilder::default();
-    b.add(id, Codec::Raw, &data, data.len() as u32);
-    let mut pack = b.seal(&mut Codecs::new());
+    let (id, mut pack) = raw_pack(&data);
     let entries = pack.entries.clone();
     let full_len = pack.bytes.len() as u64;
     pack.bytes.truncate(pack.bytes.len() / 2);
@@ -538,10 +540,7 @@ fn a_manifest_under_another_id_is_refused() {
 fn random_bytes_as_a_pack_are_refused() {
     let h = Hostile::new();
     let data = noise(6, 100);
-    let id = ChunkId::of(&data);
-    let mut b = PackBuilder::default();
-    b.add(id, Codec::Raw, &data, 100);
-    let pack = b.seal(&mut Codecs::new());
+    let (id, pack) = raw_pack(&data);
     h.put(&layout::pack(&pack.id), noise(7, pack.bytes.len()));
     h.put_index(IndexFile {
         packs: vec![IndexedPack { id: pack.id, size: pack.bytes.len() as u64, blobs: pack.entries }],
