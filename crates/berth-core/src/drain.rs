@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::session::InstanceId;
 use crate::time::Timestamp;
 
 /// Default hard timeout after which a drain clears by itself.
@@ -24,8 +25,9 @@ pub enum Drain {
         nonce: String,
         /// When the drain started.
         since: Timestamp,
-        /// The instance being drained (its heartbeats never clear the drain).
-        instance: String,
+        /// The instance being drained: its heartbeats never clear the drain, another
+        /// instance's heartbeat does. `None` (a node or pool drain): heartbeats never clear it.
+        instance: Option<InstanceId>,
     },
 }
 
@@ -34,15 +36,15 @@ pub enum Drain {
 pub enum Event {
     /// An eviction notice for `instance`, with a fresh nonce.
     Evict {
-        /// The instance being evicted.
-        instance: String,
+        /// The instance being evicted, if one is.
+        instance: Option<InstanceId>,
         /// A fresh random nonce.
         nonce: String,
     },
     /// A heartbeat from `instance`.
     Heartbeat {
         /// Who sent it.
-        instance: String,
+        instance: InstanceId,
     },
     /// The replacement acknowledges readiness.
     Ack {
@@ -99,7 +101,9 @@ pub fn step(state: &Drain, event: Event, now: Timestamp, hard_timeout_secs: i64)
                 (state.clone(), Outcome::WrongNonce)
             }
         }
-        (Drain::Draining { instance, .. }, Event::Heartbeat { instance: from }) if *instance != from => {
+        (Drain::Draining { instance: Some(instance), .. }, Event::Heartbeat { instance: from })
+            if *instance != from =>
+        {
             (Drain::Open, Outcome::Cleared(ClearedBy::NewInstance))
         }
         // Not draining (an ack is a no-op), a late heartbeat from the drained instance, a tick
@@ -115,8 +119,12 @@ mod tests {
     const T0: Timestamp = Timestamp(1_000 * 1_000_000_000);
     const HARD: i64 = DEFAULT_HARD_TIMEOUT_SECS;
 
+    fn inst(s: &str) -> InstanceId {
+        InstanceId::new(s).unwrap()
+    }
+
     fn evict() -> Event {
-        Event::Evict { instance: "old".into(), nonce: "n1".into() }
+        Event::Evict { instance: Some(inst("old")), nonce: "n1".into() }
     }
 
     fn check(events: &[(i64, Event)], expect: &[Outcome], draining_at_end: bool) {
@@ -134,7 +142,7 @@ mod tests {
     #[test]
     fn clearing_rules() {
         use Outcome::*;
-        let hb = |i: &str| Event::Heartbeat { instance: i.into() };
+        let hb = |i: &str| Event::Heartbeat { instance: inst(i) };
         let ack = |n: &str| Event::Ack { nonce: n.into() };
         // A late heartbeat from the old instance never clears it; a wrong nonce leaves it draining.
         check(&[(0, evict()), (1, hb("old")), (2, ack("nope"))], &[Started("n1".into()), Unchanged, WrongNonce], true);
@@ -147,7 +155,10 @@ mod tests {
         check(&[(0, evict()), (HARD - 1, Event::Tick)], &[Started("n1".into()), Unchanged], true);
         // An ack while not draining is a no-op; a second eviction keeps the first nonce.
         check(&[(0, ack("n1"))], &[Unchanged], false);
-        let again = Event::Evict { instance: "old".into(), nonce: "n2".into() };
+        let again = Event::Evict { instance: Some(inst("old")), nonce: "n2".into() };
         check(&[(0, evict()), (1, again)], &[Started("n1".into()), AlreadyDraining("n1".into())], true);
+        // A drain that names no instance (a node or pool) is not cleared by any heartbeat.
+        let node = Event::Evict { instance: None, nonce: "n3".into() };
+        check(&[(0, node), (1, hb("new"))], &[Started("n3".into()), Unchanged], true);
     }
 }

@@ -6,15 +6,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::session::{InstanceId, SessionId};
 use crate::time::Timestamp;
 
 /// Who holds a lease.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     /// The session.
-    pub session: String,
+    pub session: SessionId,
     /// The sandbox instance (a container or pod id).
-    pub instance: String,
+    pub instance: InstanceId,
 }
 
 /// The lease state of one workspace.
@@ -108,7 +109,7 @@ mod tests {
     use super::*;
 
     fn h(s: &str) -> Holder {
-        Holder { session: s.into(), instance: format!("{s}-pod") }
+        Holder { session: SessionId::new(s).unwrap(), instance: InstanceId::new(format!("{s}-pod")).unwrap() }
     }
 
     const T0: Timestamp = Timestamp(1_000 * 1_000_000_000);
@@ -120,7 +121,7 @@ mod tests {
         assert_eq!((a.epoch, how), (1, Acquired::Fresh));
         // A second attach while the lease is live is refused, naming the holder.
         let err = a.acquire(h("b"), T0.plus_secs(30), 60).unwrap_err();
-        assert!(matches!(&err, LeaseError::Held { holder, .. } if holder.session == "a"));
+        assert!(matches!(&err, LeaseError::Held { holder, .. } if holder.session.as_str() == "a"));
         let a = a.renew(1, T0.plus_secs(50), 60).unwrap();
         assert!(a.check(1, T0.plus_secs(100)).is_ok());
         // Without heartbeats it expires; b takes over with a higher epoch.

@@ -1,5 +1,6 @@
-//! berth's pure core: typed ids, validated paths, the on-store formats, and the planners
-//! (retention, prune, diff, size budget).
+//! berth's pure core: typed ids, validated paths, the on-store formats, the planners
+//! (retention, prune, diff, size budget, volume GC) and the control plane's state machines
+//! (lease, drain).
 //!
 //! **Invariant:** nothing in this crate does I/O or reads a clock; time comes in as a parameter.
 
@@ -10,6 +11,7 @@ pub mod config;
 pub mod diff;
 pub mod drain;
 pub mod excludes;
+pub mod gc;
 pub mod id;
 pub mod index;
 pub mod layout;
@@ -19,10 +21,14 @@ pub mod mark;
 pub mod pack;
 pub mod path;
 pub mod prune;
+pub mod repo;
 pub mod retention;
+pub mod scope;
+pub mod session;
 pub mod snapshot;
 pub mod sync;
 pub mod time;
+pub mod volume;
 pub mod workspace;
 
 /// A stored object or input that could not be decoded or failed validation.

@@ -2,7 +2,9 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error.
 
+mod control;
 mod progress_bar;
+mod serve;
 mod snapshot;
 mod units;
 
@@ -23,11 +25,32 @@ enum Command {
     /// Take, list, restore, check and clean up workspace snapshots.
     #[command(subcommand)]
     Snapshot(snapshot::Command),
+    /// Run the control plane: the HTTP API, deletion, volume GC and expiry reconcilers.
+    Serve(serve::Serve),
+    /// Apply the metadata store's schema migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        store: serve::StoreArgs,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, show, ensure, close and delete workspaces.
+    #[command(subcommand)]
+    Workspace(control::WorkspaceCmd),
+    /// Start, inspect and acknowledge drains.
+    #[command(subcommand)]
+    Drain(control::DrainCmd),
+    /// Run volume garbage collection.
+    #[command(subcommand)]
+    Gc(control::GcCmd),
+    /// Read the control plane's audit log.
+    Events(control::EventsCmd),
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("BERTH_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
@@ -38,7 +61,8 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // A server says what it does; a command-line tool speaks only when something is wrong.
+    init_logging(if matches!(cli.command, Command::Serve(_)) { "info,sqlx=warn" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -49,6 +73,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Snapshot(cmd) => snapshot::run(cmd).await,
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Migrate { store, json } => serve::migrate(store, json).await,
+            Command::Workspace(cmd) => control::workspace(cmd).await,
+            Command::Drain(cmd) => control::drain(cmd).await,
+            Command::Gc(cmd) => control::gc(cmd).await,
+            Command::Events(cmd) => control::events(cmd).await,
         }
     });
     match result {

@@ -1,0 +1,255 @@
+//! Conversions between the metadata store's rows and the API's wire types, and validation of
+//! request bodies into domain values.
+
+use std::collections::BTreeMap;
+
+use berth_api as api;
+use berth_core::drain::Drain;
+use berth_core::lease::Holder;
+use berth_core::time::Timestamp;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::meta::{DrainRow, EnsureOptions, EventRow, SnapshotRow, State, VolumeState, WorkspaceRow};
+
+/// Parses a JSON body; an empty body is `{}`. The error names the field.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { body };
+    serde_json::from_slice(body).map_err(|e| Error::BadRequest(format!("invalid request body: {e}")))
+}
+
+/// Formats a timestamp for the wire.
+pub fn ts(t: Timestamp) -> String {
+    t.to_string()
+}
+
+/// The wire view of a lease holder.
+pub fn lease_info(holder: &Holder, epoch: u64, expires: Timestamp) -> api::LeaseInfo {
+    api::LeaseInfo {
+        session_id: holder.session.to_string(),
+        instance_id: holder.instance.to_string(),
+        epoch,
+        expires_at: ts(expires),
+    }
+}
+
+/// The wire view of a workspace at `now`.
+pub fn workspace(ws: &WorkspaceRow, now: Timestamp, drain_timeout_secs: i64) -> api::Workspace {
+    let state = match ws.state {
+        State::Active => api::WorkspaceState::Active,
+        State::Closed => api::WorkspaceState::Closed,
+        State::Deleting => api::WorkspaceState::Deleting,
+        State::Deleted => api::WorkspaceState::Deleted,
+    };
+    let volume_state = match ws.volume_state {
+        VolumeState::Pending => api::VolumeState::Pending,
+        VolumeState::Present => api::VolumeState::Present,
+        VolumeState::Removed => api::VolumeState::Removed,
+    };
+    let lease = ws
+        .lease
+        .holder
+        .as_ref()
+        .filter(|_| ws.lease.is_live(now))
+        .map(|h| lease_info(h, ws.lease.epoch, ws.lease.expires));
+    let deletion = (ws.state == State::Deleting).then(|| api::Deletion {
+        step: ws.delete_step.map(|s| s.as_str().to_string()).unwrap_or_default(),
+        error: ws.last_error.clone(),
+        attempts: ws.attempts,
+    });
+    api::Workspace {
+        owner: ws.owner.to_string(),
+        id: ws.id.clone(),
+        generation: ws.generation.0,
+        state,
+        volume: api::Volume {
+            name: ws.volume.to_string(),
+            state: volume_state,
+            removed_at: ws.volume_removed_at.map(ts),
+            last_outcome: ws.volume_outcome.clone(),
+        },
+        size_bytes: ws.size_bytes,
+        storage_class: ws.storage_class.clone(),
+        access_mode: api::AccessMode::parse(&ws.access_mode).unwrap_or_default(),
+        labels: ws.labels.clone(),
+        repos: ws.repos.clone(),
+        epoch: ws.lease.epoch,
+        lease,
+        latest_snapshot: ws.latest_snapshot.clone(),
+        draining: ws.is_draining(now, drain_timeout_secs),
+        deletion,
+        created_at: ts(ws.created_at),
+        updated_at: ts(ws.updated_at),
+        closed_at: ws.closed_at.map(ts),
+    }
+}
+
+/// The wire view of a drain.
+pub fn drain(row: &DrainRow, hard_timeout_secs: i64) -> api::DrainInfo {
+    let (draining, nonce, since, instance) = match &row.state {
+        Drain::Open => (false, None, None, None),
+        Drain::Draining { nonce, since, instance } => (true, Some(nonce.clone()), Some(*since), instance.clone()),
+    };
+    api::DrainInfo {
+        scope: row.scope.to_string(),
+        draining,
+        nonce,
+        since: since.map(ts),
+        expires_at: since.map(|s| ts(s.plus_secs(hard_timeout_secs))),
+        instance_id: instance.map(|i| i.to_string()),
+        reason: if draining { row.reason.clone() } else { None },
+        cleared_at: row.cleared_at.map(ts),
+        cleared_by: row.cleared_by.clone(),
+    }
+}
+
+/// The wire view of a snapshot.
+pub fn snapshot(s: &SnapshotRow, latest: Option<&str>) -> api::SnapshotInfo {
+    api::SnapshotInfo {
+        snapshot_id: s.snapshot_id.clone(),
+        generation: s.generation.0,
+        epoch: s.epoch,
+        session_id: s.session.clone(),
+        recorded_at: ts(s.recorded_at),
+        stats: s.stats.clone(),
+        latest: latest == Some(s.snapshot_id.as_str()),
+    }
+}
+
+/// The wire view of an event.
+pub fn event(e: EventRow) -> api::Event {
+    api::Event {
+        id: e.id,
+        at: ts(e.at),
+        kind: e.kind,
+        owner: e.owner,
+        generation: e.generation,
+        session_id: e.session,
+        scope: e.scope,
+        detail: e.detail,
+    }
+}
+
+/// Server-side defaults for ensure options.
+#[derive(Clone, Debug)]
+pub struct EnsureDefaults {
+    /// Volume size.
+    pub size_bytes: u64,
+    /// Storage class.
+    pub storage_class: Option<String>,
+    /// Access mode.
+    pub access_mode: api::AccessMode,
+}
+
+/// Validates an ensure body against the rules of every substrate.
+pub fn ensure_options(body: api::EnsureWorkspace, defaults: &EnsureDefaults) -> Result<EnsureOptions> {
+    let bad = |m: String| Err(Error::BadRequest(m));
+    let size_bytes = body.size_bytes.unwrap_or(defaults.size_bytes);
+    if size_bytes == 0 || size_bytes > 1 << 50 {
+        return bad(format!("size_bytes {size_bytes} is out of range: use 1 byte to 1 PiB"));
+    }
+    let storage_class = body.storage_class.or_else(|| defaults.storage_class.clone());
+    if let Some(c) = &storage_class {
+        if !is_dns_subdomain(c) {
+            return bad(format!(
+                "storage_class '{c}' is not valid: use lowercase letters, digits, '-' and '.', at most 253"
+            ));
+        }
+    }
+    for (k, v) in &body.labels {
+        check_label(k, v)?;
+    }
+    for r in &body.repos {
+        berth_core::repo::target(&r.url, r.branch.as_deref(), r.depth, r.path.as_deref())
+            .map_err(|e| Error::BadRequest(format!("repos: {e}")))?;
+    }
+    Ok(EnsureOptions {
+        size_bytes,
+        storage_class,
+        access_mode: body.access_mode.unwrap_or(defaults.access_mode).as_str().to_string(),
+        labels: body.labels,
+        repos: body.repos,
+    })
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part.len() <= 63
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+fn is_label_name(s: &str, allow_empty: bool) -> bool {
+    if s.is_empty() {
+        return allow_empty;
+    }
+    s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Checks a label against the Kubernetes rules (the strictest substrate); `berth.` keys are
+/// reserved.
+pub fn check_label(key: &str, value: &str) -> Result<()> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let key_ok = is_label_name(name, false) && prefix.is_none_or(is_dns_subdomain);
+    if !key_ok {
+        return Err(Error::BadRequest(format!(
+            "label key '{key}' is not valid: use [prefix/]name, name 1-63 letters, digits, '-', '_', '.'"
+        )));
+    }
+    if key.starts_with("berth.") || prefix.is_some_and(|p| p == "berth" || p.ends_with(".berth")) {
+        return Err(Error::BadRequest(format!("label key '{key}' is reserved for berth")));
+    }
+    if !is_label_name(value, true) {
+        return Err(Error::BadRequest(format!(
+            "label value '{value}' of '{key}' is not valid: use at most 63 letters, digits, '-', '_', '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses `k=v,k2=v2` label selectors from a query string.
+pub fn label_selector(s: Option<&str>) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for pair in s.unwrap_or("").split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::BadRequest(format!("label selector '{pair}' is not key=value")))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert!(check_label("team", "infra").is_ok());
+        assert!(check_label("example.com/tier", "").is_ok());
+        assert!(check_label("berth.owner", "x").is_err());
+        assert!(check_label("bad key", "x").is_err());
+        assert!(check_label("k", "no spaces").is_err());
+        assert!(check_label(&"k".repeat(64), "v").is_err());
+    }
+
+    #[test]
+    fn bodies_name_the_field() {
+        let err = parse_body::<api::Heartbeat>(br#"{"instance_id": "x"}"#).unwrap_err();
+        assert!(err.to_string().contains("missing field `epoch`"), "{err}");
+        let err = parse_body::<api::Heartbeat>(br#"{"epoch": "one", "instance_id": "x"}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+        assert_eq!(parse_body::<api::GcRun>(b"").unwrap(), api::GcRun::default());
+    }
+}

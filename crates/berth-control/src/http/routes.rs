@@ -1,0 +1,453 @@
+//! Request handlers, one per endpoint.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use berth_api as api;
+use berth_core::scope::Scope;
+use berth_core::session::{InstanceId, PlaceName, SessionId};
+use berth_core::workspace::WorkspaceId;
+use serde::Deserialize;
+
+use super::auth::Principal;
+use super::dto::{self, parse_body};
+use super::App;
+use crate::error::{Error, Result};
+use crate::meta::{Ensured, ListFilter, State as WsState, VolumeState};
+use crate::reconcile;
+use crate::server::now;
+use crate::volumes::{volume_labels, VolumeSpec};
+
+fn owner_param(s: &str) -> Result<WorkspaceId> {
+    WorkspaceId::new(s).map_err(|e| Error::BadRequest(e.to_string()))
+}
+
+fn session_param(s: &str) -> Result<SessionId> {
+    SessionId::new(s).map_err(|e| Error::BadRequest(e.to_string()))
+}
+
+fn scope_param(s: &str) -> Result<Scope> {
+    s.parse().map_err(|e: berth_core::scope::ScopeError| Error::BadRequest(e.to_string()))
+}
+
+fn place(field: &str, v: Option<String>) -> Result<Option<PlaceName>> {
+    v.map(PlaceName::new).transpose().map_err(|e| Error::BadRequest(format!("{field}: {e}")))
+}
+
+/// Ensures a workspace (idempotent): 201 when created, 200 when it existed or was reopened.
+#[utoipa::path(put, path = "/v1/workspaces/{owner}", tag = "workspaces",
+    params(("owner" = String, Path, description = "owner key, e.g. agent:42")),
+    request_body = api::EnsureWorkspace,
+    responses((status = 201, body = api::Workspace, description = "created"), (status = 200, body = api::Workspace),
+        (status = 400, body = api::ErrorBody), (status = 409, body = api::ErrorBody, description = "being deleted"),
+        (status = 503, body = api::ErrorBody, description = "volume being collected, or the substrate failed")))]
+pub async fn ensure_workspace(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse> {
+    principal.admin()?;
+    let owner = owner_param(&owner)?;
+    let opts = dto::ensure_options(parse_body(&body)?, &app.ensure_defaults)?;
+    let (mut ws, how) = app.meta.ensure_workspace(&owner, &opts, now()).await?;
+    if ws.volume_state != VolumeState::Present {
+        // The record exists first, so the substrate never holds a volume berth does not know.
+        let spec = VolumeSpec {
+            name: ws.volume.clone(),
+            labels: volume_labels(&app.install, &owner, ws.generation, &ws.labels),
+            size_bytes: ws.size_bytes,
+            storage_class: ws.storage_class.clone(),
+            access_mode: api::AccessMode::parse(&ws.access_mode).unwrap_or_default(),
+        };
+        app.volumes.ensure(&spec).await?;
+        app.meta.mark_volume_present(&owner, ws.generation, now()).await?;
+        ws = app.meta.workspace(&owner).await?.ok_or_else(|| Error::NotFound(owner.to_string()))?;
+    }
+    let status = if how == Ensured::Created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(dto::workspace(&ws, now(), app.config.drain_timeout_secs))))
+}
+
+/// Reads a workspace.
+#[utoipa::path(get, path = "/v1/workspaces/{owner}", tag = "workspaces",
+    params(("owner" = String, Path)),
+    responses((status = 200, body = api::Workspace), (status = 404, body = api::ErrorBody)))]
+pub async fn get_workspace(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+) -> Result<Json<api::Workspace>> {
+    let owner = owner_param(&owner)?;
+    principal.owner(&owner)?;
+    let ws = app
+        .meta
+        .workspace(&owner)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("workspace {owner} does not exist")))?;
+    Ok(Json(dto::workspace(&ws, now(), app.config.drain_timeout_secs)))
+}
+
+/// Query of the workspace listing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this state (active, closed, deleting, deleted).
+    state: Option<String>,
+    /// Only workspaces with these labels: `key=value[,key=value...]`.
+    label: Option<String>,
+    /// Start after this owner (the `next` of the previous page).
+    after: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// Lists workspaces by owner, one page at a time.
+#[utoipa::path(get, path = "/v1/workspaces", tag = "workspaces", params(ListQuery),
+    responses((status = 200, body = api::WorkspaceList), (status = 400, body = api::ErrorBody)))]
+pub async fn list_workspaces(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<api::WorkspaceList>> {
+    principal.admin()?;
+    let Query(q) = query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some("active") => Some(WsState::Active),
+        Some("closed") => Some(WsState::Closed),
+        Some("deleting") => Some(WsState::Deleting),
+        Some("deleted") => Some(WsState::Deleted),
+        Some(other) => {
+            return Err(Error::BadRequest(format!("state '{other}' is not one of active, closed, deleting, deleted")))
+        }
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::BadRequest(format!("limit {limit} is out of range: use 1-1000")));
+    }
+    let after = q.after.as_deref().map(owner_param).transpose()?;
+    let filter = ListFilter { state, labels: dto::label_selector(q.label.as_deref())? };
+    let (rows, more) = app.meta.workspaces(&filter, after.as_ref(), limit).await?;
+    let t = now();
+    let next = if more { rows.last().map(|w| w.owner.to_string()) } else { None };
+    let items = rows.iter().map(|w| dto::workspace(w, t, app.config.drain_timeout_secs)).collect();
+    Ok(Json(api::WorkspaceList { items, next }))
+}
+
+/// Closes a workspace: no more attaches; the volume is collected after the cooldown; snapshots stay.
+#[utoipa::path(post, path = "/v1/workspaces/{owner}/close", tag = "workspaces", params(("owner" = String, Path)),
+    responses((status = 200, body = api::Workspace), (status = 409, body = api::ErrorBody, description = "a live lease, or deleting")))]
+pub async fn close_workspace(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+) -> Result<Json<api::Workspace>> {
+    principal.admin()?;
+    let owner = owner_param(&owner)?;
+    let ws = app.meta.close_workspace(&owner, now()).await?;
+    Ok(Json(dto::workspace(&ws, now(), app.config.drain_timeout_secs)))
+}
+
+/// Asks for a workspace's deletion: 202 with state `deleting`; it completes in the background
+/// (sessions ended, volume deleted, snapshots retired, generation bumped).
+#[utoipa::path(delete, path = "/v1/workspaces/{owner}", tag = "workspaces", params(("owner" = String, Path)),
+    responses((status = 202, body = api::Workspace), (status = 200, body = api::Workspace, description = "already deleted"),
+        (status = 404, body = api::ErrorBody)))]
+pub async fn delete_workspace(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+) -> Result<impl IntoResponse> {
+    principal.admin()?;
+    let owner = owner_param(&owner)?;
+    let (ws, _) = app.meta.request_delete(&owner, now()).await?;
+    app.wake_delete.notify_one();
+    let status = if ws.state == WsState::Deleted { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(dto::workspace(&ws, now(), app.config.drain_timeout_secs))))
+}
+
+/// Attaches a sandbox: takes the single-writer lease with a new fencing epoch.
+#[utoipa::path(post, path = "/v1/workspaces/{owner}/sessions", tag = "sessions", params(("owner" = String, Path)),
+    request_body = api::Attach,
+    responses((status = 201, body = api::Session), (status = 409, body = api::ErrorBody, description = "another lease is live (lease_held) or the workspace is not active"),
+        (status = 503, body = api::ErrorBody, description = "the scope is draining; see Retry-After")))]
+pub async fn attach(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse> {
+    principal.admin()?;
+    let owner = owner_param(&owner)?;
+    let body: api::Attach = parse_body(&body)?;
+    let instance = InstanceId::new(body.instance_id).map_err(|e| Error::BadRequest(format!("instance_id: {e}")))?;
+    let node = place("node", body.node)?;
+    let pool = place("pool", body.pool)?;
+    let cfg = &app.config;
+    let a = app
+        .meta
+        .attach(&owner, &instance, node.as_ref(), pool.as_ref(), now(), cfg.lease_ttl_secs, cfg.drain_timeout_secs)
+        .await?;
+    metrics::counter!("berth_attaches_total").increment(1);
+    let session = api::Session {
+        session_id: a.session.id.to_string(),
+        owner: owner.to_string(),
+        generation: a.session.generation.0,
+        workspace_id: a.workspace.id.clone(),
+        epoch: a.session.epoch,
+        lease_expires_at: dto::ts(a.expires),
+        lease_ttl_secs: cfg.lease_ttl_secs as u64,
+        token: a.token,
+        mount: app.volumes.mount(&a.workspace.volume),
+        init: api::InitSpec {
+            owner: owner.to_string(),
+            generation: a.session.generation.0,
+            store: cfg.store.clone(),
+            repos: a.workspace.repos.clone(),
+            latest_snapshot: a.workspace.latest_snapshot.clone(),
+        },
+        handover: a.handover.map(|nonce| api::Handover { scope: Scope::Workspace(owner.clone()).to_string(), nonce }),
+    };
+    Ok((StatusCode::CREATED, Json(session)))
+}
+
+/// Renews a session's lease; returns the drain state of its scopes from the same transaction.
+#[utoipa::path(post, path = "/v1/sessions/{id}/heartbeat", tag = "sessions", params(("id" = String, Path)),
+    request_body = api::Heartbeat,
+    responses((status = 200, body = api::HeartbeatReply), (status = 409, body = api::ErrorBody, description = "stale epoch: stop writing")))]
+pub async fn heartbeat(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<api::HeartbeatReply>> {
+    let id = session_param(&id)?;
+    principal.session(&id)?;
+    let body: api::Heartbeat = parse_body(&body)?;
+    let instance = InstanceId::new(body.instance_id).map_err(|e| Error::BadRequest(format!("instance_id: {e}")))?;
+    let cfg = &app.config;
+    let hb = app.meta.heartbeat(&id, body.epoch, &instance, now(), cfg.lease_ttl_secs, cfg.drain_timeout_secs).await?;
+    metrics::counter!("berth_heartbeats_total").increment(1);
+    let drains: Vec<_> = hb
+        .draining
+        .iter()
+        .map(|d| {
+            let mut info = dto::drain(d, cfg.drain_timeout_secs);
+            // Only the workspace's own drain hands its nonce to the sandbox.
+            if !matches!(d.scope, Scope::Workspace(_)) {
+                info.nonce = None;
+            }
+            info
+        })
+        .collect();
+    Ok(Json(api::HeartbeatReply { lease_expires_at: dto::ts(hb.expires), draining: !drains.is_empty(), drains }))
+}
+
+/// Detaches a session and releases its lease (idempotent).
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = api::ErrorBody)))]
+pub async fn detach(principal: Principal, State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<StatusCode> {
+    let id = session_param(&id)?;
+    principal.session(&id)?;
+    app.meta.detach(&id, now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Records a published snapshot as the latest of the workspace's generation; fenced by epoch.
+#[utoipa::path(post, path = "/v1/workspaces/{owner}/snapshots", tag = "snapshots", params(("owner" = String, Path)),
+    request_body = api::PublishSnapshot,
+    responses((status = 201, body = api::SnapshotInfo), (status = 409, body = api::ErrorBody, description = "stale epoch")))]
+pub async fn publish_snapshot(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse> {
+    let owner = owner_param(&owner)?;
+    principal.owner(&owner)?;
+    let body: api::PublishSnapshot = parse_body(&body)?;
+    if body.snapshot_id.len() != 64 || !body.snapshot_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::BadRequest(format!(
+            "snapshot_id '{}' is not 64 hex digits",
+            body.snapshot_id.chars().take(80).collect::<String>()
+        )));
+    }
+    let session = match &principal {
+        Principal::Sandbox { session, .. } => Some(session),
+        Principal::Admin => None,
+    };
+    let s = app
+        .meta
+        .publish_snapshot(&owner, session, body.epoch, &body.snapshot_id.to_ascii_lowercase(), &body.stats, now())
+        .await?;
+    Ok((StatusCode::CREATED, Json(dto::snapshot(&s, Some(&s.snapshot_id)))))
+}
+
+/// Lists the snapshots of the workspace's current generation, newest first.
+#[utoipa::path(get, path = "/v1/workspaces/{owner}/snapshots", tag = "snapshots", params(("owner" = String, Path)),
+    responses((status = 200, body = api::SnapshotList)))]
+pub async fn list_snapshots(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+) -> Result<Json<api::SnapshotList>> {
+    let owner = owner_param(&owner)?;
+    principal.owner(&owner)?;
+    let (ws, snaps) = app.meta.snapshots(&owner).await?;
+    Ok(Json(api::SnapshotList {
+        items: snaps.iter().map(|s| dto::snapshot(s, ws.latest_snapshot.as_deref())).collect(),
+    }))
+}
+
+/// Starts draining a scope (201), or returns the running drain and its nonce (200).
+#[utoipa::path(post, path = "/v1/drains", tag = "drains", request_body = api::StartDrain,
+    responses((status = 201, body = api::DrainInfo), (status = 200, body = api::DrainInfo, description = "already draining")))]
+pub async fn start_drain(principal: Principal, State(app): State<Arc<App>>, body: Bytes) -> Result<impl IntoResponse> {
+    let body: api::StartDrain = parse_body(&body)?;
+    let scope = scope_param(&body.scope)?;
+    principal.scope(&scope)?;
+    let mut instance = body
+        .instance_id
+        .map(InstanceId::new)
+        .transpose()
+        .map_err(|e| Error::BadRequest(format!("instance_id: {e}")))?;
+    if instance.is_none() {
+        if let Principal::Sandbox { session, .. } = &principal {
+            instance = Some(app.meta.session(session).await?.instance);
+        }
+    }
+    let reason = body.reason.map(|r| r.chars().take(500).collect::<String>());
+    let (row, started) = app
+        .meta
+        .start_drain(&scope, instance.as_ref(), reason.as_deref(), now(), app.config.drain_timeout_secs)
+        .await?;
+    if started {
+        metrics::counter!("berth_drains_started_total").increment(1);
+        tracing::info!(event = "drain_started", scope = %scope, reason = reason.as_deref().unwrap_or(""));
+    }
+    let status = if started { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(dto::drain(&row, app.config.drain_timeout_secs))))
+}
+
+/// Reads the drain state of a scope (a scope never drained is open).
+#[utoipa::path(get, path = "/v1/drains/{scope}", tag = "drains", params(("scope" = String, Path, description = "node:NAME, pool:NAME or workspace:OWNER")),
+    responses((status = 200, body = api::DrainInfo)))]
+pub async fn get_drain(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(scope): Path<String>,
+) -> Result<Json<api::DrainInfo>> {
+    let scope = scope_param(&scope)?;
+    principal.scope(&scope)?;
+    let row = app.meta.drain(&scope, now(), app.config.drain_timeout_secs).await?;
+    Ok(Json(dto::drain(&row, app.config.drain_timeout_secs)))
+}
+
+/// Lists every scope that is draining or has drained.
+#[utoipa::path(get, path = "/v1/drains", tag = "drains", responses((status = 200, body = api::DrainList)))]
+pub async fn list_drains(principal: Principal, State(app): State<Arc<App>>) -> Result<Json<api::DrainList>> {
+    principal.admin()?;
+    let rows = app.meta.drains(now(), app.config.drain_timeout_secs).await?;
+    Ok(Json(api::DrainList { items: rows.iter().map(|r| dto::drain(r, app.config.drain_timeout_secs)).collect() }))
+}
+
+/// The replacement acknowledges the handover: the matching nonce clears the drain; the wrong
+/// one is 409 and it keeps draining; an ack while not draining is a no-op.
+#[utoipa::path(post, path = "/v1/drains/{scope}/ready", tag = "drains", params(("scope" = String, Path)),
+    request_body = api::Ready,
+    responses((status = 200, body = api::ReadyReply), (status = 409, body = api::ErrorBody, description = "wrong nonce, or stale epoch")))]
+pub async fn ready(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(scope): Path<String>,
+    body: Bytes,
+) -> Result<Json<api::ReadyReply>> {
+    let scope = scope_param(&scope)?;
+    principal.scope(&scope)?;
+    let body: api::Ready = parse_body(&body)?;
+    let fence = match &principal {
+        Principal::Sandbox { session, .. } => {
+            let s = app.meta.session(session).await?;
+            if body.epoch.is_some_and(|e| e != s.epoch) {
+                return Err(Error::StaleEpoch { given: body.epoch.unwrap_or(0), current: s.epoch });
+            }
+            Some((session.clone(), s.epoch))
+        }
+        Principal::Admin => None,
+    };
+    let (row, cleared) = app
+        .meta
+        .ack_drain(&scope, &body.nonce, fence.as_ref().map(|(s, e)| (s, *e)), now(), app.config.drain_timeout_secs)
+        .await?;
+    if cleared {
+        metrics::counter!("berth_drains_cleared_total", "by" => "ack").increment(1);
+    }
+    Ok(Json(api::ReadyReply { cleared, drain: dto::drain(&row, app.config.drain_timeout_secs) }))
+}
+
+/// Query of the audit log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Only events after this id.
+    after: Option<i64>,
+    /// Only this owner.
+    owner: Option<String>,
+    /// Only this kind.
+    kind: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// Reads the audit log, oldest first.
+#[utoipa::path(get, path = "/v1/events", tag = "operations", params(EventQuery),
+    responses((status = 200, body = api::EventList)))]
+pub async fn events(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    query: std::result::Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<api::EventList>> {
+    principal.admin()?;
+    let Query(q) = query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::BadRequest(format!("limit {limit} is out of range: use 1-1000")));
+    }
+    let owner = q.owner.as_deref().map(owner_param).transpose()?;
+    let rows = app.meta.events(q.after.unwrap_or(0), owner.as_ref(), q.kind.as_deref(), limit).await?;
+    Ok(Json(api::EventList { items: rows.into_iter().map(dto::event).collect() }))
+}
+
+/// Runs a volume GC sweep now (optionally the orphan sweep too); `dry_run` plans only.
+#[utoipa::path(post, path = "/v1/gc/run", tag = "operations", request_body = api::GcRun,
+    responses((status = 200, body = api::GcReport)))]
+pub async fn gc_run(principal: Principal, State(app): State<Arc<App>>, body: Bytes) -> Result<Json<api::GcReport>> {
+    principal.admin()?;
+    let body: api::GcRun = parse_body(&body)?;
+    Ok(Json(reconcile::gc_sweep(&app, body.dry_run, body.orphans).await?))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the metadata store and the substrate answer.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "ready"), (status = 503, body = api::ErrorBody)))]
+pub async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str> {
+    app.meta.ping().await?;
+    app.volumes.health().await?;
+    Ok("ready\n")
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render())
+}

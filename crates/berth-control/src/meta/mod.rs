@@ -1,0 +1,578 @@
+//! The metadata store: every workspace, session, snapshot pointer, drain, cleanup mark and audit
+//! event, in SQLite (the embedded default) or PostgreSQL (several replicas), through one set of
+//! queries over sqlx's `Any` driver.
+//!
+//! Each public method is one transaction that reads what it decides on with a row lock (`FOR
+//! UPDATE` on PostgreSQL; SQLite has a single writer connection, so every write transaction is
+//! serialised), lets the pure core decide (`berth_core::lease`, `berth_core::drain`,
+//! `berth_core::gc`), and writes the result with an audit event.
+//!
+//! **Invariant:** every write that carries an epoch is checked in the transaction that applies it.
+//! **Invariant:** the store never reads a clock: `now` is a parameter.
+
+mod drains;
+mod gc;
+mod sessions;
+mod workspaces;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use berth_api::RepoSpec;
+use berth_core::gc::DeleteStep;
+use berth_core::lease::{Holder, Lease};
+use berth_core::session::{InstanceId, SessionId};
+use berth_core::time::Timestamp;
+use berth_core::volume::VolumeName;
+use berth_core::workspace::{Generation, WorkspaceId};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+
+use crate::error::{Error, Result};
+
+pub use drains::DrainRow;
+pub use gc::{Claimed, OrphanRow};
+pub use sessions::{Attached, HeartbeatOutcome, SessionRow, SnapshotRow};
+pub use workspaces::{EnsureOptions, Ensured, ListFilter};
+
+/// Which SQL dialect the store speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite: one writer connection, WAL, `synchronous=FULL` except for heartbeats.
+    Sqlite,
+    /// PostgreSQL: row locks, `SKIP LOCKED` claims.
+    Postgres,
+}
+
+/// The metadata store.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    write: AnyPool,
+    read: AnyPool,
+    dialect: Dialect,
+}
+
+/// The lifecycle state of a workspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Sandboxes may attach.
+    Active,
+    /// No attaches; the volume is collected after the cooldown.
+    Closed,
+    /// Deletion under way.
+    Deleting,
+    /// Deleted; the next ensure starts the next generation.
+    Deleted,
+}
+
+impl State {
+    /// Returns the stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Closed => "closed",
+            State::Deleting => "deleting",
+            State::Deleted => "deleted",
+        }
+    }
+
+    fn parse(s: &str) -> Result<State> {
+        Ok(match s {
+            "active" => State::Active,
+            "closed" => State::Closed,
+            "deleting" => State::Deleting,
+            "deleted" => State::Deleted,
+            other => return Err(Error::Corrupt(format!("workspace state '{other}'"))),
+        })
+    }
+}
+
+/// Where a workspace's volume stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeState {
+    /// Recorded; the substrate may not have it yet.
+    Pending,
+    /// The substrate has it.
+    Present,
+    /// Removed or found missing, for good.
+    Removed,
+}
+
+impl VolumeState {
+    /// Returns the stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Pending => "pending",
+            VolumeState::Present => "present",
+            VolumeState::Removed => "removed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<VolumeState> {
+        Ok(match s {
+            "pending" => VolumeState::Pending,
+            "present" => VolumeState::Present,
+            "removed" => VolumeState::Removed,
+            other => return Err(Error::Corrupt(format!("volume state '{other}'"))),
+        })
+    }
+}
+
+/// A workspace record as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkspaceRow {
+    /// The owner key.
+    pub owner: WorkspaceId,
+    /// The id of this generation.
+    pub id: String,
+    /// The generation.
+    pub generation: Generation,
+    /// Lifecycle state.
+    pub state: State,
+    /// The volume name.
+    pub volume: VolumeName,
+    /// Where the volume stands.
+    pub volume_state: VolumeState,
+    /// When the volume was marked removed.
+    pub volume_removed_at: Option<Timestamp>,
+    /// The last GC or deletion outcome.
+    pub volume_outcome: Option<String>,
+    /// Volume size.
+    pub size_bytes: u64,
+    /// Storage class.
+    pub storage_class: Option<String>,
+    /// Access mode (Kubernetes spelling).
+    pub access_mode: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Repositories to clone on init.
+    pub repos: Vec<RepoSpec>,
+    /// The lease.
+    pub lease: Lease,
+    /// The latest published snapshot of this generation.
+    pub latest_snapshot: Option<String>,
+    /// The next deletion step, while deleting.
+    pub delete_step: Option<DeleteStep>,
+    /// Why the last cleanup attempt failed.
+    pub last_error: Option<String>,
+    /// Failed cleanup attempts.
+    pub attempts: u64,
+    /// When the next cleanup attempt may run.
+    pub retry_at: Option<Timestamp>,
+    /// Until when a reconciler holds the row.
+    pub claim_until: Option<Timestamp>,
+    /// When the owner was first ensured.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// When it was closed.
+    pub closed_at: Option<Timestamp>,
+    /// The workspace scope's drain, if it is draining: since when.
+    pub draining_since: Option<Timestamp>,
+}
+
+impl WorkspaceRow {
+    /// Returns whether the workspace's own scope is draining at `now`.
+    pub fn is_draining(&self, now: Timestamp, hard_timeout_secs: i64) -> bool {
+        self.draining_since.is_some_and(|since| now < since.plus_secs(hard_timeout_secs))
+    }
+}
+
+const WS_SELECT: &str = "SELECT w.owner, w.id, w.generation, w.state, w.volume, w.volume_state, \
+    w.volume_removed_at, w.volume_outcome, w.size_bytes, w.storage_class, w.access_mode, w.labels, w.repos, \
+    w.lease_epoch, w.lease_session, w.lease_instance, w.lease_expires, w.latest_snapshot, w.delete_step, \
+    w.last_error, w.attempts, w.retry_at, w.claim_until, w.created_at, w.updated_at, w.closed_at, \
+    CASE WHEN d.state = 'draining' THEN d.since END AS draining_since \
+    FROM workspaces w LEFT JOIN drains d ON d.scope = 'workspace:' || w.owner";
+
+fn ws_from_row(row: &AnyRow) -> Result<WorkspaceRow> {
+    let text = |c: &str| -> Result<String> { Ok(row.try_get::<String, _>(c)?) };
+    let opt_text = |c: &str| -> Result<Option<String>> { Ok(row.try_get::<Option<String>, _>(c)?) };
+    let int = |c: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(c)?) };
+    let opt_ts = |c: &str| -> Result<Option<Timestamp>> { Ok(row.try_get::<Option<i64>, _>(c)?.map(Timestamp)) };
+    let owner = WorkspaceId::new(text("owner")?).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let volume = VolumeName::new(text("volume")?).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let holder = match (opt_text("lease_session")?, opt_text("lease_instance")?) {
+        (Some(s), Some(i)) => Some(Holder {
+            session: SessionId::new(s).map_err(|e| Error::Corrupt(e.to_string()))?,
+            instance: InstanceId::new(i).map_err(|e| Error::Corrupt(e.to_string()))?,
+        }),
+        _ => None,
+    };
+    let delete_step = match opt_text("delete_step")? {
+        Some(s) => Some(DeleteStep::parse(&s).ok_or_else(|| Error::Corrupt(format!("delete step '{s}'")))?),
+        None => None,
+    };
+    Ok(WorkspaceRow {
+        id: text("id")?,
+        generation: Generation(int("generation")? as u64),
+        state: State::parse(&text("state")?)?,
+        volume_state: VolumeState::parse(&text("volume_state")?)?,
+        volume_removed_at: opt_ts("volume_removed_at")?,
+        volume_outcome: opt_text("volume_outcome")?,
+        size_bytes: int("size_bytes")? as u64,
+        storage_class: opt_text("storage_class")?,
+        access_mode: text("access_mode")?,
+        labels: json_column(&text("labels")?, "labels")?,
+        repos: json_column(&text("repos")?, "repos")?,
+        lease: Lease { epoch: int("lease_epoch")? as u64, holder, expires: Timestamp(int("lease_expires")?) },
+        latest_snapshot: opt_text("latest_snapshot")?,
+        delete_step,
+        last_error: opt_text("last_error")?,
+        attempts: int("attempts")? as u64,
+        retry_at: opt_ts("retry_at")?,
+        claim_until: opt_ts("claim_until")?,
+        created_at: Timestamp(int("created_at")?),
+        updated_at: Timestamp(int("updated_at")?),
+        closed_at: opt_ts("closed_at")?,
+        draining_since: opt_ts("draining_since")?,
+        owner,
+        volume,
+    })
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+/// One audit event to record.
+#[derive(Clone, Debug, Default)]
+pub struct NewEvent<'a> {
+    /// Stable event name.
+    pub kind: &'a str,
+    /// The owner concerned.
+    pub owner: Option<&'a WorkspaceId>,
+    /// The generation concerned.
+    pub generation: Option<Generation>,
+    /// The session concerned.
+    pub session: Option<&'a SessionId>,
+    /// The drain scope concerned.
+    pub scope: Option<String>,
+    /// Details.
+    pub detail: serde_json::Value,
+}
+
+/// A recorded audit event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    /// Increasing id.
+    pub id: i64,
+    /// When.
+    pub at: Timestamp,
+    /// Stable name.
+    pub kind: String,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Generation.
+    pub generation: Option<u64>,
+    /// Session.
+    pub session: Option<String>,
+    /// Scope.
+    pub scope: Option<String>,
+    /// Details.
+    pub detail: serde_json::Value,
+}
+
+/// Records `event` at `now` inside the caller's transaction.
+async fn record(conn: &mut AnyConnection, now: Timestamp, event: NewEvent<'_>) -> Result<()> {
+    let detail = if event.detail.is_null() { "{}".to_string() } else { event.detail.to_string() };
+    sqlx::query(
+        "INSERT INTO events (at, kind, owner, generation, session_id, scope, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(now.0)
+    .bind(event.kind)
+    .bind(event.owner.map(|o| o.to_string()))
+    .bind(event.generation.map(|g| g.0 as i64))
+    .bind(event.session.map(|s| s.to_string()))
+    .bind(event.scope)
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Returns `n` random bytes as hex, from the kernel's generator.
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(k) => filled += k,
+            Err(rustix::io::Errno::INTR) => {}
+            // getrandom(2) blocks until the pool is ready and fails only on a bad buffer.
+            Err(e) => panic!("getrandom failed: {e}"),
+        }
+    }
+    hex::encode(buf)
+}
+
+/// Returns the hex BLAKE3 hash a token is stored and looked up by.
+pub fn token_hash(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex().to_string()
+}
+
+fn migrator(dialect: Dialect) -> Migrator {
+    let sql: &[(i64, &str, &'static str)] = match dialect {
+        Dialect::Sqlite => &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))],
+        Dialect::Postgres => &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))],
+    };
+    let migrations = sql
+        .iter()
+        .map(|(version, desc, sql)| {
+            Migration::new(*version, (*desc).into(), MigrationType::Simple, (*sql).into(), false)
+        })
+        .collect::<Vec<_>>();
+    Migrator { migrations: migrations.into(), ..Migrator::DEFAULT }
+}
+
+impl Meta {
+    /// Connects to `url` (`sqlite://PATH?mode=rwc`, `sqlite::memory:`, `postgres://...`).
+    /// `max_connections` bounds the PostgreSQL pool; SQLite always has one writer.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Meta> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(Error::Config(format!(
+                "database URL '{}' is not supported: use sqlite://PATH or postgres://USER@HOST/DB",
+                redact_url(url)
+            )));
+        };
+        let options = AnyConnectOptions::from_str(url)?;
+        match dialect {
+            Dialect::Sqlite => {
+                let write = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(|conn, _| Box::pin(sqlite_pragmas(conn)))
+                    .connect_with(options.clone())
+                    .await?;
+                let in_memory = url.contains(":memory:");
+                let read = if in_memory {
+                    // Each in-memory connection is its own database: share the writer.
+                    write.clone()
+                } else {
+                    AnyPoolOptions::new()
+                        .max_connections(4)
+                        .after_connect(|conn, _| Box::pin(sqlite_pragmas(conn)))
+                        .connect_with(options)
+                        .await?
+                };
+                Ok(Meta { write, read, dialect })
+            }
+            Dialect::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections.max(2))
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options)
+                    .await?;
+                Ok(Meta { write: pool.clone(), read: pool, dialect })
+            }
+        }
+    }
+
+    /// Returns the dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Applies pending migrations and returns how many ran.
+    pub async fn migrate(&self) -> Result<usize> {
+        let migrator = migrator(self.dialect);
+        let mut conn = self.write.acquire().await?;
+        let before = applied_versions(&mut conn).await;
+        migrator.run(&mut *conn).await?;
+        let after = applied_versions(&mut conn).await;
+        Ok(after.saturating_sub(before))
+    }
+
+    /// Returns this installation's id, creating it on first use. Volumes carry it as a label.
+    pub async fn install_id(&self) -> Result<String> {
+        let mut conn = self.write.acquire().await?;
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('install_id', $1) ON CONFLICT (key) DO NOTHING")
+            .bind(random_hex(8))
+            .execute(&mut *conn)
+            .await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE key = 'install_id'").fetch_one(&mut *conn).await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Checks that the store answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    /// Returns a description of the schema (tables, columns, indexes, constraints), one item per
+    /// line, for comparison with the checked-in expectation.
+    pub async fn schema(&self) -> Result<String> {
+        let mut out = String::new();
+        match self.dialect {
+            Dialect::Sqlite => {
+                let rows = sqlx::query(
+                    "SELECT type, name, COALESCE(sql, '') FROM sqlite_master \
+                     WHERE name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx_%' ORDER BY type, name",
+                )
+                .fetch_all(&self.read)
+                .await?;
+                for r in rows {
+                    let (kind, name, sql): (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                    let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+                    out.push_str(&format!("{kind} {name}: {sql}\n"));
+                }
+            }
+            Dialect::Postgres => {
+                let cols = sqlx::query(
+                    "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text, \
+                     COALESCE(column_default::text, ''), COALESCE(is_identity::text, '') \
+                     FROM information_schema.columns WHERE table_schema = 'public' AND table_name NOT LIKE '_sqlx_%' \
+                     ORDER BY table_name, ordinal_position",
+                )
+                .fetch_all(&self.read)
+                .await?;
+                for r in cols {
+                    let v: Vec<String> = (0..6).map(|i| r.try_get(i)).collect::<Result<_, _>>()?;
+                    out.push_str(&format!(
+                        "column {}.{}: {} nullable={} default={} identity={}\n",
+                        v[0], v[1], v[2], v[3], v[4], v[5]
+                    ));
+                }
+                let idx = sqlx::query(
+                    "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'public' \
+                     AND tablename NOT LIKE '_sqlx_%' ORDER BY indexname",
+                )
+                .fetch_all(&self.read)
+                .await?;
+                for r in idx {
+                    let (name, def): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+                    out.push_str(&format!("index {name}: {def}\n"));
+                }
+                let cons = sqlx::query(
+                    "SELECT rel.relname::text, con.conname::text, pg_get_constraintdef(con.oid) \
+                     FROM pg_constraint con JOIN pg_class rel ON rel.oid = con.conrelid \
+                     JOIN pg_namespace ns ON ns.oid = rel.relnamespace \
+                     WHERE ns.nspname = 'public' AND rel.relname NOT LIKE '_sqlx_%' ORDER BY rel.relname, con.conname",
+                )
+                .fetch_all(&self.read)
+                .await?;
+                for r in cons {
+                    let (table, name, def): (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                    out.push_str(&format!("constraint {table}.{name}: {def}\n"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns events after `after`, oldest first, optionally for one owner or kind.
+    pub async fn events(
+        &self,
+        after: i64,
+        owner: Option<&WorkspaceId>,
+        kind: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(
+            "SELECT id, at, kind, owner, generation, session_id, scope, detail FROM events \
+             WHERE id > $1 AND ($2 IS NULL OR owner = $2) AND ($3 IS NULL OR kind = $3) ORDER BY id LIMIT $4",
+        )
+        .bind(after)
+        .bind(owner.map(|o| o.to_string()))
+        .bind(kind.map(String::from))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventRow {
+                    id: r.try_get("id")?,
+                    at: Timestamp(r.try_get("at")?),
+                    kind: r.try_get("kind")?,
+                    owner: r.try_get("owner")?,
+                    generation: r.try_get::<Option<i64>, _>("generation")?.map(|g| g as u64),
+                    session: r.try_get("session_id")?,
+                    scope: r.try_get("scope")?,
+                    detail: json_column(&r.try_get::<String, _>("detail")?, "event detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Counts events of `kind` (tests and benchmarks assert through them).
+    pub async fn count_events(&self, kind: &str) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM events WHERE kind = $1").bind(kind).fetch_one(&self.read).await?;
+        Ok(row.try_get::<i64, _>(0)? as u64)
+    }
+
+    /// The row-lock clause for a workspace select (`FOR UPDATE OF w` on PostgreSQL).
+    fn lock_ws(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE OF w",
+        }
+    }
+
+    /// The row-lock clause for a plain select.
+    fn lock(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// The claim clause: skip rows another replica holds.
+    fn skip_locked(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Reads one workspace inside a transaction, locking its row.
+    async fn ws_for_update(&self, conn: &mut AnyConnection, owner: &WorkspaceId) -> Result<Option<WorkspaceRow>> {
+        let sql = format!("{WS_SELECT} WHERE w.owner = $1{}", self.lock_ws());
+        let row = sqlx::query(&sql).bind(owner.as_str()).fetch_optional(conn).await?;
+        row.as_ref().map(ws_from_row).transpose()
+    }
+}
+
+async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    for p in [
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = FULL",
+        "PRAGMA busy_timeout = 10000",
+        "PRAGMA foreign_keys = ON",
+    ] {
+        conn.execute(p).await?;
+    }
+    Ok(())
+}
+
+async fn applied_versions(conn: &mut AnyConnection) -> usize {
+    // The table does not exist before the first migration.
+    match sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations").fetch_one(&mut *conn).await {
+        Ok(row) => row.try_get::<i64, _>(0).unwrap_or(0) as usize,
+        Err(_) => 0,
+    }
+}
+
+/// Shows a database URL without its password.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Begins a transaction on `conn`.
+async fn begin(conn: &mut AnyConnection) -> Result<sqlx::Transaction<'_, sqlx::Any>> {
+    Ok(conn.begin().await?)
+}

@@ -1,0 +1,523 @@
+//! Sessions and their lease: attach, heartbeat, detach, lease expiry; and snapshot pointers,
+//! which a session publishes under its epoch.
+
+use berth_api::SnapshotStats;
+use berth_core::drain::{self, Drain};
+use berth_core::lease::{Acquired, Holder, LeaseError};
+use berth_core::scope::Scope;
+use berth_core::session::{InstanceId, PlaceName, SessionId};
+use berth_core::time::Timestamp;
+use berth_core::workspace::{Generation, WorkspaceId};
+use serde_json::json;
+use sqlx::{AnyConnection, Executor, Row};
+
+use super::drains::{self, DrainRow};
+use super::workspaces::not_found;
+use super::{begin, random_hex, record, token_hash, Dialect, Meta, NewEvent, State, VolumeState, WorkspaceRow};
+use crate::error::{Error, Result};
+
+/// Seconds an attach into a workspace whose previous sandbox is still draining should wait.
+const HANDOVER_RETRY_SECS: u64 = 5;
+/// Seconds an attach into a draining node or pool should wait.
+const PLACE_RETRY_SECS: u64 = 30;
+
+/// A session as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Its id.
+    pub id: SessionId,
+    /// The owner it is attached to.
+    pub owner: WorkspaceId,
+    /// The generation it is attached to.
+    pub generation: Generation,
+    /// Its fencing epoch.
+    pub epoch: u64,
+    /// The sandbox instance.
+    pub instance: InstanceId,
+    /// The node.
+    pub node: Option<PlaceName>,
+    /// The pool.
+    pub pool: Option<PlaceName>,
+    /// When it ended, if it has.
+    pub ended_at: Option<Timestamp>,
+}
+
+impl SessionRow {
+    /// The drain scopes this session lives in: its workspace, node and pool.
+    pub fn scopes(&self) -> Vec<Scope> {
+        let mut scopes = vec![Scope::Workspace(self.owner.clone())];
+        scopes.extend(self.node.clone().map(Scope::Node));
+        scopes.extend(self.pool.clone().map(Scope::Pool));
+        scopes
+    }
+}
+
+/// A successful attach.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    /// The new session.
+    pub session: SessionRow,
+    /// The workspace after the attach.
+    pub workspace: WorkspaceRow,
+    /// The sandbox token (plaintext; only its hash is stored).
+    pub token: String,
+    /// When the lease ends unless renewed.
+    pub expires: Timestamp,
+    /// The nonce of a pending drain handover of this workspace.
+    pub handover: Option<String>,
+}
+
+/// A successful heartbeat.
+#[derive(Clone, Debug)]
+pub struct HeartbeatOutcome {
+    /// When the lease now ends.
+    pub expires: Timestamp,
+    /// The scopes of the session that are draining.
+    pub draining: Vec<DrainRow>,
+}
+
+/// A recorded snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRow {
+    /// The snapshot id.
+    pub snapshot_id: String,
+    /// The generation.
+    pub generation: Generation,
+    /// The epoch it was published under.
+    pub epoch: u64,
+    /// The publishing session.
+    pub session: String,
+    /// When it was recorded.
+    pub recorded_at: Timestamp,
+    /// Statistics.
+    pub stats: SnapshotStats,
+}
+
+fn session_from_row(row: &sqlx::any::AnyRow) -> Result<SessionRow> {
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
+    let place = |v: Option<String>| v.map(PlaceName::new).transpose().map_err(|e| corrupt(&e));
+    Ok(SessionRow {
+        id: SessionId::new(row.try_get::<String, _>("id")?).map_err(|e| corrupt(&e))?,
+        owner: WorkspaceId::new(row.try_get::<String, _>("owner")?).map_err(|e| corrupt(&e))?,
+        generation: Generation(row.try_get::<i64, _>("generation")? as u64),
+        epoch: row.try_get::<i64, _>("epoch")? as u64,
+        instance: InstanceId::new(row.try_get::<String, _>("instance")?).map_err(|e| corrupt(&e))?,
+        node: place(row.try_get("node")?)?,
+        pool: place(row.try_get("pool")?)?,
+        ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(Timestamp),
+    })
+}
+
+const SESSION_COLS: &str = "id, owner, generation, epoch, instance, node, pool, ended_at";
+
+fn stale(e: LeaseError) -> Error {
+    match e {
+        LeaseError::Stale { given, current } => Error::StaleEpoch { given, current },
+        LeaseError::Held { holder, expires } => Error::LeaseHeld { epoch: 0, holder, expires },
+    }
+}
+
+impl Meta {
+    /// Attaches a sandbox to `owner`'s workspace: takes the lease with a new epoch.
+    ///
+    /// Refused with `LeaseHeld` while another lease is live, with `Draining` while the node or
+    /// pool is draining or the workspace's previous sandbox is still draining (holding its
+    /// lease). Once that sandbox has let go, the attach succeeds and carries the handover nonce.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn attach(
+        &self,
+        owner: &WorkspaceId,
+        instance: &InstanceId,
+        node: Option<&PlaceName>,
+        pool: Option<&PlaceName>,
+        now: Timestamp,
+        ttl_secs: i64,
+        drain_timeout_secs: i64,
+    ) -> Result<Attached> {
+        let mut conn = self.write.acquire().await?;
+        let mut tx = begin(&mut conn).await?;
+        let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
+        match ws.state {
+            State::Active => {}
+            State::Closed => {
+                return Err(Error::WrongState(format!(
+                    "workspace {owner} is closed; ensure it (PUT /v1/workspaces/{owner}) to reopen it, then attach"
+                )))
+            }
+            State::Deleting | State::Deleted => {
+                return Err(Error::WrongState(format!("workspace {owner} is {}", ws.state.as_str())))
+            }
+        }
+        if ws.volume_state != VolumeState::Present {
+            return Err(Error::WrongState(format!(
+                "the volume of workspace {owner} is not ready; ensure the workspace again, then attach"
+            )));
+        }
+        let mut scopes = vec![Scope::Workspace(owner.clone())];
+        scopes.extend(node.cloned().map(Scope::Node));
+        scopes.extend(pool.cloned().map(Scope::Pool));
+        let mut handover = None;
+        for row in self.drains_for_update(&mut tx, &scopes).await? {
+            let (state, _) = drains::apply(&mut tx, &row, drain::Event::Tick, now, drain_timeout_secs).await?;
+            let Drain::Draining { nonce, .. } = state else { continue };
+            match &row.scope {
+                Scope::Workspace(_) if !ws.lease.is_live(now) => handover = Some(nonce),
+                Scope::Workspace(_) => {
+                    return Err(Error::Draining { scope: row.scope.clone(), retry_after_secs: HANDOVER_RETRY_SECS })
+                }
+                _ => return Err(Error::Draining { scope: row.scope.clone(), retry_after_secs: PLACE_RETRY_SECS }),
+            }
+        }
+        let session_id =
+            SessionId::new(format!("ses_{}", random_hex(16))).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let holder = Holder { session: session_id.clone(), instance: instance.clone() };
+        let previous = ws.lease.holder.clone();
+        let (lease, how) = ws.lease.acquire(holder, now, ttl_secs).map_err(|e| match e {
+            LeaseError::Held { holder, expires } => Error::LeaseHeld { holder, epoch: ws.lease.epoch, expires },
+            other => stale(other),
+        })?;
+        let token = format!("bst_{}", random_hex(32));
+        sqlx::query(
+            "INSERT INTO sessions (id, owner, generation, epoch, instance, node, pool, token_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(session_id.as_str())
+        .bind(owner.as_str())
+        .bind(ws.generation.0 as i64)
+        .bind(lease.epoch as i64)
+        .bind(instance.as_str())
+        .bind(node.map(|n| n.to_string()))
+        .bind(pool.map(|p| p.to_string()))
+        .bind(token_hash(&token))
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE workspaces SET lease_epoch = $2, lease_session = $3, lease_instance = $4, lease_expires = $5, \
+             updated_at = $6 WHERE owner = $1",
+        )
+        .bind(owner.as_str())
+        .bind(lease.epoch as i64)
+        .bind(session_id.as_str())
+        .bind(instance.as_str())
+        .bind(lease.expires.0)
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+        if let (Acquired::TakenOver, Some(old)) = (how, previous) {
+            sqlx::query(
+                "UPDATE sessions SET ended_at = $2, end_reason = 'taken_over' WHERE id = $1 AND ended_at IS NULL",
+            )
+            .bind(old.session.as_str())
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+            let detail = json!({"previous_session": old.session.as_str(), "previous_instance": old.instance.as_str(),
+                "previous_epoch": ws.lease.epoch, "epoch": lease.epoch});
+            let ev = NewEvent {
+                kind: "lease_taken_over",
+                owner: Some(owner),
+                generation: Some(ws.generation),
+                session: Some(&session_id),
+                detail,
+                ..Default::default()
+            };
+            record(&mut tx, now, ev).await?;
+        }
+        let detail = json!({"epoch": lease.epoch, "instance": instance.as_str(),
+            "node": node.map(|n| n.as_str()), "pool": pool.map(|p| p.as_str()), "handover": handover.is_some()});
+        let ev = NewEvent {
+            kind: "session_attached",
+            owner: Some(owner),
+            generation: Some(ws.generation),
+            session: Some(&session_id),
+            detail,
+            ..Default::default()
+        };
+        record(&mut tx, now, ev).await?;
+        let workspace = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
+        tx.commit().await?;
+        let session = SessionRow {
+            id: session_id,
+            owner: owner.clone(),
+            generation: ws.generation,
+            epoch: lease.epoch,
+            instance: instance.clone(),
+            node: node.cloned(),
+            pool: pool.cloned(),
+            ended_at: None,
+        };
+        Ok(Attached { session, workspace, token, expires: lease.expires, handover })
+    }
+
+    /// Renews a session's lease and returns the drain state of its scopes, in one transaction.
+    /// A heartbeat from an instance other than the drained one clears a workspace drain.
+    ///
+    /// A lost heartbeat is harmless (the lease looks shorter than the holder thinks; a
+    /// takeover still bumps the epoch), so this transaction does not wait for the disk:
+    /// `synchronous_commit = off` on PostgreSQL, `synchronous = NORMAL` on SQLite.
+    pub async fn heartbeat(
+        &self,
+        session: &SessionId,
+        epoch: u64,
+        instance: &InstanceId,
+        now: Timestamp,
+        ttl_secs: i64,
+        drain_timeout_secs: i64,
+    ) -> Result<HeartbeatOutcome> {
+        let mut conn = self.write.acquire().await?;
+        if self.dialect == Dialect::Sqlite {
+            conn.execute("PRAGMA synchronous = NORMAL").await?;
+        }
+        let result = self.heartbeat_tx(&mut conn, session, epoch, instance, now, ttl_secs, drain_timeout_secs).await;
+        if self.dialect == Dialect::Sqlite {
+            if let Err(e) = conn.execute("PRAGMA synchronous = FULL").await {
+                // Never hand a connection back with relaxed durability.
+                let _ = conn.close().await;
+                return Err(e.into());
+            }
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn heartbeat_tx(
+        &self,
+        conn: &mut AnyConnection,
+        session: &SessionId,
+        epoch: u64,
+        instance: &InstanceId,
+        now: Timestamp,
+        ttl_secs: i64,
+        drain_timeout_secs: i64,
+    ) -> Result<HeartbeatOutcome> {
+        let mut tx = begin(conn).await?;
+        if self.dialect == Dialect::Postgres {
+            tx.execute("SET LOCAL synchronous_commit = off").await?;
+        }
+        let s = self.session_in(&mut tx, session).await?;
+        let ws = self.ws_for_update(&mut tx, &s.owner).await?.ok_or_else(|| not_found(&s.owner))?;
+        let holds = ws.lease.holder.as_ref().is_some_and(|h| h.session == s.id) && s.epoch == epoch;
+        if !holds {
+            return Err(Error::StaleEpoch { given: epoch, current: ws.lease.epoch });
+        }
+        let lease = ws.lease.renew(epoch, now, ttl_secs).map_err(stale)?;
+        sqlx::query("UPDATE workspaces SET lease_expires = $2, lease_instance = $3 WHERE owner = $1")
+            .bind(s.owner.as_str())
+            .bind(lease.expires.0)
+            .bind(instance.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if *instance != s.instance {
+            sqlx::query("UPDATE sessions SET instance = $2 WHERE id = $1")
+                .bind(s.id.as_str())
+                .bind(instance.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut draining = Vec::new();
+        for row in self.drains_for_update(&mut tx, &s.scopes()).await? {
+            let event = match row.scope {
+                Scope::Workspace(_) => drain::Event::Heartbeat { instance: instance.clone() },
+                _ => drain::Event::Tick,
+            };
+            let (state, _) = drains::apply(&mut tx, &row, event, now, drain_timeout_secs).await?;
+            if matches!(state, Drain::Draining { .. }) {
+                draining.push(DrainRow { state, ..row });
+            }
+        }
+        tx.commit().await?;
+        Ok(HeartbeatOutcome { expires: lease.expires, draining })
+    }
+
+    /// Detaches a session: ends it and releases its lease if it still holds it. Idempotent.
+    pub async fn detach(&self, session: &SessionId, now: Timestamp) -> Result<SessionRow> {
+        let mut conn = self.write.acquire().await?;
+        let mut tx = begin(&mut conn).await?;
+        let s = self.session_in(&mut tx, session).await?;
+        if s.ended_at.is_some() {
+            return Ok(s);
+        }
+        let ws = self.ws_for_update(&mut tx, &s.owner).await?.ok_or_else(|| not_found(&s.owner))?;
+        if ws.lease.holder.as_ref().is_some_and(|h| h.session == s.id) {
+            sqlx::query(
+                "UPDATE workspaces SET lease_session = NULL, lease_instance = NULL, lease_expires = 0, updated_at = $2 \
+                 WHERE owner = $1",
+            )
+            .bind(s.owner.as_str())
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE sessions SET ended_at = $2, end_reason = 'detached' WHERE id = $1")
+            .bind(s.id.as_str())
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+        let ev = NewEvent {
+            kind: "session_detached",
+            owner: Some(&s.owner),
+            generation: Some(s.generation),
+            session: Some(&s.id),
+            detail: json!({"epoch": s.epoch}),
+            ..Default::default()
+        };
+        record(&mut tx, now, ev).await?;
+        tx.commit().await?;
+        Ok(SessionRow { ended_at: Some(now), ..s })
+    }
+
+    async fn session_in(&self, conn: &mut AnyConnection, session: &SessionId) -> Result<SessionRow> {
+        let sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1");
+        let row = sqlx::query(&sql).bind(session.as_str()).fetch_optional(conn).await?;
+        match row {
+            Some(r) => session_from_row(&r),
+            None => Err(Error::NotFound(format!("session {session} does not exist"))),
+        }
+    }
+
+    /// Reads a session.
+    pub async fn session(&self, session: &SessionId) -> Result<SessionRow> {
+        let mut conn = self.read.acquire().await?;
+        self.session_in(&mut conn, session).await
+    }
+
+    /// Finds the session a sandbox token belongs to.
+    pub async fn session_by_token(&self, hash: &str) -> Result<Option<SessionRow>> {
+        let sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE token_hash = $1");
+        let row = sqlx::query(&sql).bind(hash).fetch_optional(&self.read).await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    /// Ends the sessions whose lease expired without a renewal, releasing their leases.
+    /// Returns how many.
+    pub async fn expire_leases(&self, now: Timestamp) -> Result<u64> {
+        let rows = sqlx::query(
+            "SELECT owner FROM workspaces WHERE lease_session IS NOT NULL AND lease_expires <= $1 LIMIT 500",
+        )
+        .bind(now.0)
+        .fetch_all(&self.read)
+        .await?;
+        let mut n = 0;
+        for row in rows {
+            let Ok(owner) = WorkspaceId::new(row.try_get::<String, _>(0)?) else { continue };
+            let mut conn = self.write.acquire().await?;
+            let mut tx = begin(&mut conn).await?;
+            let Some(ws) = self.ws_for_update(&mut tx, &owner).await? else { continue };
+            let Some(holder) = ws.lease.holder.clone().filter(|_| !ws.lease.is_live(now)) else { continue };
+            sqlx::query(
+                "UPDATE workspaces SET lease_session = NULL, lease_instance = NULL, lease_expires = 0 WHERE owner = $1",
+            )
+            .bind(owner.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE sessions SET ended_at = $2, end_reason = 'expired' WHERE id = $1 AND ended_at IS NULL")
+                .bind(holder.session.as_str())
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await?;
+            let detail = json!({"epoch": ws.lease.epoch, "instance": holder.instance.as_str(), "expired_at": ws.lease.expires.to_string()});
+            let ev = NewEvent {
+                kind: "lease_expired",
+                owner: Some(&owner),
+                generation: Some(ws.generation),
+                session: Some(&holder.session),
+                detail,
+                ..Default::default()
+            };
+            record(&mut tx, now, ev).await?;
+            tx.commit().await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Records `snapshot_id` as the latest snapshot of `owner`'s current generation, if `epoch`
+    /// is the live lease's (and, for a sandbox, `session` holds it).
+    pub async fn publish_snapshot(
+        &self,
+        owner: &WorkspaceId,
+        session: Option<&SessionId>,
+        epoch: u64,
+        snapshot_id: &str,
+        stats: &SnapshotStats,
+        now: Timestamp,
+    ) -> Result<SnapshotRow> {
+        let mut conn = self.write.acquire().await?;
+        let mut tx = begin(&mut conn).await?;
+        let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
+        if ws.state != State::Active {
+            return Err(Error::WrongState(format!("workspace {owner} is {}", ws.state.as_str())));
+        }
+        ws.lease.check(epoch, now).map_err(stale)?;
+        let holder = ws.lease.holder.clone().ok_or(Error::StaleEpoch { given: epoch, current: ws.lease.epoch })?;
+        if session.is_some_and(|s| *s != holder.session) {
+            return Err(Error::StaleEpoch { given: epoch, current: ws.lease.epoch });
+        }
+        let stats_json = serde_json::to_string(stats).unwrap_or_else(|_| "{}".into());
+        sqlx::query(
+            "INSERT INTO snapshots (owner, generation, snapshot_id, epoch, session_id, recorded_at, stats) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (owner, generation, snapshot_id) DO NOTHING",
+        )
+        .bind(owner.as_str())
+        .bind(ws.generation.0 as i64)
+        .bind(snapshot_id)
+        .bind(epoch as i64)
+        .bind(holder.session.as_str())
+        .bind(now.0)
+        .bind(stats_json)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE workspaces SET latest_snapshot = $2, updated_at = $3 WHERE owner = $1")
+            .bind(owner.as_str())
+            .bind(snapshot_id)
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?;
+        let ev = NewEvent {
+            kind: "snapshot_published",
+            owner: Some(owner),
+            generation: Some(ws.generation),
+            session: Some(&holder.session),
+            detail: json!({"snapshot_id": snapshot_id, "epoch": epoch}),
+            ..Default::default()
+        };
+        record(&mut tx, now, ev).await?;
+        tx.commit().await?;
+        Ok(SnapshotRow {
+            snapshot_id: snapshot_id.to_string(),
+            generation: ws.generation,
+            epoch,
+            session: holder.session.to_string(),
+            recorded_at: now,
+            stats: stats.clone(),
+        })
+    }
+
+    /// Lists the snapshots of `owner`'s current generation, newest first.
+    pub async fn snapshots(&self, owner: &WorkspaceId) -> Result<(WorkspaceRow, Vec<SnapshotRow>)> {
+        let ws = self.workspace(owner).await?.ok_or_else(|| not_found(owner))?;
+        let rows = sqlx::query(
+            "SELECT snapshot_id, generation, epoch, session_id, recorded_at, stats FROM snapshots \
+             WHERE owner = $1 AND generation = $2 AND retired_at IS NULL ORDER BY recorded_at DESC, snapshot_id",
+        )
+        .bind(owner.as_str())
+        .bind(ws.generation.0 as i64)
+        .fetch_all(&self.read)
+        .await?;
+        let snaps = rows
+            .iter()
+            .map(|r| {
+                Ok(SnapshotRow {
+                    snapshot_id: r.try_get("snapshot_id")?,
+                    generation: Generation(r.try_get::<i64, _>("generation")? as u64),
+                    epoch: r.try_get::<i64, _>("epoch")? as u64,
+                    session: r.try_get("session_id")?,
+                    recorded_at: Timestamp(r.try_get("recorded_at")?),
+                    stats: serde_json::from_str(&r.try_get::<String, _>("stats")?).unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((ws, snaps))
+    }
+}

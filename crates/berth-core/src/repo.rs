@@ -1,0 +1,100 @@
+//! Repository specs from input: clone URLs without credentials, target paths that stay inside
+//! the workspace.
+
+use crate::path::RelPath;
+
+/// A repository spec that cannot be used.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("repo {url}: {reason}")]
+pub struct RepoError {
+    /// The URL, with any credentials removed.
+    pub url: String,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+/// Returns `url` with the userinfo part (`user:token@`) of a `scheme://` URL removed.
+pub fn strip_credentials(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}{}", &url[..scheme_end + 3], &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// Validates a repo spec's URL, branch and depth, and returns the target path: `path` if
+/// given, else the URL's basename without `.git`.
+pub fn target(url: &str, branch: Option<&str>, depth: Option<u32>, path: Option<&str>) -> Result<RelPath, RepoError> {
+    let shown = strip_credentials(url);
+    let fail = |reason: &str| RepoError { url: shown.clone(), reason: reason.to_string() };
+    if url.is_empty() || url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(fail("the URL must be 1-2048 characters without spaces"));
+    }
+    if url.starts_with('-') {
+        return Err(fail("the URL must not start with '-'"));
+    }
+    if shown != url && url.contains("://") {
+        let userinfo = &url[url.find("://").map(|i| i + 3).unwrap_or(0)..];
+        if userinfo.split('/').next().is_some_and(|a| a.contains(':') && a.contains('@')) {
+            return Err(fail("credentials in repo URLs are refused; the credential endpoint supplies them"));
+        }
+    }
+    if let Some(b) = branch {
+        let bad = b.is_empty()
+            || b.starts_with('-')
+            || b.contains("..")
+            || b.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+        if bad {
+            return Err(fail("the branch is not a valid git ref name"));
+        }
+    }
+    if depth == Some(0) {
+        return Err(fail("depth must be at least 1"));
+    }
+    let rel = match path {
+        Some(p) => p.trim_end_matches('/').to_string(),
+        None => {
+            let base = url.trim_end_matches('/').rsplit(['/', ':']).next().unwrap_or("");
+            base.strip_suffix(".git").unwrap_or(base).to_string()
+        }
+    };
+    RelPath::new(rel.into_bytes()).map_err(|e| fail(&format!("target path: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(url: &str, path: Option<&str>, expect: Result<&str, &str>) {
+        let got = target(url, None, None, path);
+        match (got, expect) {
+            (Ok(p), Ok(e)) => assert_eq!(p.as_bytes(), e.as_bytes(), "{url}"),
+            (Err(err), Err(e)) => assert!(err.to_string().contains(e), "{url}: {err} lacks {e}"),
+            (got, expect) => panic!("{url}: got {got:?}, expected {expect:?}"),
+        }
+    }
+
+    #[test]
+    fn targets() {
+        check("https://example.test/org/app.git", None, Ok("app"));
+        check("git@example.test:org/app.git", None, Ok("app"));
+        check("file:///srv/git/tool/", None, Ok("tool"));
+        check("https://example.test/org/app.git", Some("src/app"), Ok("src/app"));
+        check("https://example.test/org/app.git", Some("../escape"), Err("'..'"));
+        check("https://example.test/org/app.git", Some("/abs"), Err("absolute"));
+        check("https://user:tok3n@example.test/org/app.git", None, Err("credentials"));
+        check("", None, Err("1-2048"));
+        check("--upload-pack=evil", None, Err("'-'"));
+        assert!(target("https://x.test/a", Some("-x"), None, None).is_err());
+        assert!(target("https://x.test/a", None, Some(0), None).is_err());
+    }
+
+    #[test]
+    fn strips_credentials() {
+        assert_eq!(strip_credentials("https://u:t@host/x.git"), "https://host/x.git");
+        assert_eq!(strip_credentials("https://host/a@b"), "https://host/a@b");
+        assert_eq!(strip_credentials("git@host:x.git"), "git@host:x.git");
+    }
+}

@@ -1,0 +1,189 @@
+//! `berth serve` and `berth migrate`: build the control plane's configuration from flags and
+//! environment, then hand it to `berth_control::run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use berth_api::AccessMode;
+use berth_control::{Config, GcConfig};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::units;
+
+/// Where the control plane keeps its state.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Data directory: the SQLite database, local volumes and the generated admin token.
+    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Metadata store: postgres://USER@HOST:PORT/DB (several replicas may share it) or
+    /// sqlite://PATH [default: SQLite in the data dir].
+    #[arg(long, env = "BERTH_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+/// `berth serve` flags.
+#[derive(Debug, Args)]
+pub struct Serve {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address to listen on.
+    #[arg(long, env = "BERTH_LISTEN", default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// File holding the admin token (or set BERTH_ADMIN_TOKEN) [default: DATA_DIR/admin-token,
+    /// generated on first start]. Replicas on one database must share it.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Object store for snapshots, handed to sandboxes (file:///PATH, s3://BUCKET/PREFIX).
+    #[arg(long, env = "BERTH_STORE", value_name = "URL")]
+    store_url: Option<String>,
+    /// Lease time to live; sandboxes heartbeat well within it.
+    #[arg(long, default_value = "60s", value_parser = units::parse_duration)]
+    lease_ttl: i64,
+    /// Hard timeout after which a drain clears by itself.
+    #[arg(long, default_value = "15m", value_parser = units::parse_duration)]
+    drain_timeout: i64,
+    /// Default volume size.
+    #[arg(long, default_value = "10GiB", value_parser = parse_size)]
+    volume_size: u64,
+    /// Default storage class [default: the substrate's].
+    #[arg(long)]
+    storage_class: Option<String>,
+    /// Default access mode: ReadWriteOnce, ReadWriteOncePod or ReadWriteMany.
+    #[arg(long, default_value = "ReadWriteOnce", value_parser = parse_access_mode)]
+    access_mode: AccessMode,
+    /// Owner of new local workspace directories (the sandbox user), as UID:GID.
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner)]
+    volume_owner: Option<(u32, u32)>,
+    /// Time between volume GC sweeps.
+    #[arg(long, default_value = "60s", value_parser = units::parse_duration)]
+    gc_interval: i64,
+    /// Time after closing before a workspace's volume may be collected.
+    #[arg(long, default_value = "10m", value_parser = units::parse_duration)]
+    gc_cooldown: i64,
+    /// Volumes considered per sweep.
+    #[arg(long, default_value_t = 100)]
+    gc_batch: u32,
+    /// Removals in flight at once.
+    #[arg(long, default_value_t = 3)]
+    gc_concurrency: usize,
+    /// Time bound of one sweep.
+    #[arg(long, default_value = "15s", value_parser = units::parse_duration)]
+    gc_timeout: i64,
+    /// How long a reconciler's claim on a workspace lasts (after a crash, others wait this long).
+    #[arg(long, default_value = "2m", value_parser = units::parse_duration)]
+    claim_ttl: i64,
+    /// Time between orphan sweeps.
+    #[arg(long, default_value = "10m", value_parser = units::parse_duration)]
+    orphan_interval: i64,
+    /// How long a volume must stay without a record before the orphan sweep removes it.
+    #[arg(long, default_value = "1h", value_parser = units::parse_duration)]
+    orphan_grace: i64,
+    /// Time between lease and drain expiry checks.
+    #[arg(long, default_value = "2s", value_parser = units::parse_duration)]
+    expiry_interval: i64,
+    /// PostgreSQL connection pool size.
+    #[arg(long, default_value_t = 16)]
+    db_max_connections: u32,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    units::parse_size(s)?.ok_or_else(|| "a volume needs a size".to_string())
+}
+
+fn parse_access_mode(s: &str) -> Result<AccessMode, String> {
+    AccessMode::parse(s).ok_or_else(|| format!("'{s}' is not ReadWriteOnce, ReadWriteOncePod or ReadWriteMany"))
+}
+
+fn parse_owner(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').ok_or_else(|| format!("'{s}' is not UID:GID"))?;
+    Ok((u.parse().map_err(|_| format!("'{u}' is not a uid"))?, g.parse().map_err(|_| format!("'{g}' is not a gid"))?))
+}
+
+fn secs(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+impl Serve {
+    fn config(self) -> Result<Config> {
+        let admin_token = match (&self.admin_token_file, std::env::var("BERTH_ADMIN_TOKEN")) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the admin token file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => None,
+        };
+        let mut config = Config::new(self.store.data_dir);
+        config.listen = self.listen;
+        config.database_url = self.store.database_url;
+        config.db_max_connections = self.db_max_connections;
+        config.admin_token = admin_token;
+        config.store = self.store_url;
+        config.lease_ttl_secs = self.lease_ttl.max(1);
+        config.drain_timeout_secs = self.drain_timeout.max(1);
+        config.volume_size = self.volume_size;
+        config.storage_class = self.storage_class;
+        config.access_mode = self.access_mode;
+        config.volume_owner = self.volume_owner;
+        config.expiry_interval_secs = secs(self.expiry_interval);
+        config.gc = GcConfig {
+            interval_secs: secs(self.gc_interval),
+            cooldown_secs: self.gc_cooldown.max(0),
+            batch: self.gc_batch.max(1),
+            concurrency: self.gc_concurrency.max(1),
+            timeout_secs: secs(self.gc_timeout).max(1),
+            claim_ttl_secs: self.claim_ttl.max(self.gc_timeout * 2),
+            orphan_interval_secs: secs(self.orphan_interval),
+            orphan_grace_secs: self.orphan_grace.max(0),
+        };
+        Ok(config)
+    }
+}
+
+/// Runs `berth serve` until SIGTERM or SIGINT.
+pub async fn serve(args: Serve) -> Result<()> {
+    let config = args.config()?;
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(event = "shutdown_requested");
+        on_signal.cancel();
+    });
+    berth_control::run(config, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers the process still stops on the default action.
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// Runs `berth migrate`: applies pending migrations and exits.
+pub async fn migrate(store: StoreArgs, json: bool) -> Result<()> {
+    let mut config = Config::new(store.data_dir);
+    config.database_url = store.database_url;
+    let (_, applied) = berth_control::server::open_store(&config).await?;
+    if json {
+        println!("{}", serde_json::json!({"applied": applied}));
+    } else if applied == 0 {
+        println!("schema is up to date");
+    } else {
+        println!("applied {applied} migration(s)");
+    }
+    Ok(())
+}
