@@ -1,0 +1,551 @@
+//! The API contract suite: every case runs against SQLite and against PostgreSQL, through the
+//! real HTTP server and client.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use berth_api::client::{EventQuery, WorkspaceQuery};
+use berth_api::{
+    Attach, ClientError, EnsureWorkspace, GcRun, Heartbeat, Mount, PublishSnapshot, Ready, RepoSpec, SnapshotStats,
+    StartDrain, VolumeState, WorkspaceState,
+};
+use common::{eventually, Db, TestServer};
+
+both!(
+    ensure_is_idempotent_and_validated,
+    concurrent_ensures_make_one_workspace,
+    concurrent_attaches_give_one_lease,
+    leases_expire_and_fence_the_old_holder,
+    heartbeats_keep_the_lease,
+    snapshots_are_fenced_by_epoch,
+    drain_handover_clears_only_by_the_rules,
+    drains_refuse_attaches_and_time_out,
+    deletion_ends_sessions_and_starts_a_new_generation,
+    deletion_waits_for_a_referenced_volume,
+    gc_removes_closed_volumes_once,
+    orphans_are_removed_after_the_grace_window,
+    listing_pages_and_filters,
+    close_refuses_a_live_lease,
+);
+
+fn code(e: &ClientError) -> (u16, &str) {
+    (e.status().unwrap_or(0), e.code().unwrap_or("?"))
+}
+
+fn hb(epoch: u64, instance: &str) -> Heartbeat {
+    Heartbeat { epoch, instance_id: instance.into() }
+}
+
+fn snap(epoch: u64, n: u8) -> PublishSnapshot {
+    PublishSnapshot { epoch, snapshot_id: format!("{:02x}", n).repeat(32), stats: SnapshotStats::default() }
+}
+
+fn attach_body(instance: &str) -> Attach {
+    Attach { instance_id: instance.into(), node: None, pool: None }
+}
+
+fn volume_path(mount: &Mount) -> String {
+    match mount {
+        Mount::Local { path, .. } => path.clone(),
+        other => panic!("expected a local mount, got {other:?}"),
+    }
+}
+
+async fn ensure_is_idempotent_and_validated(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    let body = EnsureWorkspace {
+        labels: [("team".to_string(), "infra".to_string())].into(),
+        repos: vec![RepoSpec {
+            url: "https://git.example.test/org/app.git".into(),
+            branch: None,
+            depth: None,
+            path: None,
+        }],
+        ..Default::default()
+    };
+    let (a, created) = s.admin.ensure("agent:42", &body).await.unwrap();
+    assert!(created);
+    let (b, created) = s.admin.ensure("agent:42", &EnsureWorkspace::default()).await.unwrap();
+    assert!(!created);
+    assert_eq!((a.id.clone(), a.volume.name.clone(), a.generation), (b.id, b.volume.name, b.generation));
+    assert_eq!(a.state, WorkspaceState::Active);
+    assert_eq!(a.volume.state, VolumeState::Present);
+    assert_eq!(a.size_bytes, 10 << 30);
+    assert_eq!(a.labels.get("team").map(String::as_str), Some("infra"));
+    assert!(a.volume.name.starts_with("ws-agent-42-"), "{}", a.volume.name);
+    assert!(s.data_dir.join("volumes").join(&a.volume.name).is_dir());
+    // Bad input names the problem and stores nothing.
+    for (owner, body, want) in [
+        ("bad/owner", EnsureWorkspace::default(), "not valid"),
+        ("agent:43", EnsureWorkspace { size_bytes: Some(0), ..Default::default() }, "size_bytes"),
+        (
+            "agent:43",
+            EnsureWorkspace { labels: [("berth.owner".into(), "x".into())].into(), ..Default::default() },
+            "reserved",
+        ),
+        (
+            "agent:43",
+            EnsureWorkspace {
+                repos: vec![RepoSpec {
+                    url: "https://u:secret@git.example.test/a.git".into(),
+                    branch: None,
+                    depth: None,
+                    path: None,
+                }],
+                ..Default::default()
+            },
+            "credentials",
+        ),
+        (
+            "agent:43",
+            EnsureWorkspace {
+                repos: vec![RepoSpec {
+                    url: "https://git.example.test/a.git".into(),
+                    branch: None,
+                    depth: None,
+                    path: Some("../up".into()),
+                }],
+                ..Default::default()
+            },
+            "'..'",
+        ),
+    ] {
+        let err = s.admin.ensure(owner, &body).await.unwrap_err();
+        assert_eq!(code(&err).0, 400, "{err}");
+        assert!(err.to_string().contains(want), "{err} lacks {want}");
+        assert!(!err.to_string().contains("secret"), "{err} leaks the token");
+    }
+    assert_eq!(s.admin.workspace("agent:43").await.unwrap_err().status(), Some(404));
+    // Unknown fields are refused rather than ignored.
+    let raw = reqwest::Client::new()
+        .put(format!("{}/v1/workspaces/agent:44", s.url))
+        .bearer_auth(common::ADMIN)
+        .body(r#"{"size": 5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 400);
+    assert!(raw.text().await.unwrap().contains("unknown field `size`"));
+}
+
+async fn concurrent_ensures_make_one_workspace(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    let body = EnsureWorkspace::default();
+    let results = futures::future::join_all((0..16).map(|_| s.admin.ensure("thread:race", &body))).await;
+    let ids: std::collections::BTreeSet<_> =
+        results.into_iter().map(|r| r.expect("every ensure succeeds").0.id).collect();
+    assert_eq!(ids.len(), 1);
+    let volumes = s.app.volumes.list(&berth_control::volumes::install_selector(&s.app.install)).await.unwrap();
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(s.app.meta.count_events("workspace_ensured").await.unwrap(), 1);
+}
+
+async fn concurrent_attaches_give_one_lease(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    s.ensure("agent:1").await;
+    let results = futures::future::join_all((0..16).map(|i| {
+        let admin = s.admin.clone();
+        async move { admin.attach("agent:1", &attach_body(&format!("pod-{i}"))).await }
+    }))
+    .await;
+    let (ok, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+    assert_eq!(ok.len(), 1, "exactly one attach wins");
+    let winner = ok.into_iter().next().unwrap().unwrap();
+    assert_eq!(winner.epoch, 1);
+    for r in refused {
+        let e = r.unwrap_err();
+        assert_eq!(code(&e), (409, "lease_held"), "{e}");
+        let ClientError::Api { detail, .. } = e else { unreachable!() };
+        assert_eq!(detail.holder.unwrap().session_id, winner.session_id);
+    }
+}
+
+async fn leases_expire_and_fence_the_old_holder(db: Db) {
+    let s = TestServer::start(db, |c| c.lease_ttl_secs = 1).await;
+    s.ensure("agent:2").await;
+    let a = s.attach("agent:2", "pod-a").await;
+    let a_client = s.client(&a.token);
+    a_client.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let b = s.attach("agent:2", "pod-b").await;
+    assert!(b.epoch > a.epoch, "the epoch only grows");
+    // Every later write of the old holder is rejected as stale.
+    let e = a_client.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err();
+    assert_eq!(code(&e), (409, "stale_epoch"));
+    let e = a_client.publish_snapshot("agent:2", &snap(a.epoch, 1)).await.unwrap_err();
+    assert_eq!(code(&e), (409, "stale_epoch"));
+    let d = a_client
+        .start_drain(&StartDrain { scope: "workspace:agent:2".into(), instance_id: None, reason: None })
+        .await
+        .unwrap();
+    let e = a_client
+        .ready("workspace:agent:2", &Ready { nonce: d.nonce.unwrap(), epoch: Some(a.epoch) })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), (409, "stale_epoch"));
+    // The new holder writes fine.
+    s.client(&b.token).publish_snapshot("agent:2", &snap(b.epoch, 2)).await.unwrap();
+    let kinds: Vec<_> =
+        s.admin.events(&EventQuery::default()).await.unwrap().items.into_iter().map(|e| e.kind).collect();
+    assert!(kinds.iter().any(|k| k == "lease_taken_over" || k == "lease_expired"), "{kinds:?}");
+}
+
+async fn heartbeats_keep_the_lease(db: Db) {
+    let s = TestServer::start(db, |c| c.lease_ttl_secs = 2).await;
+    s.ensure("agent:3").await;
+    let a = s.attach("agent:3", "pod-a").await;
+    let c = s.client(&a.token);
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap();
+    }
+    let e = s.admin.attach("agent:3", &attach_body("pod-b")).await.unwrap_err();
+    assert_eq!(code(&e), (409, "lease_held"));
+    // Detach releases at once; the next attach gets a higher epoch.
+    c.detach(&a.session_id).await.unwrap();
+    c.detach(&a.session_id).await.unwrap();
+    let b = s.attach("agent:3", "pod-b").await;
+    assert_eq!(b.epoch, a.epoch + 1);
+}
+
+async fn snapshots_are_fenced_by_epoch(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    s.ensure("agent:4").await;
+    let a = s.attach("agent:4", "pod-a").await;
+    let c = s.client(&a.token);
+    let first = c.publish_snapshot("agent:4", &snap(a.epoch, 1)).await.unwrap();
+    assert!(first.latest);
+    c.publish_snapshot("agent:4", &snap(a.epoch, 2)).await.unwrap();
+    let e = c.publish_snapshot("agent:4", &snap(a.epoch + 1, 3)).await.unwrap_err();
+    assert_eq!(code(&e), (409, "stale_epoch"));
+    let mut bad = snap(a.epoch, 4);
+    bad.snapshot_id = "not-hex".into();
+    assert_eq!(code(&c.publish_snapshot("agent:4", &bad).await.unwrap_err()).0, 400);
+    let list = c.snapshots("agent:4").await.unwrap().items;
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().any(|x| x.latest && x.snapshot_id == snap(0, 2).snapshot_id));
+    let w = s.admin.workspace("agent:4").await.unwrap();
+    assert_eq!(w.latest_snapshot, Some(snap(0, 2).snapshot_id));
+    // The next session learns the latest snapshot in its init spec.
+    c.detach(&a.session_id).await.unwrap();
+    let b = s.attach("agent:4", "pod-b").await;
+    assert_eq!(b.init.latest_snapshot, Some(snap(0, 2).snapshot_id));
+    assert_eq!(b.init.generation, 1);
+}
+
+async fn drain_handover_clears_only_by_the_rules(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    s.ensure("agent:5").await;
+    let a = s.attach("agent:5", "pod-a").await;
+    let ac = s.client(&a.token);
+    let scope = "workspace:agent:5";
+    // The sandbox reports its eviction; the drain names its instance.
+    let d = ac
+        .start_drain(&StartDrain { scope: scope.into(), instance_id: None, reason: Some("SIGTERM".into()) })
+        .await
+        .unwrap();
+    assert!(d.draining);
+    assert_eq!(d.instance_id.as_deref(), Some("pod-a"));
+    let nonce = d.nonce.clone().unwrap();
+    // A second eviction keeps the nonce.
+    let again = ac.start_drain(&StartDrain { scope: scope.into(), instance_id: None, reason: None }).await.unwrap();
+    assert_eq!(again.nonce.as_deref(), Some(nonce.as_str()));
+    // A late heartbeat from the old instance never clears it.
+    let r = ac.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap();
+    assert!(r.draining);
+    assert_eq!(r.drains[0].nonce.as_deref(), Some(nonce.as_str()));
+    // A wrong nonce leaves it draining.
+    let e = ac.ready(scope, &Ready { nonce: "wrong".into(), epoch: None }).await.unwrap_err();
+    assert_eq!(code(&e), (409, "wrong_nonce"));
+    assert!(s.admin.drain(scope).await.unwrap().draining);
+    // While the old sandbox still holds its lease, the replacement waits (503, Retry-After).
+    let e = s.admin.attach("agent:5", &attach_body("pod-b")).await.unwrap_err();
+    assert_eq!(code(&e), (503, "draining"));
+    // Once it lets go, the replacement attaches and gets the nonce to acknowledge with.
+    ac.detach(&a.session_id).await.unwrap();
+    let b = s.attach("agent:5", "pod-b").await;
+    let handover = b.handover.clone().expect("a handover");
+    assert_eq!((handover.scope.as_str(), handover.nonce.as_str()), (scope, nonce.as_str()));
+    assert!(s.admin.workspace("agent:5").await.unwrap().draining);
+    // The old session's late heartbeat is stale and clears nothing.
+    assert_eq!(code(&ac.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err()), (409, "stale_epoch"));
+    assert!(s.admin.drain(scope).await.unwrap().draining);
+    let bc = s.client(&b.token);
+    let r = bc.ready(scope, &Ready { nonce: nonce.clone(), epoch: Some(b.epoch) }).await.unwrap();
+    assert!(r.cleared);
+    assert_eq!(r.drain.cleared_by.as_deref(), Some("ack"));
+    // An ack while not draining is a no-op.
+    let r = bc.ready(scope, &Ready { nonce, epoch: None }).await.unwrap();
+    assert!(!r.cleared);
+    assert!(!r.drain.draining);
+
+    // A heartbeat from a new instance id (a resumed sandbox) clears a drain.
+    let d = s.admin.start_drain(&StartDrain { scope: scope.into(), instance_id: None, reason: None }).await.unwrap();
+    assert_eq!(d.instance_id.as_deref(), Some("pod-b"));
+    assert!(bc.heartbeat(&b.session_id, &hb(b.epoch, "pod-b")).await.unwrap().draining);
+    let r = bc.heartbeat(&b.session_id, &hb(b.epoch, "pod-b-resumed")).await.unwrap();
+    assert!(!r.draining);
+    let d = s.admin.drain(scope).await.unwrap();
+    assert_eq!((d.draining, d.cleared_by.as_deref()), (false, Some("new_instance")));
+}
+
+async fn drains_refuse_attaches_and_time_out(db: Db) {
+    let s = TestServer::start(db, |c| {
+        c.drain_timeout_secs = 2;
+        c.expiry_interval_secs = 1;
+    })
+    .await;
+    s.ensure("agent:6").await;
+    let d = s
+        .admin
+        .start_drain(&StartDrain { scope: "node:n1".into(), instance_id: None, reason: Some("spot".into()) })
+        .await
+        .unwrap();
+    assert!(d.draining && d.instance_id.is_none());
+    let attach = Attach { instance_id: "pod-a".into(), node: Some("n1".into()), pool: None };
+    let raw = reqwest::Client::new()
+        .post(format!("{}/v1/workspaces/agent:6/sessions", s.url))
+        .bearer_auth(common::ADMIN)
+        .json(&attach)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 503);
+    assert!(raw.headers().get("retry-after").is_some(), "Retry-After is set");
+    // Elsewhere, work goes on; the session on n2 sees no drain.
+    let other = s
+        .admin
+        .attach("agent:6", &Attach { instance_id: "pod-b".into(), node: Some("n2".into()), pool: None })
+        .await
+        .unwrap();
+    let r = s.client(&other.token).heartbeat(&other.session_id, &hb(other.epoch, "pod-b")).await.unwrap();
+    assert!(!r.draining);
+    // A heartbeat from a session on the draining node says so, without the node's nonce.
+    s.client(&other.token).detach(&other.session_id).await.unwrap();
+    s.admin.start_drain(&StartDrain { scope: "pool:gpu".into(), instance_id: None, reason: None }).await.unwrap();
+    // The hard timeout clears it, recorded by the reconciler.
+    let cleared = eventually(10, "the hard timeout to clear node:n1", || async {
+        let d = s.admin.drain("node:n1").await.unwrap();
+        let events =
+            s.admin.events(&EventQuery { kind: Some("drain_cleared".into()), ..Default::default() }).await.unwrap();
+        (!d.draining && events.items.iter().any(|e| e.scope.as_deref() == Some("node:n1"))).then_some(d)
+    })
+    .await;
+    assert_eq!(cleared.cleared_by.as_deref(), Some("timeout"));
+    s.admin.attach("agent:6", &attach).await.expect("attach after the drain cleared");
+}
+
+async fn deletion_ends_sessions_and_starts_a_new_generation(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    let w = s.ensure("thread:7").await;
+    let a = s.attach("thread:7", "pod-a").await;
+    let c = s.client(&a.token);
+    c.publish_snapshot("thread:7", &snap(a.epoch, 7)).await.unwrap();
+    let dir = volume_path(&a.mount);
+    std::fs::write(Path::new(&dir).join("work.txt"), b"work").unwrap();
+    let d = s.admin.delete("thread:7").await.unwrap();
+    assert_eq!(d.state, WorkspaceState::Deleting);
+    let done = eventually(20, "the deletion to complete", || async {
+        let w = s.admin.workspace("thread:7").await.unwrap();
+        (w.state == WorkspaceState::Deleted).then_some(w)
+    })
+    .await;
+    assert!(!Path::new(&dir).exists(), "the volume is gone");
+    assert_eq!(done.generation, w.generation + 1);
+    assert_eq!(done.volume.state, VolumeState::Removed);
+    assert_eq!(code(&c.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err()), (409, "stale_epoch"));
+    // A second delete is idempotent.
+    assert_eq!(s.admin.delete("thread:7").await.unwrap().state, WorkspaceState::Deleted);
+    // The reused name is a new generation with a new volume and none of the old state.
+    let (w2, created) = s.admin.ensure("thread:7", &EnsureWorkspace::default()).await.unwrap();
+    assert!(!created);
+    assert_eq!(w2.generation, w.generation + 1);
+    assert_ne!(w2.volume.name, w.volume.name);
+    assert_ne!(w2.id, w.id);
+    assert_eq!(w2.latest_snapshot, None);
+    let b = s.attach("thread:7", "pod-b").await;
+    assert_eq!(b.init.latest_snapshot, None);
+    assert_eq!(b.init.generation, w.generation + 1);
+    assert!(b.epoch > a.epoch, "epochs keep growing across generations");
+    assert!(s.client(&b.token).snapshots("thread:7").await.unwrap().items.is_empty());
+    let kinds: Vec<_> = s
+        .admin
+        .events(&EventQuery { owner: Some("thread:7".into()), ..Default::default() })
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    for k in
+        ["workspace_delete_requested", "sessions_ended", "volume_removed", "snapshots_retired", "workspace_deleted"]
+    {
+        assert!(kinds.iter().any(|x| x == k), "{k} missing from {kinds:?}");
+    }
+}
+
+async fn deletion_waits_for_a_referenced_volume(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    s.ensure("thread:8").await;
+    let a = s.attach("thread:8", "pod-a").await;
+    let Mount::Local { path, lock } = &a.mount else { panic!("local mount") };
+    // A live process (this test) holds the volume's lock, as a sandbox using it does.
+    let held = std::fs::File::open(lock).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockShared).unwrap();
+    s.admin.delete("thread:8").await.unwrap();
+    let w = eventually(20, "the referenced outcome to show", || async {
+        let w = s.admin.workspace("thread:8").await.unwrap();
+        w.deletion.as_ref().and_then(|d| d.error.clone()).map(|_| w)
+    })
+    .await;
+    assert_eq!(w.state, WorkspaceState::Deleting, "stays visibly retryable");
+    assert_eq!(w.volume.last_outcome.as_deref(), Some("referenced"));
+    assert!(Path::new(path).exists(), "a referenced volume is never removed");
+    drop(held);
+    // Backoff is durable; make the retry due now rather than in 30 s.
+    sqlx_exec(&s, "UPDATE workspaces SET retry_at = 0 WHERE owner = 'thread:8'").await;
+    s.app.wake_delete.notify_one();
+    eventually(20, "the deletion to complete", || async {
+        (s.admin.workspace("thread:8").await.unwrap().state == WorkspaceState::Deleted).then_some(())
+    })
+    .await;
+    assert!(!Path::new(path).exists());
+}
+
+async fn sqlx_exec(s: &TestServer, sql: &str) {
+    let url = s.app.config.database_url();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query(sql).execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+async fn gc_removes_closed_volumes_once(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    let mut dirs = Vec::new();
+    for i in 0..5 {
+        let owner = format!("thread:gc{i}");
+        s.ensure(&owner).await;
+        let a = s.attach(&owner, "pod").await;
+        dirs.push((owner.clone(), a.mount.clone()));
+        s.client(&a.token).detach(&a.session_id).await.unwrap();
+        s.admin.close(&owner).await.unwrap();
+    }
+    s.ensure("thread:active").await;
+    // One closed volume is still mounted (its lock is held).
+    let Mount::Local { lock, .. } = &dirs[0].1 else { panic!() };
+    let held = std::fs::File::open(lock).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockShared).unwrap();
+
+    let plan = s.admin.gc_run(&GcRun { dry_run: true, orphans: false }).await.unwrap();
+    assert_eq!(plan.volumes.len(), 5);
+    assert!(plan.volumes.iter().all(|v| v.outcome == "remove"));
+    assert!(dirs.iter().all(|(_, m)| Path::new(&volume_path(m)).exists()), "a dry run removes nothing");
+
+    let r = s.admin.gc_run(&GcRun::default()).await.unwrap();
+    assert_eq!((r.counts["removed"], r.counts["referenced"], r.counts["error"]), (4, 1, 0), "{r:?}");
+    assert!(Path::new(&volume_path(&dirs[0].1)).exists(), "the referenced volume stays");
+    for (_, m) in &dirs[1..] {
+        assert!(!Path::new(&volume_path(m)).exists());
+    }
+    // Marked volumes are never candidates again; the referenced one backs off durably.
+    let r = s.admin.gc_run(&GcRun::default()).await.unwrap();
+    assert!(r.volumes.is_empty(), "{r:?}");
+    assert_eq!(r.counts["cooldown"], 1);
+    let w = s.admin.workspace(&dirs[1].0).await.unwrap();
+    assert_eq!((w.volume.state, w.volume.last_outcome.as_deref()), (VolumeState::Removed, Some("removed")));
+    assert!(s.admin.workspace("thread:active").await.unwrap().volume.state == VolumeState::Present);
+    // A closed workspace reopened gets its volume back (empty; the sandbox restores it).
+    let (w, _) = s.admin.ensure(&dirs[1].0, &EnsureWorkspace::default()).await.unwrap();
+    assert_eq!((w.state, w.volume.state), (WorkspaceState::Active, VolumeState::Present));
+    assert!(Path::new(&volume_path(&dirs[1].1)).exists());
+    drop(held);
+}
+
+async fn orphans_are_removed_after_the_grace_window(db: Db) {
+    let s = TestServer::start(db, |c| c.gc.orphan_grace_secs = 1).await;
+    s.ensure("agent:kept").await;
+    // A volume with berth's labels and no record (e.g. its record was lost with a database restore).
+    let owner = berth_core::workspace::WorkspaceId::new("agent:lost").unwrap();
+    let name = berth_core::volume::VolumeName::derive(&owner, berth_core::workspace::Generation(1));
+    let spec = berth_control::volumes::VolumeSpec {
+        labels: berth_control::volumes::volume_labels(
+            &s.app.install,
+            &owner,
+            berth_core::workspace::Generation(1),
+            &Default::default(),
+        ),
+        name: name.clone(),
+        size_bytes: 1,
+        storage_class: None,
+        access_mode: Default::default(),
+    };
+    s.app.volumes.ensure(&spec).await.unwrap();
+    let dir = s.data_dir.join("volumes").join(name.as_str());
+    assert!(dir.is_dir());
+    let orphans = |r: &berth_api::GcReport| {
+        r.orphans.clone().unwrap_or_default().into_iter().map(|o| (o.volume, o.action)).collect::<Vec<_>>()
+    };
+    let dry = s.admin.gc_run(&GcRun { dry_run: true, orphans: true }).await.unwrap();
+    assert_eq!(orphans(&dry), [(name.to_string(), "track".to_string())]);
+    let r = s.admin.gc_run(&GcRun { dry_run: false, orphans: true }).await.unwrap();
+    assert_eq!(orphans(&r), [(name.to_string(), "track".to_string())]);
+    assert!(dir.is_dir(), "inside the grace window it stays");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = s.admin.gc_run(&GcRun { dry_run: false, orphans: true }).await.unwrap();
+    assert_eq!(orphans(&r), [(name.to_string(), "removed".to_string())]);
+    assert!(!dir.exists());
+    assert!(s.data_dir.join("volumes").join(s.admin.workspace("agent:kept").await.unwrap().volume.name).is_dir());
+}
+
+async fn listing_pages_and_filters(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    for i in 0..7 {
+        let labels = [("tier".to_string(), if i % 2 == 0 { "a" } else { "b" }.to_string())].into();
+        s.admin.ensure(&format!("o{i}"), &EnsureWorkspace { labels, ..Default::default() }).await.unwrap();
+    }
+    s.admin.close("o3").await.unwrap();
+    let mut seen = Vec::new();
+    let mut q = WorkspaceQuery { limit: Some(3), ..Default::default() };
+    loop {
+        let page = s.admin.workspaces(&q).await.unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.into_iter().map(|w| w.owner));
+        match page.next {
+            Some(n) => q.after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["o0", "o1", "o2", "o3", "o4", "o5", "o6"]);
+    let closed = s
+        .admin
+        .workspaces(&WorkspaceQuery { state: Some(WorkspaceState::Closed), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(closed.items.iter().map(|w| w.owner.as_str()).collect::<Vec<_>>(), ["o3"]);
+    let b = s
+        .admin
+        .workspaces(&WorkspaceQuery { labels: vec![("tier".into(), "b".into())], limit: Some(2), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(b.items.iter().map(|w| w.owner.as_str()).collect::<Vec<_>>(), ["o1", "o3"]);
+    assert_eq!(b.next.as_deref(), Some("o3"));
+}
+
+async fn close_refuses_a_live_lease(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    s.ensure("agent:9").await;
+    let a = s.attach("agent:9", "pod-a").await;
+    assert_eq!(code(&s.admin.close("agent:9").await.unwrap_err()), (409, "lease_held"));
+    // The admin may detach any session (a crashed sandbox), then close.
+    s.admin.detach(&a.session_id).await.unwrap();
+    let w = s.admin.close("agent:9").await.unwrap();
+    assert_eq!(w.state, WorkspaceState::Closed);
+    assert_eq!(code(&s.admin.attach("agent:9", &attach_body("pod-b")).await.unwrap_err()), (409, "wrong_state"));
+    // Permissions of the volume root let the sandbox user write (A5).
+    let mode = std::fs::metadata(volume_path(&a.mount)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o700, 0o700);
+}
