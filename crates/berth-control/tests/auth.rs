@@ -1,0 +1,99 @@
+//! Every endpoint answers 401 without a valid token, 403 for another owner's resources or an
+//! admin-only action, 400 for a malformed body, 404 for an unknown resource (REQUIREMENTS 34).
+
+mod common;
+
+use common::{Db, TestServer, ADMIN};
+use reqwest::Method;
+
+both!(every_endpoint_checks_who_asks);
+
+/// One call: method, path, body.
+struct Call(Method, String, &'static str);
+
+async fn status(s: &TestServer, token: Option<&str>, call: &Call) -> u16 {
+    let mut req = reqwest::Client::new().request(call.0.clone(), format!("{}{}", s.url, call.1)).body(call.2);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+async fn every_endpoint_checks_who_asks(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    s.ensure("agent:a").await;
+    s.ensure("agent:b").await;
+    let a = s.attach("agent:a", "pod-a").await;
+    let b = s.attach("agent:b", "pod-b").await;
+    let (sa, sb) = (a.session_id.clone(), b.session_id.clone());
+    let hb = r#"{"epoch": 1, "instance_id": "pod-a"}"#;
+    let snap = r#"{"epoch": 1, "snapshot_id": "0000000000000000000000000000000000000000000000000000000000000000"}"#;
+    let drain = r#"{"scope": "workspace:agent:a"}"#;
+    let ready = r#"{"nonce": "x"}"#;
+    // (call, a's sandbox token may do it, a malformed body for it)
+    let calls: Vec<(Call, bool, Option<&str>)> = vec![
+        (Call(Method::PUT, "/v1/workspaces/agent:a".into(), "{}"), false, Some(r#"{"size_bytes": "big"}"#)),
+        (Call(Method::GET, "/v1/workspaces".into(), ""), false, None),
+        (Call(Method::GET, "/v1/workspaces/agent:a".into(), ""), true, None),
+        (Call(Method::POST, "/v1/workspaces/agent:a/sessions".into(), r#"{"instance_id": "p"}"#), false, Some("{")),
+        (Call(Method::GET, "/v1/workspaces/agent:a/snapshots".into(), ""), true, None),
+        (Call(Method::POST, "/v1/workspaces/agent:a/snapshots".into(), snap), true, Some(r#"{"epoch": 1}"#)),
+        (
+            Call(Method::POST, format!("/v1/sessions/{sa}/heartbeat"), hb),
+            true,
+            Some(r#"{"epoch": -1, "instance_id": "p"}"#),
+        ),
+        (Call(Method::POST, "/v1/drains".into(), drain), true, Some(r#"{"scope": 5}"#)),
+        (Call(Method::GET, "/v1/drains".into(), ""), false, None),
+        (Call(Method::GET, "/v1/drains/workspace:agent:a".into(), ""), true, None),
+        (Call(Method::POST, "/v1/drains/workspace:agent:a/ready".into(), ready), true, Some(r#"{"nonce": null}"#)),
+        (Call(Method::GET, "/v1/events".into(), ""), false, None),
+        (Call(Method::POST, "/v1/gc/run".into(), r#"{"dry_run": true}"#), false, Some(r#"{"dry_run": "yes"}"#)),
+        (Call(Method::POST, "/v1/workspaces/agent:a/close".into(), ""), false, None),
+        (Call(Method::DELETE, format!("/v1/sessions/{sa}"), ""), true, None),
+        (Call(Method::DELETE, "/v1/workspaces/agent:a".into(), ""), false, None),
+    ];
+    for (call, sandbox_may, malformed) in &calls {
+        let what = format!("{} {}", call.0, call.1);
+        assert_eq!(status(&s, None, call).await, 401, "{what} without a token");
+        assert_eq!(status(&s, Some("not-a-token-at-all"), call).await, 401, "{what} with an unknown token");
+        // b's sandbox token never acts on a's resources, nor on admin-only endpoints.
+        assert_eq!(status(&s, Some(&b.token), call).await, 403, "{what} with another workspace's sandbox token");
+        if !sandbox_may {
+            assert_eq!(status(&s, Some(&a.token), call).await, 403, "{what} is admin-only");
+        }
+        if let Some(bad) = malformed {
+            let bad_call = Call(call.0.clone(), call.1.clone(), bad);
+            let token = if *sandbox_may { &a.token } else { ADMIN };
+            assert_eq!(status(&s, Some(token), &bad_call).await, 400, "{what} with a malformed body");
+        }
+    }
+    // What a's sandbox may do, it can (before the deletions above ran: these use b).
+    let own = [
+        Call(Method::GET, "/v1/workspaces/agent:b".into(), ""),
+        Call(Method::POST, format!("/v1/sessions/{sb}/heartbeat"), r#"{"epoch": 1, "instance_id": "pod-b"}"#),
+        Call(Method::GET, "/v1/drains/workspace:agent:b".into(), ""),
+    ];
+    for call in &own {
+        assert_eq!(status(&s, Some(&b.token), call).await, 200, "{} {} with its own token", call.0, call.1);
+    }
+    // Unknown resources: 404 for the admin; a sandbox asking about another owner gets 403 first.
+    let unknown = [
+        Call(Method::GET, "/v1/workspaces/agent:zz".into(), ""),
+        Call(Method::POST, "/v1/workspaces/agent:zz/sessions".into(), r#"{"instance_id": "p"}"#),
+        Call(Method::POST, "/v1/sessions/ses_00000000000000000000000000000000/heartbeat".into(), hb),
+        Call(Method::POST, "/v1/workspaces/agent:zz/close".into(), ""),
+        Call(Method::DELETE, "/v1/workspaces/agent:zz".into(), ""),
+    ];
+    for call in &unknown {
+        assert_eq!(status(&s, Some(ADMIN), call).await, 404, "{} {}", call.0, call.1);
+    }
+    assert_eq!(status(&s, Some(&b.token), &unknown[0]).await, 403);
+    // Malformed path parameters are 400.
+    assert_eq!(status(&s, Some(ADMIN), &Call(Method::GET, "/v1/drains/galaxy:far".into(), "")).await, 400);
+    assert_eq!(status(&s, Some(ADMIN), &Call(Method::GET, "/v1/workspaces?limit=0".into(), "")).await, 400);
+    // Health, readiness, metrics and the API description need no token.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(status(&s, None, &Call(Method::GET, path.into(), "")).await, 200, "{path}");
+    }
+}
