@@ -9,9 +9,10 @@
 //!   is unhealthy, and logs one summary line.
 //!
 //! # Caveats
-//! - A removal still running when a sweep's time bound cuts it short finishes in the
-//!   background; the claim outlives it (`claim_ttl_secs`), so nobody else acts on that workspace
-//!   meanwhile.
+//! - The time bound stops a sweep from starting new removals; one already running finishes
+//!   and is recorded, so a sweep can overrun its bound by one removal.
+//! - After a crash, the claims of the dead process hold their workspaces until they expire
+//!   (`claim_ttl_secs`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -245,51 +246,58 @@ async fn sweep_volumes(app: &Arc<App>, dry_run: bool, report: &mut GcReport, db:
         report.counts = summary.counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         return Ok(());
     }
+    // The time bound stops new attempts; one already running finishes and is recorded, so
+    // no removal is ever left done-but-unrecorded by the bound.
+    let deadline = Instant::now() + Duration::from_secs(cfg.timeout_secs.max(1));
     let done = std::sync::Mutex::new(Vec::new());
+    let late = std::sync::Mutex::new(Vec::new());
     let db_spent = std::sync::Mutex::new(Duration::ZERO);
-    let work = futures::stream::iter(plan.iter()).for_each_concurrent(cfg.concurrency.max(1), |(c, action)| {
-        let done = &done;
-        let db_spent = &db_spent;
-        async move {
-            let (outcome, error) = match action {
-                Action::Skip(o) => (*o, None),
-                Action::Remove => {
-                    metrics::counter!("berth_gc_attempts_total").increment(1);
-                    match app.volumes.delete(&c.candidate.volume).await {
-                        Ok(Removal::Removed) => (Outcome::Removed, None),
-                        Ok(Removal::NotFound) => (Outcome::NotFound, None),
-                        Ok(Removal::Referenced { by }) => (Outcome::Referenced, Some(format!("in use: {by}"))),
-                        Err(e) => (Outcome::Error, Some(e.to_string())),
+    futures::stream::iter(plan.iter())
+        .for_each_concurrent(cfg.concurrency.max(1), |(c, action)| {
+            let (done, late, db_spent) = (&done, &late, &db_spent);
+            async move {
+                if Instant::now() >= deadline {
+                    if let Ok(mut l) = late.lock() {
+                        l.push(c.candidate.owner.clone());
                     }
+                    return;
                 }
-            };
-            let timed = Instant::now();
-            let recorded = app.meta.record_gc(c, &app.replica, outcome, error.as_deref(), now()).await;
-            if let Ok(mut d) = db_spent.lock() {
-                *d += timed.elapsed();
+                let (outcome, error) = match action {
+                    Action::Skip(o) => (*o, None),
+                    Action::Remove => {
+                        metrics::counter!("berth_gc_attempts_total").increment(1);
+                        match app.volumes.delete(&c.candidate.volume).await {
+                            Ok(Removal::Removed) => (Outcome::Removed, None),
+                            Ok(Removal::NotFound) => (Outcome::NotFound, None),
+                            Ok(Removal::Referenced { by }) => (Outcome::Referenced, Some(format!("in use: {by}"))),
+                            Err(e) => (Outcome::Error, Some(e.to_string())),
+                        }
+                    }
+                };
+                let timed = Instant::now();
+                let recorded = app.meta.record_gc(c, &app.replica, outcome, error.as_deref(), now()).await;
+                if let Ok(mut d) = db_spent.lock() {
+                    *d += timed.elapsed();
+                }
+                if let Err(e) = recorded {
+                    tracing::warn!(event = "gc_record_failed", owner = %c.candidate.owner, error = %e);
+                }
+                metrics::counter!("berth_gc_outcomes_total", "outcome" => outcome.as_str()).increment(1);
+                if let Ok(mut d) = done.lock() {
+                    d.push(item(c, outcome.as_str().to_string(), error));
+                }
             }
-            if let Err(e) = recorded {
-                tracing::warn!(event = "gc_record_failed", owner = %c.candidate.owner, error = %e);
-            }
-            metrics::counter!("berth_gc_outcomes_total", "outcome" => outcome.as_str()).increment(1);
-            if let Ok(mut d) = done.lock() {
-                d.push(item(c, outcome.as_str().to_string(), error));
-            }
-        }
-    });
-    let timed_out = tokio::time::timeout(Duration::from_secs(cfg.timeout_secs.max(1)), work).await.is_err();
+        })
+        .await;
     *db += db_spent.into_inner().unwrap_or_default();
     let done = done.into_inner().unwrap_or_default();
-    if timed_out {
-        // Release what was not attempted so the next sweep takes it; attempts still running
-        // keep their claim until it expires.
-        let finished: BTreeSet<_> = done.iter().map(|i| i.owner.clone()).collect();
-        for (c, _) in &plan {
-            if !finished.contains(c.candidate.owner.as_str()) {
-                let _ = app.meta.release_claim(&c.candidate.owner, &app.replica).await;
-            }
+    let late = late.into_inner().unwrap_or_default();
+    if !late.is_empty() {
+        // Hand what was not attempted back at once, so the next sweep takes it.
+        for owner in &late {
+            let _ = app.meta.release_claim(owner, &app.replica).await;
         }
-        tracing::warn!(event = "gc_sweep_time_bound", attempted = done.len(), planned = plan.len());
+        tracing::warn!(event = "gc_sweep_time_bound", attempted = done.len(), deferred = late.len());
     }
     for i in &done {
         if let Some(o) = Outcome::ALL.iter().find(|o| o.as_str() == i.outcome) {

@@ -34,8 +34,8 @@ pub struct GcConfig {
     pub concurrency: usize,
     /// Time bound of one sweep, in seconds.
     pub timeout_secs: u64,
-    /// Seconds a reconciler's claim on a workspace lasts (well beyond one sweep, so a removal
-    /// still running when a sweep is cut short never outlives its claim).
+    /// Seconds a reconciler's claim on a workspace lasts: longer than a sweep; after a crash,
+    /// the dead process's claims hold their workspaces this long.
     pub claim_ttl_secs: i64,
     /// Seconds between orphan sweeps.
     pub orphan_interval_secs: u64,

@@ -179,6 +179,16 @@ impl Meta {
         Ok(row.try_get::<i64, _>(0)? as u64)
     }
 
+    /// Counts closed or deleted workspaces whose volume is not marked removed, claimed or not.
+    pub async fn count_unremoved(&self) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM workspaces WHERE state IN ('closed', 'deleted') AND volume_state <> 'removed'",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(row.try_get::<i64, _>(0)? as u64)
+    }
+
     /// Records the outcome of a GC attempt on a claimed candidate. Removed and not found mark
     /// the volume removed (never overwriting an earlier mark); referenced and error release
     /// the claim with a durable backoff. Returns whether this call marked the volume.
