@@ -67,7 +67,7 @@ impl LocalVolumes {
         let labels = self.labels_path(&spec.name);
         if !labels.exists() {
             let body = serde_json::to_vec_pretty(&spec.labels).unwrap_or_default();
-            let tmp = labels.with_extension(format!("json.{}", std::process::id()));
+            let tmp = labels.with_extension(format!("json.{}", unique_suffix()));
             write_synced(&tmp, &body).map_err(|e| io("write", &tmp, e))?;
             fs::rename(&tmp, &labels).map_err(|e| io("publish", &labels, e))?;
         }
