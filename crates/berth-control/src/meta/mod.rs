@@ -12,6 +12,7 @@
 
 mod drains;
 mod gc;
+mod heartbeat;
 mod sessions;
 mod workspaces;
 
@@ -52,6 +53,8 @@ pub struct Meta {
     write: AnyPool,
     read: AnyPool,
     dialect: Dialect,
+    /// SQLite: heartbeats queue here for the batching writer.
+    beats: Option<tokio::sync::mpsc::Sender<heartbeat::Queued>>,
 }
 
 /// The lifecycle state of a workspace.
@@ -362,7 +365,10 @@ impl Meta {
                         .connect_with(options)
                         .await?
                 };
-                Ok(Meta { write, read, dialect })
+                let (beats, queue) = tokio::sync::mpsc::channel(4 * 1024);
+                let inner = Meta { write, read, dialect, beats: None };
+                tokio::spawn(heartbeat::batcher(inner.clone(), queue));
+                Ok(Meta { beats: Some(beats), ..inner })
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -370,7 +376,7 @@ impl Meta {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
                     .await?;
-                Ok(Meta { write: pool.clone(), read: pool, dialect })
+                Ok(Meta { write: pool.clone(), read: pool, dialect, beats: None })
             }
         }
     }

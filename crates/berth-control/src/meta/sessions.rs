@@ -9,11 +9,11 @@ use berth_core::session::{InstanceId, PlaceName, SessionId};
 use berth_core::time::Timestamp;
 use berth_core::workspace::{Generation, WorkspaceId};
 use serde_json::json;
-use sqlx::{AnyConnection, Executor, Row};
+use sqlx::{AnyConnection, Row};
 
 use super::drains::{self, DrainRow};
 use super::workspaces::not_found;
-use super::{begin, random_hex, record, token_hash, Dialect, Meta, NewEvent, State, VolumeState, WorkspaceRow};
+use super::{begin, random_hex, record, token_hash, Meta, NewEvent, State, VolumeState, WorkspaceRow};
 use crate::error::{Error, Result};
 
 /// Seconds an attach into a workspace whose previous sandbox is still draining should wait.
@@ -93,7 +93,7 @@ pub struct SnapshotRow {
     pub stats: SnapshotStats,
 }
 
-fn session_from_row(row: &sqlx::any::AnyRow) -> Result<SessionRow> {
+pub(super) fn session_from_row(row: &sqlx::any::AnyRow) -> Result<SessionRow> {
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
     let place = |v: Option<String>| v.map(PlaceName::new).transpose().map_err(|e| corrupt(&e));
     Ok(SessionRow {
@@ -110,7 +110,7 @@ fn session_from_row(row: &sqlx::any::AnyRow) -> Result<SessionRow> {
 
 const SESSION_COLS: &str = "id, owner, generation, epoch, instance, node, pool, ended_at";
 
-fn stale(e: LeaseError) -> Error {
+pub(super) fn stale(e: LeaseError) -> Error {
     match e {
         LeaseError::Stale { given, current } => Error::StaleEpoch { given, current },
         LeaseError::Held { holder, expires } => Error::LeaseHeld { epoch: 0, holder, expires },
@@ -248,86 +248,6 @@ impl Meta {
             ended_at: None,
         };
         Ok(Attached { session, workspace, token, expires: lease.expires, handover })
-    }
-
-    /// Renews a session's lease and returns the drain state of its scopes, in one transaction.
-    /// A heartbeat from an instance other than the drained one clears a workspace drain.
-    ///
-    /// A lost heartbeat is harmless (the lease looks shorter than the holder thinks; a
-    /// takeover still bumps the epoch), so this transaction does not wait for the disk:
-    /// `synchronous_commit = off` on PostgreSQL, `synchronous = NORMAL` on SQLite.
-    pub async fn heartbeat(
-        &self,
-        session: &SessionId,
-        epoch: u64,
-        instance: &InstanceId,
-        now: Timestamp,
-        ttl_secs: i64,
-        drain_timeout_secs: i64,
-    ) -> Result<HeartbeatOutcome> {
-        let mut conn = self.write.acquire().await?;
-        if self.dialect == Dialect::Sqlite {
-            conn.execute("PRAGMA synchronous = NORMAL").await?;
-        }
-        let result = self.heartbeat_tx(&mut conn, session, epoch, instance, now, ttl_secs, drain_timeout_secs).await;
-        if self.dialect == Dialect::Sqlite {
-            if let Err(e) = conn.execute("PRAGMA synchronous = FULL").await {
-                // Never hand a connection back with relaxed durability.
-                let _ = conn.close().await;
-                return Err(e.into());
-            }
-        }
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn heartbeat_tx(
-        &self,
-        conn: &mut AnyConnection,
-        session: &SessionId,
-        epoch: u64,
-        instance: &InstanceId,
-        now: Timestamp,
-        ttl_secs: i64,
-        drain_timeout_secs: i64,
-    ) -> Result<HeartbeatOutcome> {
-        let mut tx = begin(conn).await?;
-        if self.dialect == Dialect::Postgres {
-            tx.execute("SET LOCAL synchronous_commit = off").await?;
-        }
-        let s = self.session_in(&mut tx, session).await?;
-        let ws = self.ws_for_update(&mut tx, &s.owner).await?.ok_or_else(|| not_found(&s.owner))?;
-        let holds = ws.lease.holder.as_ref().is_some_and(|h| h.session == s.id) && s.epoch == epoch;
-        if !holds {
-            return Err(Error::StaleEpoch { given: epoch, current: ws.lease.epoch });
-        }
-        let lease = ws.lease.renew(epoch, now, ttl_secs).map_err(stale)?;
-        sqlx::query("UPDATE workspaces SET lease_expires = $2, lease_instance = $3 WHERE owner = $1")
-            .bind(s.owner.as_str())
-            .bind(lease.expires.0)
-            .bind(instance.as_str())
-            .execute(&mut *tx)
-            .await?;
-        if *instance != s.instance {
-            sqlx::query("UPDATE sessions SET instance = $2 WHERE id = $1")
-                .bind(s.id.as_str())
-                .bind(instance.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        let mut draining = Vec::new();
-        for row in self.drains_for_update(&mut tx, &s.scopes()).await? {
-            let event = match row.scope {
-                Scope::Workspace(_) => drain::Event::Heartbeat { instance: instance.clone() },
-                _ => drain::Event::Tick,
-            };
-            let (state, _) = drains::apply(&mut tx, &row, event, now, drain_timeout_secs).await?;
-            if matches!(state, Drain::Draining { .. }) {
-                draining.push(DrainRow { state, ..row });
-            }
-        }
-        tx.commit().await?;
-        Ok(HeartbeatOutcome { expires: lease.expires, draining })
     }
 
     /// Detaches a session: ends it and releases its lease if it still holds it. Idempotent.
