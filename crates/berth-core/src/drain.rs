@@ -13,6 +13,22 @@ use crate::time::Timestamp;
 /// Default hard timeout after which a drain clears by itself.
 pub const DEFAULT_HARD_TIMEOUT_SECS: i64 = 15 * 60;
 
+/// The shortest drain budget: enough to commit and snapshot a little.
+pub const MIN_BUDGET_SECS: u64 = 3;
+
+/// Returns the safety margin kept between the end of a drain and the platform's kill:
+/// a tenth of the grace period, between 2 and 30 seconds.
+pub fn margin_secs(grace_secs: u64) -> u64 {
+    (grace_secs / 10).clamp(2, 30)
+}
+
+/// Returns the drain budget: `min(configured, grace - margin)`, at least [`MIN_BUDGET_SECS`].
+/// For the Kubernetes default of 30 s that is 27 s; for a 120 s spot notice 108 s; for 15 min 870 s.
+pub fn budget_secs(configured: Option<u64>, grace_secs: u64) -> u64 {
+    let room = grace_secs.saturating_sub(margin_secs(grace_secs));
+    configured.map_or(room, |c| c.min(room)).max(MIN_BUDGET_SECS)
+}
+
 /// The drain state of one scope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -137,6 +153,14 @@ mod tests {
         }
         assert_eq!(outcomes, expect);
         assert_eq!(matches!(state, Drain::Draining { .. }), draining_at_end);
+    }
+
+    #[test]
+    fn budgets_adapt_to_the_grace_period() {
+        assert_eq!([budget_secs(None, 30), budget_secs(None, 120), budget_secs(None, 900)], [27, 108, 870]);
+        assert_eq!(budget_secs(Some(10), 30), 10);
+        assert_eq!(budget_secs(Some(60), 30), 27, "never past the platform's kill");
+        assert_eq!(budget_secs(None, 2), MIN_BUDGET_SECS);
     }
 
     #[test]

@@ -9,8 +9,9 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 /// Rebuildable caches left out unless `--no-default-excludes` (REQUIREMENTS D21).
 pub const DEFAULT: &[&str] = &["node_modules/", ".venv/", "__pycache__/", ".cache/", "target/", "dist/", "build/"];
-/// Credential files that never enter a snapshot, whatever the configuration says.
-pub const ALWAYS: &[&str] = &[".berth-credentials/", ".git-credentials"];
+/// Credential files, the agent's runtime state (ready marker, locks) and the file system's
+/// `lost+found`: never in a snapshot, whatever the configuration says.
+pub const ALWAYS: &[&str] = &[".berth-credentials/", ".git-credentials", "/.berth/run/", "/lost+found/"];
 
 /// A pattern that could not be parsed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -63,6 +63,71 @@ pub fn target(url: &str, branch: Option<&str>, depth: Option<u32>, path: Option<
     RelPath::new(rel.into_bytes()).map_err(|e| fail(&format!("target path: {e}")))
 }
 
+/// Why a git operation against a remote failed, as far as its message tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The remote refused the credentials, or none were there: permanent.
+    Auth,
+    /// The remote or the repository does not exist: permanent.
+    NotFound,
+    /// The network or the remote failed: worth retrying.
+    Network,
+    /// Anything else (a local problem): permanent.
+    Other,
+}
+
+impl FailureKind {
+    /// Returns whether a retry may succeed.
+    pub fn is_transient(self) -> bool {
+        self == FailureKind::Network
+    }
+}
+
+/// Classifies a failed git command by its (redacted) stderr.
+pub fn classify_failure(stderr: &str) -> FailureKind {
+    let s = stderr.to_ascii_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|n| s.contains(n));
+    if any(&[
+        "authentication failed",
+        "could not read username",
+        "could not read password",
+        "terminal prompts disabled",
+        "permission denied (publickey",
+        "returned error: 401",
+        "returned error: 403",
+        "invalid username or password",
+        "access denied",
+    ]) {
+        FailureKind::Auth
+    } else if any(&[
+        "repository not found",
+        "does not appear to be a git repository",
+        "returned error: 404",
+        "not found",
+        "remote branch",
+    ]) {
+        FailureKind::NotFound
+    } else if any(&[
+        "could not resolve host",
+        "connection refused",
+        "connection reset",
+        "connection timed out",
+        "timed out",
+        "early eof",
+        "rpc failed",
+        "returned error: 5",
+        "unable to access",
+        "network is unreachable",
+        "the remote end hung up",
+        "failed to connect",
+    ]) {
+        FailureKind::Network
+    } else {
+        FailureKind::Other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +154,24 @@ mod tests {
         check("--upload-pack=evil", None, Err("'-'"));
         assert!(target("https://x.test/a", Some("-x"), None, None).is_err());
         assert!(target("https://x.test/a", None, Some(0), None).is_err());
+    }
+
+    #[test]
+    fn classifies_failures() {
+        use FailureKind::*;
+        for (msg, kind) in [
+            ("fatal: Authentication failed for 'https://h/x.git/'", Auth),
+            ("fatal: could not read Username for 'https://h': terminal prompts disabled", Auth),
+            ("remote: Repository not found.\nfatal: repository 'https://h/x' not found", NotFound),
+            ("fatal: '/srv/none' does not appear to be a git repository", NotFound),
+            ("fatal: unable to access 'https://h/': Could not resolve host: h", Network),
+            ("fatal: unable to access 'http://127.0.0.1:1/x/': Failed to connect to 127.0.0.1 port 1", Network),
+            ("error: RPC failed; HTTP 502 curl 22 The requested URL returned error: 502", Network),
+            ("fatal: destination path 'x' already exists and is not an empty directory", Other),
+        ] {
+            assert_eq!(classify_failure(msg), kind, "{msg}");
+        }
+        assert!(Network.is_transient() && !Auth.is_transient());
     }
 
     #[test]
