@@ -223,7 +223,7 @@ mod tests {
             if version == 4 {
                 let common = prev.bytes().zip(path.bytes()).take_while(|(a, c)| a == c).count();
                 b.push((prev.len() - common) as u8);
-                b.extend(path[common..].as_bytes());
+                b.extend(&path.as_bytes()[common..]);
                 b.push(0);
             } else {
                 b.extend(path.as_bytes());
