@@ -24,6 +24,7 @@ pub mod path;
 pub mod prune;
 pub mod repo;
 pub mod retention;
+pub mod schedule;
 pub mod scope;
 pub mod session;
 pub mod snapshot;

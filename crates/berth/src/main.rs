@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error.
 
+mod agent;
 mod control;
 mod progress_bar;
 mod serve;
@@ -46,7 +47,22 @@ enum Command {
     Gc(control::GcCmd),
     /// Read the control plane's audit log.
     Events(control::EventsCmd),
+    /// Run inside (or beside) a sandbox: initialise, persist and drain its workspace.
+    #[command(subcommand)]
+    Agent(Box<agent::Command>),
 }
+
+/// An exit code chosen by a subcommand that already reported why.
+#[derive(Debug)]
+struct Exit(i32);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
@@ -62,7 +78,12 @@ fn init_logging(default: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A server says what it does; a command-line tool speaks only when something is wrong.
-    init_logging(if matches!(cli.command, Command::Serve(_)) { "info,sqlx=warn" } else { "warn" });
+    let long_running = match &cli.command {
+        Command::Serve(_) => true,
+        Command::Agent(a) => matches!(**a, agent::Command::Run { .. }),
+        _ => false,
+    };
+    init_logging(if long_running { "info,sqlx=warn" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -79,10 +100,19 @@ fn main() -> ExitCode {
             Command::Drain(cmd) => control::drain(cmd).await,
             Command::Gc(cmd) => control::gc(cmd).await,
             Command::Events(cmd) => control::events(cmd).await,
+            Command::Agent(cmd) => match agent::run(*cmd).await {
+                Ok(0) => Ok(()),
+                Ok(code) => Err(Exit(code).into()),
+                Err(e) => Err(e),
+            },
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Exit>().is_some() => {
+            // The agent printed its own message; keep its exit code.
+            ExitCode::from(e.downcast_ref::<Exit>().map_or(1, |x| x.0.clamp(1, 255) as u8))
+        }
         Err(e) => {
             // Print the chain, skipping causes whose text the message already carries.
             let mut msg = e.to_string();

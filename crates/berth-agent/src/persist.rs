@@ -1,0 +1,417 @@
+//! Continuous persistence: snapshots on an interval and soon after changes (file watching with
+//! a debounce; a periodic scan when watches cannot be had), with consistent SQLite copies and git
+//! state captured before each, published to the control plane under the lease epoch.
+//!
+//! # Guarantees
+//! - Never two snapshot runs at once; a run cut short (shutdown) publishes nothing (the engine
+//!   makes a snapshot visible only by its final record).
+//! - Once the epoch is rejected (or another writer published in the store), nothing more is
+//!   written: no snapshot, no publish.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_api::SnapshotStats;
+use berth_core::excludes::Excludes;
+use berth_core::path::RelPath;
+use berth_core::schedule::{Schedule, Scheduler};
+use berth_engine::create::{self, CreateOptions};
+use berth_engine::error::EngineError;
+use berth_engine::progress::Progress;
+use berth_engine::repo::Repo;
+use notify::Watcher;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::control::{Control, PublishError};
+use crate::git::{find_repos, Git};
+use crate::layout;
+use crate::sqlite::{self, Capturer};
+
+/// How often databases are searched for, at most.
+const SQLITE_RESCAN: Duration = Duration::from_secs(60);
+/// How often the tree is scanned when file watching is unavailable.
+const POLL: Duration = Duration::from_secs(15);
+/// How deep repositories are searched for.
+const REPO_DEPTH: usize = 3;
+
+/// When git state is captured with a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GitMode {
+    /// When the git interval has passed.
+    IfDue,
+    /// Now (shutdown).
+    Now,
+}
+
+/// What a snapshot run saved.
+#[derive(Clone, Debug, Serialize)]
+pub struct Saved {
+    /// The latest snapshot now.
+    pub snapshot: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Whether nothing had changed (nothing was published).
+    pub unchanged: bool,
+    /// Wall time of the run.
+    pub secs: f64,
+    /// Bytes uploaded.
+    pub bytes_uploaded: u64,
+    /// Whether the control plane recorded it.
+    pub published: bool,
+}
+
+/// What the workspace directory holds, recorded after every durable snapshot and at init.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMarker {
+    /// The workspace.
+    pub workspace: String,
+    /// Its generation.
+    pub generation: u64,
+    /// The snapshot this directory was last saved as (or restored from).
+    pub snapshot: Option<String>,
+    /// Its sequence number.
+    pub seq: u64,
+}
+
+impl VolumeMarker {
+    /// Reads the marker of `dir`.
+    pub fn read(dir: &Path) -> Option<VolumeMarker> {
+        serde_json::from_slice(&std::fs::read(layout::volume_marker(dir)).ok()?).ok()
+    }
+
+    /// Writes it atomically.
+    pub fn write(&self, dir: &Path) {
+        let body = serde_json::to_vec_pretty(self).unwrap_or_default();
+        if let Err(e) = layout::write_atomic(&layout::volume_marker(dir), &body) {
+            tracing::warn!(event = "volume_marker_failed", error = %e);
+        }
+    }
+}
+
+struct Inner {
+    sqlite: Capturer,
+    dbs: Vec<RelPath>,
+    dbs_at: Option<Instant>,
+    git_at: Option<Instant>,
+    refs: BTreeMap<PathBuf, String>,
+}
+
+/// Keeps one workspace persisted.
+pub struct Persister {
+    cfg: Arc<AgentConfig>,
+    repo: Option<Repo>,
+    control: Option<Arc<Control>>,
+    git: Git,
+    excludes: Excludes,
+    inner: tokio::sync::Mutex<Inner>,
+    stopped: AtomicBool,
+    last_durable: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Persister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persister").field("dir", &self.cfg.dir).field("ephemeral", &self.repo.is_none()).finish()
+    }
+}
+
+/// Opens the store of `cfg`, if it has one.
+pub async fn open_repo(cfg: &AgentConfig) -> Result<Option<Repo>, EngineError> {
+    let Some(url) = &cfg.store else { return Ok(None) };
+    let store = berth_engine::store::open(url)?;
+    Ok(Some(Repo::open_or_init(store).await?))
+}
+
+impl Persister {
+    /// Builds a persister; `repo` `None` means the workspace is ephemeral.
+    pub fn new(
+        cfg: Arc<AgentConfig>,
+        repo: Option<Repo>,
+        control: Option<Arc<Control>>,
+        git: Git,
+    ) -> Result<Persister, String> {
+        let excludes = Excludes::new(&cfg.excludes, cfg.default_excludes).map_err(|e| e.to_string())?;
+        Ok(Persister {
+            cfg,
+            repo,
+            control,
+            git,
+            excludes,
+            inner: tokio::sync::Mutex::new(Inner {
+                sqlite: Capturer::default(),
+                dbs: Vec::new(),
+                dbs_at: None,
+                git_at: None,
+                refs: BTreeMap::new(),
+            }),
+            stopped: AtomicBool::new(false),
+            last_durable: Mutex::new(None),
+        })
+    }
+
+    /// Whether there is no store (nothing is ever saved).
+    pub fn ephemeral(&self) -> bool {
+        self.repo.is_none()
+    }
+
+    /// Stops all writing (the epoch was rejected).
+    pub fn stop_writing(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    fn writing(&self) -> bool {
+        !self.stopped.load(Ordering::SeqCst) && !self.control.as_ref().is_some_and(|c| c.fenced())
+    }
+
+    /// Seconds since the last durable snapshot (`None` before the first).
+    pub fn seconds_since_durable(&self) -> Option<f64> {
+        self.last_durable.lock().ok()?.map(|t| t.elapsed().as_secs_f64())
+    }
+
+    /// Marks the directory durable now (after a restore, it equals a stored snapshot).
+    pub fn durable_now(&self) {
+        if let Ok(mut t) = self.last_durable.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    /// Repositories in the workspace: configured and found.
+    fn repos(&self) -> Vec<PathBuf> {
+        let mut repos = find_repos(&self.cfg.dir, REPO_DEPTH);
+        for r in &self.cfg.repos {
+            if let Ok(rel) = berth_core::repo::target(&r.url, r.branch.as_deref(), r.depth, r.path.as_deref()) {
+                let p = self.cfg.dir.join(String::from_utf8_lossy(rel.as_bytes()).as_ref());
+                if p.join(".git").is_dir() && !repos.contains(&p) {
+                    repos.push(p);
+                }
+            }
+        }
+        repos
+    }
+
+    async fn capture_git(&self, inner: &mut Inner, mode: GitMode, deadline: Option<Instant>) {
+        let due = mode == GitMode::Now
+            || inner.git_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.git_interval_secs));
+        if !due {
+            return;
+        }
+        for repo in self.repos() {
+            let Some(out) = layout::git_state(&self.cfg.dir, &repo) else { continue };
+            let refs =
+                self.git.run(&repo, &["for-each-ref", "--format=%(refname) %(objectname)"]).await.unwrap_or_default();
+            let refs = String::from_utf8_lossy(&refs).into_owned();
+            // A bundle only when the refs moved, and at shutdown only with time to spare.
+            let time_left =
+                deadline.is_none_or(|d| d.saturating_duration_since(Instant::now()) > Duration::from_secs(2));
+            let bundle = inner.refs.get(&repo) != Some(&refs) && time_left;
+            match self.git.capture(&repo, &out, bundle).await {
+                Ok(state) => {
+                    if bundle && state.bundle {
+                        inner.refs.insert(repo.clone(), refs);
+                    }
+                }
+                Err(e) => tracing::warn!(event = "git_capture_failed", repo = %repo.display(), error = %e),
+            }
+        }
+        inner.git_at = Some(Instant::now());
+    }
+
+    /// Takes a snapshot now (SQLite copies, git state when due, files) and publishes it. Returns
+    /// `Ok(None)` when there is nothing to do (ephemeral, or writing stopped).
+    pub async fn snapshot(
+        &self,
+        reason: &str,
+        git: GitMode,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Saved>, String> {
+        let Some(repo) = &self.repo else { return Ok(None) };
+        if !self.writing() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let mut inner = self.inner.lock().await;
+        if inner.dbs_at.is_none_or(|t| t.elapsed() >= SQLITE_RESCAN) || git == GitMode::Now {
+            let (dir, ex) = (self.cfg.dir.clone(), self.excludes.clone());
+            inner.dbs = tokio::task::spawn_blocking(move || sqlite::discover(&dir, &ex)).await.unwrap_or_default();
+            inner.dbs_at = Some(Instant::now());
+        }
+        let dbs = inner.dbs.clone();
+        let copied = inner.sqlite.capture(&self.cfg.dir, &dbs).await;
+        self.capture_git(&mut inner, git, deadline).await;
+        let mut patterns = self.cfg.excludes.clone();
+        patterns.extend(sqlite::exclude_patterns(&copied));
+        let excludes = Excludes::new(&patterns, self.cfg.default_excludes).map_err(|e| e.to_string())?;
+        let opts = CreateOptions {
+            workspace: self.cfg.workspace.clone(),
+            generation: self.cfg.generation,
+            dir: self.cfg.dir.clone(),
+            excludes,
+            budget: self.cfg.budget,
+            cache_dir: self.cfg.cache_dir.clone(),
+            host: self.cfg.instance.to_string(),
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        };
+        if !self.writing() {
+            return Ok(None);
+        }
+        let summary = match create::create(repo, &opts, &Arc::new(Progress::default())).await {
+            Ok(s) => s,
+            Err(EngineError::Conflict(msg)) => {
+                // Another writer published in this workspace: this sandbox lost it.
+                tracing::error!(event = "fenced", reason = %msg);
+                self.stop_writing();
+                return Err(msg);
+            }
+            Err(e) => {
+                metrics::counter!("berth_agent_snapshots_total", "outcome" => "error").increment(1);
+                return Err(e.to_string());
+            }
+        };
+        for p in &summary.skipped_for_budget {
+            tracing::warn!(event = "skipped_for_budget", path = %p);
+        }
+        let mut saved = Saved {
+            snapshot: summary.snapshot.to_string(),
+            seq: summary.seq,
+            unchanged: summary.unchanged,
+            secs: started.elapsed().as_secs_f64(),
+            bytes_uploaded: summary.bytes_uploaded,
+            published: false,
+        };
+        if !summary.unchanged {
+            if let Some(c) = &self.control {
+                let stats = SnapshotStats {
+                    files: Some(summary.files_scanned),
+                    bytes: Some(summary.bytes_scanned),
+                    bytes_uploaded: Some(summary.bytes_uploaded),
+                    duration_ms: Some((summary.duration_secs * 1000.0) as u64),
+                };
+                match c.publish(&saved.snapshot, stats).await {
+                    Ok(()) => saved.published = true,
+                    Err(PublishError::Fenced) => {
+                        self.stop_writing();
+                        return Err(PublishError::Fenced.to_string());
+                    }
+                    Err(e) => tracing::warn!(event = "publish_failed", snapshot = %saved.snapshot, error = %e),
+                }
+            }
+        }
+        VolumeMarker {
+            workspace: self.cfg.workspace.to_string(),
+            generation: self.cfg.generation.0,
+            snapshot: Some(saved.snapshot.clone()),
+            seq: saved.seq,
+        }
+        .write(&self.cfg.dir);
+        self.durable_now();
+        metrics::counter!("berth_agent_snapshots_total", "outcome" => if saved.unchanged { "unchanged" } else { "published" }).increment(1);
+        metrics::counter!("berth_agent_bytes_uploaded_total").increment(saved.bytes_uploaded);
+        metrics::histogram!("berth_agent_snapshot_duration_seconds").record(saved.secs);
+        tracing::info!(
+            event = "snapshot_durable",
+            reason,
+            snapshot = %saved.snapshot,
+            seq = saved.seq,
+            unchanged = saved.unchanged,
+            secs = saved.secs,
+            bytes_uploaded = saved.bytes_uploaded,
+            published = saved.published,
+        );
+        Ok(Some(saved))
+    }
+
+    /// Whether a changed path matters (not berth's own state, not excluded).
+    fn relevant(&self, path: &Path) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.cfg.dir) else { return false };
+        let bytes = rel.as_os_str().as_encoded_bytes();
+        if bytes.is_empty() || bytes.starts_with(b".berth/") || bytes == b".berth" {
+            return false;
+        }
+        let mut prefix = Vec::with_capacity(bytes.len());
+        for (i, part) in bytes.split(|b| *b == b'/').enumerate() {
+            if i > 0 {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(part);
+            let is_last = prefix.len() == bytes.len();
+            if self.excludes.is_excluded(&prefix, !is_last) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs the schedule until `stop`: snapshots on the interval and a debounce after changes.
+    /// A snapshot under way when `stop` fires is abandoned (nothing of it becomes visible).
+    pub async fn run(self: &Arc<Self>, stop: CancellationToken) {
+        if self.ephemeral() {
+            tracing::warn!(
+                event = "workspace_ephemeral",
+                dir = %self.cfg.dir.display(),
+                hint = "no object store is configured (--store): nothing is saved, and the work is lost with the sandbox"
+            );
+            stop.cancelled().await;
+            return;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<PathBuf>)>();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                    let _ = tx.send((Instant::now(), ev.paths));
+                }
+            }
+        })
+        .and_then(|mut w| w.watch(&self.cfg.dir, notify::RecursiveMode::Recursive).map(|_| w));
+        let polling = match &watcher {
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(event = "watch_unavailable", error = %e, fallback = "scanning every 15 s");
+                true
+            }
+        };
+        let origin = Instant::now();
+        let ms = |t: Instant| t.saturating_duration_since(origin).as_millis() as u64;
+        let schedule = Schedule {
+            interval_ms: if polling { POLL.as_millis() as u64 } else { self.cfg.interval_secs.max(1) * 1000 },
+            first_after_ms: self.cfg.first_after_secs * 1000,
+            debounce_ms: self.cfg.debounce_ms,
+        };
+        let mut sched = Scheduler::new(schedule, 0);
+        loop {
+            let wake = sched
+                .next_due()
+                .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(ms(Instant::now()))));
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some((at, paths)) = rx.recv() => {
+                    if paths.iter().any(|p| self.relevant(p)) {
+                        sched.changed(ms(at));
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(wake) => {}
+            }
+            let now = ms(Instant::now());
+            let Some(reason) = sched.due(now) else { continue };
+            let covered = sched.dirty_since();
+            sched.started(now);
+            let result = tokio::select! {
+                r = self.snapshot(reason.as_str(), GitMode::IfDue, None) => r,
+                _ = stop.cancelled() => break,
+            };
+            if let Err(e) = &result {
+                tracing::warn!(event = "snapshot_failed", reason = reason.as_str(), error = %e);
+            }
+            sched.finished(ms(Instant::now()), result.is_ok(), covered);
+            if !self.writing() {
+                stop.cancelled().await;
+                break;
+            }
+        }
+        drop(watcher);
+    }
+}
