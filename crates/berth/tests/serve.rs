@@ -6,101 +6,15 @@ mod util;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_api::client::EventQuery;
 use berth_api::{Attach, Client, EnsureWorkspace, WorkspaceState};
 use util::Run;
 
-const ADMIN: &str = "serve-test-admin-token-42";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A running `berth serve`.
-struct Server {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Starts `berth serve` in `cwd` with `args`, logging JSON to `log`.
-    fn start(cwd: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.current_dir(cwd)
-            .arg("serve")
-            .args(["--listen", &listen])
-            .args(args)
-            .env_remove("BERTH_ADMIN_TOKEN")
-            .env_remove("BERTH_DATABASE_URL")
-            .env_remove("BERTH_DATA_DIR")
-            .env("BERTH_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::OpenOptions::new().create(true).append(true).open(log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn berth serve");
-        let server = Server { child, url: format!("http://{listen}"), log: log.to_path_buf() };
-        server.wait_healthy();
-        server
-    }
-
-    fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = self.url.trim_start_matches("http://").to_string();
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "berth serve did not come up at {}; log:\n{}",
-            self.url,
-            fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-
-    fn client(&self, token: &str) -> Client {
-        Client::new(&self.url, token).unwrap()
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, then asserts a clean exit within `secs`.
-    fn terminate(mut self, secs: u64) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "berth serve exited with {status} on SIGTERM");
-                return;
-            }
-            assert!(Instant::now() < deadline, "berth serve did not exit within {secs} s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use util::serve::{rt, Server, ADMIN};
 
 fn metric(url: &str, name: &str) -> f64 {
     let body = reqwest::blocking_get(format!("{url}/metrics"));
@@ -117,10 +31,6 @@ mod reqwest {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
     }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 fn cli(cwd: &Path, server: &Server, args: &[&str]) -> Run {

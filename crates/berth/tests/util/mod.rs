@@ -4,6 +4,9 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod git;
+pub mod serve;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;

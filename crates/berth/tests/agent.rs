@@ -1,0 +1,747 @@
+//! `berth agent` end to end, with real processes, signals, git (a `file://` remote and a
+//! loopback smart-HTTP remote that requires a token), a real S3 server (moto), and the real
+//! control plane: drain on SIGTERM and restore elsewhere, SIGKILL at random moments, a stubborn
+//! agent and the drain budget, the crash sweep, secrets, and a reused owner name.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use berth_api::{Attach, Client, EnsureWorkspace, RepoSpec, Session};
+use util::git::{bare_repo, git, GitHttp};
+use util::serve::{rt, terminate, Server, ADMIN};
+use util::Run;
+
+const GIT_TOKEN: &str = "ghs_e2eGitToken0123456789abcdef";
+
+fn berth() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+    for v in [
+        "BERTH_TOKEN",
+        "BERTH_SERVER",
+        "BERTH_STORE",
+        "BERTH_DIR",
+        "BERTH_WORKSPACE",
+        "BERTH_GIT_TOKEN",
+        "BERTH_AGENT_SPEC",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("BERTH_LOG", "info").env("BERTH_LOG_FORMAT", "json");
+    if let Ok(endpoint) = std::env::var("BERTH_TEST_S3_ENDPOINT") {
+        c.env("AWS_ENDPOINT_URL", endpoint);
+    }
+    c
+}
+
+/// A running `berth agent run`.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(args: &[&str], command: &[&str], log: &Path) -> Agent {
+        let mut c = berth();
+        c.arg("agent").arg("run").args(args).arg("--").args(command);
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(log).unwrap());
+        Agent { child: c.spawn().expect("spawn berth agent run"), log: log.to_path_buf() }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has a line with all of `parts`.
+    fn wait_for(&self, parts: &[&str], secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if self.log().lines().any(|l| parts.iter().all(|p| l.contains(p))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no log line with {parts:?} within {secs} s:\n{}", self.log());
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3_store(hint: &str) -> String {
+    let endpoint = std::env::var("BERTH_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!("BERTH_TEST_S3_ENDPOINT is not set: this test needs the S3 test server; run it with `./dev test`")
+    });
+    let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let bucket = format!("berth-agent-{hint}-{nanos}");
+    let status = rt()
+        .block_on(async { reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap().status() });
+    assert!(status.is_success(), "creating bucket {bucket}: {status}");
+    format!("s3://{bucket}/ws")
+}
+
+/// The scripted agent: commits, then leaves staged, unstaged and untracked changes (text and
+/// binary) in every repo, keeps a SQLite database open with uncheckpointed WAL, writes a marker
+/// and waits. With `stubborn`, it ignores SIGTERM.
+fn script(dir: &Path, repos: &[&str], stubborn: bool) -> PathBuf {
+    let mut s = String::from("#!/bin/sh\nset -e\n");
+    for r in repos {
+        s.push_str(&format!(
+            "cd \"$BERTH_DIR/{r}\"\n\
+             echo 'committed work' > work.txt && git add work.txt\n\
+             git -c user.name=agent -c user.email=agent@example.test commit -q -m 'agent commit'\n\
+             echo staged > staged.txt && git add staged.txt\n\
+             echo 'unstaged change' >> work.txt\n\
+             echo untracked > untracked.txt\n\
+             printf '\\000\\001\\002\\377binary' > blob.bin\n"
+        ));
+    }
+    s.push_str(concat!(
+        "python3 - <<'PY' &\n",
+        "import os, sqlite3, time\n",
+        "c = sqlite3.connect(os.environ['BERTH_DIR'] + '/memory.db')\n",
+        "c.execute('pragma journal_mode=wal')\n",
+        "c.execute('create table notes (v text)')\n",
+        "for i in range(50):\n",
+        "    c.execute('insert into notes values (?)', ('note %d' % i,))\n",
+        "c.commit()\n",
+        "open(os.environ['BERTH_DIR'] + '/../agent-ready', 'w').write('ok')\n",
+        "time.sleep(3600)\n",
+        "PY\n",
+    ));
+    if stubborn {
+        s.push_str("trap '' TERM\nwhile true; do sleep 0.1; done\n");
+    } else {
+        s.push_str("trap 'exit 0' TERM\nwhile true; do sleep 0.1; done\n");
+    }
+    let path = dir.join(if stubborn { "stubborn.sh" } else { "agent.sh" });
+    fs::write(&path, s).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn wait_file(path: &Path, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} did not appear within {secs} s", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Git state of a checkout as comparable text: branch, HEAD, staged and unstaged diffs,
+/// untracked files.
+fn git_picture(repo: &Path) -> BTreeMap<&'static str, String> {
+    [
+        ("branch", git(repo, &["symbolic-ref", "--short", "HEAD"])),
+        ("head", git(repo, &["rev-parse", "HEAD"])),
+        ("staged", git(repo, &["diff", "--cached", "--binary"])),
+        ("unstaged", git(repo, &["diff", "--binary"])),
+        ("untracked", git(repo, &["ls-files", "--others", "--exclude-standard"])),
+        ("status", git(repo, &["status", "--porcelain"])),
+    ]
+    .into()
+}
+
+fn write_spec(path: &Path, session: &Session, server: &str) {
+    let spec = serde_json::json!({"session": session, "server": server});
+    fs::write(path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn attach(c: &Client, owner: &str, instance: &str) -> Session {
+    rt().block_on(c.attach(owner, &Attach { instance_id: instance.into(), node: None, pool: None })).expect("attach")
+}
+
+/// Every file under `dir`, with its content.
+fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(p);
+            } else if t.is_file() {
+                out.push((p.clone(), fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+fn assert_absent(secret: &str, what: &str, haystacks: &[(PathBuf, Vec<u8>)]) {
+    for (path, bytes) in haystacks {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{what} appears in {}", path.display());
+    }
+}
+
+#[test]
+fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let jobs = root.join("jobs");
+    let store = s3_store("e2e");
+    let remotes = root.join("remotes");
+    fs::create_dir_all(&remotes).unwrap();
+    let app = bare_repo(&remotes, "app");
+    let http_root = root.join("http");
+    fs::create_dir_all(&http_root).unwrap();
+    bare_repo(&http_root, "lib");
+    let gh = GitHttp::start(&http_root, &root.join("githttp"), GIT_TOKEN);
+
+    let server = Server::start(
+        &root,
+        &root.join("serve.log"),
+        &["--data-dir", root.join("data").to_str().unwrap(), "--store-url", &store],
+        &[("BERTH_ADMIN_TOKEN", ADMIN)],
+    );
+    let admin = server.client(ADMIN);
+    let repos = vec![
+        RepoSpec { url: format!("file://{}", app.display()), branch: None, depth: None, path: None },
+        RepoSpec {
+            url: format!("{}/lib.git", gh.url),
+            branch: Some("main".into()),
+            depth: None,
+            path: Some("libs/lib".into()),
+        },
+    ];
+    rt().block_on(admin.ensure("agent:e2e", &EnsureWorkspace { repos, ..Default::default() })).unwrap();
+    let session = attach(&admin, "agent:e2e", "pod-a");
+    let spec = root.join("spec-a.json");
+    write_spec(&spec, &session, &server.url);
+    let ws = match &session.mount {
+        berth_api::Mount::Local { path, .. } => PathBuf::from(path),
+        other => panic!("local mount expected, got {other:?}"),
+    };
+    let agent_script = script(&root, &["app", "libs/lib"], false);
+    // Watch every process's argv for the git token while the agent runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let argv_leak = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen = None;
+            while !stop.load(Ordering::Relaxed) {
+                for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
+                        if cmd.windows(GIT_TOKEN.len()).any(|w| w == GIT_TOKEN.as_bytes()) {
+                            seen = Some(String::from_utf8_lossy(&cmd).replace('\0', " "));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
+    let args = [
+        "--spec",
+        spec.to_str().unwrap(),
+        "--base",
+        jobs.to_str().unwrap(),
+        "--first-after",
+        "1",
+        "--interval",
+        "3",
+        "--debounce",
+        "300",
+        "--grace",
+        "20",
+        "--credential-endpoint",
+        &format!("{}/token", gh.url),
+        "--identity-token-file",
+        gh.identity_file.to_str().unwrap(),
+    ];
+    let mut agent = Agent::start(&args, &[agent_script.to_str().unwrap()], &root.join("agent-a.log"));
+    agent.wait_for(&["init_phase", "ready"], 60);
+    wait_file(&ws.join("../agent-ready"), 60);
+    // A snapshot after the agent's work, published to the control plane.
+    let before = rt().block_on(admin.workspace("agent:e2e")).unwrap().latest_snapshot;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = rt().block_on(admin.workspace("agent:e2e")).unwrap().latest_snapshot;
+        if now.is_some() && now != before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot published; log:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pictures: Vec<_> = ["app", "libs/lib"].iter().map(|r| git_picture(&ws.join(r))).collect();
+
+    let took = terminate(&mut agent.child, 25, "berth agent run");
+    eprintln!("drain took {took:?}");
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(argv_leak.join().unwrap(), None, "the git token was in a process's argv");
+
+    // The work in progress reached both remotes, on their branch.
+    for bare in [app.clone(), http_root.join("lib.git")] {
+        let subject = git(&bare, &["log", "-1", "--format=%s", "main"]);
+        assert!(subject.starts_with("berth: work in progress of agent:e2e"), "{}: {subject}", bare.display());
+        let files = git(&bare, &["ls-tree", "-r", "--name-only", "main"]);
+        for f in ["work.txt", "staged.txt", "untracked.txt", "blob.bin"] {
+            assert!(files.lines().any(|l| l == f), "{f} not in the WIP commit of {}: {files}", bare.display());
+        }
+    }
+    // The drain was recorded; the final snapshot was published; the session let go.
+    let w = rt().block_on(admin.workspace("agent:e2e")).unwrap();
+    assert!(w.draining, "the drain stays until the replacement acknowledges");
+    assert!(w.lease.is_none(), "the drained sandbox detached");
+    let final_snapshot = w.latest_snapshot.clone().unwrap();
+    assert!(agent.log().contains(&final_snapshot[..16]), "the final snapshot is the drain's");
+
+    // The replacement attaches (the handover nonce comes with it) and initialises a fresh dir.
+    let replacement = attach(&admin, "agent:e2e", "pod-b");
+    assert!(replacement.handover.is_some(), "the attach carries the handover");
+    let spec_b = root.join("spec-b.json");
+    write_spec(&spec_b, &replacement, &server.url);
+    let fresh = root.join("fresh");
+    let mut init = berth();
+    init.args(["agent", "init", "--json", "--spec", spec_b.to_str().unwrap(), "--dir", fresh.to_str().unwrap()])
+        .args(["--base", root.join("jobs").to_str().unwrap()])
+        .args([
+            "--credential-endpoint",
+            &format!("{}/token", gh.url),
+            "--identity-token-file",
+            gh.identity_file.to_str().unwrap(),
+        ]);
+    let out = Run::of(init).ok();
+    let report = out.json();
+    assert_eq!(report["restore"], "restored", "{out:?}");
+    assert_eq!(report["snapshot"], final_snapshot.as_str());
+    for (i, r) in ["app", "libs/lib"].iter().enumerate() {
+        assert_eq!(git_picture(&fresh.join(r)), pictures[i], "git state of {r} after restore");
+        assert_eq!(fs::read(fresh.join(r).join("blob.bin")).unwrap(), b"\x00\x01\x02\xffbinary");
+    }
+    let notes = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import sqlite3; print(sqlite3.connect('{}').execute('select count(*) from notes').fetchone()[0])",
+                fresh.join("memory.db").display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&notes.stdout).trim(), "50", "the SQLite database came back whole");
+    assert!(fresh.join(".berth/run/ready").exists());
+    // The replacement's ready-ack cleared the drain.
+    let d = rt().block_on(admin.drain("workspace:agent:e2e")).unwrap();
+    assert_eq!((d.draining, d.cleared_by.as_deref()), (false, Some("ack")));
+
+    // No token anywhere: logs, the restored tree (the snapshot, git metadata included), the
+    // original workspace's git metadata, the store's objects.
+    let mut haystacks = all_files(&fresh);
+    haystacks.extend(all_files(&ws.join("app/.git")));
+    haystacks.extend(all_files(&ws.join("libs/lib/.git")));
+    for log in ["agent-a.log", "serve.log"] {
+        haystacks.push((root.join(log), fs::read(root.join(log)).unwrap()));
+    }
+    haystacks.push((PathBuf::from("init stdout+stderr"), format!("{}{}", out.stdout, out.stderr).into_bytes()));
+    assert_absent(GIT_TOKEN, "the git token", &haystacks);
+    assert_absent(&session.token, "the sandbox token", &haystacks);
+    assert_absent(ADMIN, "the admin token", &haystacks);
+    // Credential files went with the job.
+    let leftovers: Vec<_> = fs::read_dir(root.join("jobs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("creds-"))
+        .collect();
+    assert!(leftovers.is_empty(), "credential dirs left behind: {leftovers:?}");
+}
+
+#[test]
+fn a_stubborn_agent_still_gets_a_pushed_wip_commit_within_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let jobs = root.join("jobs");
+    let remote = bare_repo(&root, "app");
+    let ws = root.join("ws");
+    let stubborn = script(&root, &["app"], true);
+    let store = format!("file://{}", root.join("store").display());
+    let args = [
+        "--dir",
+        ws.to_str().unwrap(),
+        "--store",
+        &store,
+        "--workspace",
+        "agent:stubborn",
+        "--repos",
+        &format!("file://{}", remote.display()),
+        "--base",
+        jobs.to_str().unwrap(),
+        "--grace",
+        "10",
+        "--first-after",
+        "60",
+    ];
+    let mut agent = Agent::start(&args, &[stubborn.to_str().unwrap()], &root.join("agent.log"));
+    wait_file(&root.join("agent-ready"), 60);
+    let took = terminate(&mut agent.child, 12, "berth agent run with a stubborn child");
+    assert!(took <= Duration::from_secs(11), "the drain took {took:?}, over its 10 s budget");
+    let log = agent.log();
+    assert!(log.contains("did not exit within"), "the child ignored its nudge: {log}");
+    assert!(log.contains("stopped the agent's process tree"), "{log}");
+    assert!(git(&remote, &["log", "-1", "--format=%s", "main"]).starts_with("berth: work in progress"));
+    // The final snapshot holds the state the stubborn agent left.
+    let restored = root.join("restored");
+    let out = Run::of({
+        let mut c = berth();
+        c.args([
+            "agent",
+            "init",
+            "--json",
+            "--dir",
+            restored.to_str().unwrap(),
+            "--store",
+            &store,
+            "--workspace",
+            "agent:stubborn",
+        ])
+        .args(["--base", root.join("jobs").to_str().unwrap()]);
+        c
+    })
+    .ok();
+    assert_eq!(out.json()["restore"], "restored");
+    assert_eq!(fs::read_to_string(restored.join("app/untracked.txt")).unwrap(), "untracked\n");
+}
+
+/// The writer behind the crash rounds: every 50 ms it rewrites `counter` (its line count so
+/// far) and appends a line to `log`, and records the wall time of each write in `times`.
+fn writer(dir: &Path) -> PathBuf {
+    let path = dir.join("writer.sh");
+    fs::write(
+        &path,
+        "#!/bin/sh\nn=$(cat \"$BERTH_DIR/counter\" 2>/dev/null || echo 0)\nwhile true; do\n  n=$((n+1))\n  \
+         echo \"line $n\" >> \"$BERTH_DIR/log.txt\"\n  echo $n > \"$BERTH_DIR/counter.tmp\" && mv \"$BERTH_DIR/counter.tmp\" \"$BERTH_DIR/counter\"\n  \
+         echo \"$n $(date +%s.%N)\" >> \"$BERTH_DIR/../times\"\n  sleep 0.05\ndone\n",
+    )
+    .unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn sigkill_at_random_moments_never_restores_a_torn_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let jobs = root.join("jobs");
+    let store = format!("file://{}", root.join("store").display());
+    let writer = writer(&root);
+    let (interval, debounce_ms) = (2u64, 300u64);
+    let mut seed = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    if let Ok(s) = std::env::var("SIGKILL_SEED") {
+        seed = s.parse().unwrap();
+    }
+    eprintln!("SIGKILL_SEED={seed}");
+    let mut rng = util::Rng::new(seed);
+    let mut worst_lost = 0f64;
+    let mut dir = root.join("round-0");
+    fs::create_dir_all(&dir).unwrap();
+    for round in 0..20 {
+        let _ = fs::remove_file(root.join("times"));
+        let args = [
+            "--dir",
+            dir.to_str().unwrap(),
+            "--store",
+            &store,
+            "--workspace",
+            "agent:crash",
+            "--base",
+            jobs.to_str().unwrap(),
+            "--interval",
+            &interval.to_string(),
+            "--first-after",
+            "1",
+            "--debounce",
+            &debounce_ms.to_string(),
+        ];
+        let mut agent = Agent::start(&args, &[writer.to_str().unwrap()], &root.join(format!("agent-{round}.log")));
+        agent.wait_for(&["init_phase", "ready"], 60);
+        std::thread::sleep(Duration::from_millis(1500 + rng.below(2500)));
+        agent.child.kill().unwrap();
+        let killed = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        agent.child.wait().unwrap();
+        // The writer dies with the sandbox (its process group), as it would with the pod.
+        let _ = Command::new("pkill").args(["-KILL", "-f", writer.to_str().unwrap()]).status();
+        // The next sandbox starts in a fresh directory (the volume is gone) and restores.
+        let next = root.join(format!("round-{}", round + 1));
+        let out = Run::of({
+            let mut c = berth();
+            c.args([
+                "agent",
+                "init",
+                "--json",
+                "--dir",
+                next.to_str().unwrap(),
+                "--store",
+                &store,
+                "--workspace",
+                "agent:crash",
+            ])
+            .args(["--base", root.join("jobs").to_str().unwrap()]);
+            c
+        })
+        .ok();
+        let report = out.json();
+        assert!(report["ready"].as_bool().unwrap(), "round {round}: {out:?}");
+        if report["restore"] != "restored" {
+            assert_eq!(report["restore"], "never_backed_up", "round {round}");
+            assert_eq!(round, 0, "only the first round may end before any snapshot");
+            dir = next;
+            continue;
+        }
+        // Never torn: the restored tree is consistent within each file (the log has every line up
+        // to its last), and the counter is one the writer wrote.
+        let log = fs::read_to_string(next.join("log.txt")).unwrap();
+        for (i, line) in log.lines().enumerate() {
+            assert_eq!(line, format!("line {}", i + 1), "round {round}: log.txt is torn");
+        }
+        let restored: u64 = fs::read_to_string(next.join("counter")).unwrap().trim().parse().unwrap();
+        let times = fs::read_to_string(root.join("times")).unwrap_or_default();
+        let written: BTreeMap<u64, f64> = times
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter_map(|(n, t)| Some((n.parse().ok()?, t.parse().ok()?)))
+            .collect();
+        if let Some(t_restored) = written.get(&restored) {
+            // Lost work: how long before the kill the restored state was current.
+            let next_write = written.range(restored + 1..).next().map_or(killed, |(_, t)| *t);
+            let lost = killed - next_write;
+            worst_lost = worst_lost.max(lost);
+            assert!(
+                lost <= interval as f64 + debounce_ms as f64 / 1000.0 + 0.5,
+                "round {round}: lost {lost:.2} s of work (restored {restored} written at {t_restored})"
+            );
+        }
+        dir = next;
+    }
+    eprintln!("worst lost work over 20 rounds: {worst_lost:.2} s");
+    // Every snapshot in the store is complete.
+    Run::of({
+        let mut c = berth();
+        c.args(["snapshot", "verify", "--store", &store, "--workspace", "agent:crash", "--read-data"]);
+        c
+    })
+    .ok();
+}
+
+#[test]
+fn a_reused_owner_name_restores_nothing_of_the_old_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let jobs = root.join("jobs");
+    let store = format!("file://{}", root.join("store").display());
+    let server = Server::start(
+        &root,
+        &root.join("serve.log"),
+        &["--data-dir", root.join("data").to_str().unwrap(), "--store-url", &store],
+        &[("BERTH_ADMIN_TOKEN", ADMIN)],
+    );
+    let admin = server.client(ADMIN);
+    rt().block_on(admin.ensure("thread:reused", &EnsureWorkspace::default())).unwrap();
+    let s1 = attach(&admin, "thread:reused", "pod-1");
+    let spec = root.join("spec1.json");
+    write_spec(&spec, &s1, &server.url);
+    let ws1 = root.join("ws1");
+    let mut agent = Agent::start(
+        &[
+            "--spec",
+            spec.to_str().unwrap(),
+            "--dir",
+            ws1.to_str().unwrap(),
+            "--base",
+            jobs.to_str().unwrap(),
+            "--first-after",
+            "1",
+        ],
+        &["sh", "-c", "echo secret-of-the-old-owner > notes.txt; trap 'exit 0' TERM; while true; do sleep 0.1; done"],
+        &root.join("agent1.log"),
+    );
+    agent.wait_for(&["snapshot_durable", "\"published\":true"], 30);
+    terminate(&mut agent.child, 30, "berth agent run");
+    rt().block_on(async {
+        admin.delete("thread:reused").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while admin.workspace("thread:reused").await.unwrap().state != berth_api::WorkspaceState::Deleted {
+            assert!(Instant::now() < deadline, "deletion did not complete");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        admin.ensure("thread:reused", &EnsureWorkspace::default()).await.unwrap();
+    });
+    let s2 = attach(&admin, "thread:reused", "pod-2");
+    assert_eq!(s2.generation, 2);
+    let spec2 = root.join("spec2.json");
+    write_spec(&spec2, &s2, &server.url);
+    let ws2 = root.join("ws2");
+    let out = Run::of({
+        let mut c = berth();
+        c.args([
+            "agent",
+            "init",
+            "--json",
+            "--spec",
+            spec2.to_str().unwrap(),
+            "--dir",
+            ws2.to_str().unwrap(),
+            "--base",
+            root.join("jobs").to_str().unwrap(),
+        ]);
+        c
+    })
+    .ok();
+    assert_eq!(out.json()["restore"], "never_backed_up", "{out:?}");
+    assert!(!ws2.join("notes.txt").exists(), "the old owner's file came back");
+    // And the old generation's directory is refused for the new one.
+    let out = Run::of({
+        let mut c = berth();
+        c.args([
+            "agent",
+            "init",
+            "--spec",
+            spec2.to_str().unwrap(),
+            "--dir",
+            ws1.to_str().unwrap(),
+            "--base",
+            root.join("jobs").to_str().unwrap(),
+        ]);
+        c
+    });
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("error: ") && out.stderr.contains("generation 1"), "{out:?}");
+    assert!(ws1.join("notes.txt").exists(), "the refused directory is left as it was");
+}
+
+#[test]
+fn sigterm_during_init_never_leaves_a_ready_marker_and_no_store_is_ephemeral() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    // A "git host" that accepts connections and never answers: the clone hangs.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/stuck.git", hole.local_addr().unwrap());
+    let ws = root.join("ws");
+    let mut c = berth();
+    c.args(["agent", "init", "--dir", ws.to_str().unwrap(), "--workspace", "agent:term", "--repos", &url])
+        .args(["--base", root.join("jobs").to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    util::serve::signal(&child, rustix::process::Signal::TERM);
+    let started = Instant::now();
+    let out = loop {
+        if child.try_wait().unwrap().is_some() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "init did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not marked ready"));
+    assert!(!ws.join(".berth/run/ready").exists());
+    drop(hole);
+
+    // Without a store the agent runs, says the workspace is ephemeral, and exits with its child.
+    let mut agent = Agent::start(
+        &[
+            "--dir",
+            root.join("eph").to_str().unwrap(),
+            "--workspace",
+            "agent:eph",
+            "--base",
+            root.join("jobs").to_str().unwrap(),
+        ],
+        &["sh", "-c", "sleep 1; exit 0"],
+        &root.join("eph.log"),
+    );
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{}", agent.log());
+    assert!(agent.log().contains("workspace_ephemeral"), "{}", agent.log());
+}
+
+fn age(path: &Path, secs: u64) {
+    let when = SystemTime::now() - Duration::from_secs(secs);
+    let f = fs::File::options().read(true).open(path).unwrap();
+    f.set_modified(when).unwrap();
+}
+
+#[test]
+fn the_sweep_judges_each_leftover_on_its_own_and_spares_live_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fs::canonicalize(tmp.path()).unwrap().join("jobs");
+    fs::create_dir_all(&base).unwrap();
+    let mk = |name: &str, old: bool| {
+        let p = base.join(name);
+        if name.ends_with(".lock") {
+            fs::write(&p, b"").unwrap();
+        } else {
+            fs::create_dir_all(&p).unwrap();
+            fs::write(p.join("f"), b"x").unwrap();
+        }
+        if old {
+            age(&p, 7200);
+        }
+        p
+    };
+    // A dead job's full triple and lock, all old: all go.
+    let dead = ["j1-aa.lock", "creds-j1-aa", "work-j1-aa", "artifacts-j1-aa"].map(|n| mk(n, true));
+    // A partial orphan: an old credential dir beside a fresh clone: the old one goes alone.
+    let old_creds = mk("creds-j2-bb", true);
+    let fresh_work = mk("work-j2-bb", false);
+    // A live job (its lock held by another process), with old files: untouched.
+    let live_lock = mk("j3-cc.lock", true);
+    let live = [mk("creds-j3-cc", true), mk("work-j3-cc", true)];
+    let holder = Command::new("flock")
+        .arg(&live_lock)
+        .args(["sleep", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("flock (util-linux)");
+    std::thread::sleep(Duration::from_millis(300));
+    // Something that is not berth's: never touched.
+    let foreign = mk("notes", true);
+
+    let sweep = |base: &Path| {
+        Run::of({
+            let mut c = berth();
+            c.args(["agent", "sweep", "--json", "--ttl", "1h", "--base", base.to_str().unwrap()]);
+            c
+        })
+    };
+    let out = sweep(&base).ok();
+    let report = out.json();
+    let mut swept: Vec<String> =
+        report["swept"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    swept.sort();
+    assert_eq!(swept, ["artifacts-j1-aa", "creds-j1-aa", "creds-j2-bb", "j1-aa.lock", "work-j1-aa"]);
+    assert_eq!(report["skipped_live"], 3);
+    assert!(dead.iter().chain([&old_creds]).all(|p| !p.exists()));
+    assert!(fresh_work.exists() && foreign.exists() && live.iter().all(|p| p.exists()) && live_lock.exists());
+    assert!(out.stderr.contains("\"sweep\"") && out.stderr.contains("skipped_live"), "one log line per sweep: {out:?}");
+    let mut holder = holder;
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    // A missing base is fine; an unreadable one is logged.
+    assert_eq!(sweep(&base.join("missing")).ok().json()["swept"].as_array().unwrap().len(), 0);
+    let not_a_dir = base.join("file-not-dir");
+    fs::write(&not_a_dir, b"").unwrap();
+    let out = sweep(&not_a_dir).ok();
+    assert!(out.json()["unreadable"].is_string(), "{out:?}");
+    assert!(out.stderr.contains("sweep_base_unreadable"), "{out:?}");
+}
