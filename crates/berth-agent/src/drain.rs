@@ -136,6 +136,10 @@ pub async fn drain(
             }
             let t = Instant::now();
             let shown = repo.strip_prefix(&cfg.dir).map(|p| p.display().to_string()).unwrap_or_default();
+            if repo == cfg.dir {
+                // berth's own directory is never part of the work.
+                crate::git::ignore_berth_dir(&repo);
+            }
             let committed = tokio::time::timeout(c.left(), git.wip_commit(&repo, scratch, &cfg.author, &message)).await;
             match committed {
                 Ok(Ok(Some(commit))) => {

@@ -477,6 +477,25 @@ fn write_file(path: &Path, body: &[u8]) -> Result<(), GitError> {
     crate::layout::write_atomic(path, body).map_err(|e| local_error("capture", &e))
 }
 
+/// Makes git ignore `.berth/` in a repository at the workspace root (in `.git/info/exclude`,
+/// which is local and never pushed), so berth's state never shows as untracked work.
+pub fn ignore_berth_dir(repo: &Path) {
+    let exclude = repo.join(".git/info/exclude");
+    let current = std::fs::read_to_string(&exclude).unwrap_or_default();
+    if current.lines().any(|l| l.trim() == "/.berth/") {
+        return;
+    }
+    let _ = std::fs::create_dir_all(repo.join(".git/info"));
+    let mut body = current;
+    if !body.is_empty() && !body.ends_with('\n') {
+        body.push('\n');
+    }
+    body.push_str("# berth's own state\n/.berth/\n");
+    if let Err(e) = std::fs::write(&exclude, body) {
+        tracing::warn!(event = "git_exclude_failed", repo = %repo.display(), error = %e);
+    }
+}
+
 /// Finds git repositories in `dir` down to `depth` levels (not inside `.berth`, `.git` or
 /// other repositories' `.git`).
 pub fn find_repos(dir: &Path, depth: usize) -> Vec<PathBuf> {

@@ -467,6 +467,9 @@ pub async fn init(
         return Err(cancelled(r));
     }
 
+    if cfg.dir.join(".git").is_dir() {
+        crate::git::ignore_berth_dir(&cfg.dir);
+    }
     let t = Instant::now();
     if !matches!(state, DirState::Ours(_)) && r.report.restore != "restored" {
         VolumeMarker {

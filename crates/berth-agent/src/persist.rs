@@ -200,6 +200,9 @@ impl Persister {
             return;
         }
         for repo in self.repos() {
+            if repo == self.cfg.dir {
+                crate::git::ignore_berth_dir(&repo);
+            }
             let Some(out) = layout::git_state(&self.cfg.dir, &repo) else { continue };
             let refs =
                 self.git.run(&repo, &["for-each-ref", "--format=%(refname) %(objectname)"]).await.unwrap_or_default();
