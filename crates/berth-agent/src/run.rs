@@ -100,6 +100,11 @@ pub async fn init_only(cfg: AgentConfig, signals: Signals, progress: &(dyn Fn(&P
         Err(e) => return Outcome::failed(exit::FAILED, e, None),
     };
     let cancel = any_of(&signals);
+    // The lease must stay live while init works (a restore can outlast it).
+    let heartbeats = CancellationToken::new();
+    if let Some(c) = &prepared.control {
+        tokio::spawn(c.clone().heartbeat_loop(heartbeats.clone()));
+    }
     let result = init::init(
         &cfg,
         &prepared.job,
@@ -109,19 +114,22 @@ pub async fn init_only(cfg: AgentConfig, signals: Signals, progress: &(dyn Fn(&P
         progress,
     )
     .await;
+    heartbeats.cancel();
     drop(prepared);
     match result {
         Ok((report, _)) => Outcome { code: exit::OK, message: None, init: Some(report) },
-        Err(e) => {
-            let code = if signals.term.is_cancelled() {
-                exit::TERMINATED
-            } else if signals.int.is_cancelled() {
-                exit::INTERRUPTED
-            } else {
-                exit::FAILED
-            };
-            Outcome::failed(code, e.to_string(), Some(*e.0))
-        }
+        Err(e) => Outcome::failed(failure_code(&signals), e.to_string(), Some(*e.0)),
+    }
+}
+
+/// The exit code of a failed init: interrupted by a signal, or failed.
+fn failure_code(signals: &Signals) -> i32 {
+    if signals.term.is_cancelled() {
+        exit::TERMINATED
+    } else if signals.int.is_cancelled() {
+        exit::INTERRUPTED
+    } else {
+        exit::FAILED
     }
 }
 
@@ -179,36 +187,34 @@ pub async fn run(cfg: AgentConfig, argv: Vec<String>, signals: Signals, progress
         Err(e) => return Outcome::failed(exit::FAILED, e, None),
     };
     let cancel = any_of(&signals);
+    let stop = CancellationToken::new();
+    // Heartbeats start before init: the lease must stay live while init works.
+    if let Some(c) = &prepared.control {
+        tokio::spawn(c.clone().heartbeat_loop(stop.clone()));
+    }
     let store = prepared.repo.as_ref().map(Option::as_ref).map_err(Clone::clone);
     let (report, creds) =
         match init::init(&cfg, &prepared.job, store, prepared.control.as_ref(), &cancel, progress).await {
             Ok(x) => x,
             Err(e) => {
-                let code = if signals.term.is_cancelled() {
-                    exit::TERMINATED
-                } else if signals.int.is_cancelled() {
-                    exit::INTERRUPTED
-                } else {
-                    exit::FAILED
-                };
-                return Outcome::failed(code, e.to_string(), Some(*e.0));
+                stop.cancel();
+                return Outcome::failed(failure_code(&signals), e.to_string(), Some(*e.0));
             }
         };
     let git = Git::new(creds.as_ref());
     let repo = prepared.repo.as_ref().ok().cloned().flatten();
     let persister = match Persister::new(cfg.clone(), repo, prepared.control.clone(), git.clone()) {
         Ok(p) => Arc::new(p),
-        Err(e) => return Outcome::failed(exit::FAILED, e, Some(report)),
+        Err(e) => {
+            stop.cancel();
+            return Outcome::failed(exit::FAILED, e, Some(report));
+        }
     };
     if report.restore == "restored" || report.restore == "kept_local" {
         persister.durable_now();
     }
-    let stop = CancellationToken::new();
     if let Some(addr) = cfg.metrics_listen {
         serve_metrics(addr, persister.clone(), stop.clone());
-    }
-    if let Some(c) = &prepared.control {
-        tokio::spawn(c.clone().heartbeat_loop(stop.clone()));
     }
     let persist_stop = stop.child_token();
     let persist_task = {
@@ -231,6 +237,22 @@ pub async fn run(cfg: AgentConfig, argv: Vec<String>, signals: Signals, progress
         }
     }
     let mut view = prepared.control.as_ref().map(|c| c.view());
+    {
+        // How much work is at risk, in the log once a minute.
+        let (p, s) = (persister.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = s.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                }
+                match p.seconds_since_durable() {
+                    Some(secs) => tracing::info!(event = "status", seconds_since_snapshot = secs),
+                    None => tracing::info!(event = "status", seconds_since_snapshot = "never"),
+                }
+            }
+        });
+    }
     let code = loop {
         let changed = async {
             match view.as_mut() {
