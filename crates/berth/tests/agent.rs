@@ -41,6 +41,13 @@ fn berth() -> Command {
     c
 }
 
+/// Runs `berth agent ARGS` to completion.
+fn agent_cmd(args: &[&str]) -> Run {
+    let mut c = berth();
+    c.arg("agent").args(args);
+    Run::of(c)
+}
+
 /// A running `berth agent run`.
 struct Agent {
     child: Child,
@@ -397,22 +404,19 @@ fn a_stubborn_agent_still_gets_a_pushed_wip_commit_within_the_budget() {
     assert!(git(&remote, &["log", "-1", "--format=%s", "main"]).starts_with("berth: work in progress"));
     // The final snapshot holds the state the stubborn agent left.
     let restored = root.join("restored");
-    let out = Run::of({
-        let mut c = berth();
-        c.args([
-            "agent",
-            "init",
-            "--json",
-            "--dir",
-            restored.to_str().unwrap(),
-            "--store",
-            &store,
-            "--workspace",
-            "agent:stubborn",
-        ])
-        .args(["--base", root.join("jobs").to_str().unwrap()]);
-        c
-    })
+    let jobs = root.join("jobs");
+    let out = agent_cmd(&[
+        "init",
+        "--json",
+        "--dir",
+        restored.to_str().unwrap(),
+        "--store",
+        &store,
+        "--workspace",
+        "agent:stubborn",
+        "--base",
+        jobs.to_str().unwrap(),
+    ])
     .ok();
     assert_eq!(out.json()["restore"], "restored");
     assert_eq!(fs::read_to_string(restored.join("app/untracked.txt")).unwrap(), "untracked\n");
@@ -478,22 +482,19 @@ fn sigkill_at_random_moments_never_restores_a_torn_snapshot() {
         let _ = Command::new("pkill").args(["-KILL", "-f", writer.to_str().unwrap()]).status();
         // The next sandbox starts in a fresh directory (the volume is gone) and restores.
         let next = root.join(format!("round-{}", round + 1));
-        let out = Run::of({
-            let mut c = berth();
-            c.args([
-                "agent",
-                "init",
-                "--json",
-                "--dir",
-                next.to_str().unwrap(),
-                "--store",
-                &store,
-                "--workspace",
-                "agent:crash",
-            ])
-            .args(["--base", root.join("jobs").to_str().unwrap()]);
-            c
-        })
+        let jobs = root.join("jobs");
+        let out = agent_cmd(&[
+            "init",
+            "--json",
+            "--dir",
+            next.to_str().unwrap(),
+            "--store",
+            &store,
+            "--workspace",
+            "agent:crash",
+            "--base",
+            jobs.to_str().unwrap(),
+        ])
         .ok();
         let report = out.json();
         assert!(report["ready"].as_bool().unwrap(), "round {round}: {out:?}");
@@ -588,39 +589,13 @@ fn a_reused_owner_name_restores_nothing_of_the_old_generation() {
     let spec2 = root.join("spec2.json");
     write_spec(&spec2, &s2, &server.url);
     let ws2 = root.join("ws2");
-    let out = Run::of({
-        let mut c = berth();
-        c.args([
-            "agent",
-            "init",
-            "--json",
-            "--spec",
-            spec2.to_str().unwrap(),
-            "--dir",
-            ws2.to_str().unwrap(),
-            "--base",
-            root.join("jobs").to_str().unwrap(),
-        ]);
-        c
-    })
-    .ok();
+    let jobs = root.join("jobs");
+    let (spec2_s, jobs_s) = (spec2.to_str().unwrap(), jobs.to_str().unwrap());
+    let out = agent_cmd(&["init", "--json", "--spec", spec2_s, "--dir", ws2.to_str().unwrap(), "--base", jobs_s]).ok();
     assert_eq!(out.json()["restore"], "never_backed_up", "{out:?}");
     assert!(!ws2.join("notes.txt").exists(), "the old owner's file came back");
     // And the old generation's directory is refused for the new one.
-    let out = Run::of({
-        let mut c = berth();
-        c.args([
-            "agent",
-            "init",
-            "--spec",
-            spec2.to_str().unwrap(),
-            "--dir",
-            ws1.to_str().unwrap(),
-            "--base",
-            root.join("jobs").to_str().unwrap(),
-        ]);
-        c
-    });
+    let out = agent_cmd(&["init", "--spec", spec2_s, "--dir", ws1.to_str().unwrap(), "--base", jobs_s]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("error: ") && out.stderr.contains("generation 1"), "{out:?}");
     assert!(ws1.join("notes.txt").exists(), "the refused directory is left as it was");
@@ -718,13 +693,7 @@ fn the_sweep_judges_each_leftover_on_its_own_and_spares_live_jobs() {
     // Something that is not berth's: never touched.
     let foreign = mk("notes", true);
 
-    let sweep = |base: &Path| {
-        Run::of({
-            let mut c = berth();
-            c.args(["agent", "sweep", "--json", "--ttl", "1h", "--base", base.to_str().unwrap()]);
-            c
-        })
-    };
+    let sweep = |base: &Path| agent_cmd(&["sweep", "--json", "--ttl", "1h", "--base", base.to_str().unwrap()]);
     let out = sweep(&base).ok();
     let report = out.json();
     let mut swept: Vec<String> =

@@ -34,6 +34,10 @@ fn scope_param(s: &str) -> Result<Scope> {
     s.parse().map_err(|e: berth_core::scope::ScopeError| Error::BadRequest(e.to_string()))
 }
 
+fn instance_param(s: String) -> Result<InstanceId> {
+    InstanceId::new(s).map_err(|e| Error::BadRequest(format!("instance_id: {e}")))
+}
+
 fn place(field: &str, v: Option<String>) -> Result<Option<PlaceName>> {
     v.map(PlaceName::new).transpose().map_err(|e| Error::BadRequest(format!("{field}: {e}")))
 }
@@ -184,7 +188,7 @@ pub async fn attach(
     principal.admin()?;
     let owner = owner_param(&owner)?;
     let body: api::Attach = parse_body(&body)?;
-    let instance = InstanceId::new(body.instance_id).map_err(|e| Error::BadRequest(format!("instance_id: {e}")))?;
+    let instance = instance_param(body.instance_id)?;
     let node = place("node", body.node)?;
     let pool = place("pool", body.pool)?;
     let cfg = &app.config;
@@ -228,7 +232,7 @@ pub async fn heartbeat(
     let id = session_param(&id)?;
     principal.session(&id)?;
     let body: api::Heartbeat = parse_body(&body)?;
-    let instance = InstanceId::new(body.instance_id).map_err(|e| Error::BadRequest(format!("instance_id: {e}")))?;
+    let instance = instance_param(body.instance_id)?;
     let cfg = &app.config;
     let hb = app.meta.heartbeat(&id, body.epoch, &instance, now(), cfg.lease_ttl_secs, cfg.drain_timeout_secs).await?;
     metrics::counter!("berth_heartbeats_total").increment(1);
@@ -310,11 +314,7 @@ pub async fn start_drain(principal: Principal, State(app): State<Arc<App>>, body
     let body: api::StartDrain = parse_body(&body)?;
     let scope = scope_param(&body.scope)?;
     principal.scope(&scope)?;
-    let mut instance = body
-        .instance_id
-        .map(InstanceId::new)
-        .transpose()
-        .map_err(|e| Error::BadRequest(format!("instance_id: {e}")))?;
+    let mut instance = body.instance_id.map(instance_param).transpose()?;
     if instance.is_none() {
         if let Principal::Sandbox { session, .. } = &principal {
             instance = Some(app.meta.session(session).await?.instance);
