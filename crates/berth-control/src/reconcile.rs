@@ -144,6 +144,11 @@ async fn delete_one(app: &App, claimed: &Claimed) -> Result<()> {
                 }
             }
         }
+        if step == DeleteStep::RetireSnapshots {
+            if let Err(msg) = forget_in_store(app, claimed).await {
+                return app.meta.delete_step_failed(claimed, &app.replica, Outcome::Error, &msg, now()).await;
+            }
+        }
         if !app.meta.delete_step_done(claimed, &app.replica, step, volume_outcome, now()).await? {
             // The claim was lost or the step already ran elsewhere: leave it to its holder.
             return Ok(());
@@ -156,6 +161,24 @@ async fn delete_one(app: &App, claimed: &Claimed) -> Result<()> {
             }
         }
     }
+}
+
+/// Forgets the deleted generation's snapshot records in the object store (when the server has
+/// one): the data goes with the store's next prune. A store berth never wrote is nothing to do.
+async fn forget_in_store(app: &App, claimed: &Claimed) -> std::result::Result<(), String> {
+    let Some(url) = &app.config.store else { return Ok(()) };
+    let store = berth_engine::store::open(url).map_err(|e| e.to_string())?;
+    let repo = match berth_engine::repo::Repo::open(store).await {
+        Ok(r) => r,
+        Err(berth_engine::error::EngineError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(format!("cannot open the snapshot store: {e}")),
+    };
+    let c = &claimed.candidate;
+    let n = berth_engine::maintain::forget_generation(&repo, &c.owner, c.generation)
+        .await
+        .map_err(|e| format!("forgetting the snapshots of generation {} in the store: {e}", c.generation))?;
+    tracing::info!(event = "snapshots_forgotten", owner = %c.owner, generation = c.generation.0, count = n);
+    Ok(())
 }
 
 /// Runs one volume GC sweep (`dry_run`: plan only); with `orphans`, the orphan sweep after it.

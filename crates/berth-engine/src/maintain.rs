@@ -193,6 +193,18 @@ pub async fn forget_apply(repo: &Repo, plan: &[ForgetGroup]) -> Result<u64> {
     Ok(n)
 }
 
+/// Forgets every snapshot of one workspace generation, the latest included: for an owner whose
+/// deletion was asked for. Their data goes with the next prune. Returns how many were forgotten;
+/// forgetting again finds nothing (idempotent).
+pub async fn forget_generation(repo: &Repo, workspace: &WorkspaceId, generation: Generation) -> Result<u64> {
+    let mut n = 0;
+    for s in repo.snapshots(Some(workspace), Some(generation)).await? {
+        repo.store().delete(&s.key).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// A prune plan with what it was computed from.
 #[derive(Debug)]
 pub struct Prune {

@@ -575,6 +575,16 @@ fn a_reused_owner_name_restores_nothing_of_the_old_generation() {
     );
     agent.wait_for(&["snapshot_durable", "\"published\":true"], 30);
     terminate(&mut agent.child, 30, "berth agent run");
+    let records = |store: &str| {
+        let ls = Run::of({
+            let mut c = berth();
+            c.args(["snapshot", "ls", "--store", store, "--workspace", "thread:reused", "--generation", "1", "--json"]);
+            c
+        })
+        .ok();
+        ls.json().as_array().map_or(0, Vec::len)
+    };
+    assert!(records(&store) > 0, "generation 1 has snapshots before the deletion");
     rt().block_on(async {
         admin.delete("thread:reused").await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -584,6 +594,7 @@ fn a_reused_owner_name_restores_nothing_of_the_old_generation() {
         }
         admin.ensure("thread:reused", &EnsureWorkspace::default()).await.unwrap();
     });
+    assert_eq!(records(&store), 0, "the deletion forgot the old generation's snapshots in the store");
     let s2 = attach(&admin, "thread:reused", "pod-2");
     assert_eq!(s2.generation, 2);
     let spec2 = root.join("spec2.json");
