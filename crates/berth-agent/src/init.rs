@@ -109,8 +109,8 @@ pub struct InitReport {
 enum DirState {
     /// Nothing (or only `lost+found` and berth's runtime files).
     Empty,
-    /// Written by berth for this workspace and generation, last saved as `seq`.
-    Ours(u64),
+    /// Written by berth for this workspace and generation.
+    Ours(VolumeMarker),
     /// Written by berth for another generation or workspace.
     Other(VolumeMarker),
     /// Files berth did not write.
@@ -120,7 +120,7 @@ enum DirState {
 fn inspect(cfg: &AgentConfig) -> DirState {
     if let Some(m) = VolumeMarker::read(&cfg.dir) {
         if m.workspace == cfg.workspace.as_str() && m.generation == cfg.generation.0 {
-            return DirState::Ours(m.seq);
+            return DirState::Ours(m);
         }
         return DirState::Other(m);
     }
@@ -257,7 +257,7 @@ pub async fn init(
     };
     let restore_from = match (&latest, &state) {
         (Ok(Some(s)), DirState::Empty) => Some(s.clone()),
-        (Ok(Some(s)), DirState::Ours(seq)) if s.record.seq > *seq => Some(s.clone()),
+        (Ok(Some(s)), DirState::Ours(m)) if !m.holds(s.record.seq, &s.record.host) => Some(s.clone()),
         (Ok(Some(_)), DirState::Foreign) => {
             return Err(r.fail(format!(
             "{} is not empty and was not written by berth; restoring snapshots of {} into it would replace its files. \
@@ -405,7 +405,7 @@ pub async fn init(
                 Ok(sum) => {
                     r.report.restore = "restored".into();
                     r.report.snapshot = Some(sum.snapshot.to_string());
-                    VolumeMarker { workspace: cfg.workspace.to_string(), generation: cfg.generation.0, snapshot: Some(sum.snapshot.to_string()), seq: sum.seq }
+                    VolumeMarker { workspace: cfg.workspace.to_string(), generation: cfg.generation.0, snapshot: Some(sum.snapshot.to_string()), seq: sum.seq, pending: None }
                         .write(&cfg.dir);
                     r.phase("restore", "ok", format!("snapshot {} (seq {}): {} files, {} bytes", sum.snapshot, sum.seq, sum.files, sum.bytes), t);
                 }
@@ -477,6 +477,7 @@ pub async fn init(
             generation: cfg.generation.0,
             snapshot: r.report.snapshot.clone(),
             seq: 0,
+            pending: None,
         }
         .write(&cfg.dir);
     }

@@ -76,9 +76,20 @@ pub struct VolumeMarker {
     pub snapshot: Option<String>,
     /// Its sequence number.
     pub seq: u64,
+    /// A publish under way from this directory: the seq it will get and the instance writing it.
+    /// A crash between the store's record and this marker's update leaves it here, so the next
+    /// init knows that snapshot came from this directory and keeps the (newer) local files.
+    #[serde(default)]
+    pub pending: Option<(u64, String)>,
 }
 
 impl VolumeMarker {
+    /// Returns whether the store's latest snapshot (`seq`, written by `host`) is no newer than
+    /// what this directory holds.
+    pub fn holds(&self, seq: u64, host: &str) -> bool {
+        seq <= self.seq || self.pending.as_ref().is_some_and(|(p, h)| *p == seq && h == host)
+    }
+
     /// Reads the marker of `dir`.
     pub fn read(dir: &Path) -> Option<VolumeMarker> {
         serde_json::from_slice(&std::fs::read(layout::volume_marker(dir)).ok()?).ok()
@@ -261,6 +272,13 @@ impl Persister {
         if !self.writing() {
             return Ok(None);
         }
+        let marker = VolumeMarker::read(&self.cfg.dir).unwrap_or_else(|| VolumeMarker {
+            workspace: self.cfg.workspace.to_string(),
+            generation: self.cfg.generation.0,
+            ..Default::default()
+        });
+        VolumeMarker { pending: Some((marker.seq + 1, self.cfg.instance.to_string())), ..marker.clone() }
+            .write(&self.cfg.dir);
         let summary = match create::create(repo, &opts, &Arc::new(Progress::default())).await {
             Ok(s) => s,
             Err(EngineError::Conflict(msg)) => {
@@ -308,6 +326,7 @@ impl Persister {
             generation: self.cfg.generation.0,
             snapshot: Some(saved.snapshot.clone()),
             seq: saved.seq,
+            pending: None,
         }
         .write(&self.cfg.dir);
         self.durable_now();
@@ -416,5 +435,22 @@ impl Persister {
             }
         }
         drop(watcher);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_marker_update_does_not_make_the_store_look_newer() {
+        let m = VolumeMarker { seq: 4, pending: Some((5, "pod-a".into())), ..Default::default() };
+        assert!(m.holds(4, "anyone"));
+        // Our own publish, whose marker update a crash cut off: the directory holds it.
+        assert!(m.holds(5, "pod-a"));
+        // Another writer's snapshot 5, or anything later, is newer than this directory.
+        assert!(!m.holds(5, "pod-b"));
+        assert!(!m.holds(6, "pod-a"));
+        assert!(!VolumeMarker { seq: 4, ..Default::default() }.holds(5, "pod-a"));
     }
 }
