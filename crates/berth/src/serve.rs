@@ -37,7 +37,7 @@ pub struct Serve {
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
     /// Object store for snapshots, handed to sandboxes (file:///PATH, s3://BUCKET/PREFIX).
-    #[arg(long, env = "BERTH_STORE", value_name = "URL")]
+    #[arg(long = "store", env = "BERTH_STORE", value_name = "URL")]
     store_url: Option<String>,
     /// Lease time to live; sandboxes heartbeat well within it.
     #[arg(long, default_value = "60s", value_parser = units::parse_duration)]

@@ -212,7 +212,7 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
     let server = Server::start(
         &root,
         &root.join("serve.log"),
-        &["--data-dir", root.join("data").to_str().unwrap(), "--store-url", &store],
+        &["--data-dir", root.join("data").to_str().unwrap(), "--store", &store],
         &[("BERTH_ADMIN_TOKEN", ADMIN)],
     );
     let admin = server.client(ADMIN);
@@ -550,7 +550,7 @@ fn a_reused_owner_name_restores_nothing_of_the_old_generation() {
     let server = Server::start(
         &root,
         &root.join("serve.log"),
-        &["--data-dir", root.join("data").to_str().unwrap(), "--store-url", &store],
+        &["--data-dir", root.join("data").to_str().unwrap(), "--store", &store],
         &[("BERTH_ADMIN_TOKEN", ADMIN)],
     );
     let admin = server.client(ADMIN);
