@@ -62,7 +62,9 @@ pub fn spawn(app: &Arc<App>, tracker: &TaskTracker, shutdown: CancellationToken)
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(period) => {}
                 }
-                let _ = gc_sweep(&app, false, false).await;
+                if let Err(e) = gc_sweep(&app, false, false).await {
+                    tracing::warn!(event = "gc_sweep_failed", error = %e);
+                }
             }
         });
     }
