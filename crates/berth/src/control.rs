@@ -105,6 +105,26 @@ pub enum WorkspaceCmd {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Attach a sandbox (take the lease) and write the agent's spec file for it.
+    Attach {
+        /// The owner key.
+        owner: String,
+        /// The sandbox instance id (container, pod or VM).
+        #[arg(long)]
+        instance: String,
+        /// The node it runs on.
+        #[arg(long)]
+        node: Option<String>,
+        /// The pool it belongs to.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Write `{"session": ..., "server": ...}` here (mode 0600) for `berth agent --spec`;
+        /// without it the attach response goes to stdout (it holds the sandbox token).
+        #[arg(long, value_name = "FILE")]
+        spec_out: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Close a workspace: no more attaches; its volume is collected after the cooldown.
     Close {
         /// The owner key.
@@ -308,6 +328,40 @@ pub async fn workspace(cmd: WorkspaceCmd) -> Result<()> {
                 w.generation,
                 w.volume.name
             );
+            Ok(())
+        }
+        WorkspaceCmd::Attach { owner, instance, node, pool, spec_out, server } => {
+            let session =
+                server.client()?.attach(&owner, &berth_api::Attach { instance_id: instance, node, pool }).await?;
+            match spec_out {
+                Some(path) => {
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let spec = serde_json::json!({"session": session, "server": server.server});
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("cannot write the spec file {}", path.display()))?;
+                    f.write_all(serde_json::to_string_pretty(&spec)?.as_bytes())?;
+                    if server.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"session_id": session.session_id, "epoch": session.epoch, "spec": path})
+                        );
+                    } else {
+                        println!(
+                            "attached session {} (epoch {}) to {owner}; run: berth agent run --spec {} -- AGENT COMMAND",
+                            session.session_id,
+                            session.epoch,
+                            path.display()
+                        );
+                    }
+                }
+                None => print_json(&session)?,
+            }
             Ok(())
         }
         WorkspaceCmd::Close { owner, server } => {

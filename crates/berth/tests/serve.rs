@@ -72,14 +72,21 @@ fn serve_starts_with_no_configuration_and_the_cli_drives_it() {
     let out = cli(tmp.path(), &server, &["workspace", "show", "agent:1"]).ok();
     assert!(out.stdout.contains("label:       team=infra"), "{out:?}");
 
-    // A sandbox session, so its token passes through the server.
-    let session = rt()
-        .block_on(
-            server
-                .client(&admin_token)
-                .attach("agent:1", &Attach { instance_id: "pod-1".into(), node: Some("n1".into()), pool: None }),
-        )
-        .unwrap();
+    // A sandbox session (its token passes through the server), with the agent's spec file.
+    let spec = tmp.path().join("spec.json");
+    let spec_s = spec.to_str().unwrap();
+    let out = cli(
+        tmp.path(),
+        &server,
+        &["workspace", "attach", "agent:1", "--instance", "pod-1", "--node", "n1", "--spec-out", spec_s],
+    )
+    .ok();
+    assert!(out.stdout.contains("berth agent run --spec"), "{out:?}");
+    assert_eq!(fs::metadata(&spec).unwrap().permissions().mode() & 0o777, 0o600);
+    let spec: serde_json::Value = serde_json::from_slice(&fs::read(&spec).unwrap()).unwrap();
+    assert_eq!(spec["server"], server.url.as_str());
+    let session: berth_api::Session = serde_json::from_value(spec["session"].clone()).unwrap();
+    assert_eq!((session.owner.as_str(), session.epoch), ("agent:1", 1));
 
     let out = cli(tmp.path(), &server, &["drain", "start", "node:n1", "--reason", "spot notice", "--json"]).ok();
     let drain: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
