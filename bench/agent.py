@@ -7,7 +7,8 @@ anchors a user would compare it with, in one run:
             uncommitted), then SIGTERM: wall time to exit, which includes the work-in-progress
             commit, the push to a local bare remote and the final snapshot (local store)
   restore   `berth agent init` into an empty directory (restores the latest snapshot, the git
-            state and the index stat refresh), against `cp -a` of the same tree
+            state and the index stat refresh), against `cp -a` of the same tree; both start
+            from a cold page cache (dropped when running as root)
   status    the first `git status` after that init, against a warm `git status` (the second
             one); and, for context, the first `git status` after a plain `berth snapshot
             restore` (no index refresh)
@@ -46,8 +47,21 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True, **kw).stdout
 
 
-def timed(cmd, cwd=None):
+def drop_caches():
+    """Empties the page cache (root only), so a timed step reads from the disk, not memory."""
     sh("sync")
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def timed(cmd, cwd=None, cold=False):
+    sh("sync")
+    if cold:
+        drop_caches()
     t = time.monotonic()
     subprocess.run(cmd, shell=True, check=True, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.monotonic() - t
@@ -130,9 +144,10 @@ def rep(args, i, src):
     fresh = os.path.join(root, "fresh")
     sh("sync")
     time.sleep(args.settle)
-    r["cp_a_again"] = timed(f"cp -a {ws} {root}/copy")
+    # Both start from a cold page cache: cp -a reads the tree, init reads the store.
+    r["cp_a_again"] = timed(f"cp -a {ws} {root}/copy", cold=True)
     time.sleep(args.settle)
-    r["init"] = timed(f"{BERTH} agent init {agent_args(fresh, store, ws_id, base, root + '/cache2')}")
+    r["init"] = timed(f"{BERTH} agent init {agent_args(fresh, store, ws_id, base, root + '/cache2')}", cold=True)
     r["status_first"] = timed("git status --porcelain >/dev/null", cwd=fresh)
     r["status_warm"] = timed("git status --porcelain >/dev/null", cwd=fresh)
     same = sh("git status --porcelain", cwd=fresh) == sh("git status --porcelain", cwd=ws)
