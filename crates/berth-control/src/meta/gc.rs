@@ -237,13 +237,7 @@ impl Meta {
         };
         if n == 1 {
             let detail = json!({"volume": c.volume.as_str(), "by": "gc", "error": error});
-            let ev = NewEvent {
-                kind: outcome_event(outcome),
-                owner: Some(&c.owner),
-                generation: Some(c.generation),
-                detail,
-                ..Default::default()
-            };
+            let ev = NewEvent::of(outcome_event(outcome), &c.owner, c.generation).detail(detail);
             record(&mut tx, now, ev).await?;
         }
         tx.commit().await?;
@@ -321,29 +315,16 @@ impl Meta {
         if q.execute(&mut *tx).await?.rows_affected() != 1 {
             return Ok(false);
         }
-        let owner = Some(&c.owner);
-        let generation = Some(c.generation);
         match step {
             DeleteStep::EndSessions => {
                 let n = end_open_sessions(&mut tx, &c.owner, now, "deleted").await?;
-                let ev = NewEvent {
-                    kind: "sessions_ended",
-                    owner,
-                    generation,
-                    detail: json!({"sessions": n}),
-                    ..Default::default()
-                };
+                let ev = NewEvent::of("sessions_ended", &c.owner, c.generation).detail(json!({"sessions": n}));
                 record(&mut tx, now, ev).await?;
             }
             DeleteStep::DeleteVolume => {
                 if let Some(o) = volume_outcome {
                     let detail = json!({"volume": c.volume.as_str(), "by": "delete"});
-                    record(
-                        &mut tx,
-                        now,
-                        NewEvent { kind: outcome_event(o), owner, generation, detail, ..Default::default() },
-                    )
-                    .await?;
+                    record(&mut tx, now, NewEvent::of(outcome_event(o), &c.owner, c.generation).detail(detail)).await?;
                 }
             }
             DeleteStep::RetireSnapshots => {
@@ -356,23 +337,12 @@ impl Meta {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                let ev = NewEvent {
-                    kind: "snapshots_retired",
-                    owner,
-                    generation,
-                    detail: json!({"snapshots": n}),
-                    ..Default::default()
-                };
+                let ev = NewEvent::of("snapshots_retired", &c.owner, c.generation).detail(json!({"snapshots": n}));
                 record(&mut tx, now, ev).await?;
             }
             DeleteStep::MarkDeleted => {
                 let detail = json!({"next_generation": c.generation.0 + 1});
-                record(
-                    &mut tx,
-                    now,
-                    NewEvent { kind: "workspace_deleted", owner, generation, detail, ..Default::default() },
-                )
-                .await?;
+                record(&mut tx, now, NewEvent::of("workspace_deleted", &c.owner, c.generation).detail(detail)).await?;
             }
         }
         tx.commit().await?;
@@ -411,13 +381,7 @@ impl Meta {
         .rows_affected();
         if n == 1 {
             let detail = json!({"volume": c.volume.as_str(), "by": "delete", "error": error, "attempts": attempts});
-            let ev = NewEvent {
-                kind: outcome_event(outcome),
-                owner: Some(&c.owner),
-                generation: Some(c.generation),
-                detail,
-                ..Default::default()
-            };
+            let ev = NewEvent::of(outcome_event(outcome), &c.owner, c.generation).detail(detail);
             record(&mut tx, now, ev).await?;
         }
         tx.commit().await?;

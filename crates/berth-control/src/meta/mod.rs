@@ -257,6 +257,23 @@ pub struct NewEvent<'a> {
     pub detail: serde_json::Value,
 }
 
+impl<'a> NewEvent<'a> {
+    /// An event about `owner`'s `generation`.
+    pub fn of(kind: &'a str, owner: &'a WorkspaceId, generation: Generation) -> NewEvent<'a> {
+        NewEvent { kind, owner: Some(owner), generation: Some(generation), ..Default::default() }
+    }
+
+    /// Names the session concerned.
+    pub fn session(self, session: &'a SessionId) -> NewEvent<'a> {
+        NewEvent { session: Some(session), ..self }
+    }
+
+    /// Adds details.
+    pub fn detail(self, detail: serde_json::Value) -> NewEvent<'a> {
+        NewEvent { detail, ..self }
+    }
+}
+
 /// A recorded audit event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventRow {

@@ -214,26 +214,12 @@ impl Meta {
             .await?;
             let detail = json!({"previous_session": old.session.as_str(), "previous_instance": old.instance.as_str(),
                 "previous_epoch": ws.lease.epoch, "epoch": lease.epoch});
-            let ev = NewEvent {
-                kind: "lease_taken_over",
-                owner: Some(owner),
-                generation: Some(ws.generation),
-                session: Some(&session_id),
-                detail,
-                ..Default::default()
-            };
+            let ev = NewEvent::of("lease_taken_over", owner, ws.generation).session(&session_id).detail(detail);
             record(&mut tx, now, ev).await?;
         }
         let detail = json!({"epoch": lease.epoch, "instance": instance.as_str(),
             "node": node.map(|n| n.as_str()), "pool": pool.map(|p| p.as_str()), "handover": handover.is_some()});
-        let ev = NewEvent {
-            kind: "session_attached",
-            owner: Some(owner),
-            generation: Some(ws.generation),
-            session: Some(&session_id),
-            detail,
-            ..Default::default()
-        };
+        let ev = NewEvent::of("session_attached", owner, ws.generation).session(&session_id).detail(detail);
         record(&mut tx, now, ev).await?;
         let workspace = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
         tx.commit().await?;
@@ -274,14 +260,8 @@ impl Meta {
             .bind(now.0)
             .execute(&mut *tx)
             .await?;
-        let ev = NewEvent {
-            kind: "session_detached",
-            owner: Some(&s.owner),
-            generation: Some(s.generation),
-            session: Some(&s.id),
-            detail: json!({"epoch": s.epoch}),
-            ..Default::default()
-        };
+        let ev =
+            NewEvent::of("session_detached", &s.owner, s.generation).session(&s.id).detail(json!({"epoch": s.epoch}));
         record(&mut tx, now, ev).await?;
         tx.commit().await?;
         Ok(SessionRow { ended_at: Some(now), ..s })
@@ -337,14 +317,7 @@ impl Meta {
                 .execute(&mut *tx)
                 .await?;
             let detail = json!({"epoch": ws.lease.epoch, "instance": holder.instance.as_str(), "expired_at": ws.lease.expires.to_string()});
-            let ev = NewEvent {
-                kind: "lease_expired",
-                owner: Some(&owner),
-                generation: Some(ws.generation),
-                session: Some(&holder.session),
-                detail,
-                ..Default::default()
-            };
+            let ev = NewEvent::of("lease_expired", &owner, ws.generation).session(&holder.session).detail(detail);
             record(&mut tx, now, ev).await?;
             tx.commit().await?;
             n += 1;
@@ -394,14 +367,9 @@ impl Meta {
             .bind(now.0)
             .execute(&mut *tx)
             .await?;
-        let ev = NewEvent {
-            kind: "snapshot_published",
-            owner: Some(owner),
-            generation: Some(ws.generation),
-            session: Some(&holder.session),
-            detail: json!({"snapshot_id": snapshot_id, "epoch": epoch}),
-            ..Default::default()
-        };
+        let ev = NewEvent::of("snapshot_published", owner, ws.generation)
+            .session(&holder.session)
+            .detail(json!({"snapshot_id": snapshot_id, "epoch": epoch}));
         record(&mut tx, now, ev).await?;
         tx.commit().await?;
         Ok(SnapshotRow {

@@ -83,13 +83,7 @@ impl Meta {
         let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| Error::NotFound(owner.to_string()))?;
         let how = if inserted == 1 {
             let detail = json!({"generation": 1, "volume": volume.as_str()});
-            let ev = NewEvent {
-                kind: "workspace_ensured",
-                owner: Some(owner),
-                generation: Some(Generation(1)),
-                detail,
-                ..Default::default()
-            };
+            let ev = NewEvent::of("workspace_ensured", owner, Generation(1)).detail(detail);
             record(&mut tx, now, ev).await?;
             Ensured::Created
         } else {
@@ -111,12 +105,7 @@ impl Meta {
                     .bind(now.0)
                     .execute(&mut *tx)
                     .await?;
-                    let ev = NewEvent {
-                        kind: "workspace_reopened",
-                        owner: Some(owner),
-                        generation: Some(ws.generation),
-                        ..Default::default()
-                    };
+                    let ev = NewEvent::of("workspace_reopened", owner, ws.generation);
                     record(&mut tx, now, ev).await?;
                     Ensured::Reopened
                 }
@@ -149,13 +138,7 @@ impl Meta {
                     .execute(&mut *tx)
                     .await?;
                     let detail = json!({"generation": ws.generation.0, "volume": volume.as_str()});
-                    let ev = NewEvent {
-                        kind: "workspace_ensured",
-                        owner: Some(owner),
-                        generation: Some(ws.generation),
-                        detail,
-                        ..Default::default()
-                    };
+                    let ev = NewEvent::of("workspace_ensured", owner, ws.generation).detail(detail);
                     record(&mut tx, now, ev).await?;
                     Ensured::NewGeneration
                 }
@@ -185,12 +168,7 @@ impl Meta {
         .await?
         .rows_affected();
         if n == 1 {
-            let ev = NewEvent {
-                kind: "volume_created",
-                owner: Some(owner),
-                generation: Some(generation),
-                ..Default::default()
-            };
+            let ev = NewEvent::of("volume_created", owner, generation);
             record(&mut tx, now, ev).await?;
         }
         tx.commit().await?;
@@ -270,12 +248,7 @@ impl Meta {
         .execute(&mut *tx)
         .await?;
         end_open_sessions(&mut tx, owner, now, "closed").await?;
-        let ev = NewEvent {
-            kind: "workspace_closed",
-            owner: Some(owner),
-            generation: Some(ws.generation),
-            ..Default::default()
-        };
+        let ev = NewEvent::of("workspace_closed", owner, ws.generation);
         record(&mut tx, now, ev).await?;
         let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
         tx.commit().await?;
@@ -300,12 +273,7 @@ impl Meta {
         .bind(now.0)
         .execute(&mut *tx)
         .await?;
-        let ev = NewEvent {
-            kind: "workspace_delete_requested",
-            owner: Some(owner),
-            generation: Some(ws.generation),
-            ..Default::default()
-        };
+        let ev = NewEvent::of("workspace_delete_requested", owner, ws.generation);
         record(&mut tx, now, ev).await?;
         let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
         tx.commit().await?;
