@@ -422,13 +422,15 @@ fn a_stubborn_agent_still_gets_a_pushed_wip_commit_within_the_budget() {
     assert_eq!(fs::read_to_string(restored.join("app/untracked.txt")).unwrap(), "untracked\n");
 }
 
-/// The writer behind the crash rounds: every 50 ms it rewrites `counter` (its line count so
-/// far) and appends a line to `log`, and records the wall time of each write in `times`.
+/// The writer behind the crash rounds: every 50 ms it appends line n to `log.txt`, then rewrites
+/// `counter` with n, and records the wall time of each write in `times`. It continues from the
+/// lines `log.txt` holds (a snapshot reads files one after another, so `counter` may lag or lead
+/// `log.txt` by a write; each file on its own is consistent).
 fn writer(dir: &Path) -> PathBuf {
     let path = dir.join("writer.sh");
     fs::write(
         &path,
-        "#!/bin/sh\nn=$(cat \"$BERTH_DIR/counter\" 2>/dev/null || echo 0)\nwhile true; do\n  n=$((n+1))\n  \
+        "#!/bin/sh\nn=$(cat \"$BERTH_DIR/log.txt\" 2>/dev/null | wc -l)\nwhile true; do\n  n=$((n+1))\n  \
          echo \"line $n\" >> \"$BERTH_DIR/log.txt\"\n  echo $n > \"$BERTH_DIR/counter.tmp\" && mv \"$BERTH_DIR/counter.tmp\" \"$BERTH_DIR/counter\"\n  \
          echo \"$n $(date +%s.%N)\" >> \"$BERTH_DIR/../times\"\n  sleep 0.05\ndone\n",
     )
