@@ -133,33 +133,28 @@ impl Meta {
         limit: u32,
         dry_run: bool,
     ) -> Result<Vec<Claimed>> {
-        let rows = if dry_run {
+        // One set of parameters for both: the dry run names $1 and $2 without using them.
+        let (sql, pool) = if dry_run {
             let sql = format!(
                 "SELECT {CLAIM_COLS} FROM workspaces WHERE $1 = $1 AND $2 = $2 AND {GC_WHERE} ORDER BY closed_at DESC LIMIT $5"
             );
-            sqlx::query(&sql)
-                .bind(holder)
-                .bind(until.0)
-                .bind(now.plus_secs(-cooldown_secs).0)
-                .bind(now.0)
-                .bind(i64::from(limit))
-                .fetch_all(&self.read)
-                .await?
+            (sql, &self.read)
         } else {
             let sql = format!(
                 "UPDATE workspaces SET claim_holder = $1, claim_until = $2 WHERE owner IN \
                  (SELECT owner FROM workspaces WHERE {GC_WHERE} ORDER BY closed_at DESC LIMIT $5{}) RETURNING {CLAIM_COLS}",
                 self.skip_locked()
             );
-            sqlx::query(&sql)
-                .bind(holder)
-                .bind(until.0)
-                .bind(now.plus_secs(-cooldown_secs).0)
-                .bind(now.0)
-                .bind(i64::from(limit))
-                .fetch_all(&self.write)
-                .await?
+            (sql, &self.write)
         };
+        let rows = sqlx::query(&sql)
+            .bind(holder)
+            .bind(until.0)
+            .bind(now.plus_secs(-cooldown_secs).0)
+            .bind(now.0)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
         let mut out = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>>>()?;
         // RETURNING gives no order; keep the plan in a stable one.
         out.sort_by(|a, b| a.candidate.owner.cmp(&b.candidate.owner));
