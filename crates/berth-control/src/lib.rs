@@ -6,6 +6,6 @@ pub mod http;
 pub mod meta;
 pub mod reconcile;
 pub mod server;
-pub mod volumes;
+pub use berth_substrate as volumes;
 
 pub use server::{run, serve, App, Config, GcConfig};

@@ -9,6 +9,42 @@ use serde::{Deserialize, Serialize};
 use crate::session::{InstanceId, SessionId};
 use crate::time::Timestamp;
 
+/// A lease's fencing epoch: handed out by the control plane, one higher at every acquire, never
+/// reused. Every write that a lease guards carries it, and a higher epoch always supersedes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// No lease was ever handed out (also: records written before epochs existed).
+    pub const ZERO: Epoch = Epoch(0);
+
+    /// Returns the epoch after this one.
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A write refused because the writer's epoch is no longer the workspace's: another sandbox
+/// holds (or may hold) the lease. The writer must stop writing; retrying cannot help.
+///
+/// Every layer that fences (the lease, the snapshot store, the API client, the agent) maps its
+/// refusal to this one error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("epoch {presented} is fenced{}; this writer lost the workspace and must stop writing", match current { Some(c) => format!(" (epoch {c} supersedes it)"), None => String::new() })]
+pub struct Fenced {
+    /// The epoch the refused write carried.
+    pub presented: Epoch,
+    /// The epoch that supersedes it, when known.
+    pub current: Option<Epoch>,
+}
+
 /// Who holds a lease.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {

@@ -13,6 +13,30 @@ pub struct RepoError {
     pub reason: String,
 }
 
+/// One repository to clone into the workspace, as the domain knows it (the API and the agent's
+/// flags have their own spellings and convert into this).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RepoSpec {
+    /// Clone URL, without credentials.
+    pub url: String,
+    /// Branch to check out (default: the remote's default branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Shallow clone depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    /// Target path inside the workspace (default: the URL's basename without `.git`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl RepoSpec {
+    /// Validates the spec and returns its target path inside the workspace.
+    pub fn target(&self) -> Result<RelPath, RepoError> {
+        target(&self.url, self.branch.as_deref(), self.depth, self.path.as_deref())
+    }
+}
+
 /// Returns `url` with the userinfo part (`user:token@`) of a `scheme://` URL removed.
 pub fn strip_credentials(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else { return url.to_string() };

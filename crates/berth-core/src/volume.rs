@@ -103,6 +103,68 @@ impl fmt::Debug for VolumeName {
     }
 }
 
+/// Who may mount a volume at once (the Kubernetes access modes; other substrates honour the
+/// single-writer ones through the lease).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AccessMode {
+    /// One node may mount it read-write.
+    #[default]
+    ReadWriteOnce,
+    /// One pod may mount it read-write.
+    ReadWriteOncePod,
+    /// Many nodes may mount it read-write.
+    ReadWriteMany,
+}
+
+impl AccessMode {
+    /// Every access mode.
+    pub const ALL: [AccessMode; 3] =
+        [AccessMode::ReadWriteOnce, AccessMode::ReadWriteOncePod, AccessMode::ReadWriteMany];
+
+    /// Returns the Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+            AccessMode::ReadWriteMany => "ReadWriteMany",
+        }
+    }
+
+    /// Parses the Kubernetes spelling.
+    pub fn parse(s: &str) -> Option<AccessMode> {
+        AccessMode::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for AccessMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a sandbox mounts a workspace volume, as its substrate says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MountSpec {
+    /// A directory on this machine.
+    Local {
+        /// The workspace directory.
+        path: String,
+        /// A file the sandbox holds a shared lock on while it uses the directory; GC and
+        /// deletion treat a held lock as "referenced".
+        lock: String,
+    },
+    /// A Docker named volume.
+    Docker {
+        /// The volume name.
+        volume: VolumeName,
+    },
+    /// A Kubernetes PersistentVolumeClaim.
+    Kubernetes {
+        /// The claim name.
+        claim_name: VolumeName,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ use berth_api as api;
 use berth_core::drain::Drain;
 use berth_core::lease::Holder;
 use berth_core::time::Timestamp;
+use berth_core::volume::MountSpec;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
@@ -127,6 +128,15 @@ pub fn event(e: EventRow) -> api::Event {
         session_id: e.session,
         scope: e.scope,
         detail: e.detail,
+    }
+}
+
+/// The wire form of a substrate's mount spec.
+pub fn mount(m: MountSpec) -> api::Mount {
+    match m {
+        MountSpec::Local { path, lock } => api::Mount::Local { path, lock },
+        MountSpec::Docker { volume } => api::Mount::Docker { volume: volume.to_string() },
+        MountSpec::Kubernetes { claim_name } => api::Mount::Kubernetes { claim_name: claim_name.to_string() },
     }
 }
 

@@ -10,6 +10,7 @@ use axum::Json;
 use berth_api as api;
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, PlaceName, SessionId};
+use berth_core::volume::AccessMode;
 use berth_core::workspace::WorkspaceId;
 use serde::Deserialize;
 
@@ -66,7 +67,7 @@ pub async fn ensure_workspace(
             labels: volume_labels(&app.install, &owner, ws.generation, &ws.labels),
             size_bytes: ws.size_bytes,
             storage_class: ws.storage_class.clone(),
-            access_mode: api::AccessMode::parse(&ws.access_mode).unwrap_or_default(),
+            access_mode: AccessMode::parse(&ws.access_mode).unwrap_or_default(),
         };
         app.volumes.ensure(&spec).await?;
         app.meta.mark_volume_present(&owner, ws.generation, now()).await?;
@@ -206,7 +207,7 @@ pub async fn attach(
         lease_expires_at: dto::ts(a.expires),
         lease_ttl_secs: cfg.lease_ttl_secs as u64,
         token: a.token,
-        mount: app.volumes.mount(&a.workspace.volume),
+        mount: dto::mount(app.volumes.mount(&a.workspace.volume)),
         init: api::InitSpec {
             owner: owner.to_string(),
             generation: a.session.generation.0,

@@ -1,17 +1,12 @@
-//! The `Volumes` port: where workspace volumes live (`local` here; Docker and Kubernetes fit the
-//! same port), and the labels that mark a volume as berth's.
-
-mod local;
+//! The `Volumes` port: where workspace volumes live, and the labels that mark a volume as
+//! berth's.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
-use berth_api::{AccessMode, Mount};
-use berth_core::volume::VolumeName;
+use berth_core::volume::{AccessMode, MountSpec, VolumeName};
 use berth_core::workspace::{Generation, WorkspaceId};
-
-pub use local::LocalVolumes;
 
 /// Label on every volume berth creates.
 pub const LABEL_MANAGED: &str = "berth.managed";
@@ -124,5 +119,5 @@ pub trait Volumes: Send + Sync + fmt::Debug {
     /// Checks that the substrate answers.
     async fn health(&self) -> Result<(), VolumeError>;
     /// Says how a sandbox mounts the volume.
-    fn mount(&self, name: &VolumeName) -> Mount;
+    fn mount(&self, name: &VolumeName) -> MountSpec;
 }

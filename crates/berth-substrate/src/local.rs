@@ -21,11 +21,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use berth_api::Mount;
-use berth_core::volume::VolumeName;
+
+use berth_core::volume::{MountSpec, VolumeName};
 use rustix::fs::FlockOperation;
 
-use super::{Removal, VolumeError, VolumeInfo, VolumeSpec, Volumes};
+use crate::volumes::{Removal, VolumeError, VolumeInfo, VolumeSpec, Volumes};
 
 /// Workspace volumes as directories under one root.
 #[derive(Debug, Clone)]
@@ -203,8 +203,11 @@ impl Volumes for LocalVolumes {
         .await
     }
 
-    fn mount(&self, name: &VolumeName) -> Mount {
-        Mount::Local { path: self.dir(name).display().to_string(), lock: self.lock_path(name).display().to_string() }
+    fn mount(&self, name: &VolumeName) -> MountSpec {
+        MountSpec::Local {
+            path: self.dir(name).display().to_string(),
+            lock: self.lock_path(name).display().to_string(),
+        }
     }
 }
 
@@ -281,7 +284,7 @@ mod tests {
         let a = spec("agent:1");
         vols.ensure(&a).await.unwrap();
         vols.ensure(&a).await.unwrap();
-        let Mount::Local { path, lock } = vols.mount(&a.name) else { panic!("local mount") };
+        let MountSpec::Local { path, lock } = vols.mount(&a.name) else { panic!("local mount") };
         fs::write(Path::new(&path).join("work.txt"), b"x").unwrap();
         let listed = vols.list(&install_selector("inst")).await.unwrap();
         assert_eq!(listed.iter().map(|v| &v.name).collect::<Vec<_>>(), [&a.name]);
