@@ -1,6 +1,11 @@
 //! berth's control plane (`berth serve`): workspaces, single-writer sessions, the drain
 //! protocol, ordered deletion and durable volume GC, over SQLite or PostgreSQL.
+//!
+//! Modules depend downwards only: `server` wires `http` and `reconcile`, both of which use
+//! `app` (configuration, shared state, the clock), which uses `auth` and `meta`.
 
+pub mod app;
+pub mod auth;
 pub mod error;
 pub mod http;
 pub mod meta;
@@ -8,4 +13,5 @@ pub mod reconcile;
 pub mod server;
 pub use berth_substrate as volumes;
 
-pub use server::{run, serve, App, Config, GcConfig};
+pub use app::{App, Config, GcConfig};
+pub use server::{run, serve};

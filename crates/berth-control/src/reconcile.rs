@@ -1,5 +1,6 @@
 //! The reconcilers: deletion, volume GC, the orphan sweep, and lease and drain expiry. Each runs
 //! on its own loop until shutdown; GC and the orphan sweep also run on demand (`POST /v1/gc/run`).
+//! They return domain reports; the HTTP layer turns them into wire types.
 //!
 //! # Guarantees
 //! - Every step is idempotent and safe to interrupt at any `.await`: claims expire, marks are
@@ -14,20 +15,21 @@
 //! - After a crash, the claims of the dead process hold their workspaces until they expire
 //!   (`claim_ttl_secs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_api::{GcItem, GcReport, OrphanItem};
 use berth_core::gc::{self, Action, DeleteStep, OrphanAction, Outcome, Summary};
+use berth_core::time::Timestamp;
+use berth_core::volume::VolumeName;
+use berth_core::workspace::{Generation, WorkspaceId};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::{now, App};
 use crate::error::Result;
-use crate::http::dto::ts;
 use crate::meta::Claimed;
-use crate::server::{now, App};
 use crate::volumes::{install_selector, Removal};
 
 /// Deleting workspaces claimed per round.
@@ -132,17 +134,16 @@ async fn delete_one(app: &App, claimed: &Claimed) -> Result<()> {
     loop {
         let mut volume_outcome = None;
         if step == DeleteStep::DeleteVolume && !claimed.volume_removed {
-            metrics::counter!("berth_volume_delete_attempts_total", "by" => "delete").increment(1);
-            match app.volumes.delete(&claimed.candidate.volume).await {
-                Ok(Removal::Removed) => volume_outcome = Some(Outcome::Removed),
-                Ok(Removal::NotFound) => volume_outcome = Some(Outcome::NotFound),
-                Ok(Removal::Referenced { by }) => {
-                    let msg = format!("volume {} is still in use ({by}); retrying", claimed.candidate.volume);
+            let volume = &claimed.candidate.volume;
+            match delete_volume(app, volume, "delete").await {
+                (o, _) if o.marks_removed() => volume_outcome = Some(o),
+                (Outcome::Referenced, by) => {
+                    let msg = format!("volume {volume} is still in use ({}); retrying", by.unwrap_or_default());
                     return app.meta.delete_step_failed(claimed, &app.replica, Outcome::Referenced, &msg, now()).await;
                 }
-                Err(e) => {
-                    let msg = format!("deleting volume {} failed: {e}", claimed.candidate.volume);
-                    return app.meta.delete_step_failed(claimed, &app.replica, Outcome::Error, &msg, now()).await;
+                (o, e) => {
+                    let msg = format!("deleting volume {volume} failed: {}", e.unwrap_or_default());
+                    return app.meta.delete_step_failed(claimed, &app.replica, o, &msg, now()).await;
                 }
             }
         }
@@ -183,64 +184,146 @@ async fn forget_in_store(app: &App, claimed: &Claimed) -> std::result::Result<()
     Ok(())
 }
 
+/// Why a GC sweep did not run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Skipped {
+    /// Another replica holds the `gc` lock.
+    OtherReplica,
+    /// The substrate's health check failed.
+    Unhealthy(String),
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skipped::OtherReplica => f.write_str("another replica is sweeping"),
+            Skipped::Unhealthy(e) => write!(f, "substrate unhealthy: {e}"),
+        }
+    }
+}
+
+/// What a sweep did with one volume: planned (dry run) or done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcResult {
+    /// A dry run's plan.
+    Planned(Action),
+    /// The outcome of a real sweep.
+    Done(Outcome),
+}
+
+/// One volume of a GC sweep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcVolume {
+    /// The owner.
+    pub owner: WorkspaceId,
+    /// The generation the volume belongs to.
+    pub generation: Generation,
+    /// The volume.
+    pub volume: VolumeName,
+    /// What happened, or would.
+    pub result: GcResult,
+    /// Why an attempt failed or was refused.
+    pub error: Option<String>,
+}
+
+/// What the orphan sweep did with one volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrphanResult {
+    /// The volume.
+    pub volume: VolumeName,
+    /// The plan's action.
+    pub action: OrphanAction,
+    /// For an executed removal: removed, not found, referenced or error.
+    pub removal: Option<Outcome>,
+}
+
+/// The result of one GC run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Why the volume sweep was skipped, if it was.
+    pub skipped: Option<Skipped>,
+    /// The volumes considered, by owner.
+    pub volumes: Vec<GcVolume>,
+    /// Every outcome's count, candidates held back by the cooldown included.
+    pub summary: Summary,
+    /// The orphan sweep, when asked for.
+    pub orphans: Option<Vec<OrphanResult>>,
+    /// Wall time of the run.
+    pub duration: Duration,
+    /// Of which spent in the metadata store.
+    pub db: Duration,
+}
+
+/// Deletes `volume` for `by` (gc, delete, orphan_sweep) and classifies the answer; the error
+/// text says why an attempt did not remove it.
+async fn delete_volume(app: &App, volume: &VolumeName, by: &'static str) -> (Outcome, Option<String>) {
+    metrics::counter!("berth_volume_delete_attempts_total", "by" => by).increment(1);
+    match app.volumes.delete(volume).await {
+        Ok(Removal::Removed) => (Outcome::Removed, None),
+        Ok(Removal::NotFound) => (Outcome::NotFound, None),
+        Ok(Removal::Referenced { by }) => (Outcome::Referenced, Some(by)),
+        Err(e) => (Outcome::Error, Some(e.to_string())),
+    }
+}
+
 /// Runs one volume GC sweep (`dry_run`: plan only); with `orphans`, the orphan sweep after it.
 pub async fn gc_sweep(app: &Arc<App>, dry_run: bool, orphans: bool) -> Result<GcReport> {
     let started = Instant::now();
     let _running = app.gc_running.lock().await;
-    let mut db = Duration::ZERO;
     let mut report = GcReport {
         dry_run,
         skipped: None,
         volumes: Vec::new(),
-        counts: Summary::default().counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        summary: Summary::default(),
         orphans: None,
-        duration_ms: 0,
-        db_ms: 0,
+        duration: Duration::ZERO,
+        db: Duration::ZERO,
     };
     let cfg = &app.config.gc;
-    let t = now();
     let timed = Instant::now();
-    let locked = dry_run || app.meta.try_lock("gc", &app.replica, t, cfg.timeout_secs as i64 * 4).await?;
-    db += timed.elapsed();
+    let locked = dry_run || app.meta.try_lock("gc", &app.replica, now(), cfg.timeout_secs as i64 * 4).await?;
+    report.db += timed.elapsed();
     if !locked {
-        report.skipped = Some("another replica is sweeping".into());
+        report.skipped = Some(Skipped::OtherReplica);
     } else if let Err(e) = app.volumes.health().await {
-        report.skipped = Some(format!("substrate unhealthy: {e}"));
+        report.skipped = Some(Skipped::Unhealthy(e.to_string()));
     } else {
-        let result = sweep_volumes(app, dry_run, &mut report, &mut db).await;
+        let result = sweep_volumes(app, dry_run, &mut report).await;
         if !dry_run {
             let timed = Instant::now();
             let _ = app.meta.unlock("gc", &app.replica).await;
-            db += timed.elapsed();
+            report.db += timed.elapsed();
         }
         result?;
     }
     if orphans {
         report.orphans = Some(orphan_sweep(app, dry_run).await?);
     }
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    report.db_ms = db.as_millis() as u64;
-    let c = |k: &str| report.counts.get(k).copied().unwrap_or(0);
+    report.duration = started.elapsed();
+    let count = |o| report.summary.get(o);
     tracing::info!(
         event = "gc_sweep",
         dry_run,
-        skipped = report.skipped.as_deref().unwrap_or(""),
-        removed = c("removed"),
-        not_found = c("not_found"),
-        referenced = c("referenced"),
-        cooldown = c("cooldown"),
-        error = c("error"),
-        duration_ms = report.duration_ms,
-        db_ms = report.db_ms,
+        skipped = report.skipped.as_ref().map(ToString::to_string).unwrap_or_default(),
+        removed = count(Outcome::Removed),
+        not_found = count(Outcome::NotFound),
+        referenced = count(Outcome::Referenced),
+        cooldown = count(Outcome::Cooldown),
+        error = count(Outcome::Error),
+        duration_ms = report.duration.as_millis() as u64,
+        db_ms = report.db.as_millis() as u64,
     );
     if !dry_run {
         metrics::counter!("berth_gc_sweeps_total").increment(1);
-        metrics::histogram!("berth_gc_sweep_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("berth_gc_sweep_duration_seconds").record(report.duration.as_secs_f64());
     }
     Ok(report)
 }
 
-async fn sweep_volumes(app: &Arc<App>, dry_run: bool, report: &mut GcReport, db: &mut Duration) -> Result<()> {
+/// Claims candidates (a dry run only reads them), plans, and, unless `dry_run`, removes.
+async fn sweep_volumes(app: &Arc<App>, dry_run: bool, report: &mut GcReport) -> Result<()> {
     let cfg = &app.config.gc;
     let t = now();
     let timed = Instant::now();
@@ -249,105 +332,87 @@ async fn sweep_volumes(app: &Arc<App>, dry_run: bool, report: &mut GcReport, db:
         .claim_gc(&app.replica, t, cfg.cooldown_secs, t.plus_secs(cfg.claim_ttl_secs), cfg.batch, dry_run)
         .await?;
     let cooldown = app.meta.count_gc_cooldown(t, cfg.cooldown_secs).await?;
-    *db += timed.elapsed();
-    let mut summary = Summary::default();
-    summary.add(Outcome::Cooldown, cooldown);
-    let plan: Vec<(Claimed, Action)> = {
-        let by_owner: std::collections::BTreeMap<_, _> =
-            claimed.iter().map(|c| (c.candidate.owner.clone(), c.clone())).collect();
+    report.db += timed.elapsed();
+    report.summary.add(Outcome::Cooldown, cooldown);
+    let plan = {
+        let mut by_owner: BTreeMap<_, _> = claimed.iter().map(|c| (c.candidate.owner.clone(), c.clone())).collect();
         gc::plan(claimed.into_iter().map(|c| c.candidate).collect(), t)
             .into_iter()
-            .filter_map(|(cand, action)| by_owner.get(&cand.owner).cloned().map(|c| (c, action)))
-            .collect()
+            .filter_map(|(cand, action)| by_owner.remove(&cand.owner).map(|c| (c, action)))
+            .collect::<Vec<(Claimed, Action)>>()
     };
     if dry_run {
-        for (c, action) in &plan {
-            let outcome = match action {
-                Action::Remove => "remove".to_string(),
-                Action::Skip(o) => o.as_str().to_string(),
-            };
-            report.volumes.push(item(c, outcome, None));
-        }
-        report.counts = summary.counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        report.volumes = plan.iter().map(|(c, action)| gc_volume(c, GcResult::Planned(*action), None)).collect();
         return Ok(());
     }
     // The time bound stops new attempts; one already running finishes and is recorded, so
     // no removal is ever left done-but-unrecorded by the bound.
     let deadline = Instant::now() + Duration::from_secs(cfg.timeout_secs.max(1));
-    let done = std::sync::Mutex::new(Vec::new());
-    let late = std::sync::Mutex::new(Vec::new());
-    let db_spent = std::sync::Mutex::new(Duration::ZERO);
-    futures::stream::iter(plan.iter())
-        .for_each_concurrent(cfg.concurrency.max(1), |(c, action)| {
-            let (done, late, db_spent) = (&done, &late, &db_spent);
-            async move {
-                if Instant::now() >= deadline {
-                    if let Ok(mut l) = late.lock() {
-                        l.push(c.candidate.owner.clone());
-                    }
-                    return;
-                }
-                let (outcome, error) = match action {
-                    Action::Skip(o) => (*o, None),
-                    Action::Remove => {
-                        metrics::counter!("berth_gc_attempts_total").increment(1);
-                        match app.volumes.delete(&c.candidate.volume).await {
-                            Ok(Removal::Removed) => (Outcome::Removed, None),
-                            Ok(Removal::NotFound) => (Outcome::NotFound, None),
-                            Ok(Removal::Referenced { by }) => (Outcome::Referenced, Some(format!("in use: {by}"))),
-                            Err(e) => (Outcome::Error, Some(e.to_string())),
-                        }
-                    }
-                };
-                let timed = Instant::now();
-                let recorded = app.meta.record_gc(c, &app.replica, outcome, error.as_deref(), now()).await;
-                if let Ok(mut d) = db_spent.lock() {
-                    *d += timed.elapsed();
-                }
-                if let Err(e) = recorded {
-                    tracing::warn!(event = "gc_record_failed", owner = %c.candidate.owner, error = %e);
-                }
-                metrics::counter!("berth_gc_outcomes_total", "outcome" => outcome.as_str()).increment(1);
-                if let Ok(mut d) = done.lock() {
-                    d.push(item(c, outcome.as_str().to_string(), error));
-                }
+    let results: Vec<Option<(GcVolume, Duration)>> = futures::stream::iter(plan.iter().cloned())
+        .map(|(c, action)| async move {
+            if Instant::now() >= deadline {
+                return None;
             }
+            Some(collect_one(app, &c, action).await)
         })
+        .buffer_unordered(cfg.concurrency.max(1))
+        .collect()
         .await;
-    *db += db_spent.into_inner().unwrap_or_default();
-    let done = done.into_inner().unwrap_or_default();
-    let late = late.into_inner().unwrap_or_default();
-    if !late.is_empty() {
+    let mut done = Vec::new();
+    for (volume, db) in results.into_iter().flatten() {
+        report.db += db;
+        if let GcResult::Done(o) = volume.result {
+            report.summary.add(o, 1);
+        }
+        done.push(volume);
+    }
+    if done.len() < plan.len() {
         // Hand what was not attempted back at once, so the next sweep takes it.
-        for owner in &late {
-            let _ = app.meta.release_claim(owner, &app.replica).await;
+        let attempted: BTreeSet<_> = done.iter().map(|v| v.owner.clone()).collect();
+        for (c, _) in plan.iter().filter(|(c, _)| !attempted.contains(&c.candidate.owner)) {
+            let _ = app.meta.release_claim(&c.candidate.owner, &app.replica).await;
         }
-        tracing::warn!(event = "gc_sweep_time_bound", attempted = done.len(), deferred = late.len());
+        tracing::warn!(event = "gc_sweep_time_bound", attempted = done.len(), deferred = plan.len() - done.len());
     }
-    for i in &done {
-        if let Some(o) = Outcome::ALL.iter().find(|o| o.as_str() == i.outcome) {
-            summary.add(*o, 1);
-        }
-    }
+    done.sort_by(|a, b| a.owner.cmp(&b.owner));
     report.volumes = done;
-    report.volumes.sort_by(|a, b| a.owner.cmp(&b.owner));
-    report.counts = summary.counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     Ok(())
 }
 
-fn item(c: &Claimed, outcome: String, error: Option<String>) -> GcItem {
-    GcItem {
-        owner: c.candidate.owner.to_string(),
-        generation: c.candidate.generation.0,
-        volume: c.candidate.volume.to_string(),
-        outcome,
+/// Carries out one planned action on a claimed candidate and records its outcome; returns the
+/// result and the time spent recording it.
+async fn collect_one(app: &App, c: &Claimed, action: Action) -> (GcVolume, Duration) {
+    let (outcome, error) = match action {
+        Action::Skip(o) => (o, None),
+        Action::Remove => {
+            metrics::counter!("berth_gc_attempts_total").increment(1);
+            match delete_volume(app, &c.candidate.volume, "gc").await {
+                (Outcome::Referenced, by) => (Outcome::Referenced, by.map(|by| format!("in use: {by}"))),
+                other => other,
+            }
+        }
+    };
+    let timed = Instant::now();
+    if let Err(e) = app.meta.record_gc(c, &app.replica, outcome, error.as_deref(), now()).await {
+        tracing::warn!(event = "gc_record_failed", owner = %c.candidate.owner, error = %e);
+    }
+    metrics::counter!("berth_gc_outcomes_total", "outcome" => outcome.as_str()).increment(1);
+    (gc_volume(c, GcResult::Done(outcome), error), timed.elapsed())
+}
+
+fn gc_volume(c: &Claimed, result: GcResult, error: Option<String>) -> GcVolume {
+    GcVolume {
+        owner: c.candidate.owner.clone(),
+        generation: c.candidate.generation,
+        volume: c.candidate.volume.clone(),
+        result,
         error,
     }
 }
 
 /// Runs the orphan sweep (`dry_run`: plan only): volumes labelled as this installation's with
 /// no record are tracked, and removed once they stay so for the grace window.
-pub async fn orphan_sweep(app: &Arc<App>, dry_run: bool) -> Result<Vec<OrphanItem>> {
+pub async fn orphan_sweep(app: &Arc<App>, dry_run: bool) -> Result<Vec<OrphanResult>> {
     let t = now();
     if !dry_run && !app.meta.try_lock("orphans", &app.replica, t, 600).await? {
         return Ok(Vec::new());
@@ -359,7 +424,7 @@ pub async fn orphan_sweep(app: &Arc<App>, dry_run: bool) -> Result<Vec<OrphanIte
     result
 }
 
-async fn orphan_sweep_locked(app: &Arc<App>, dry_run: bool) -> Result<Vec<OrphanItem>> {
+async fn orphan_sweep_locked(app: &Arc<App>, dry_run: bool) -> Result<Vec<OrphanResult>> {
     let t = now();
     // List the substrate first: a volume created after this listing is not considered, and one
     // listed here had its record written before it was created.
@@ -369,43 +434,31 @@ async fn orphan_sweep_locked(app: &Arc<App>, dry_run: bool) -> Result<Vec<Orphan
     let tracked = app.meta.orphans().await?;
     let plan = gc::orphan_plan(&listed, &known, &tracked, t, app.config.gc.orphan_grace_secs);
     let mut out = Vec::new();
-    for (name, action) in plan {
-        let (label, until) = match action {
-            OrphanAction::Track => ("track", None),
-            OrphanAction::Wait { until } => ("wait", Some(ts(until))),
-            OrphanAction::Remove => ("remove", None),
-            OrphanAction::Forget => ("forget", None),
-        };
-        let mut label = label.to_string();
-        if !dry_run {
-            match action {
-                OrphanAction::Track => app.meta.track_orphan(&name, t).await?,
-                OrphanAction::Wait { .. } => {}
-                OrphanAction::Forget => app.meta.forget_orphan(&name, None, t).await?,
-                OrphanAction::Remove => {
-                    metrics::counter!("berth_volume_delete_attempts_total", "by" => "orphan_sweep").increment(1);
-                    label = match app.volumes.delete(&name).await {
-                        Ok(Removal::Removed) => {
-                            app.meta.forget_orphan(&name, Some(Outcome::Removed), now()).await?;
-                            "removed".into()
-                        }
-                        Ok(Removal::NotFound) => {
-                            app.meta.forget_orphan(&name, Some(Outcome::NotFound), now()).await?;
-                            "not_found".into()
-                        }
-                        Ok(Removal::Referenced { .. }) => "referenced".into(),
-                        Err(e) => {
-                            tracing::warn!(event = "orphan_remove_failed", volume = %name, error = %e);
-                            "error".into()
-                        }
-                    }
-                }
-            }
-        }
-        out.push(OrphanItem { volume: name.to_string(), action: label, until });
+    for (volume, action) in plan {
+        let removal = if dry_run { None } else { execute_orphan(app, &volume, action, t).await? };
+        out.push(OrphanResult { volume, action, removal });
     }
     if !out.is_empty() {
         tracing::info!(event = "orphan_sweep", dry_run, volumes = out.len());
     }
     Ok(out)
+}
+
+/// Carries out one orphan action; for a removal, returns its outcome.
+async fn execute_orphan(app: &App, volume: &VolumeName, action: OrphanAction, t: Timestamp) -> Result<Option<Outcome>> {
+    match action {
+        OrphanAction::Track => app.meta.track_orphan(volume, t).await?,
+        OrphanAction::Wait { .. } => {}
+        OrphanAction::Forget => app.meta.forget_orphan(volume, None, t).await?,
+        OrphanAction::Remove => {
+            let (outcome, error) = delete_volume(app, volume, "orphan_sweep").await;
+            if outcome.marks_removed() {
+                app.meta.forget_orphan(volume, Some(outcome), now()).await?;
+            } else if outcome == Outcome::Error {
+                tracing::warn!(event = "orphan_remove_failed", volume = %volume, error = error.unwrap_or_default());
+            }
+            return Ok(Some(outcome));
+        }
+    }
+    Ok(None)
 }

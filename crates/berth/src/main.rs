@@ -31,7 +31,7 @@ enum Command {
     /// Apply the metadata store's schema migrations and exit.
     Migrate {
         #[command(flatten)]
-        store: serve::StoreArgs,
+        meta: serve::MetaArgs,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Snapshot(cmd) => snapshot::run(cmd).await,
             Command::Serve(args) => serve::serve(args).await,
-            Command::Migrate { store, json } => serve::migrate(store, json).await,
+            Command::Migrate { meta, json } => serve::migrate(meta, json).await,
             Command::Workspace(cmd) => control::workspace(cmd).await,
             Command::Drain(cmd) => control::drain(cmd).await,
             Command::Gc(cmd) => control::gc(cmd).await,

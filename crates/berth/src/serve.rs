@@ -5,16 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use berth_api::AccessMode;
 use berth_control::{Config, GcConfig};
+use berth_core::volume::AccessMode;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::units;
 
-/// Where the control plane keeps its state.
+/// Where the control plane keeps its metadata (the object store for snapshots is `--store`).
 #[derive(Debug, Args)]
-pub struct StoreArgs {
+pub struct MetaArgs {
     /// Data directory: the SQLite database, local volumes and the generated admin token.
     #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data", value_name = "DIR")]
     pub data_dir: PathBuf,
@@ -28,7 +28,7 @@ pub struct StoreArgs {
 #[derive(Debug, Args)]
 pub struct Serve {
     #[command(flatten)]
-    store: StoreArgs,
+    meta: MetaArgs,
     /// Address to listen on.
     #[arg(long, env = "BERTH_LISTEN", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
@@ -118,9 +118,9 @@ impl Serve {
             (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
             _ => None,
         };
-        let mut config = Config::new(self.store.data_dir);
+        let mut config = Config::new(self.meta.data_dir);
         config.listen = self.listen;
-        config.database_url = self.store.database_url;
+        config.database_url = self.meta.database_url;
         config.db_max_connections = self.db_max_connections;
         config.admin_token = admin_token;
         config.store = self.store_url;
@@ -174,10 +174,10 @@ async fn wait_for_signal() {
 }
 
 /// Runs `berth migrate`: applies pending migrations and exits.
-pub async fn migrate(store: StoreArgs, json: bool) -> Result<()> {
-    let mut config = Config::new(store.data_dir);
-    config.database_url = store.database_url;
-    let (_, applied) = berth_control::server::open_store(&config).await?;
+pub async fn migrate(meta: MetaArgs, json: bool) -> Result<()> {
+    let mut config = Config::new(meta.data_dir);
+    config.database_url = meta.database_url;
+    let (_, applied) = berth_control::app::open_meta(&config).await?;
     if json {
         println!("{}", serde_json::json!({"applied": applied}));
     } else if applied == 0 {

@@ -5,13 +5,17 @@ use std::collections::BTreeMap;
 
 use berth_api as api;
 use berth_core::drain::Drain;
+use berth_core::gc::{Action, OrphanAction};
 use berth_core::lease::Holder;
+use berth_core::repo::RepoSpec;
 use berth_core::time::Timestamp;
-use berth_core::volume::MountSpec;
+use berth_core::volume::{AccessMode, MountSpec};
 use serde::de::DeserializeOwned;
 
+use crate::app::Config;
 use crate::error::{Error, Result};
-use crate::meta::{DrainRow, EnsureOptions, EventRow, SnapshotRow, State, VolumeState, WorkspaceRow};
+use crate::meta::{DrainRow, EnsureOptions, EventRow, SnapshotRow, SnapshotStats, State, VolumeState, WorkspaceRow};
+use crate::reconcile::{GcReport, GcResult, OrphanResult};
 
 /// Parses a JSON body; an empty body is `{}`. The error names the field.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
@@ -71,9 +75,9 @@ pub fn workspace(ws: &WorkspaceRow, now: Timestamp, drain_timeout_secs: i64) -> 
         },
         size_bytes: ws.size_bytes,
         storage_class: ws.storage_class.clone(),
-        access_mode: api::AccessMode::parse(&ws.access_mode).unwrap_or_default(),
+        access_mode: access_mode(ws.access_mode),
         labels: ws.labels.clone(),
-        repos: ws.repos.clone(),
+        repos: ws.repos.iter().map(repo).collect(),
         epoch: ws.lease.epoch,
         lease,
         latest_snapshot: ws.latest_snapshot.clone(),
@@ -112,7 +116,12 @@ pub fn snapshot(s: &SnapshotRow, latest: Option<&str>) -> api::SnapshotInfo {
         epoch: s.epoch,
         session_id: s.session.clone(),
         recorded_at: ts(s.recorded_at),
-        stats: s.stats.clone(),
+        stats: api::SnapshotStats {
+            files: s.stats.files,
+            bytes: s.stats.bytes,
+            bytes_uploaded: s.stats.bytes_uploaded,
+            duration_ms: s.stats.duration_ms,
+        },
         latest: latest == Some(s.snapshot_id.as_str()),
     }
 }
@@ -140,21 +149,77 @@ pub fn mount(m: MountSpec) -> api::Mount {
     }
 }
 
-/// Server-side defaults for ensure options.
-#[derive(Clone, Debug)]
-pub struct EnsureDefaults {
-    /// Volume size.
-    pub size_bytes: u64,
-    /// Storage class.
-    pub storage_class: Option<String>,
-    /// Access mode.
-    pub access_mode: api::AccessMode,
+/// The wire form of a domain repo spec.
+pub fn repo(r: &RepoSpec) -> api::RepoSpec {
+    api::RepoSpec { url: r.url.clone(), branch: r.branch.clone(), depth: r.depth, path: r.path.clone() }
 }
 
-/// Validates an ensure body against the rules of every substrate.
-pub fn ensure_options(body: api::EnsureWorkspace, defaults: &EnsureDefaults) -> Result<EnsureOptions> {
+/// The wire form of an access mode.
+pub fn access_mode(m: AccessMode) -> api::AccessMode {
+    match m {
+        AccessMode::ReadWriteOnce => api::AccessMode::ReadWriteOnce,
+        AccessMode::ReadWriteOncePod => api::AccessMode::ReadWriteOncePod,
+        AccessMode::ReadWriteMany => api::AccessMode::ReadWriteMany,
+    }
+}
+
+/// The domain form of a wire access mode.
+pub fn access_mode_from(m: api::AccessMode) -> AccessMode {
+    match m {
+        api::AccessMode::ReadWriteOnce => AccessMode::ReadWriteOnce,
+        api::AccessMode::ReadWriteOncePod => AccessMode::ReadWriteOncePod,
+        api::AccessMode::ReadWriteMany => AccessMode::ReadWriteMany,
+    }
+}
+
+/// The domain form of reported snapshot statistics.
+pub fn snapshot_stats(s: &api::SnapshotStats) -> SnapshotStats {
+    SnapshotStats { files: s.files, bytes: s.bytes, bytes_uploaded: s.bytes_uploaded, duration_ms: s.duration_ms }
+}
+
+/// The wire view of a GC run.
+pub fn gc_report(r: &GcReport) -> api::GcReport {
+    let volumes = r
+        .volumes
+        .iter()
+        .map(|v| api::GcItem {
+            owner: v.owner.to_string(),
+            generation: v.generation.0,
+            volume: v.volume.to_string(),
+            outcome: match v.result {
+                GcResult::Planned(Action::Remove) => "remove".to_string(),
+                GcResult::Planned(Action::Skip(o)) | GcResult::Done(o) => o.as_str().to_string(),
+            },
+            error: v.error.clone(),
+        })
+        .collect();
+    api::GcReport {
+        dry_run: r.dry_run,
+        skipped: r.skipped.as_ref().map(ToString::to_string),
+        volumes,
+        counts: r.summary.counts().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        orphans: r.orphans.as_ref().map(|o| o.iter().map(orphan).collect()),
+        duration_ms: r.duration.as_millis() as u64,
+        db_ms: r.db.as_millis() as u64,
+    }
+}
+
+fn orphan(o: &OrphanResult) -> api::OrphanItem {
+    let (planned, until) = match o.action {
+        OrphanAction::Track => ("track", None),
+        OrphanAction::Wait { until } => ("wait", Some(ts(until))),
+        OrphanAction::Remove => ("remove", None),
+        OrphanAction::Forget => ("forget", None),
+    };
+    let action = o.removal.map_or(planned, |r| r.as_str()).to_string();
+    api::OrphanItem { volume: o.volume.to_string(), action, until }
+}
+
+/// Validates an ensure body against the rules of every substrate; what it leaves out comes
+/// from the server's configuration.
+pub fn ensure_options(body: api::EnsureWorkspace, defaults: &Config) -> Result<EnsureOptions> {
     let bad = |m: String| Err(Error::BadRequest(m));
-    let size_bytes = body.size_bytes.unwrap_or(defaults.size_bytes);
+    let size_bytes = body.size_bytes.unwrap_or(defaults.volume_size);
     if size_bytes == 0 || size_bytes > 1 << 50 {
         return bad(format!("size_bytes {size_bytes} is out of range: use 1 byte to 1 PiB"));
     }
@@ -169,16 +234,21 @@ pub fn ensure_options(body: api::EnsureWorkspace, defaults: &EnsureDefaults) -> 
     for (k, v) in &body.labels {
         check_label(k, v)?;
     }
-    for r in &body.repos {
-        berth_core::repo::target(&r.url, r.branch.as_deref(), r.depth, r.path.as_deref())
-            .map_err(|e| Error::BadRequest(format!("repos: {e}")))?;
-    }
+    let repos = body
+        .repos
+        .into_iter()
+        .map(|r| {
+            let spec = RepoSpec { url: r.url, branch: r.branch, depth: r.depth, path: r.path };
+            spec.target().map_err(|e| Error::BadRequest(format!("repos: {e}")))?;
+            Ok(spec)
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(EnsureOptions {
         size_bytes,
         storage_class,
-        access_mode: body.access_mode.unwrap_or(defaults.access_mode).as_str().to_string(),
+        access_mode: body.access_mode.map_or(defaults.access_mode, access_mode_from),
         labels: body.labels,
-        repos: body.repos,
+        repos,
     })
 }
 

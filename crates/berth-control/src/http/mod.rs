@@ -16,7 +16,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use crate::server::App;
+use crate::app::App;
 
 /// Builds the router over `app`.
 pub fn router(app: Arc<App>) -> Router {

@@ -10,17 +10,16 @@ use axum::Json;
 use berth_api as api;
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, PlaceName, SessionId};
-use berth_core::volume::AccessMode;
 use berth_core::workspace::WorkspaceId;
 use serde::Deserialize;
 
 use super::auth::Principal;
 use super::dto::{self, parse_body};
 use super::App;
+use crate::app::now;
 use crate::error::{Error, Result};
 use crate::meta::{Ensured, ListFilter, State as WsState, VolumeState};
 use crate::reconcile;
-use crate::server::now;
 use crate::volumes::{volume_labels, VolumeSpec};
 
 fn owner_param(s: &str) -> Result<WorkspaceId> {
@@ -58,7 +57,7 @@ pub async fn ensure_workspace(
 ) -> Result<impl IntoResponse> {
     principal.admin()?;
     let owner = owner_param(&owner)?;
-    let opts = dto::ensure_options(parse_body(&body)?, &app.ensure_defaults)?;
+    let opts = dto::ensure_options(parse_body(&body)?, &app.config)?;
     let (mut ws, how) = app.meta.ensure_workspace(&owner, &opts, now()).await?;
     if ws.volume_state != VolumeState::Present {
         // The record exists first, so the substrate never holds a volume berth does not know.
@@ -67,7 +66,7 @@ pub async fn ensure_workspace(
             labels: volume_labels(&app.install, &owner, ws.generation, &ws.labels),
             size_bytes: ws.size_bytes,
             storage_class: ws.storage_class.clone(),
-            access_mode: AccessMode::parse(&ws.access_mode).unwrap_or_default(),
+            access_mode: ws.access_mode,
         };
         app.volumes.ensure(&spec).await?;
         app.meta.mark_volume_present(&owner, ws.generation, now()).await?;
@@ -212,7 +211,7 @@ pub async fn attach(
             owner: owner.to_string(),
             generation: a.session.generation.0,
             store: cfg.store.clone(),
-            repos: a.workspace.repos.clone(),
+            repos: a.workspace.repos.iter().map(dto::repo).collect(),
             latest_snapshot: a.workspace.latest_snapshot.clone(),
         },
         handover: a.handover.map(|nonce| api::Handover { scope: Scope::Workspace(owner.clone()).to_string(), nonce }),
@@ -287,7 +286,14 @@ pub async fn publish_snapshot(
     };
     let s = app
         .meta
-        .publish_snapshot(&owner, session, body.epoch, &body.snapshot_id.to_ascii_lowercase(), &body.stats, now())
+        .publish_snapshot(
+            &owner,
+            session,
+            body.epoch,
+            &body.snapshot_id.to_ascii_lowercase(),
+            &dto::snapshot_stats(&body.stats),
+            now(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(dto::snapshot(&s, Some(&s.snapshot_id)))))
 }
@@ -429,7 +435,7 @@ pub async fn events(
 pub async fn gc_run(principal: Principal, State(app): State<Arc<App>>, body: Bytes) -> Result<Json<api::GcReport>> {
     principal.admin()?;
     let body: api::GcRun = parse_body(&body)?;
-    Ok(Json(reconcile::gc_sweep(&app, body.dry_run, body.orphans).await?))
+    Ok(Json(dto::gc_report(&reconcile::gc_sweep(&app, body.dry_run, body.orphans).await?)))
 }
 
 /// Liveness: the process answers.

@@ -20,12 +20,12 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use berth_api::RepoSpec;
 use berth_core::gc::DeleteStep;
 use berth_core::lease::{Holder, Lease};
+use berth_core::repo::RepoSpec;
 use berth_core::session::{InstanceId, SessionId};
 use berth_core::time::Timestamp;
-use berth_core::volume::VolumeName;
+use berth_core::volume::{AccessMode, VolumeName};
 use berth_core::workspace::{Generation, WorkspaceId};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 
 pub use drains::DrainRow;
 pub use gc::{Claimed, OrphanRow};
-pub use sessions::{Attached, HeartbeatOutcome, SessionRow, SnapshotRow};
+pub use sessions::{Attached, HeartbeatOutcome, SessionRow, SnapshotRow, SnapshotStats};
 pub use workspaces::{EnsureOptions, Ensured, ListFilter};
 
 /// Which SQL dialect the store speaks.
@@ -146,8 +146,8 @@ pub struct WorkspaceRow {
     pub size_bytes: u64,
     /// Storage class.
     pub storage_class: Option<String>,
-    /// Access mode (Kubernetes spelling).
-    pub access_mode: String,
+    /// Access mode.
+    pub access_mode: AccessMode,
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// Repositories to clone on init.
@@ -195,6 +195,7 @@ fn ws_from_row(row: &AnyRow) -> Result<WorkspaceRow> {
     let opt_text = |c: &str| -> Result<Option<String>> { Ok(row.try_get::<Option<String>, _>(c)?) };
     let int = |c: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(c)?) };
     let opt_ts = |c: &str| -> Result<Option<Timestamp>> { Ok(row.try_get::<Option<i64>, _>(c)?.map(Timestamp)) };
+    let access_mode = text("access_mode")?;
     let owner = WorkspaceId::new(text("owner")?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let volume = VolumeName::new(text("volume")?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let holder = match (opt_text("lease_session")?, opt_text("lease_instance")?) {
@@ -217,7 +218,8 @@ fn ws_from_row(row: &AnyRow) -> Result<WorkspaceRow> {
         volume_outcome: opt_text("volume_outcome")?,
         size_bytes: int("size_bytes")? as u64,
         storage_class: opt_text("storage_class")?,
-        access_mode: text("access_mode")?,
+        access_mode: AccessMode::parse(&access_mode)
+            .ok_or_else(|| Error::Corrupt(format!("access mode '{access_mode}'")))?,
         labels: json_column(&text("labels")?, "labels")?,
         repos: json_column(&text("repos")?, "repos")?,
         lease: Lease { epoch: int("lease_epoch")? as u64, holder, expires: Timestamp(int("lease_expires")?) },

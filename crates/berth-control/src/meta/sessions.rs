@@ -1,7 +1,6 @@
 //! Sessions and their lease: attach, heartbeat, detach, lease expiry; and snapshot pointers,
 //! which a session publishes under its epoch.
 
-use berth_api::SnapshotStats;
 use berth_core::drain::{self, Drain};
 use berth_core::lease::{Acquired, Holder, LeaseError};
 use berth_core::scope::Scope;
@@ -74,6 +73,23 @@ pub struct HeartbeatOutcome {
     pub expires: Timestamp,
     /// The scopes of the session that are draining.
     pub draining: Vec<DrainRow>,
+}
+
+/// What a sandbox reported about one snapshot run; stored as JSON with the pointer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotStats {
+    /// Files in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// File bytes in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Bytes uploaded by the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_uploaded: Option<u64>,
+    /// How long the run took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 /// A recorded snapshot.

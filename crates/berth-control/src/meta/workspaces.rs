@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use berth_api::RepoSpec;
 use berth_core::gc::DeleteStep;
+use berth_core::repo::RepoSpec;
 use berth_core::time::Timestamp;
-use berth_core::volume::VolumeName;
+use berth_core::volume::{AccessMode, VolumeName};
 use berth_core::workspace::{Generation, WorkspaceId};
 use serde_json::json;
 
@@ -19,8 +19,8 @@ pub struct EnsureOptions {
     pub size_bytes: u64,
     /// Storage class.
     pub storage_class: Option<String>,
-    /// Access mode (Kubernetes spelling).
-    pub access_mode: String,
+    /// Access mode.
+    pub access_mode: AccessMode,
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// Repositories.
@@ -73,7 +73,7 @@ impl Meta {
         .bind(volume.as_str())
         .bind(opts.size_bytes as i64)
         .bind(opts.storage_class.clone())
-        .bind(opts.access_mode.clone())
+        .bind(opts.access_mode.as_str())
         .bind(labels.clone())
         .bind(repos.clone())
         .bind(now.0)
@@ -131,7 +131,7 @@ impl Meta {
                     .bind(volume.as_str())
                     .bind(opts.size_bytes as i64)
                     .bind(opts.storage_class.clone())
-                    .bind(opts.access_mode.clone())
+                    .bind(opts.access_mode.as_str())
                     .bind(labels)
                     .bind(repos)
                     .bind(now.0)

@@ -1,0 +1,254 @@
+//! The control plane's configuration, the state every handler and reconciler shares (`App`),
+//! and the clock.
+//!
+//! **Invariant:** `now()` is the control plane's only clock read; everything below it takes
+//! the time as a parameter.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_core::time::Timestamp;
+use berth_core::volume::AccessMode;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::Notify;
+
+use crate::auth::Tokens;
+use crate::error::{Error, Result};
+use crate::meta::{random_hex, redact_url, Meta};
+use crate::volumes::{LocalVolumes, Volumes};
+
+/// Volume GC settings: candidates are bounded per sweep and removed a few at a time, and a
+/// sweep is time-bounded.
+#[derive(Clone, Debug)]
+pub struct GcConfig {
+    /// Seconds between sweeps.
+    pub interval_secs: u64,
+    /// Seconds after closing before a volume is a candidate.
+    pub cooldown_secs: i64,
+    /// Candidates per sweep.
+    pub batch: u32,
+    /// Removals in flight at once.
+    pub concurrency: usize,
+    /// Time bound of one sweep, in seconds.
+    pub timeout_secs: u64,
+    /// Seconds a reconciler's claim on a workspace lasts: longer than a sweep; after a crash,
+    /// the dead process's claims hold their workspaces this long.
+    pub claim_ttl_secs: i64,
+    /// Seconds between orphan sweeps.
+    pub orphan_interval_secs: u64,
+    /// Seconds an orphan must stay without a record before it is removed.
+    pub orphan_grace_secs: i64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_secs: 60,
+            cooldown_secs: 600,
+            batch: 100,
+            concurrency: 3,
+            timeout_secs: 15,
+            claim_ttl_secs: 120,
+            orphan_interval_secs: 600,
+            orphan_grace_secs: 3600,
+        }
+    }
+}
+
+/// Everything `berth serve` is configured with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory (SQLite database, local volumes, generated admin token).
+    pub data_dir: PathBuf,
+    /// `postgres://...` or `sqlite://...`; default: SQLite in the data dir.
+    pub database_url: Option<String>,
+    /// PostgreSQL pool size.
+    pub db_max_connections: u32,
+    /// The admin token; default: read or generate `<data-dir>/admin-token`.
+    pub admin_token: Option<String>,
+    /// Object store URL handed to sandboxes for snapshots.
+    pub store: Option<String>,
+    /// Lease time to live in seconds.
+    pub lease_ttl_secs: i64,
+    /// Hard timeout of a drain in seconds.
+    pub drain_timeout_secs: i64,
+    /// Default volume size.
+    pub volume_size: u64,
+    /// Default storage class.
+    pub storage_class: Option<String>,
+    /// Default access mode.
+    pub access_mode: AccessMode,
+    /// uid:gid that owns new local workspace directories (the sandbox's user).
+    pub volume_owner: Option<(u32, u32)>,
+    /// Volume GC.
+    pub gc: GcConfig,
+    /// Seconds between lease and drain expiry checks.
+    pub expiry_interval_secs: u64,
+}
+
+impl Config {
+    /// The defaults of `berth serve` with no flags.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            data_dir: data_dir.into(),
+            database_url: None,
+            db_max_connections: 16,
+            admin_token: None,
+            store: None,
+            lease_ttl_secs: 60,
+            drain_timeout_secs: berth_core::drain::DEFAULT_HARD_TIMEOUT_SECS,
+            volume_size: 10 << 30,
+            storage_class: None,
+            access_mode: AccessMode::ReadWriteOnce,
+            volume_owner: None,
+            gc: GcConfig::default(),
+            expiry_interval_secs: 2,
+        }
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("berth.db").display()))
+    }
+}
+
+/// The state every request handler and reconciler shares.
+#[derive(Debug)]
+pub struct App {
+    /// The metadata store.
+    pub meta: Meta,
+    /// The substrate.
+    pub volumes: Arc<dyn Volumes>,
+    /// Configuration.
+    pub config: Config,
+    /// This installation's id (a label on every volume).
+    pub install: String,
+    /// This process's id among replicas (claims and locks carry it).
+    pub replica: String,
+    /// Who a bearer token is: the admin, or a sandbox's session.
+    pub tokens: Tokens,
+    /// Wakes the deletion reconciler.
+    pub wake_delete: Notify,
+    /// Keeps GC sweeps of this process from overlapping.
+    pub gc_running: tokio::sync::Mutex<()>,
+    /// Prometheus rendering.
+    pub metrics: PrometheusHandle,
+}
+
+/// Returns the current time. The only clock read of the control plane.
+pub fn now() -> Timestamp {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    Timestamp(d.as_nanos() as i64)
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only when another recorder is installed (a second App in one test process):
+            // metrics then go to that one.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Reads the admin token from the config or `<data-dir>/admin-token`, generating the file on
+/// first start.
+fn admin_token(config: &Config) -> Result<String> {
+    if let Some(t) = &config.admin_token {
+        if t.len() < 16 {
+            return Err(Error::Config("the admin token must be at least 16 characters".into()));
+        }
+        return Ok(t.clone());
+    }
+    let path = config.data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Config(format!("cannot read {}: {e}", path.display()))),
+    }
+    let token = format!("bat_{}", random_hex(32));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        f.write_all(token.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()
+    };
+    match write() {
+        Ok(()) => {
+            tracing::info!(event = "admin_token_created", path = %path.display());
+            Ok(token)
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => admin_token(config),
+        Err(e) => Err(Error::Config(format!("cannot write {}: {e}", path.display()))),
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", path.display())))
+}
+
+/// Opens the metadata store of `config` and applies migrations; returns it and how many ran.
+pub async fn open_meta(config: &Config) -> Result<(Meta, usize)> {
+    if config.database_url.is_none() {
+        create_private_dir(&config.data_dir)?;
+    }
+    let url = config.database_url();
+    let meta = Meta::open(&url, config.db_max_connections).await.map_err(|e| match e {
+        Error::Db(e) => Error::Config(format!("cannot open the metadata store {}: {e}", redact_url(&url))),
+        other => other,
+    })?;
+    let applied = meta.migrate().await?;
+    Ok((meta, applied))
+}
+
+impl App {
+    /// Builds the application state: opens and migrates the store, sets up the substrate.
+    pub async fn new(mut config: Config) -> Result<Arc<App>> {
+        create_private_dir(&config.data_dir)?;
+        // Mount paths handed to sandboxes must not depend on this process's working directory.
+        config.data_dir = std::fs::canonicalize(&config.data_dir)
+            .map_err(|e| Error::Config(format!("cannot resolve data dir {}: {e}", config.data_dir.display())))?;
+        let (meta, applied) = open_meta(&config).await?;
+        if applied > 0 {
+            tracing::info!(event = "migrations_applied", count = applied);
+        }
+        let install = meta.install_id().await?;
+        let volumes = open_volumes(&config)?;
+        let tokens = Tokens::new(&admin_token(&config)?);
+        Ok(Arc::new(App {
+            meta,
+            volumes,
+            install,
+            replica: format!("replica_{}", random_hex(8)),
+            tokens,
+            wake_delete: Notify::new(),
+            gc_running: tokio::sync::Mutex::new(()),
+            metrics: metrics_handle(),
+            config,
+        }))
+    }
+}
+
+/// Opens the substrate that holds workspace volumes: the one place that chooses it.
+fn open_volumes(config: &Config) -> Result<Arc<dyn Volumes>> {
+    Ok(Arc::new(LocalVolumes::new(config.data_dir.join("volumes"), config.volume_owner)?))
+}
