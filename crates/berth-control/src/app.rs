@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::auth::Tokens;
 use crate::error::{Error, Result};
-use crate::meta::{random_hex, redact_url, Meta};
+use crate::meta::{random_hex, redact_url, Meta, Rules};
 use crate::volumes::{LocalVolumes, Volumes};
 
 /// Volume GC settings: candidates are bounded per sweep and removed a few at a time, and a
@@ -212,7 +212,8 @@ pub async fn open_meta(config: &Config) -> Result<(Meta, usize)> {
         create_private_dir(&config.data_dir)?;
     }
     let url = config.database_url();
-    let meta = Meta::open(&url, config.db_max_connections).await.map_err(|e| match e {
+    let rules = Rules { lease_ttl_secs: config.lease_ttl_secs, drain_timeout_secs: config.drain_timeout_secs };
+    let meta = Meta::open(&url, config.db_max_connections, rules).await.map_err(|e| match e {
         Error::Db(e) => Error::Config(format!("cannot open the metadata store {}: {e}", redact_url(&url))),
         other => other,
     })?;

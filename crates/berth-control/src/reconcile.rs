@@ -95,7 +95,7 @@ pub fn spawn(app: &Arc<App>, tracker: &TaskTracker, shutdown: CancellationToken)
                     _ = tokio::time::sleep(period) => {}
                 }
                 let t = now();
-                match app.meta.expire_drains(t, app.config.drain_timeout_secs).await {
+                match app.meta.expire_drains(t).await {
                     Ok(0) => {}
                     Ok(n) => metrics::counter!("berth_drains_cleared_total", "by" => "timeout").increment(n),
                     Err(e) => tracing::warn!(event = "drain_expiry_failed", error = %e),

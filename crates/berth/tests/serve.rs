@@ -214,7 +214,7 @@ async fn all_events(c: &Client, kind: &str) -> Vec<berth_api::Event> {
 
 async fn open_meta(data: &Path) -> berth_control::meta::Meta {
     let url = format!("sqlite://{}?mode=rwc", data.join("berth.db").display());
-    berth_control::meta::Meta::open(&url, 2).await.unwrap()
+    berth_control::meta::Meta::open(&url, 2, Default::default()).await.unwrap()
 }
 
 #[test]

@@ -39,7 +39,7 @@ pub fn lease_info(holder: &Holder, epoch: u64, expires: Timestamp) -> api::Lease
 }
 
 /// The wire view of a workspace at `now`.
-pub fn workspace(ws: &WorkspaceRow, now: Timestamp, drain_timeout_secs: i64) -> api::Workspace {
+pub fn workspace(ws: &WorkspaceRow, now: Timestamp) -> api::Workspace {
     let state = match ws.state {
         State::Active => api::WorkspaceState::Active,
         State::Closed => api::WorkspaceState::Closed,
@@ -81,7 +81,7 @@ pub fn workspace(ws: &WorkspaceRow, now: Timestamp, drain_timeout_secs: i64) -> 
         epoch: ws.lease.epoch,
         lease,
         latest_snapshot: ws.latest_snapshot.clone(),
-        draining: ws.is_draining(now, drain_timeout_secs),
+        draining: ws.is_draining(now),
         deletion,
         created_at: ts(ws.created_at),
         updated_at: ts(ws.updated_at),
@@ -90,7 +90,7 @@ pub fn workspace(ws: &WorkspaceRow, now: Timestamp, drain_timeout_secs: i64) -> 
 }
 
 /// The wire view of a drain.
-pub fn drain(row: &DrainRow, hard_timeout_secs: i64) -> api::DrainInfo {
+pub fn drain(row: &DrainRow) -> api::DrainInfo {
     let (draining, nonce, since, instance) = match &row.state {
         Drain::Open => (false, None, None, None),
         Drain::Draining { nonce, since, instance } => (true, Some(nonce.clone()), Some(*since), instance.clone()),
@@ -100,7 +100,7 @@ pub fn drain(row: &DrainRow, hard_timeout_secs: i64) -> api::DrainInfo {
         draining,
         nonce,
         since: since.map(ts),
-        expires_at: since.map(|s| ts(s.plus_secs(hard_timeout_secs))),
+        expires_at: row.expires_at.map(ts),
         instance_id: instance.map(|i| i.to_string()),
         reason: if draining { row.reason.clone() } else { None },
         cleared_at: row.cleared_at.map(ts),

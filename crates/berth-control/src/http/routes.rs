@@ -73,7 +73,7 @@ pub async fn ensure_workspace(
         ws = app.meta.workspace(&owner).await?.ok_or_else(|| Error::NotFound(owner.to_string()))?;
     }
     let status = if how == Ensured::Created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(dto::workspace(&ws, now(), app.config.drain_timeout_secs))))
+    Ok((status, Json(dto::workspace(&ws, now()))))
 }
 
 /// Reads a workspace.
@@ -92,7 +92,7 @@ pub async fn get_workspace(
         .workspace(&owner)
         .await?
         .ok_or_else(|| Error::NotFound(format!("workspace {owner} does not exist")))?;
-    Ok(Json(dto::workspace(&ws, now(), app.config.drain_timeout_secs)))
+    Ok(Json(dto::workspace(&ws, now())))
 }
 
 /// Query of the workspace listing.
@@ -138,7 +138,7 @@ pub async fn list_workspaces(
     let (rows, more) = app.meta.workspaces(&filter, after.as_ref(), limit).await?;
     let t = now();
     let next = if more { rows.last().map(|w| w.owner.to_string()) } else { None };
-    let items = rows.iter().map(|w| dto::workspace(w, t, app.config.drain_timeout_secs)).collect();
+    let items = rows.iter().map(|w| dto::workspace(w, t)).collect();
     Ok(Json(api::WorkspaceList { items, next }))
 }
 
@@ -153,7 +153,7 @@ pub async fn close_workspace(
     principal.admin()?;
     let owner = owner_param(&owner)?;
     let ws = app.meta.close_workspace(&owner, now()).await?;
-    Ok(Json(dto::workspace(&ws, now(), app.config.drain_timeout_secs)))
+    Ok(Json(dto::workspace(&ws, now())))
 }
 
 /// Asks for a workspace's deletion: 202 with state `deleting`; it completes in the background
@@ -171,7 +171,7 @@ pub async fn delete_workspace(
     let (ws, _) = app.meta.request_delete(&owner, now()).await?;
     app.wake_delete.notify_one();
     let status = if ws.state == WsState::Deleted { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, Json(dto::workspace(&ws, now(), app.config.drain_timeout_secs))))
+    Ok((status, Json(dto::workspace(&ws, now()))))
 }
 
 /// Attaches a sandbox: takes the single-writer lease with a new fencing epoch.
@@ -192,10 +192,7 @@ pub async fn attach(
     let node = place("node", body.node)?;
     let pool = place("pool", body.pool)?;
     let cfg = &app.config;
-    let a = app
-        .meta
-        .attach(&owner, &instance, node.as_ref(), pool.as_ref(), now(), cfg.lease_ttl_secs, cfg.drain_timeout_secs)
-        .await?;
+    let a = app.meta.attach(&owner, &instance, node.as_ref(), pool.as_ref(), now()).await?;
     metrics::counter!("berth_attaches_total").increment(1);
     let session = api::Session {
         session_id: a.session.id.to_string(),
@@ -204,7 +201,7 @@ pub async fn attach(
         workspace_id: a.workspace.id.clone(),
         epoch: a.session.epoch,
         lease_expires_at: dto::ts(a.expires),
-        lease_ttl_secs: cfg.lease_ttl_secs as u64,
+        lease_ttl_secs: app.meta.rules().lease_ttl_secs as u64,
         token: a.token,
         mount: dto::mount(app.volumes.mount(&a.workspace.volume)),
         init: api::InitSpec {
@@ -233,14 +230,13 @@ pub async fn heartbeat(
     principal.session(&id)?;
     let body: api::Heartbeat = parse_body(&body)?;
     let instance = instance_param(body.instance_id)?;
-    let cfg = &app.config;
-    let hb = app.meta.heartbeat(&id, body.epoch, &instance, now(), cfg.lease_ttl_secs, cfg.drain_timeout_secs).await?;
+    let hb = app.meta.heartbeat(&id, body.epoch, &instance, now()).await?;
     metrics::counter!("berth_heartbeats_total").increment(1);
     let drains: Vec<_> = hb
         .draining
         .iter()
         .map(|d| {
-            let mut info = dto::drain(d, cfg.drain_timeout_secs);
+            let mut info = dto::drain(d);
             // Only the workspace's own drain hands its nonce to the sandbox.
             if !matches!(d.scope, Scope::Workspace(_)) {
                 info.nonce = None;
@@ -328,16 +324,13 @@ pub async fn start_drain(principal: Principal, State(app): State<Arc<App>>, body
         }
     }
     let reason = body.reason.map(|r| r.chars().take(500).collect::<String>());
-    let (row, started) = app
-        .meta
-        .start_drain(&scope, instance.as_ref(), reason.as_deref(), now(), app.config.drain_timeout_secs)
-        .await?;
+    let (row, started) = app.meta.start_drain(&scope, instance.as_ref(), reason.as_deref(), now()).await?;
     if started {
         metrics::counter!("berth_drains_started_total").increment(1);
         tracing::info!(event = "drain_started", scope = %scope, reason = reason.as_deref().unwrap_or(""));
     }
     let status = if started { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(dto::drain(&row, app.config.drain_timeout_secs))))
+    Ok((status, Json(dto::drain(&row))))
 }
 
 /// Reads the drain state of a scope (a scope never drained is open).
@@ -350,16 +343,16 @@ pub async fn get_drain(
 ) -> Result<Json<api::DrainInfo>> {
     let scope = scope_param(&scope)?;
     principal.scope(&scope)?;
-    let row = app.meta.drain(&scope, now(), app.config.drain_timeout_secs).await?;
-    Ok(Json(dto::drain(&row, app.config.drain_timeout_secs)))
+    let row = app.meta.drain(&scope, now()).await?;
+    Ok(Json(dto::drain(&row)))
 }
 
 /// Lists every scope that is draining or has drained.
 #[utoipa::path(get, path = "/v1/drains", tag = "drains", responses((status = 200, body = api::DrainList)))]
 pub async fn list_drains(principal: Principal, State(app): State<Arc<App>>) -> Result<Json<api::DrainList>> {
     principal.admin()?;
-    let rows = app.meta.drains(now(), app.config.drain_timeout_secs).await?;
-    Ok(Json(api::DrainList { items: rows.iter().map(|r| dto::drain(r, app.config.drain_timeout_secs)).collect() }))
+    let rows = app.meta.drains(now()).await?;
+    Ok(Json(api::DrainList { items: rows.iter().map(dto::drain).collect() }))
 }
 
 /// The replacement acknowledges the handover: the matching nonce clears the drain; the wrong
@@ -386,14 +379,11 @@ pub async fn ready(
         }
         Principal::Admin => None,
     };
-    let (row, cleared) = app
-        .meta
-        .ack_drain(&scope, &body.nonce, fence.as_ref().map(|(s, e)| (s, *e)), now(), app.config.drain_timeout_secs)
-        .await?;
+    let (row, cleared) = app.meta.ack_drain(&scope, &body.nonce, fence.as_ref().map(|(s, e)| (s, *e)), now()).await?;
     if cleared {
         metrics::counter!("berth_drains_cleared_total", "by" => "ack").increment(1);
     }
-    Ok(Json(api::ReadyReply { cleared, drain: dto::drain(&row, app.config.drain_timeout_secs) }))
+    Ok(Json(api::ReadyReply { cleared, drain: dto::drain(&row) }))
 }
 
 /// Query of the audit log.

@@ -8,7 +8,7 @@ use berth_core::time::Timestamp;
 use serde_json::json;
 use sqlx::{AnyConnection, Row};
 
-use super::{begin, random_hex, record, Meta, NewEvent};
+use super::{begin, random_hex, record, Meta, NewEvent, Rules};
 use crate::error::{Error, Result};
 
 /// A scope's drain record.
@@ -24,20 +24,26 @@ pub struct DrainRow {
     pub cleared_at: Option<Timestamp>,
     /// How the last drain cleared.
     pub cleared_by: Option<String>,
+    /// While draining: when the hard timeout clears it.
+    pub expires_at: Option<Timestamp>,
 }
 
 impl DrainRow {
     fn open(scope: Scope) -> DrainRow {
-        DrainRow { scope, state: Drain::Open, reason: None, cleared_at: None, cleared_by: None }
+        DrainRow { scope, state: Drain::Open, reason: None, cleared_at: None, cleared_by: None, expires_at: None }
     }
 
-    /// Returns the state as seen at `now`: a drain past its hard timeout reads as open even
-    /// before the reconciler records that.
-    pub fn at(self, now: Timestamp, hard_timeout_secs: i64) -> DrainRow {
-        match drain::step(&self.state, drain::Event::Tick, now, hard_timeout_secs) {
-            (state, Outcome::Cleared(by)) => {
-                DrainRow { state, cleared_at: Some(now), cleared_by: Some(cleared_by_str(by).into()), ..self }
-            }
+    /// Returns the state as seen at `now` under `rules`: a drain past its hard timeout reads
+    /// as open even before the reconciler records that.
+    fn at(self, now: Timestamp, rules: Rules) -> DrainRow {
+        match drain::step(&self.state, drain::Event::Tick, now, rules.drain_timeout_secs) {
+            (state, Outcome::Cleared(by)) => DrainRow {
+                state,
+                cleared_at: Some(now),
+                cleared_by: Some(cleared_by_str(by).into()),
+                expires_at: None,
+                ..self
+            },
             _ => self,
         }
     }
@@ -53,7 +59,7 @@ fn cleared_by_str(by: ClearedBy) -> &'static str {
 
 const DRAIN_COLS: &str = "scope, state, nonce, instance, since, reason, cleared_at, cleared_by";
 
-fn drain_from_row(row: &sqlx::any::AnyRow) -> Result<DrainRow> {
+fn drain_from_row(row: &sqlx::any::AnyRow, rules: Rules) -> Result<DrainRow> {
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
     let scope: Scope = row.try_get::<String, _>("scope")?.parse().map_err(|e| corrupt(&e))?;
     let state = match row.try_get::<String, _>("state")?.as_str() {
@@ -69,55 +75,61 @@ fn drain_from_row(row: &sqlx::any::AnyRow) -> Result<DrainRow> {
         },
         other => return Err(Error::Corrupt(format!("drain state '{other}'"))),
     };
+    let expires_at = match &state {
+        Drain::Draining { since, .. } => Some(since.plus_secs(rules.drain_timeout_secs)),
+        Drain::Open => None,
+    };
     Ok(DrainRow {
         scope,
         state,
+        expires_at,
         reason: row.try_get("reason")?,
         cleared_at: row.try_get::<Option<i64>, _>("cleared_at")?.map(Timestamp),
         cleared_by: row.try_get("cleared_by")?,
     })
 }
 
-/// Applies `event` to `row` and stores the result with its audit event; returns the new state
-/// and the outcome.
-pub(super) async fn apply(
-    conn: &mut AnyConnection,
-    row: &DrainRow,
-    event: drain::Event,
-    now: Timestamp,
-    hard_timeout_secs: i64,
-) -> Result<(Drain, Outcome)> {
-    let instance_of_event = match &event {
-        drain::Event::Heartbeat { instance } => Some(instance.to_string()),
-        _ => None,
-    };
-    let reason = match &event {
-        drain::Event::Evict { .. } => row.reason.clone(),
-        _ => None,
-    };
-    let (state, outcome) = drain::step(&row.state, event, now, hard_timeout_secs);
-    let scope = row.scope.to_string();
-    match (&state, &outcome) {
-        (Drain::Draining { nonce, since, instance }, Outcome::Started(_)) => {
-            sqlx::query(
-                "INSERT INTO drains (scope, state, nonce, instance, since, reason, updated_at) \
+impl Meta {
+    /// Applies `event` to `row` and stores the result with its audit event; returns the new state
+    /// and the outcome.
+    pub(super) async fn apply_drain(
+        &self,
+        conn: &mut AnyConnection,
+        row: &DrainRow,
+        event: drain::Event,
+        now: Timestamp,
+    ) -> Result<(Drain, Outcome)> {
+        let instance_of_event = match &event {
+            drain::Event::Heartbeat { instance } => Some(instance.to_string()),
+            _ => None,
+        };
+        let reason = match &event {
+            drain::Event::Evict { .. } => row.reason.clone(),
+            _ => None,
+        };
+        let (state, outcome) = drain::step(&row.state, event, now, self.rules.drain_timeout_secs);
+        let scope = row.scope.to_string();
+        match (&state, &outcome) {
+            (Drain::Draining { nonce, since, instance }, Outcome::Started(_)) => {
+                sqlx::query(
+                    "INSERT INTO drains (scope, state, nonce, instance, since, reason, updated_at) \
                  VALUES ($1, 'draining', $2, $3, $4, $5, $4) ON CONFLICT (scope) DO UPDATE SET state = 'draining', \
                  nonce = excluded.nonce, instance = excluded.instance, since = excluded.since, \
                  reason = excluded.reason, updated_at = excluded.updated_at",
-            )
-            .bind(&scope)
-            .bind(nonce)
-            .bind(instance.as_ref().map(|i| i.to_string()))
-            .bind(since.0)
-            .bind(reason.clone())
-            .execute(&mut *conn)
-            .await?;
-            let detail = json!({"instance": instance.as_ref().map(|i| i.as_str()), "reason": reason});
-            record(conn, now, NewEvent { kind: "drain_started", scope: Some(scope), detail, ..Default::default() })
+                )
+                .bind(&scope)
+                .bind(nonce)
+                .bind(instance.as_ref().map(|i| i.to_string()))
+                .bind(since.0)
+                .bind(reason.clone())
+                .execute(&mut *conn)
                 .await?;
-        }
-        (Drain::Open, Outcome::Cleared(by)) => {
-            sqlx::query(
+                let detail = json!({"instance": instance.as_ref().map(|i| i.as_str()), "reason": reason});
+                record(conn, now, NewEvent { kind: "drain_started", scope: Some(scope), detail, ..Default::default() })
+                    .await?;
+            }
+            (Drain::Open, Outcome::Cleared(by)) => {
+                sqlx::query(
                 "UPDATE drains SET state = 'open', nonce = NULL, cleared_at = $2, cleared_by = $3, updated_at = $2 \
                  WHERE scope = $1",
             )
@@ -126,19 +138,19 @@ pub(super) async fn apply(
             .bind(cleared_by_str(*by))
             .execute(&mut *conn)
             .await?;
-            let detail = json!({"by": cleared_by_str(*by), "instance": instance_of_event});
-            record(conn, now, NewEvent { kind: "drain_cleared", scope: Some(scope), detail, ..Default::default() })
-                .await?;
+                let detail = json!({"by": cleared_by_str(*by), "instance": instance_of_event});
+                record(conn, now, NewEvent { kind: "drain_cleared", scope: Some(scope), detail, ..Default::default() })
+                    .await?;
+            }
+            (_, Outcome::WrongNonce) => {
+                record(conn, now, NewEvent { kind: "drain_wrong_nonce", scope: Some(scope), ..Default::default() })
+                    .await?;
+            }
+            _ => {}
         }
-        (_, Outcome::WrongNonce) => {
-            record(conn, now, NewEvent { kind: "drain_wrong_nonce", scope: Some(scope), ..Default::default() }).await?;
-        }
-        _ => {}
+        Ok((state, outcome))
     }
-    Ok((state, outcome))
-}
 
-impl Meta {
     /// Reads the draining rows among `scopes`, locking them.
     pub(super) async fn drains_for_update(&self, conn: &mut AnyConnection, scopes: &[Scope]) -> Result<Vec<DrainRow>> {
         let marks: Vec<String> = (1..=scopes.len()).map(|i| format!("${i}")).collect();
@@ -151,13 +163,13 @@ impl Meta {
         for s in scopes {
             q = q.bind(s.to_string());
         }
-        q.fetch_all(conn).await?.iter().map(drain_from_row).collect()
+        q.fetch_all(conn).await?.iter().map(|r| drain_from_row(r, self.rules)).collect()
     }
 
     async fn drain_in(&self, conn: &mut AnyConnection, scope: &Scope, lock: bool) -> Result<DrainRow> {
         let sql = format!("SELECT {DRAIN_COLS} FROM drains WHERE scope = $1{}", if lock { self.lock() } else { "" });
         match sqlx::query(&sql).bind(scope.to_string()).fetch_optional(conn).await? {
-            Some(row) => drain_from_row(&row),
+            Some(row) => drain_from_row(&row, self.rules),
             None => Ok(DrainRow::open(scope.clone())),
         }
     }
@@ -171,7 +183,6 @@ impl Meta {
         instance: Option<&InstanceId>,
         reason: Option<&str>,
         now: Timestamp,
-        hard_timeout_secs: i64,
     ) -> Result<(DrainRow, bool)> {
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
@@ -184,11 +195,10 @@ impl Meta {
         }
         let row = self.drain_in(&mut tx, scope, true).await?;
         // Let a drain past its hard timeout clear first, so the eviction starts a fresh one.
-        let (state, _) = apply(&mut tx, &row, drain::Event::Tick, now, hard_timeout_secs).await?;
+        let (state, _) = self.apply_drain(&mut tx, &row, drain::Event::Tick, now).await?;
         let row = DrainRow { state, reason: reason.map(String::from), ..row };
         let nonce = random_hex(16);
-        let (state, outcome) =
-            apply(&mut tx, &row, drain::Event::Evict { instance, nonce }, now, hard_timeout_secs).await?;
+        let (state, outcome) = self.apply_drain(&mut tx, &row, drain::Event::Evict { instance, nonce }, now).await?;
         let started = matches!(outcome, Outcome::Started(_));
         let row = self.drain_in(&mut tx, scope, false).await?;
         tx.commit().await?;
@@ -197,16 +207,16 @@ impl Meta {
     }
 
     /// Reads the drain state of `scope` as of `now`.
-    pub async fn drain(&self, scope: &Scope, now: Timestamp, hard_timeout_secs: i64) -> Result<DrainRow> {
+    pub async fn drain(&self, scope: &Scope, now: Timestamp) -> Result<DrainRow> {
         let mut conn = self.read.acquire().await?;
-        Ok(self.drain_in(&mut conn, scope, false).await?.at(now, hard_timeout_secs))
+        Ok(self.drain_in(&mut conn, scope, false).await?.at(now, self.rules))
     }
 
     /// Lists every scope with a drain record.
-    pub async fn drains(&self, now: Timestamp, hard_timeout_secs: i64) -> Result<Vec<DrainRow>> {
+    pub async fn drains(&self, now: Timestamp) -> Result<Vec<DrainRow>> {
         let sql = format!("SELECT {DRAIN_COLS} FROM drains ORDER BY scope");
         let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
-        rows.iter().map(|r| Ok(drain_from_row(r)?.at(now, hard_timeout_secs))).collect()
+        rows.iter().map(|r| Ok(drain_from_row(r, self.rules)?.at(now, self.rules))).collect()
     }
 
     /// Acknowledges the handover of `scope` with `nonce`. A sandbox's ack (`session`) is fenced:
@@ -219,7 +229,6 @@ impl Meta {
         nonce: &str,
         session: Option<(&SessionId, u64)>,
         now: Timestamp,
-        hard_timeout_secs: i64,
     ) -> Result<(DrainRow, bool)> {
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
@@ -231,8 +240,7 @@ impl Meta {
             }
         }
         let row = self.drain_in(&mut tx, scope, true).await?;
-        let (_, outcome) =
-            apply(&mut tx, &row, drain::Event::Ack { nonce: nonce.to_string() }, now, hard_timeout_secs).await?;
+        let (_, outcome) = self.apply_drain(&mut tx, &row, drain::Event::Ack { nonce: nonce.to_string() }, now).await?;
         let after = self.drain_in(&mut tx, scope, false).await?;
         tx.commit().await?;
         match outcome {
@@ -243,18 +251,19 @@ impl Meta {
     }
 
     /// Clears the drains past their hard timeout. Returns how many.
-    pub async fn expire_drains(&self, now: Timestamp, hard_timeout_secs: i64) -> Result<u64> {
+    pub async fn expire_drains(&self, now: Timestamp) -> Result<u64> {
         let sql = format!(
             "SELECT {DRAIN_COLS} FROM drains WHERE state = 'draining' AND since <= $1 ORDER BY since LIMIT 500"
         );
-        let rows = sqlx::query(&sql).bind(now.plus_secs(-hard_timeout_secs).0).fetch_all(&self.read).await?;
+        let rows =
+            sqlx::query(&sql).bind(now.plus_secs(-self.rules.drain_timeout_secs).0).fetch_all(&self.read).await?;
         let mut n = 0;
         for row in rows {
-            let scope = drain_from_row(&row)?.scope;
+            let scope = drain_from_row(&row, self.rules)?.scope;
             let mut conn = self.write.acquire().await?;
             let mut tx = begin(&mut conn).await?;
             let row = self.drain_in(&mut tx, &scope, true).await?;
-            let (_, outcome) = apply(&mut tx, &row, drain::Event::Tick, now, hard_timeout_secs).await?;
+            let (_, outcome) = self.apply_drain(&mut tx, &row, drain::Event::Tick, now).await?;
             tx.commit().await?;
             n += u64::from(matches!(outcome, Outcome::Cleared(_)));
         }

@@ -15,7 +15,7 @@ use berth_core::time::Timestamp;
 use sqlx::{AnyConnection, Connection, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::drains::{self, DrainRow};
+use super::drains::DrainRow;
 use super::sessions::{session_from_row, stale, HeartbeatOutcome};
 use super::{begin, Dialect, Meta};
 use crate::error::{Error, Result};
@@ -30,8 +30,6 @@ pub(super) struct Beat {
     epoch: u64,
     instance: InstanceId,
     now: Timestamp,
-    ttl_secs: i64,
-    drain_timeout_secs: i64,
 }
 
 /// A queued heartbeat and where its answer goes.
@@ -46,11 +44,8 @@ impl Meta {
         epoch: u64,
         instance: &InstanceId,
         now: Timestamp,
-        ttl_secs: i64,
-        drain_timeout_secs: i64,
     ) -> Result<HeartbeatOutcome> {
-        let beat =
-            Beat { session: session.clone(), epoch, instance: instance.clone(), now, ttl_secs, drain_timeout_secs };
+        let beat = Beat { session: session.clone(), epoch, instance: instance.clone(), now };
         if let Some(queue) = &self.beats {
             let (tx, rx) = oneshot::channel();
             let gone = || Error::Busy { message: "the heartbeat writer stopped".into(), retry_after_secs: 1 };
@@ -97,7 +92,7 @@ impl Meta {
             holder: Some(Holder { session: s.id.clone(), instance: s.instance.clone() }),
             expires: berth_core::time::Timestamp(row.try_get("lease_expires")?),
         }
-        .renew(beat.epoch, beat.now, beat.ttl_secs)
+        .renew(beat.epoch, beat.now, self.rules.lease_ttl_secs)
         .map_err(stale)?;
         sqlx::query("UPDATE workspaces SET lease_expires = $2, lease_instance = $3 WHERE owner = $1")
             .bind(s.owner.as_str())
@@ -119,7 +114,7 @@ impl Meta {
                     Scope::Workspace(_) => drain::Event::Heartbeat { instance: beat.instance.clone() },
                     _ => drain::Event::Tick,
                 };
-                let (state, _) = drains::apply(conn, &d, event, beat.now, beat.drain_timeout_secs).await?;
+                let (state, _) = self.apply_drain(conn, &d, event, beat.now).await?;
                 if matches!(state, Drain::Draining { .. }) {
                     draining.push(DrainRow { state, ..d });
                 }

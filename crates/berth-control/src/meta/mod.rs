@@ -47,12 +47,28 @@ pub enum Dialect {
     Postgres,
 }
 
+/// The lease and drain rules the store applies to every attach, heartbeat and drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// Seconds a lease lasts after an attach or a heartbeat.
+    pub lease_ttl_secs: i64,
+    /// Seconds after which a drain clears by itself.
+    pub drain_timeout_secs: i64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules { lease_ttl_secs: 60, drain_timeout_secs: berth_core::drain::DEFAULT_HARD_TIMEOUT_SECS }
+    }
+}
+
 /// The metadata store.
 #[derive(Clone, Debug)]
 pub struct Meta {
     write: AnyPool,
     read: AnyPool,
     dialect: Dialect,
+    rules: Rules,
     /// SQLite: heartbeats queue here for the batching writer.
     beats: Option<tokio::sync::mpsc::Sender<heartbeat::Queued>>,
 }
@@ -172,14 +188,14 @@ pub struct WorkspaceRow {
     pub updated_at: Timestamp,
     /// When it was closed.
     pub closed_at: Option<Timestamp>,
-    /// The workspace scope's drain, if it is draining: since when.
-    pub draining_since: Option<Timestamp>,
+    /// The workspace scope's drain, if it is draining: when its hard timeout clears it.
+    pub draining_until: Option<Timestamp>,
 }
 
 impl WorkspaceRow {
     /// Returns whether the workspace's own scope is draining at `now`.
-    pub fn is_draining(&self, now: Timestamp, hard_timeout_secs: i64) -> bool {
-        self.draining_since.is_some_and(|since| now < since.plus_secs(hard_timeout_secs))
+    pub fn is_draining(&self, now: Timestamp) -> bool {
+        self.draining_until.is_some_and(|until| now < until)
     }
 }
 
@@ -190,7 +206,7 @@ const WS_SELECT: &str = "SELECT w.owner, w.id, w.generation, w.state, w.volume, 
     CASE WHEN d.state = 'draining' THEN d.since END AS draining_since \
     FROM workspaces w LEFT JOIN drains d ON d.scope = 'workspace:' || w.owner";
 
-fn ws_from_row(row: &AnyRow) -> Result<WorkspaceRow> {
+fn ws_from_row(row: &AnyRow, rules: Rules) -> Result<WorkspaceRow> {
     let text = |c: &str| -> Result<String> { Ok(row.try_get::<String, _>(c)?) };
     let opt_text = |c: &str| -> Result<Option<String>> { Ok(row.try_get::<Option<String>, _>(c)?) };
     let int = |c: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(c)?) };
@@ -232,7 +248,7 @@ fn ws_from_row(row: &AnyRow) -> Result<WorkspaceRow> {
         created_at: Timestamp(int("created_at")?),
         updated_at: Timestamp(int("updated_at")?),
         closed_at: opt_ts("closed_at")?,
-        draining_since: opt_ts("draining_since")?,
+        draining_until: opt_ts("draining_since")?.map(|since| since.plus_secs(rules.drain_timeout_secs)),
         owner,
         volume,
     })
@@ -350,9 +366,9 @@ fn migrator(dialect: Dialect) -> Migrator {
 }
 
 impl Meta {
-    /// Connects to `url` (`sqlite://PATH?mode=rwc`, `sqlite::memory:`, `postgres://...`).
-    /// `max_connections` bounds the PostgreSQL pool; SQLite always has one writer.
-    pub async fn open(url: &str, max_connections: u32) -> Result<Meta> {
+    /// Connects to `url` (`sqlite://PATH?mode=rwc`, `sqlite::memory:`, `postgres://...`), to
+    /// apply `rules`. `max_connections` bounds the PostgreSQL pool; SQLite always has one writer.
+    pub async fn open(url: &str, max_connections: u32, rules: Rules) -> Result<Meta> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -385,7 +401,7 @@ impl Meta {
                         .await?
                 };
                 let (beats, queue) = tokio::sync::mpsc::channel(4 * 1024);
-                let inner = Meta { write, read, dialect, beats: None };
+                let inner = Meta { write, read, dialect, rules, beats: None };
                 tokio::spawn(heartbeat::batcher(inner.clone(), queue));
                 Ok(Meta { beats: Some(beats), ..inner })
             }
@@ -395,14 +411,14 @@ impl Meta {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
                     .await?;
-                Ok(Meta { write: pool.clone(), read: pool, dialect, beats: None })
+                Ok(Meta { write: pool.clone(), read: pool, dialect, rules, beats: None })
             }
         }
     }
 
-    /// Returns the dialect.
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
+    /// Returns the lease and drain rules in force.
+    pub fn rules(&self) -> Rules {
+        self.rules
     }
 
     /// Applies pending migrations and returns how many ran.
@@ -561,7 +577,7 @@ impl Meta {
     async fn ws_for_update(&self, conn: &mut AnyConnection, owner: &WorkspaceId) -> Result<Option<WorkspaceRow>> {
         let sql = format!("{WS_SELECT} WHERE w.owner = $1{}", self.lock_ws());
         let row = sqlx::query(&sql).bind(owner.as_str()).fetch_optional(conn).await?;
-        row.as_ref().map(ws_from_row).transpose()
+        row.as_ref().map(|r| ws_from_row(r, self.rules)).transpose()
     }
 }
 

@@ -10,7 +10,7 @@ use berth_core::workspace::{Generation, WorkspaceId};
 use serde_json::json;
 use sqlx::{AnyConnection, Row};
 
-use super::drains::{self, DrainRow};
+use super::drains::DrainRow;
 use super::workspaces::not_found;
 use super::{begin, random_hex, record, token_hash, Meta, NewEvent, State, VolumeState, WorkspaceRow};
 use crate::error::{Error, Result};
@@ -139,7 +139,6 @@ impl Meta {
     /// Refused with `LeaseHeld` while another lease is live, with `Draining` while the node or
     /// pool is draining or the workspace's previous sandbox is still draining (holding its
     /// lease). Once that sandbox has let go, the attach succeeds and carries the handover nonce.
-    #[allow(clippy::too_many_arguments)]
     pub async fn attach(
         &self,
         owner: &WorkspaceId,
@@ -147,8 +146,6 @@ impl Meta {
         node: Option<&PlaceName>,
         pool: Option<&PlaceName>,
         now: Timestamp,
-        ttl_secs: i64,
-        drain_timeout_secs: i64,
     ) -> Result<Attached> {
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
@@ -174,7 +171,7 @@ impl Meta {
         scopes.extend(pool.cloned().map(Scope::Pool));
         let mut handover = None;
         for row in self.drains_for_update(&mut tx, &scopes).await? {
-            let (state, _) = drains::apply(&mut tx, &row, drain::Event::Tick, now, drain_timeout_secs).await?;
+            let (state, _) = self.apply_drain(&mut tx, &row, drain::Event::Tick, now).await?;
             let Drain::Draining { nonce, .. } = state else { continue };
             match &row.scope {
                 Scope::Workspace(_) if !ws.lease.is_live(now) => handover = Some(nonce),
@@ -188,7 +185,7 @@ impl Meta {
             SessionId::new(format!("ses_{}", random_hex(16))).map_err(|e| Error::Corrupt(e.to_string()))?;
         let holder = Holder { session: session_id.clone(), instance: instance.clone() };
         let previous = ws.lease.holder.clone();
-        let (lease, how) = ws.lease.acquire(holder, now, ttl_secs).map_err(|e| match e {
+        let (lease, how) = ws.lease.acquire(holder, now, self.rules.lease_ttl_secs).map_err(|e| match e {
             LeaseError::Held { holder, expires } => Error::LeaseHeld { holder, epoch: ws.lease.epoch, expires },
             other => stale(other),
         })?;

@@ -179,7 +179,7 @@ impl Meta {
     pub async fn workspace(&self, owner: &WorkspaceId) -> Result<Option<WorkspaceRow>> {
         let sql = format!("{WS_SELECT} WHERE w.owner = $1");
         let row = sqlx::query(&sql).bind(owner.as_str()).fetch_optional(&self.read).await?;
-        row.as_ref().map(ws_from_row).transpose()
+        row.as_ref().map(|r| ws_from_row(r, self.rules)).transpose()
     }
 
     /// Lists workspaces ordered by owner, starting after `after`; returns at most `limit` and
@@ -204,7 +204,7 @@ impl Meta {
                 .await?;
             let n = rows.len();
             for row in &rows {
-                let ws = ws_from_row(row)?;
+                let ws = ws_from_row(row, self.rules)?;
                 cursor = ws.owner.to_string();
                 if filter.labels.iter().all(|(k, v)| ws.labels.get(k) == Some(v)) {
                     if out.len() == limit {
