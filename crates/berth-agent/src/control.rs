@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::{Client, ClientError, Handover, Heartbeat, PublishSnapshot, Ready, SnapshotStats, StartDrain};
+use berth_core::id::SnapshotId;
+use berth_core::lease::Fenced;
 use rustix::fs::FlockOperation;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, ControlConfig};
+use crate::error::AgentError;
 use crate::layout;
 
 /// What the heartbeats have learned.
@@ -32,17 +35,6 @@ pub struct Control {
     owner: String,
     instance: String,
     view: watch::Sender<LeaseView>,
-}
-
-/// Why a publish failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// The epoch is stale: this sandbox lost the workspace.
-    #[error("the control plane refused this session's epoch: another sandbox owns the workspace")]
-    Fenced,
-    /// Anything else; the snapshot is durable in the store regardless.
-    #[error("{0}")]
-    Other(ClientError),
 }
 
 impl Control {
@@ -71,14 +63,15 @@ impl Control {
 
     fn fence(&self, why: &str) {
         if !self.fenced() {
-            tracing::error!(event = "fenced", session = %self.cfg.session, epoch = self.cfg.epoch, reason = why);
+            tracing::error!(event = "fenced", session = %self.cfg.session, epoch = %self.cfg.epoch, reason = why);
         }
         self.view.send_modify(|v| v.fenced = true);
     }
 
-    /// Sends one heartbeat.
-    pub async fn heartbeat(&self) -> Result<(), ClientError> {
-        let body = Heartbeat { epoch: self.cfg.epoch, instance_id: self.instance.clone() };
+    /// Sends one heartbeat. A stale epoch, or a session the server no longer knows, fences
+    /// this sandbox.
+    pub async fn heartbeat(&self) -> Result<(), AgentError> {
+        let body = Heartbeat { epoch: self.cfg.epoch.0, instance_id: self.instance.clone() };
         match self.client.heartbeat(self.cfg.session.as_str(), &body).await {
             Ok(reply) => {
                 if reply.draining && !self.view.borrow().draining {
@@ -88,12 +81,22 @@ impl Control {
                 self.view.send_modify(|v| v.draining = reply.draining);
                 Ok(())
             }
-            Err(e) if e.code() == Some("stale_epoch") || e.status() == Some(404) => {
+            Err(e) if e.status() == Some(404) => {
                 self.fence(&e.to_string());
-                Err(e)
+                Err(Fenced { presented: self.cfg.epoch, current: None }.into())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(self.refused(e)),
         }
+    }
+
+    /// Maps a control-plane error, fencing this sandbox when it is a stale epoch.
+    fn refused(&self, e: ClientError) -> AgentError {
+        let why = e.to_string();
+        let e = AgentError::from_control(e, self.cfg.epoch);
+        if e.fenced().is_some() {
+            self.fence(&why);
+        }
+        e
     }
 
     /// Heartbeats every third of the lease until `stop`, or until fenced.
@@ -114,15 +117,13 @@ impl Control {
     }
 
     /// Records a durable snapshot as the workspace's latest, under this session's epoch.
-    pub async fn publish(&self, snapshot_id: &str, stats: SnapshotStats) -> Result<(), PublishError> {
-        let body = PublishSnapshot { epoch: self.cfg.epoch, snapshot_id: snapshot_id.to_string(), stats };
+    /// A stale epoch fences this sandbox; any other failure leaves the snapshot durable in the
+    /// store regardless.
+    pub async fn publish(&self, snapshot: &SnapshotId, stats: SnapshotStats) -> Result<(), AgentError> {
+        let body = PublishSnapshot { epoch: self.cfg.epoch.0, snapshot_id: snapshot.to_string(), stats };
         match self.client.publish_snapshot(&self.owner, &body).await {
             Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("stale_epoch") => {
-                self.fence(&e.to_string());
-                Err(PublishError::Fenced)
-            }
-            Err(e) => Err(PublishError::Other(e)),
+            Err(e) => Err(self.refused(e)),
         }
     }
 
@@ -148,12 +149,13 @@ impl Control {
     }
 
     /// Acknowledges a handover once this sandbox is ready.
-    pub async fn ready(&self, handover: &Handover) -> Result<bool, ClientError> {
-        let r = self
-            .client
-            .ready(&handover.scope, &Ready { nonce: handover.nonce.clone(), epoch: Some(self.cfg.epoch) })
-            .await?;
-        Ok(r.cleared)
+    pub async fn ready(&self, handover: &Handover) -> Result<bool, AgentError> {
+        let body = Ready { nonce: handover.nonce.clone(), epoch: Some(self.cfg.epoch.0) };
+        match self.client.ready(&handover.scope, &body).await {
+            Ok(r) => Ok(r.cleared),
+            // A refused ack does not fence: the heartbeats and publishes decide that.
+            Err(e) => Err(AgentError::from_control(e, self.cfg.epoch)),
+        }
     }
 
     /// Detaches the session, releasing the lease for the replacement.
@@ -180,28 +182,24 @@ pub struct Locks {
 }
 
 /// Takes the workspace's locks; refuses when another agent holds it.
-pub fn lock_workspace(dir: &Path, mount_lock: Option<&Path>) -> Result<Locks, String> {
+pub fn lock_workspace(dir: &Path, mount_lock: Option<&Path>) -> Result<Locks, AgentError> {
     let path = layout::agent_lock(dir);
-    std::fs::create_dir_all(layout::run_dir(dir))
-        .map_err(|e| format!("cannot create {}: {e}", layout::run_dir(dir).display()))?;
+    let run_dir = layout::run_dir(dir);
+    std::fs::create_dir_all(&run_dir).map_err(|e| AgentError::io("create", run_dir, e))?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .read(true)
         .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .map_err(|e| AgentError::io("open", &path, e))?;
     match rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            return Err(format!(
-                "another berth agent (pid {}) is using {}: one agent per workspace",
-                holder.trim(),
-                dir.display()
-            ));
+            let pid = std::fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+            return Err(AgentError::Locked { dir: dir.to_path_buf(), pid });
         }
-        Err(e) => return Err(format!("cannot lock {}: {e}", path.display())),
+        Err(e) => return Err(AgentError::io("lock", path, e.into())),
     }
     let _ = f.set_len(0);
     let _ = std::io::Write::write_all(&mut &f, std::process::id().to_string().as_bytes());

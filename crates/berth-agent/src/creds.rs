@@ -6,7 +6,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -88,8 +88,53 @@ pub fn redact_urls(s: &str) -> String {
 
 /// Why credentials could not be had.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CredError(pub String);
+pub enum CredError {
+    /// A token file cannot be read.
+    #[error("cannot read the {what} {}: {source}", path.display())]
+    Read {
+        /// Which file ("git token file", "identity token").
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The token endpoint refused the exchange (a 4xx answer): permanent.
+    #[error("token endpoint refused the exchange ({status})")]
+    Refused {
+        /// The HTTP status.
+        status: String,
+    },
+    /// The token endpoint failed or could not be reached: worth retrying.
+    #[error("{reason}")]
+    Unavailable {
+        /// What failed.
+        reason: String,
+    },
+    /// The token endpoint answered something that is not a token.
+    #[error("{reason}")]
+    BadReply {
+        /// What was wrong with the answer.
+        reason: String,
+    },
+    /// The token or the helper cannot be written into the job's credential directory.
+    #[error("cannot write the {what} into {}: {source}", dir.display())]
+    Write {
+        /// What ("token", "credential helper").
+        what: &'static str,
+        /// The job's credential directory.
+        dir: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl CredError {
+    /// Returns whether trying again later may succeed.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, CredError::Unavailable { .. })
+    }
+}
 
 #[derive(Deserialize)]
 struct TokenReply {
@@ -97,8 +142,12 @@ struct TokenReply {
     token: String,
 }
 
-async fn exchange(endpoint: &str, identity: Option<&str>) -> Result<String, String> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+async fn exchange(endpoint: &str, identity: Option<&str>) -> Result<String, CredError> {
+    let unavailable = |reason: String| CredError::Unavailable { reason };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| unavailable(redact_urls(&e.to_string())))?;
     let mut last = String::new();
     for attempt in 0..3u32 {
         if attempt > 0 {
@@ -110,20 +159,22 @@ async fn exchange(endpoint: &str, identity: Option<&str>) -> Result<String, Stri
         }
         match req.send().await {
             Ok(resp) if resp.status().is_success() => {
-                let reply: TokenReply = resp.json().await.map_err(|e| format!("token endpoint answered oddly: {e}"))?;
+                let bad = |reason: String| CredError::BadReply { reason };
+                let reply: TokenReply =
+                    resp.json().await.map_err(|e| bad(format!("token endpoint answered oddly: {e}")))?;
                 if reply.token.trim().is_empty() {
-                    return Err("token endpoint returned an empty token".into());
+                    return Err(bad("token endpoint returned an empty token".into()));
                 }
                 return Ok(reply.token.trim().to_string());
             }
             Ok(resp) if resp.status().is_client_error() => {
-                return Err(format!("token endpoint refused the exchange ({})", resp.status()));
+                return Err(CredError::Refused { status: resp.status().to_string() });
             }
             Ok(resp) => last = format!("token endpoint failed ({})", resp.status()),
             Err(e) => last = format!("token endpoint unreachable: {}", redact_urls(&e.to_string())),
         }
     }
-    Err(last)
+    Err(unavailable(last))
 }
 
 fn write_private(path: &PathBuf, body: &[u8], mode: u32) -> std::io::Result<()> {
@@ -136,46 +187,11 @@ fn write_private(path: &PathBuf, body: &[u8], mode: u32) -> std::io::Result<()> 
 /// Fetches credentials as configured and installs them in the job's credential directory.
 /// `Ok(None)`: none configured (public repositories only).
 pub async fn fetch(cfg: &CredentialConfig, job: &Job) -> Result<Option<Creds>, CredError> {
-    let static_token = || -> Result<Option<String>, CredError> {
-        if let Some(path) = &cfg.static_token_file {
-            let t = fs::read_to_string(path)
-                .map_err(|e| CredError(format!("cannot read the git token file {}: {e}", path.display())))?;
-            return Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()));
-        }
-        Ok(cfg.static_token.clone().filter(|t| !t.trim().is_empty()))
-    };
-    let (token, source) = match &cfg.endpoint {
-        Some(endpoint) => {
-            let identity = match &cfg.identity_token_file {
-                Some(p) => Some(
-                    fs::read_to_string(p)
-                        .map_err(|e| CredError(format!("cannot read the identity token {}: {e}", p.display())))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => None,
-            };
-            match exchange(endpoint, identity.as_deref()).await {
-                Ok(t) => (t, "endpoint"),
-                Err(e) => match static_token()? {
-                    Some(t) => {
-                        tracing::warn!(event = "credentials_fallback", reason = %e);
-                        (t, "static")
-                    }
-                    None => return Err(CredError(e)),
-                },
-            }
-        }
-        None => match static_token()? {
-            Some(t) => (t, "static"),
-            None => return Ok(None),
-        },
-    };
+    let Some((token, source)) = token(cfg).await? else { return Ok(None) };
     let token_file = job.creds.join("token");
     let helper = job.creds.join("git-credential");
-    let io =
-        |what: &str, e: std::io::Error| CredError(format!("cannot write the {what} into {}: {e}", job.creds.display()));
-    write_private(&token_file, token.as_bytes(), 0o600).map_err(|e| io("token", e))?;
+    let write = |what, source| CredError::Write { what, dir: job.creds.clone(), source };
+    write_private(&token_file, token.as_bytes(), 0o600).map_err(|e| write("token", e))?;
     // The helper prints the token for `get` and ignores `store`/`erase`; it names the token
     // file, never the token.
     let username = cfg.username.replace(['\n', '\'', '\\'], "");
@@ -184,8 +200,40 @@ pub async fn fetch(cfg: &CredentialConfig, job: &Job) -> Result<Option<Creds>, C
          [ \"$1\" = get ] || exit 0\nprintf 'username=%s\\npassword=' '{username}'\ncat '{}'\nprintf '\\n'\n",
         token_file.display()
     );
-    write_private(&helper, script.as_bytes(), 0o700).map_err(|e| io("credential helper", e))?;
+    write_private(&helper, script.as_bytes(), 0o700).map_err(|e| write("credential helper", e))?;
     Ok(Some(Creds { helper, token_file, source, secret: token }))
+}
+
+/// Reads a token file, trimmed.
+fn read_token(what: &'static str, path: &Path) -> Result<String, CredError> {
+    let t = fs::read_to_string(path).map_err(|source| CredError::Read { what, path: path.to_path_buf(), source })?;
+    Ok(t.trim().to_string())
+}
+
+/// The token and where it came from: the endpoint, else the static fallback; `None` when
+/// neither is configured.
+async fn token(cfg: &CredentialConfig) -> Result<Option<(String, &'static str)>, CredError> {
+    let static_token = || -> Result<Option<String>, CredError> {
+        if let Some(path) = &cfg.static_token_file {
+            return Ok(Some(read_token("git token file", path)?).filter(|t| !t.is_empty()));
+        }
+        Ok(cfg.static_token.clone().filter(|t| !t.trim().is_empty()))
+    };
+    let Some(endpoint) = &cfg.endpoint else { return Ok(static_token()?.map(|t| (t, "static"))) };
+    let identity = match &cfg.identity_token_file {
+        Some(p) => Some(read_token("identity token", p)?),
+        None => None,
+    };
+    match exchange(endpoint, identity.as_deref()).await {
+        Ok(t) => Ok(Some((t, "endpoint"))),
+        Err(e) => match static_token()? {
+            Some(t) => {
+                tracing::warn!(event = "credentials_fallback", reason = %e);
+                Ok(Some((t, "static")))
+            }
+            None => Err(e),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_api::RepoSpec;
 use berth_core::gitindex::{self, Stat};
-use berth_core::repo::{classify_failure, strip_credentials, FailureKind};
+use berth_core::repo::{classify_failure, strip_credentials, FailureKind, RepoSpec};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -346,7 +345,7 @@ impl Git {
             report.head =
                 self.text(repo, &["rev-parse", "--verify", "-q", "HEAD"]).await.ok().filter(|s| !s.is_empty());
             report.index_refreshed = refresh_index(repo).unwrap_or_else(|e| {
-                tracing::warn!(event = "index_refresh_skipped", repo = %repo.display(), reason = %e);
+                tracing::warn!(event = "index_refresh_skipped", repo = %repo.display(), reason = %e.message);
                 0
             });
         }
@@ -526,18 +525,19 @@ pub fn find_repos(dir: &Path, depth: usize) -> Vec<PathBuf> {
 /// Refreshes the stat data of `repo`'s index for files whose mtime and size match (see
 /// `berth_core::gitindex`), writing it under git's own `index.lock`. Returns how many entries
 /// were refreshed.
-pub fn refresh_index(repo: &Path) -> Result<usize, String> {
+pub fn refresh_index(repo: &Path) -> Result<usize, GitError> {
+    let fail = |message: String| GitError { args: "index refresh".into(), message, kind: FailureKind::Other };
     let git_dir = repo.join(".git");
     let config = std::fs::read_to_string(git_dir.join("config")).unwrap_or_default();
     if config.to_ascii_lowercase().contains("objectformat = sha256") {
-        return Err("SHA-256 repository: left to git".into());
+        return Err(fail("SHA-256 repository: left to git".into()));
     }
     let index_path = git_dir.join("index");
     let meta = match std::fs::metadata(&index_path) {
         Ok(m) => m,
         Err(_) => return Ok(0),
     };
-    let bytes = std::fs::read(&index_path).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(&index_path).map_err(|e| fail(e.to_string()))?;
     let index_mtime = (meta.mtime() as u32, meta.mtime_nsec() as u32);
     let refreshed = gitindex::refresh(&bytes, index_mtime, |rel| {
         use std::os::unix::ffi::OsStrExt;
@@ -555,7 +555,7 @@ pub fn refresh_index(repo: &Path) -> Result<usize, String> {
             size: m.size() as u32,
         })
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| fail(e.to_string()))?;
     let Some(new) = refreshed.index else { return Ok(0) };
     // Take git's lock the way git does, so a concurrent git command never interleaves.
     let lock = git_dir.join("index.lock");
@@ -565,16 +565,16 @@ pub fn refresh_index(repo: &Path) -> Result<usize, String> {
             .write(true)
             .create_new(true)
             .open(&lock)
-            .map_err(|e| format!("index.lock: {e}"))?;
+            .map_err(|e| fail(format!("index.lock: {e}")))?;
         let written = f.write_all(&new).and_then(|_| f.sync_all());
         if let Err(e) = written {
             let _ = std::fs::remove_file(&lock);
-            return Err(e.to_string());
+            return Err(fail(e.to_string()));
         }
     }
     std::fs::rename(&lock, &index_path).map_err(|e| {
         let _ = std::fs::remove_file(&lock);
-        e.to_string()
+        fail(e.to_string())
     })?;
     Ok(refreshed.refreshed)
 }

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_api::RepoSpec;
 use berth_core::excludes::Excludes;
 use berth_core::manifest::EntryKind;
-use berth_core::repo::{strip_credentials, FailureKind};
+use berth_core::repo::{strip_credentials, FailureKind, RepoSpec};
+use berth_engine::error::EngineError;
 use berth_engine::progress::Progress;
 use berth_engine::repo::{Repo, Snapshot};
 use berth_engine::restore::{self, RestoreOptions};
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AgentConfig;
 use crate::control::Control;
 use crate::creds::{self, Creds};
+use crate::error::AgentError;
 use crate::git::{Git, GitRestore};
 use crate::job::Job;
 use crate::layout;
@@ -150,22 +151,26 @@ impl Reporter<'_> {
         self.report.phases.push(p);
     }
 
-    fn fail(mut self, error: String) -> InitError {
+    fn fail(mut self, error: AgentError) -> InitError {
         tracing::error!(event = "init_failed", error = %error);
-        self.report.error = Some(error);
+        self.report.error = Some(error.to_string());
         self.report.ms = self.started.elapsed().as_millis() as u64;
-        InitError(Box::new(self.report))
+        InitError { report: Box::new(self.report), error }
     }
 }
 
 /// Init did not leave a usable workspace; the report says why and what to do.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", .0.error.as_deref().unwrap_or("init failed"))]
-pub struct InitError(pub Box<InitReport>);
+#[error("{error}")]
+pub struct InitError {
+    /// The report, up to the failure.
+    pub report: Box<InitReport>,
+    /// Why init failed.
+    pub error: AgentError,
+}
 
 fn repo_dir(dir: &Path, spec: &RepoSpec) -> Result<(String, PathBuf), String> {
-    let rel = berth_core::repo::target(&spec.url, spec.branch.as_deref(), spec.depth, spec.path.as_deref())
-        .map_err(|e| e.to_string())?;
+    let rel = spec.target().map_err(|e| e.to_string())?;
     let shown = String::from_utf8_lossy(rel.as_bytes()).into_owned();
     Ok((shown.clone(), dir.join(shown)))
 }
@@ -175,7 +180,7 @@ fn repo_dir(dir: &Path, spec: &RepoSpec) -> Result<(String, PathBuf), String> {
 pub async fn init(
     cfg: &AgentConfig,
     job: &Job,
-    repo: Result<Option<&Repo>, String>,
+    repo: Result<Option<&Repo>, &EngineError>,
     control: Option<&Arc<Control>>,
     cancel: &CancellationToken,
     progress: &(dyn Fn(&Phase) + Sync),
@@ -198,11 +203,11 @@ pub async fn init(
         progress,
         started,
     };
-    let cancelled = |r: Reporter<'_>| r.fail("init interrupted (SIGTERM): the workspace is not marked ready".into());
+    let cancelled = |r: Reporter<'_>| r.fail(AgentError::Interrupted);
     // A marker left by an earlier sandbox must not say ready before this init is done.
     let _ = std::fs::remove_file(layout::ready(&cfg.dir));
     if let Err(e) = std::fs::create_dir_all(layout::run_dir(&cfg.dir)) {
-        return Err(r.fail(format!("cannot use the workspace directory {}: {e}", cfg.dir.display())));
+        return Err(r.fail(AgentError::io("use the workspace directory", &cfg.dir, e)));
     }
 
     let t = Instant::now();
@@ -235,17 +240,16 @@ pub async fn init(
     // but never needed for cloning.
     let state = inspect(cfg);
     if let DirState::Other(m) = &state {
-        return Err(r.fail(format!(
-            "{} holds workspace {} generation {}, not {} generation {}: use an empty directory for this workspace",
-            cfg.dir.display(),
-            m.workspace,
-            m.generation,
-            cfg.workspace,
-            cfg.generation
-        )));
+        return Err(r.fail(AgentError::OtherWorkspace {
+            dir: cfg.dir.clone(),
+            found: m.workspace.clone(),
+            found_generation: berth_core::workspace::Generation(m.generation),
+            workspace: cfg.workspace.clone(),
+            generation: cfg.generation,
+        }));
     }
     let latest: Result<Option<Snapshot>, String> = match &repo {
-        Err(e) => Err(e.clone()),
+        Err(e) => Err(e.to_string()),
         Ok(None) => Ok(None),
         Ok(Some(repo)) => {
             match tokio::time::timeout(Duration::from_secs(60), repo.latest(&cfg.workspace, cfg.generation)).await {
@@ -259,21 +263,22 @@ pub async fn init(
         (Ok(Some(s)), DirState::Empty) => Some(s.clone()),
         (Ok(Some(s)), DirState::Ours(m)) if !m.holds(s.record.seq, &s.record.host) => Some(s.clone()),
         (Ok(Some(_)), DirState::Foreign) => {
-            return Err(r.fail(format!(
-            "{} is not empty and was not written by berth; restoring snapshots of {} into it would replace its files. \
-                 Move its content away or use an empty directory",
-            cfg.dir.display(),
-            cfg.workspace
-        )))
+            return Err(r.fail(AgentError::Foreign { dir: cfg.dir.clone(), workspace: cfg.workspace.clone() }))
         }
         _ => None,
     };
     let manifest = match &restore_from {
         Some(s) => match repo.as_ref().ok().copied().flatten().map(|r| r.manifest(&s.record.manifest)) {
-            None => return Err(r.fail("internal: a snapshot without a store".into())),
+            None => return Err(r.fail(AgentError::Config("internal: a snapshot without a store".into()))),
             Some(fut) => match fut.await {
-            Ok(m) => Some(m),
-            Err(e) => return Err(r.fail(format!("snapshot {} of {} exists but cannot be read: {e}; fix the store or restore another snapshot by hand; the workspace was left as it is", s.id, cfg.workspace))),
+                Ok(m) => Some(m),
+                Err(e) => {
+                    return Err(r.fail(AgentError::SnapshotUnreadable {
+                        snapshot: s.id,
+                        workspace: cfg.workspace.clone(),
+                        source: Box::new(e),
+                    }))
+                }
             },
         },
         None => None,
@@ -364,10 +369,7 @@ pub async fn init(
                 r.report.restore = "kept_local".into();
                 r.phase("restore", "ok", format!("kept the local copy; the store could not be read: {e}"), t);
             } else {
-                return Err(r.fail(format!(
-                    "cannot read the object store: {e}. Not starting an empty workspace over work that may be saved there; \
-                     fix the store (or run without --store for an ephemeral workspace)"
-                )));
+                return Err(r.fail(AgentError::StoreUnreadable { reason: e.clone(), temporary: false }));
             }
         }
         (Ok(None), _, Some(_)) => {
@@ -385,7 +387,7 @@ pub async fn init(
             keep.extend(fresh_clones.iter().map(|p| format!("/{p}")));
             let excludes = match Excludes::new(&keep, cfg.default_excludes) {
                 Ok(x) => x,
-                Err(e) => return Err(r.fail(e.to_string())),
+                Err(e) => return Err(r.fail(e.into())),
             };
             let opts = RestoreOptions {
                 workspace: cfg.workspace.clone(),
@@ -405,15 +407,30 @@ pub async fn init(
                 Ok(sum) => {
                     r.report.restore = "restored".into();
                     r.report.snapshot = Some(sum.snapshot.to_string());
-                    VolumeMarker { workspace: cfg.workspace.to_string(), generation: cfg.generation.0, snapshot: Some(sum.snapshot.to_string()), seq: sum.seq, pending: None }
-                        .write(&cfg.dir);
-                    r.phase("restore", "ok", format!("snapshot {} (seq {}): {} files, {} bytes", sum.snapshot, sum.seq, sum.files, sum.bytes), t);
+                    VolumeMarker {
+                        workspace: cfg.workspace.to_string(),
+                        generation: cfg.generation.0,
+                        snapshot: Some(sum.snapshot.to_string()),
+                        seq: sum.seq,
+                        pending: None,
+                    }
+                    .write(&cfg.dir);
+                    r.phase(
+                        "restore",
+                        "ok",
+                        format!(
+                            "snapshot {} (seq {}): {} files, {} bytes",
+                            sum.snapshot, sum.seq, sum.files, sum.bytes
+                        ),
+                        t,
+                    );
                 }
                 Err(e) => {
-                    return Err(r.fail(format!(
-                        "snapshot {} of {} exists but could not be restored: {e}. The workspace is not ready; nothing was re-cloned over it",
-                        s.id, cfg.workspace
-                    )))
+                    return Err(r.fail(AgentError::RestoreFailed {
+                        snapshot: s.id,
+                        workspace: cfg.workspace.clone(),
+                        source: Box::new(e),
+                    }))
                 }
             }
         }
@@ -486,7 +503,7 @@ pub async fn init(
     let body = serde_json::to_vec_pretty(&r.report).unwrap_or_default();
     if let Err(e) = layout::write_atomic(&layout::ready(&cfg.dir), &body) {
         r.report.ready = false;
-        return Err(r.fail(format!("cannot write the ready marker {}: {e}", layout::ready(&cfg.dir).display())));
+        return Err(r.fail(AgentError::io("write the ready marker", layout::ready(&cfg.dir), e)));
     }
     r.phase("ready", "ok", layout::ready(&cfg.dir).display().to_string(), t);
     ack_handover(cfg, control).await;

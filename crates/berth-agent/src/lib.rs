@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod creds;
 pub mod drain;
+pub mod error;
 pub mod git;
 pub mod init;
 pub mod job;
@@ -16,4 +17,5 @@ pub mod sqlite;
 pub mod supervise;
 pub mod sweep;
 
-pub use config::{AgentConfig, Nudge, Spec};
+pub use config::{AgentConfig, Flags, Nudge, Spec};
+pub use error::AgentError;

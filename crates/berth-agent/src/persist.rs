@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use berth_api::SnapshotStats;
 use berth_core::excludes::Excludes;
+use berth_core::id::SnapshotId;
 use berth_core::path::RelPath;
 use berth_core::schedule::{Schedule, Scheduler};
 use berth_engine::create::{self, CreateOptions};
@@ -27,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
-use crate::control::{Control, PublishError};
+use crate::control::Control;
+use crate::error::AgentError;
 use crate::git::{find_repos, Git};
 use crate::layout;
 use crate::sqlite::{self, Capturer};
@@ -52,7 +54,7 @@ pub enum GitMode {
 #[derive(Clone, Debug, Serialize)]
 pub struct Saved {
     /// The latest snapshot now.
-    pub snapshot: String,
+    pub snapshot: SnapshotId,
     /// Its sequence number.
     pub seq: u64,
     /// Whether nothing had changed (nothing was published).
@@ -144,8 +146,8 @@ impl Persister {
         repo: Option<Repo>,
         control: Option<Arc<Control>>,
         git: Git,
-    ) -> Result<Persister, String> {
-        let excludes = Excludes::new(&cfg.excludes, cfg.default_excludes).map_err(|e| e.to_string())?;
+    ) -> Result<Persister, AgentError> {
+        let excludes = Excludes::new(&cfg.excludes, cfg.default_excludes)?;
         Ok(Persister {
             cfg,
             repo,
@@ -241,7 +243,7 @@ impl Persister {
         reason: &str,
         git: GitMode,
         deadline: Option<Instant>,
-    ) -> Result<Option<Saved>, String> {
+    ) -> Result<Option<Saved>, AgentError> {
         let Some(repo) = &self.repo else { return Ok(None) };
         if !self.writing() {
             return Ok(None);
@@ -258,7 +260,7 @@ impl Persister {
         self.capture_git(&mut inner, git, deadline).await;
         let mut patterns = self.cfg.excludes.clone();
         patterns.extend(sqlite::exclude_patterns(&copied));
-        let excludes = Excludes::new(&patterns, self.cfg.default_excludes).map_err(|e| e.to_string())?;
+        let excludes = Excludes::new(&patterns, self.cfg.default_excludes)?;
         let opts = CreateOptions {
             workspace: self.cfg.workspace.clone(),
             generation: self.cfg.generation,
@@ -281,22 +283,22 @@ impl Persister {
             .write(&self.cfg.dir);
         let summary = match create::create(repo, &opts, &Arc::new(Progress::default())).await {
             Ok(s) => s,
-            Err(EngineError::Conflict(msg)) => {
+            Err(e @ EngineError::Conflict(_)) => {
                 // Another writer published in this workspace: this sandbox lost it.
-                tracing::error!(event = "fenced", reason = %msg);
+                tracing::error!(event = "fenced", reason = %e);
                 self.stop_writing();
-                return Err(msg);
+                return Err(e.into());
             }
             Err(e) => {
                 metrics::counter!("berth_agent_snapshots_total", "outcome" => "error").increment(1);
-                return Err(e.to_string());
+                return Err(e.into());
             }
         };
         for p in &summary.skipped_for_budget {
             tracing::warn!(event = "skipped_for_budget", path = %p);
         }
         let mut saved = Saved {
-            snapshot: summary.snapshot.to_string(),
+            snapshot: summary.snapshot,
             seq: summary.seq,
             unchanged: summary.unchanged,
             secs: started.elapsed().as_secs_f64(),
@@ -313,9 +315,9 @@ impl Persister {
                 };
                 match c.publish(&saved.snapshot, stats).await {
                     Ok(()) => saved.published = true,
-                    Err(PublishError::Fenced) => {
+                    Err(e) if e.fenced().is_some() => {
                         self.stop_writing();
-                        return Err(PublishError::Fenced.to_string());
+                        return Err(e);
                     }
                     Err(e) => tracing::warn!(event = "publish_failed", snapshot = %saved.snapshot, error = %e),
                 }
@@ -324,7 +326,7 @@ impl Persister {
         VolumeMarker {
             workspace: self.cfg.workspace.to_string(),
             generation: self.cfg.generation.0,
-            snapshot: Some(saved.snapshot.clone()),
+            snapshot: Some(saved.snapshot.to_string()),
             seq: saved.seq,
             pending: None,
         }

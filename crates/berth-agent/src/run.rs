@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use berth_core::lease::{Epoch, Fenced};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::control::{self, Control};
 use crate::drain;
+use crate::error::AgentError;
 use crate::git::Git;
 use crate::init::{self, InitReport, Phase};
 use crate::job::Job;
@@ -46,15 +48,15 @@ pub struct Signals {
 pub struct Outcome {
     /// The exit code.
     pub code: i32,
-    /// A message for the user, on failure.
-    pub message: Option<String>,
+    /// What went wrong, on failure.
+    pub error: Option<AgentError>,
     /// The init report, when init ran.
     pub init: Option<InitReport>,
 }
 
 impl Outcome {
-    fn failed(code: i32, message: String, init: Option<InitReport>) -> Outcome {
-        Outcome { code, message: Some(message), init }
+    fn failed(code: i32, error: AgentError, init: Option<InitReport>) -> Outcome {
+        Outcome { code, error: Some(error), init }
     }
 }
 
@@ -64,8 +66,8 @@ pub struct Prepared {
     pub job: Job,
     /// The control-plane session.
     pub control: Option<Arc<Control>>,
-    /// The store.
-    pub repo: Result<Option<berth_engine::repo::Repo>, String>,
+    /// The store (`None`: ephemeral), or why it cannot be opened.
+    pub repo: Result<Option<berth_engine::repo::Repo>, berth_engine::error::EngineError>,
     /// The workspace locks.
     pub locks: control::Locks,
 }
@@ -78,18 +80,16 @@ impl std::fmt::Debug for Prepared {
 
 /// Creates the job's paths, connects to the control plane, opens the store and locks the
 /// workspace.
-pub async fn prepare(cfg: &AgentConfig) -> Result<Prepared, String> {
-    std::fs::create_dir_all(&cfg.dir)
-        .map_err(|e| format!("cannot create the workspace directory {}: {e}", cfg.dir.display()))?;
-    let job = Job::create(&cfg.base)
-        .map_err(|e| format!("cannot create the job's paths under {}: {e}", cfg.base.display()))?;
+pub async fn prepare(cfg: &AgentConfig) -> Result<Prepared, AgentError> {
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| AgentError::io("create the workspace directory", &cfg.dir, e))?;
+    let job = Job::create(&cfg.base).map_err(|e| AgentError::io("create the job's paths under", &cfg.base, e))?;
     let control = match &cfg.control {
-        Some(cc) => Some(Control::new(cfg, cc).map_err(|e| e.to_string())?),
+        Some(cc) => Some(Control::new(cfg, cc)?),
         None => None,
     };
     let mount_lock = cfg.control.as_ref().and_then(|c| c.mount_lock.clone());
     let locks = control::lock_workspace(&cfg.dir, mount_lock.as_deref())?;
-    let repo = persist::open_repo(cfg).await.map_err(|e| e.to_string());
+    let repo = persist::open_repo(cfg).await;
     Ok(Prepared { job, control, repo, locks })
 }
 
@@ -108,7 +108,7 @@ pub async fn init_only(cfg: AgentConfig, signals: Signals, progress: &(dyn Fn(&P
     let result = init::init(
         &cfg,
         &prepared.job,
-        prepared.repo.as_ref().map(Option::as_ref).map_err(Clone::clone),
+        prepared.repo.as_ref().map(Option::as_ref),
         prepared.control.as_ref(),
         &cancel,
         progress,
@@ -117,8 +117,8 @@ pub async fn init_only(cfg: AgentConfig, signals: Signals, progress: &(dyn Fn(&P
     heartbeats.cancel();
     drop(prepared);
     match result {
-        Ok((report, _)) => Outcome { code: exit::OK, message: None, init: Some(report) },
-        Err(e) => Outcome::failed(failure_code(&signals), e.to_string(), Some(*e.0)),
+        Ok((report, _)) => Outcome { code: exit::OK, error: None, init: Some(report) },
+        Err(e) => Outcome::failed(failure_code(&signals), e.error, Some(*e.report)),
     }
 }
 
@@ -192,13 +192,13 @@ pub async fn run(cfg: AgentConfig, argv: Vec<String>, signals: Signals, progress
     if let Some(c) = &prepared.control {
         tokio::spawn(c.clone().heartbeat_loop(stop.clone()));
     }
-    let store = prepared.repo.as_ref().map(Option::as_ref).map_err(Clone::clone);
+    let store = prepared.repo.as_ref().map(Option::as_ref);
     let (report, creds) =
         match init::init(&cfg, &prepared.job, store, prepared.control.as_ref(), &cancel, progress).await {
             Ok(x) => x,
             Err(e) => {
                 stop.cancel();
-                return Outcome::failed(failure_code(&signals), e.to_string(), Some(*e.0));
+                return Outcome::failed(failure_code(&signals), e.error, Some(*e.report));
             }
         };
     let git = Git::new(creds.as_ref());
@@ -228,11 +228,8 @@ pub async fn run(cfg: AgentConfig, argv: Vec<String>, signals: Signals, progress
             Ok(c) => child = Some(c),
             Err(e) => {
                 stop.cancel();
-                return Outcome::failed(
-                    exit::FAILED,
-                    format!("cannot start the agent command {:?}: {e}", argv[0]),
-                    Some(report),
-                );
+                let program = argv[0].clone();
+                return Outcome::failed(exit::FAILED, AgentError::Spawn { program, source: e }, Some(report));
             }
         }
     }
@@ -321,8 +318,8 @@ pub async fn run(cfg: AgentConfig, argv: Vec<String>, signals: Signals, progress
         }
     };
     stop.cancel();
-    let message = (code == exit::FENCED)
-        .then(|| "the control plane gave this workspace to another sandbox (stale epoch); stopped writing".to_string());
+    let epoch = cfg.control.as_ref().map_or(Epoch::ZERO, |c| c.epoch);
+    let error = (code == exit::FENCED).then_some(AgentError::Fenced(Fenced { presented: epoch, current: None }));
     drop(prepared);
-    Outcome { code, message, init: Some(report) }
+    Outcome { code, error, init: Some(report) }
 }

@@ -31,6 +31,7 @@ pub mod snapshot;
 pub mod sweep;
 pub mod sync;
 pub mod time;
+pub mod units;
 pub mod volume;
 pub mod workspace;
 
