@@ -56,7 +56,7 @@ pub enum AgentError {
         /// The workspace directory.
         dir: PathBuf,
         /// The workspace its volume marker names.
-        found: String,
+        found: WorkspaceId,
         /// The generation its volume marker names.
         found_generation: Generation,
         /// The workspace this agent serves.

@@ -1,5 +1,7 @@
-//! `berth agent init`: sweep leftovers, fetch credentials, clone repos, restore the latest
-//! snapshot of this generation, restore git state, write the ready marker (REQUIREMENTS 10-17).
+//! `berth agent init`: reads what the directory and the store hold, plans (`berth_core::init`),
+//! then carries out the plan in phases: sweep leftovers, fetch credentials, clone repos, restore
+//! the latest snapshot of this generation, restore git state and databases, write the ready
+//! marker, acknowledge a handover.
 //!
 //! # Guarantees
 //! - "Never backed up" proceeds empty; "backed up but unreadable" fails loudly and never
@@ -9,18 +11,24 @@
 //!   is kept, not overwritten; a non-empty directory berth did not write is refused.
 //! - The ready marker is written last and atomically; a cancelled init never writes it.
 
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_core::excludes::Excludes;
-use berth_core::manifest::EntryKind;
-use berth_core::repo::{strip_credentials, FailureKind, RepoSpec};
+use berth_core::id::SnapshotId;
+use berth_core::init::{
+    self, DirState, InitPlan, Latest, LatestSnapshot, PhaseName, PhaseOutcome, Refusal, RepoAction, RepoOutcome,
+    RepoPlace, RepoStep, RestoreOutcome, RestorePlan, VolumeMarker,
+};
+use berth_core::manifest::Manifest;
+use berth_core::repo::{strip_credentials, FailureKind};
 use berth_engine::error::EngineError;
 use berth_engine::progress::Progress;
-use berth_engine::repo::{Repo, Snapshot};
-use berth_engine::restore::{self, RestoreOptions};
-use serde::Serialize;
+use berth_engine::repo::Repo;
+use berth_engine::restore::{self, RestoreOptions, RestoreSummary};
+use serde::{Serialize, Serializer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
@@ -30,17 +38,19 @@ use crate::error::AgentError;
 use crate::git::{Git, GitRestore};
 use crate::job::Job;
 use crate::layout;
-use crate::persist::VolumeMarker;
 use crate::sqlite;
 use crate::sweep;
+
+/// How long init waits for the store to name the latest snapshot.
+const LATEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One phase of init.
 #[derive(Clone, Debug, Serialize)]
 pub struct Phase {
-    /// sweep, credentials, clone, restore, git, ready.
-    pub name: &'static str,
-    /// ok, failed, skipped.
-    pub outcome: String,
+    /// Which phase.
+    pub name: PhaseName,
+    /// How it went.
+    pub outcome: PhaseOutcome,
     /// What happened.
     pub detail: String,
     /// How long it took.
@@ -54,8 +64,8 @@ pub struct RepoReport {
     pub path: String,
     /// URL, credentials removed.
     pub url: String,
-    /// cloned, reused (a checkout was there), from_snapshot, failed.
-    pub outcome: &'static str,
+    /// What became of it.
+    pub outcome: RepoOutcome,
     /// For failures: auth, network, not_found, other.
     pub failure: Option<FailureKind>,
     /// Why it failed.
@@ -91,10 +101,11 @@ pub struct InitReport {
     pub phases: Vec<Phase>,
     /// The repositories.
     pub repos: Vec<RepoReport>,
-    /// never_backed_up, restored, kept_local, ephemeral.
-    pub restore: String,
+    /// What was done about the latest snapshot; `None` (shown as "") before the restore phase.
+    #[serde(serialize_with = "restore_word")]
+    pub restore: Option<RestoreOutcome>,
     /// The snapshot restored or kept.
-    pub snapshot: Option<String>,
+    pub snapshot: Option<SnapshotId>,
     /// Git state restores.
     pub git: Vec<GitReport>,
     /// SQLite databases put back.
@@ -105,58 +116,8 @@ pub struct InitReport {
     pub ms: u64,
 }
 
-/// What the directory holds before init.
-#[derive(Debug, PartialEq, Eq)]
-enum DirState {
-    /// Nothing (or only `lost+found` and berth's runtime files).
-    Empty,
-    /// Written by berth for this workspace and generation.
-    Ours(VolumeMarker),
-    /// Written by berth for another generation or workspace.
-    Other(VolumeMarker),
-    /// Files berth did not write.
-    Foreign,
-}
-
-fn inspect(cfg: &AgentConfig) -> DirState {
-    if let Some(m) = VolumeMarker::read(&cfg.dir) {
-        if m.workspace == cfg.workspace.as_str() && m.generation == cfg.generation.0 {
-            return DirState::Ours(m);
-        }
-        return DirState::Other(m);
-    }
-    let Ok(entries) = std::fs::read_dir(&cfg.dir) else { return DirState::Empty };
-    let foreign = entries.flatten().any(|e| {
-        let n = e.file_name();
-        n != "lost+found" && n != ".berth"
-    });
-    if foreign {
-        DirState::Foreign
-    } else {
-        DirState::Empty
-    }
-}
-
-struct Reporter<'a> {
-    report: InitReport,
-    progress: &'a (dyn Fn(&Phase) + Sync),
-    started: Instant,
-}
-
-impl Reporter<'_> {
-    fn phase(&mut self, name: &'static str, outcome: &str, detail: String, since: Instant) {
-        let p = Phase { name, outcome: outcome.to_string(), detail, ms: since.elapsed().as_millis() as u64 };
-        tracing::info!(event = "init_phase", phase = name, outcome, detail = %p.detail, ms = p.ms);
-        (self.progress)(&p);
-        self.report.phases.push(p);
-    }
-
-    fn fail(mut self, error: AgentError) -> InitError {
-        tracing::error!(event = "init_failed", error = %error);
-        self.report.error = Some(error.to_string());
-        self.report.ms = self.started.elapsed().as_millis() as u64;
-        InitError { report: Box::new(self.report), error }
-    }
+fn restore_word<S: Serializer>(restore: &Option<RestoreOutcome>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(restore.map_or("", RestoreOutcome::as_str))
 }
 
 /// Init did not leave a usable workspace; the report says why and what to do.
@@ -169,345 +130,405 @@ pub struct InitError {
     pub error: AgentError,
 }
 
-fn repo_dir(dir: &Path, spec: &RepoSpec) -> Result<(String, PathBuf), String> {
-    let rel = spec.target().map_err(|e| e.to_string())?;
-    let shown = String::from_utf8_lossy(rel.as_bytes()).into_owned();
-    Ok((shown.clone(), dir.join(shown)))
-}
-
 /// Runs init. `progress` is called after each phase. Returns the credentials fetched (the
 /// caller keeps them for the run) with the report.
 pub async fn init(
     cfg: &AgentConfig,
     job: &Job,
-    repo: Result<Option<&Repo>, &EngineError>,
+    store: Result<Option<&Repo>, &EngineError>,
     control: Option<&Arc<Control>>,
     cancel: &CancellationToken,
     progress: &(dyn Fn(&Phase) + Sync),
 ) -> Result<(InitReport, Option<Creds>), InitError> {
-    let started = Instant::now();
-    let mut r = Reporter {
-        report: InitReport {
+    let mut run = Init::new(cfg, cancel, progress);
+    run.start()?;
+    run.sweep();
+    let creds = run.credentials(job).await;
+    let git = Git::new(creds.as_ref());
+    run.checkpoint()?;
+    // What the store holds is read before cloning (so repos the snapshot has are not cloned),
+    // but cloning never needs it.
+    let dir = inspect(cfg);
+    dir.check().map_err(|r| run.refused(r))?;
+    let latest = read_latest(cfg, store).await;
+    let plan = init::plan(&dir, &latest, &cfg.repos).map_err(|r| run.refused(r))?;
+    let manifest = run.manifest(store, &plan.restore).await?;
+    let fresh = run.clone_repos(&git, &plan, manifest.as_ref()).await?;
+    run.restore(store, &plan.restore, &fresh).await?;
+    run.checkpoint()?;
+    run.git_state(&git).await;
+    run.checkpoint()?;
+    run.ready(&plan)?;
+    ack_handover(cfg, control).await;
+    Ok((run.report, creds))
+}
+
+/// What the directory holds: berth's volume marker, or whether anything else is there.
+fn inspect(cfg: &AgentConfig) -> DirState {
+    let marker = layout::read_marker(&cfg.dir);
+    let other_files = marker.is_none()
+        && std::fs::read_dir(&cfg.dir)
+            .is_ok_and(|entries| entries.flatten().any(|e| !init::is_preexisting(e.file_name().as_bytes())));
+    DirState::classify(&cfg.workspace, cfg.generation, marker, other_files)
+}
+
+/// What the store says about this workspace and generation, within [`LATEST_TIMEOUT`].
+async fn read_latest(cfg: &AgentConfig, store: Result<Option<&Repo>, &EngineError>) -> Latest {
+    let unreadable = |e: &EngineError| Latest::Unreadable { reason: e.to_string(), temporary: e.is_temporary() };
+    let repo = match store {
+        Err(e) => return unreadable(e),
+        Ok(None) => return Latest::NoStore,
+        Ok(Some(repo)) => repo,
+    };
+    match tokio::time::timeout(LATEST_TIMEOUT, repo.latest(&cfg.workspace, cfg.generation)).await {
+        Ok(Ok(Some(s))) => {
+            let (seq, host, manifest) = (s.record.seq, s.record.host, s.record.manifest);
+            Latest::Snapshot(LatestSnapshot { id: s.id, seq, host, manifest })
+        }
+        Ok(Ok(None)) => Latest::Never,
+        Ok(Err(e)) => unreadable(&e),
+        Err(_) => Latest::Unreadable {
+            reason: format!("the object store did not answer within {} s", LATEST_TIMEOUT.as_secs()),
+            temporary: true,
+        },
+    }
+}
+
+/// What the repo's target holds now.
+fn place(dest: &Path) -> RepoPlace {
+    if dest.join(".git").exists() {
+        RepoPlace::Checkout
+    } else if dest.exists() && std::fs::read_dir(dest).map_or(true, |mut d| d.next().is_some()) {
+        RepoPlace::Occupied
+    } else {
+        RepoPlace::Free
+    }
+}
+
+/// Init under way: the settings, the report so far, and how to say what happened.
+struct Init<'a> {
+    cfg: &'a AgentConfig,
+    cancel: &'a CancellationToken,
+    progress: &'a (dyn Fn(&Phase) + Sync),
+    report: InitReport,
+    started: Instant,
+}
+
+impl<'a> Init<'a> {
+    fn new(cfg: &'a AgentConfig, cancel: &'a CancellationToken, progress: &'a (dyn Fn(&Phase) + Sync)) -> Self {
+        let report = InitReport {
             ready: false,
             workspace: cfg.workspace.to_string(),
             generation: cfg.generation.0,
             phases: Vec::new(),
             repos: Vec::new(),
-            restore: String::new(),
+            restore: None,
             snapshot: None,
             git: Vec::new(),
             sqlite: Vec::new(),
             error: None,
             ms: 0,
-        },
-        progress,
-        started,
-    };
-    let cancelled = |r: Reporter<'_>| r.fail(AgentError::Interrupted);
-    // A marker left by an earlier sandbox must not say ready before this init is done.
-    let _ = std::fs::remove_file(layout::ready(&cfg.dir));
-    if let Err(e) = std::fs::create_dir_all(layout::run_dir(&cfg.dir)) {
-        return Err(r.fail(AgentError::io("use the workspace directory", &cfg.dir, e)));
+        };
+        Init { cfg, cancel, progress, report, started: Instant::now() }
     }
 
-    let t = Instant::now();
-    let swept = sweep::sweep(&cfg.base, cfg.ttl_secs, false);
-    let outcome = if swept.unreadable.is_some() { "failed" } else { "ok" };
-    r.phase("sweep", outcome, format!("swept {} leftover(s), {} live", swept.swept.len(), swept.skipped_live), t);
-
-    let t = Instant::now();
-    let creds = match creds::fetch(&cfg.credentials, job).await {
-        Ok(Some(c)) => {
-            r.phase("credentials", "ok", format!("git token from the {}", c.source), t);
-            Some(c)
-        }
-        Ok(None) => {
-            r.phase("credentials", "skipped", "none configured".into(), t);
-            None
-        }
-        Err(e) => {
-            // Reported, not fatal: public repositories still clone.
-            r.phase("credentials", "failed", e.to_string(), t);
-            None
-        }
-    };
-    let git = Git::new(creds.as_ref());
-    if cancel.is_cancelled() {
-        return Err(cancelled(r));
+    fn phase(&mut self, name: PhaseName, outcome: PhaseOutcome, detail: String, since: Instant) {
+        let p = Phase { name, outcome, detail, ms: since.elapsed().as_millis() as u64 };
+        tracing::info!(event = "init_phase", phase = %name, outcome = %outcome, detail = %p.detail, ms = p.ms);
+        (self.progress)(&p);
+        self.report.phases.push(p);
     }
 
-    // What the store holds, read before cloning (so repos the snapshot has are not cloned)
-    // but never needed for cloning.
-    let state = inspect(cfg);
-    if let DirState::Other(m) = &state {
-        return Err(r.fail(AgentError::OtherWorkspace {
-            dir: cfg.dir.clone(),
-            found: m.workspace.clone(),
-            found_generation: berth_core::workspace::Generation(m.generation),
-            workspace: cfg.workspace.clone(),
-            generation: cfg.generation,
-        }));
+    fn fail(&mut self, error: AgentError) -> InitError {
+        tracing::error!(event = "init_failed", error = %error);
+        self.report.error = Some(error.to_string());
+        self.report.ms = self.started.elapsed().as_millis() as u64;
+        InitError { report: Box::new(self.report.clone()), error }
     }
-    let latest: Result<Option<Snapshot>, String> = match &repo {
-        Err(e) => Err(e.to_string()),
-        Ok(None) => Ok(None),
-        Ok(Some(repo)) => {
-            match tokio::time::timeout(Duration::from_secs(60), repo.latest(&cfg.workspace, cfg.generation)).await {
-                Ok(Ok(s)) => Ok(s),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("the object store did not answer within 60 s".into()),
+
+    fn refused(&mut self, refusal: Refusal) -> InitError {
+        let (dir, workspace) = (self.cfg.dir.clone(), self.cfg.workspace.clone());
+        self.fail(match refusal {
+            Refusal::OtherWorkspace { workspace: found, generation: found_generation } => {
+                AgentError::OtherWorkspace { dir, found, found_generation, workspace, generation: self.cfg.generation }
             }
-        }
-    };
-    let restore_from = match (&latest, &state) {
-        (Ok(Some(s)), DirState::Empty) => Some(s.clone()),
-        (Ok(Some(s)), DirState::Ours(m)) if !m.holds(s.record.seq, &s.record.host) => Some(s.clone()),
-        (Ok(Some(_)), DirState::Foreign) => {
-            return Err(r.fail(AgentError::Foreign { dir: cfg.dir.clone(), workspace: cfg.workspace.clone() }))
-        }
-        _ => None,
-    };
-    let manifest = match &restore_from {
-        Some(s) => match repo.as_ref().ok().copied().flatten().map(|r| r.manifest(&s.record.manifest)) {
-            None => return Err(r.fail(AgentError::Config("internal: a snapshot without a store".into()))),
-            Some(fut) => match fut.await {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    return Err(r.fail(AgentError::SnapshotUnreadable {
-                        snapshot: s.id,
-                        workspace: cfg.workspace.clone(),
-                        source: Box::new(e),
-                    }))
-                }
-            },
-        },
-        None => None,
-    };
-    let in_snapshot = |rel: &str| {
-        let git_dir = format!("{rel}/.git");
-        manifest.as_ref().is_some_and(|m| {
-            m.entries.iter().any(|e| e.path.as_bytes() == git_dir.as_bytes() && matches!(e.kind, EntryKind::Dir))
+            Refusal::Foreign => AgentError::Foreign { dir, workspace },
         })
-    };
+    }
 
-    let t_clone = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(cfg.clone_retry_secs);
-    let mut fresh_clones = Vec::new();
-    let scratch = layout::run_dir(&cfg.dir);
-    for spec in &cfg.repos {
+    /// Fails when SIGTERM or SIGINT arrived.
+    fn checkpoint(&mut self) -> Result<(), InitError> {
+        if self.cancel.is_cancelled() {
+            return Err(self.fail(AgentError::Interrupted));
+        }
+        Ok(())
+    }
+
+    /// Takes back any ready marker an earlier sandbox left: it must not say ready before
+    /// this init is done.
+    fn start(&mut self) -> Result<(), InitError> {
+        let _ = std::fs::remove_file(layout::ready(&self.cfg.dir));
+        let run_dir = layout::run_dir(&self.cfg.dir);
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| self.fail(AgentError::io("use the workspace directory", run_dir, e)))
+    }
+
+    fn sweep(&mut self) {
         let t = Instant::now();
-        let url = strip_credentials(&spec.url);
-        let (path, dest) = match repo_dir(&cfg.dir, spec) {
-            Ok(x) => x,
+        let swept = sweep::sweep(&self.cfg.base, self.cfg.ttl_secs, false);
+        let outcome = if swept.unreadable.is_some() { PhaseOutcome::Failed } else { PhaseOutcome::Ok };
+        let detail = format!("swept {} leftover(s), {} live", swept.swept.len(), swept.skipped_live);
+        self.phase(PhaseName::Sweep, outcome, detail, t);
+    }
+
+    /// Fetches git credentials; a failure is reported, not fatal: public repos still clone.
+    async fn credentials(&mut self, job: &Job) -> Option<Creds> {
+        let t = Instant::now();
+        let (outcome, detail, creds) = match creds::fetch(&self.cfg.credentials, job).await {
+            Ok(Some(c)) => (PhaseOutcome::Ok, format!("git token from the {}", c.source), Some(c)),
+            Ok(None) => (PhaseOutcome::Skipped, "none configured".into(), None),
+            Err(e) => (PhaseOutcome::Failed, e.to_string(), None),
+        };
+        self.phase(PhaseName::Credentials, outcome, detail, t);
+        creds
+    }
+
+    /// Reads the tree of the snapshot to restore, to know which repos it holds. A snapshot
+    /// that exists but cannot be read fails init before anything is cloned over it.
+    async fn manifest(
+        &mut self,
+        store: Result<Option<&Repo>, &EngineError>,
+        plan: &RestorePlan,
+    ) -> Result<Option<Manifest>, InitError> {
+        let RestorePlan::Restore(s) = plan else { return Ok(None) };
+        let Ok(Some(repo)) = store else {
+            // The plan restores only what a readable store named.
+            return Err(self.fail(AgentError::Config("internal: a snapshot without a store".into())));
+        };
+        repo.manifest(&s.manifest).await.map(Some).map_err(|e| {
+            let workspace = self.cfg.workspace.clone();
+            self.fail(AgentError::SnapshotUnreadable { snapshot: s.id, workspace, source: Box::new(e) })
+        })
+    }
+
+    /// Puts each repo in place; returns the paths cloned now. A repo that fails is reported
+    /// and does not stop the others.
+    async fn clone_repos(
+        &mut self,
+        git: &Git,
+        plan: &InitPlan,
+        manifest: Option<&Manifest>,
+    ) -> Result<Vec<String>, InitError> {
+        let t = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.clone_retry_secs);
+        let mut fresh = Vec::new();
+        for step in &plan.repos {
+            let report = self.clone_repo(git, step, manifest, deadline).await;
+            if report.outcome == RepoOutcome::Cloned {
+                fresh.push(report.path.clone());
+            }
+            self.report.repos.push(report);
+            self.checkpoint()?;
+        }
+        let failed = self.report.repos.iter().filter(|x| x.outcome == RepoOutcome::Failed).count();
+        let outcome = match (failed, plan.repos.len()) {
+            (0, 0) => PhaseOutcome::Skipped,
+            (0, _) => PhaseOutcome::Ok,
+            _ => PhaseOutcome::Failed,
+        };
+        self.phase(PhaseName::Clone, outcome, format!("{} repo(s), {failed} failed", plan.repos.len()), t);
+        Ok(fresh)
+    }
+
+    async fn clone_repo(
+        &self,
+        git: &Git,
+        step: &RepoStep,
+        manifest: Option<&Manifest>,
+        deadline: Instant,
+    ) -> RepoReport {
+        let t = Instant::now();
+        let url = strip_credentials(&step.spec.url);
+        let target = match &step.target {
+            Ok(target) => target,
             Err(e) => {
-                r.report.repos.push(RepoReport {
-                    path: String::new(),
-                    url,
-                    outcome: "failed",
-                    failure: Some(FailureKind::Other),
-                    error: Some(e),
-                    attempts: 0,
-                    ms: 0,
-                });
-                continue;
+                let error = Some(e.to_string());
+                let (path, failure) = (String::new(), Some(FailureKind::Other));
+                return RepoReport { path, url, outcome: RepoOutcome::Failed, failure, error, attempts: 0, ms: 0 };
             }
         };
-        let (outcome, failure, error, attempts) = if dest.join(".git").exists() {
-            ("reused", None, None, 0)
-        } else if in_snapshot(&path) {
-            ("from_snapshot", None, None, 0)
-        } else if dest.exists() && std::fs::read_dir(&dest).map_or(true, |mut d| d.next().is_some()) {
-            (
-                "failed",
-                Some(FailureKind::Other),
-                Some(format!("{path} exists and is not a git checkout; move it away to clone there")),
-                0,
-            )
-        } else {
-            match git.clone_repo(spec, &dest, &scratch, deadline, cancel).await {
-                Ok(n) => {
-                    fresh_clones.push(path.clone());
-                    ("cloned", None, None, n)
+        let path = String::from_utf8_lossy(target.as_bytes()).into_owned();
+        let dest = self.cfg.dir.join(std::ffi::OsStr::from_bytes(target.as_bytes()));
+        let in_snapshot = manifest.is_some_and(|m| init::in_snapshot(m, target));
+        let action = RepoStep::action(place(&dest), in_snapshot);
+        let mut report =
+            RepoReport { path, url, outcome: action.outcome(), failure: None, error: None, attempts: 0, ms: 0 };
+        match action {
+            RepoAction::Reuse | RepoAction::FromSnapshot => {}
+            RepoAction::Refuse => {
+                report.failure = Some(FailureKind::Other);
+                report.error =
+                    Some(format!("{} exists and is not a git checkout; move it away to clone there", report.path));
+            }
+            RepoAction::Clone => {
+                let scratch = layout::run_dir(&self.cfg.dir);
+                match git.clone_repo(&step.spec, &dest, &scratch, deadline, self.cancel).await {
+                    Ok(n) => report.attempts = n,
+                    Err(e) => {
+                        (report.outcome, report.failure, report.error, report.attempts) =
+                            (RepoOutcome::Failed, Some(e.kind), Some(e.message), 1)
+                    }
                 }
-                Err(e) => ("failed", Some(e.kind), Some(e.message), 1),
+            }
+        }
+        report.ms = t.elapsed().as_millis() as u64;
+        let error = report.error.as_deref().unwrap_or("");
+        tracing::info!(event = "init_repo", path = %report.path, url = %report.url, outcome = %report.outcome, error);
+        report
+    }
+
+    /// Carries out the restore plan.
+    async fn restore(
+        &mut self,
+        store: Result<Option<&Repo>, &EngineError>,
+        plan: &RestorePlan,
+        fresh: &[String],
+    ) -> Result<(), InitError> {
+        let t = Instant::now();
+        self.report.restore = plan.outcome();
+        let (outcome, detail) = match plan {
+            RestorePlan::Ephemeral => {
+                (PhaseOutcome::Skipped, "no object store: the workspace is ephemeral".to_string())
+            }
+            RestorePlan::NeverBackedUp => (PhaseOutcome::Ok, "never backed up: starting empty".to_string()),
+            RestorePlan::KeepLocal { snapshot: Some(s), .. } => {
+                self.report.snapshot = Some(s.id);
+                (PhaseOutcome::Ok, format!("the directory already holds snapshot {} or newer", s.seq))
+            }
+            RestorePlan::KeepLocal { store_error, .. } => {
+                let e = store_error.as_deref().unwrap_or("");
+                (PhaseOutcome::Ok, format!("kept the local copy; the store could not be read: {e}"))
+            }
+            RestorePlan::Fail { reason, temporary } => {
+                return Err(self.fail(AgentError::StoreUnreadable { reason: reason.clone(), temporary: *temporary }))
+            }
+            RestorePlan::Restore(s) => {
+                let sum = self.restore_snapshot(store, s, fresh).await?;
+                self.report.snapshot = Some(sum.snapshot);
+                (
+                    PhaseOutcome::Ok,
+                    format!("snapshot {} (seq {}): {} files, {} bytes", sum.snapshot, sum.seq, sum.files, sum.bytes),
+                )
             }
         };
-        tracing::info!(event = "init_repo", path = %path, url = %url, outcome, error = error.as_deref().unwrap_or(""));
-        r.report.repos.push(RepoReport {
-            path,
-            url,
-            outcome,
-            failure,
-            error,
-            attempts,
-            ms: t.elapsed().as_millis() as u64,
-        });
-        if cancel.is_cancelled() {
-            return Err(cancelled(r));
-        }
-    }
-    let failed = r.report.repos.iter().filter(|x| x.outcome == "failed").count();
-    let outcome = if failed > 0 {
-        "failed"
-    } else if cfg.repos.is_empty() {
-        "skipped"
-    } else {
-        "ok"
-    };
-    r.phase("clone", outcome, format!("{} repo(s), {failed} failed", cfg.repos.len()), t_clone);
-
-    let t = Instant::now();
-    let store = repo.as_ref().ok().copied().flatten();
-    match (&latest, &restore_from, store) {
-        (Ok(_), _, None) => {
-            r.report.restore = "ephemeral".into();
-            r.phase("restore", "skipped", "no object store: the workspace is ephemeral".into(), t);
-        }
-        (Err(e), _, _) => {
-            if let DirState::Ours(_) = state {
-                // The directory is this workspace's own and at least as new as what it saved.
-                r.report.restore = "kept_local".into();
-                r.phase("restore", "ok", format!("kept the local copy; the store could not be read: {e}"), t);
-            } else {
-                return Err(r.fail(AgentError::StoreUnreadable { reason: e.clone(), temporary: false }));
-            }
-        }
-        (Ok(None), _, Some(_)) => {
-            r.report.restore = "never_backed_up".into();
-            r.phase("restore", "ok", "never backed up: starting empty".into(), t);
-        }
-        (Ok(Some(s)), None, Some(_)) => {
-            r.report.restore = "kept_local".into();
-            r.report.snapshot = Some(s.id.to_string());
-            r.phase("restore", "ok", format!("the directory already holds snapshot {} or newer", s.record.seq), t);
-        }
-        (Ok(Some(_)), Some(s), Some(repo)) => {
-            // Fresh clones stay as they are: the restore leaves excluded paths alone.
-            let mut keep: Vec<String> = cfg.excludes.clone();
-            keep.extend(fresh_clones.iter().map(|p| format!("/{p}")));
-            let excludes = match Excludes::new(&keep, cfg.default_excludes) {
-                Ok(x) => x,
-                Err(e) => return Err(r.fail(e.into())),
-            };
-            let opts = RestoreOptions {
-                workspace: cfg.workspace.clone(),
-                generation: cfg.generation,
-                snapshot: s.id.to_string(),
-                dir: cfg.dir.clone(),
-                excludes,
-                cache_dir: cfg.cache_dir.clone(),
-                threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-            };
-            let progress = Arc::new(Progress::default());
-            let restored = tokio::select! {
-                x = restore::restore(repo, &opts, &progress) => x,
-                _ = cancel.cancelled() => return Err(cancelled(r)),
-            };
-            match restored {
-                Ok(sum) => {
-                    r.report.restore = "restored".into();
-                    r.report.snapshot = Some(sum.snapshot.to_string());
-                    VolumeMarker {
-                        workspace: cfg.workspace.to_string(),
-                        generation: cfg.generation.0,
-                        snapshot: Some(sum.snapshot.to_string()),
-                        seq: sum.seq,
-                        pending: None,
-                    }
-                    .write(&cfg.dir);
-                    r.phase(
-                        "restore",
-                        "ok",
-                        format!(
-                            "snapshot {} (seq {}): {} files, {} bytes",
-                            sum.snapshot, sum.seq, sum.files, sum.bytes
-                        ),
-                        t,
-                    );
-                }
-                Err(e) => {
-                    return Err(r.fail(AgentError::RestoreFailed {
-                        snapshot: s.id,
-                        workspace: cfg.workspace.clone(),
-                        source: Box::new(e),
-                    }))
-                }
-            }
-        }
-    }
-    if cancel.is_cancelled() {
-        return Err(cancelled(r));
+        self.phase(PhaseName::Restore, outcome, detail, t);
+        Ok(())
     }
 
-    let t = Instant::now();
-    if r.report.restore == "restored" {
-        r.report.sqlite =
-            sqlite::restore(&cfg.dir).iter().map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned()).collect();
-        for (repo_path, state_dir) in layout::git_states(&cfg.dir) {
-            let path = repo_path.strip_prefix(&cfg.dir).map(|p| p.display().to_string()).unwrap_or_default();
-            let report = match git.restore(&repo_path, &state_dir).await {
-                Ok(g) => {
-                    if !g.head_matches {
-                        tracing::warn!(event = "git_head_mismatch", repo = %path, expected = ?g.expected_head, actual = ?g.head);
-                    }
-                    GitReport { path, restore: Some(g), error: None }
-                }
-                Err(e) => GitReport { path, restore: None, error: Some(e.to_string()) },
-            };
-            r.report.git.push(report);
-        }
+    /// Restores snapshot `s` around the fresh clones (the restore leaves excluded paths alone)
+    /// and marks the directory as holding it.
+    async fn restore_snapshot(
+        &mut self,
+        store: Result<Option<&Repo>, &EngineError>,
+        s: &LatestSnapshot,
+        fresh: &[String],
+    ) -> Result<RestoreSummary, InitError> {
+        let Ok(Some(repo)) = store else {
+            // The plan restores only what a readable store named.
+            return Err(self.fail(AgentError::Config("internal: a snapshot without a store".into())));
+        };
+        let mut keep = self.cfg.excludes.clone();
+        keep.extend(fresh.iter().map(|p| format!("/{p}")));
+        let excludes = Excludes::new(&keep, self.cfg.default_excludes).map_err(|e| self.fail(e.into()))?;
+        let opts = RestoreOptions {
+            workspace: self.cfg.workspace.clone(),
+            generation: self.cfg.generation,
+            snapshot: s.id.to_string(),
+            dir: self.cfg.dir.clone(),
+            excludes,
+            cache_dir: self.cfg.cache_dir.clone(),
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        };
+        let progress = Arc::new(Progress::default());
+        let restored = tokio::select! {
+            x = restore::restore(repo, &opts, &progress) => x,
+            _ = self.cancel.cancelled() => return Err(self.fail(AgentError::Interrupted)),
+        };
+        let sum = restored.map_err(|e| {
+            let workspace = self.cfg.workspace.clone();
+            self.fail(AgentError::RestoreFailed { snapshot: s.id, workspace, source: Box::new(e) })
+        })?;
+        let marker = VolumeMarker { snapshot: Some(sum.snapshot), seq: sum.seq, ..self.fresh_marker() };
+        layout::write_marker(&self.cfg.dir, &marker);
+        Ok(sum)
     }
-    let mismatches = r
-        .report
-        .git
-        .iter()
-        .filter(|g| g.error.is_some() || g.restore.as_ref().is_some_and(|x| !x.head_matches))
-        .count();
-    let outcome = if r.report.git.is_empty() {
-        "skipped"
-    } else if mismatches > 0 {
-        "failed"
-    } else {
-        "ok"
-    };
-    r.phase(
-        "git",
-        outcome,
-        format!(
+
+    fn fresh_marker(&self) -> VolumeMarker {
+        VolumeMarker::new(self.cfg.workspace.clone(), self.cfg.generation)
+    }
+
+    /// After a restore: puts the SQLite databases back and restores each repo's git state.
+    async fn git_state(&mut self, git: &Git) {
+        let t = Instant::now();
+        if self.report.restore == Some(RestoreOutcome::Restored) {
+            let dbs = sqlite::restore(&self.cfg.dir);
+            self.report.sqlite = dbs.iter().map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned()).collect();
+            for (repo, state_dir) in layout::git_states(&self.cfg.dir) {
+                let report = restore_git(git, &self.cfg.dir, &repo, &state_dir).await;
+                self.report.git.push(report);
+            }
+        }
+        let git = &self.report.git;
+        let mismatches =
+            git.iter().filter(|g| g.error.is_some() || g.restore.as_ref().is_some_and(|x| !x.head_matches)).count();
+        let outcome = match (git.len(), mismatches) {
+            (0, _) => PhaseOutcome::Skipped,
+            (_, 0) => PhaseOutcome::Ok,
+            _ => PhaseOutcome::Failed,
+        };
+        let detail = format!(
             "{} repo(s), {mismatches} with a HEAD mismatch or error; {} database(s)",
-            r.report.git.len(),
-            r.report.sqlite.len()
-        ),
-        t,
-    );
-    if cancel.is_cancelled() {
-        return Err(cancelled(r));
+            git.len(),
+            self.report.sqlite.len()
+        );
+        self.phase(PhaseName::Git, outcome, detail, t);
     }
 
-    if cfg.dir.join(".git").is_dir() {
-        crate::git::ignore_berth_dir(&cfg.dir);
-    }
-    let t = Instant::now();
-    if !matches!(state, DirState::Ours(_)) && r.report.restore != "restored" {
-        VolumeMarker {
-            workspace: cfg.workspace.to_string(),
-            generation: cfg.generation.0,
-            snapshot: r.report.snapshot.clone(),
-            seq: 0,
-            pending: None,
+    /// Marks the directory as this workspace's (when the plan says so), then writes the ready
+    /// marker, last and atomically.
+    fn ready(&mut self, plan: &InitPlan) -> Result<(), InitError> {
+        if self.cfg.dir.join(".git").is_dir() {
+            crate::git::ignore_berth_dir(&self.cfg.dir);
         }
-        .write(&cfg.dir);
+        let t = Instant::now();
+        if plan.mark {
+            layout::write_marker(&self.cfg.dir, &self.fresh_marker());
+        }
+        self.report.ready = true;
+        self.report.ms = self.started.elapsed().as_millis() as u64;
+        let body = serde_json::to_vec_pretty(&self.report).unwrap_or_default();
+        let ready = layout::ready(&self.cfg.dir);
+        if let Err(e) = layout::write_atomic(&ready, &body) {
+            self.report.ready = false;
+            return Err(self.fail(AgentError::io("write the ready marker", ready, e)));
+        }
+        self.phase(PhaseName::Ready, PhaseOutcome::Ok, ready.display().to_string(), t);
+        Ok(())
     }
-    r.report.ready = true;
-    r.report.ms = started.elapsed().as_millis() as u64;
-    let body = serde_json::to_vec_pretty(&r.report).unwrap_or_default();
-    if let Err(e) = layout::write_atomic(&layout::ready(&cfg.dir), &body) {
-        r.report.ready = false;
-        return Err(r.fail(AgentError::io("write the ready marker", layout::ready(&cfg.dir), e)));
+}
+
+/// Restores the git state captured for `repo` from `state_dir`.
+async fn restore_git(git: &Git, dir: &Path, repo: &Path, state_dir: &Path) -> GitReport {
+    let path = repo.strip_prefix(dir).map(|p| p.display().to_string()).unwrap_or_default();
+    match git.restore(repo, state_dir).await {
+        Ok(g) => {
+            if !g.head_matches {
+                tracing::warn!(event = "git_head_mismatch", repo = %path, expected = ?g.expected_head, actual = ?g.head);
+            }
+            GitReport { path, restore: Some(g), error: None }
+        }
+        Err(e) => GitReport { path, restore: None, error: Some(e.to_string()) },
     }
-    r.phase("ready", "ok", layout::ready(&cfg.dir).display().to_string(), t);
-    ack_handover(cfg, control).await;
-    Ok((r.report, creds))
 }
 
 /// Acknowledges a drain handover (from the attach, or left by the drained sandbox in the

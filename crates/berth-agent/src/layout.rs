@@ -14,6 +14,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use berth_core::init::VolumeMarker;
 use berth_core::path::RelPath;
 
 /// `<dir>/.berth/run`.
@@ -86,6 +87,19 @@ pub fn sqlite_copy(dir: &Path, db: &RelPath) -> PathBuf {
 /// The drain handover record.
 pub fn handover(dir: &Path) -> PathBuf {
     state_dir(dir).join("handover.json")
+}
+
+/// Reads the volume marker of `dir`; `None` when there is none or it is not berth's.
+pub fn read_marker(dir: &Path) -> Option<VolumeMarker> {
+    serde_json::from_slice(&std::fs::read(volume_marker(dir)).ok()?).ok()
+}
+
+/// Writes the volume marker of `dir` atomically; a failure is logged.
+pub fn write_marker(dir: &Path, marker: &VolumeMarker) {
+    let body = serde_json::to_vec_pretty(marker).unwrap_or_default();
+    if let Err(e) = write_atomic(&volume_marker(dir), &body) {
+        tracing::warn!(event = "volume_marker_failed", error = %e);
+    }
 }
 
 /// Writes `body` to `path` atomically: a temp file beside it, fsync, rename, fsync the directory.

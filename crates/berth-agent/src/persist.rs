@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use berth_api::SnapshotStats;
 use berth_core::excludes::Excludes;
 use berth_core::id::SnapshotId;
+use berth_core::init::VolumeMarker;
 use berth_core::path::RelPath;
 use berth_core::schedule::{Schedule, Scheduler};
 use berth_engine::create::{self, CreateOptions};
@@ -24,7 +25,7 @@ use berth_engine::error::EngineError;
 use berth_engine::progress::Progress;
 use berth_engine::repo::Repo;
 use notify::Watcher;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
@@ -65,45 +66,6 @@ pub struct Saved {
     pub bytes_uploaded: u64,
     /// Whether the control plane recorded it.
     pub published: bool,
-}
-
-/// What the workspace directory holds, recorded after every durable snapshot and at init.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeMarker {
-    /// The workspace.
-    pub workspace: String,
-    /// Its generation.
-    pub generation: u64,
-    /// The snapshot this directory was last saved as (or restored from).
-    pub snapshot: Option<String>,
-    /// Its sequence number.
-    pub seq: u64,
-    /// A publish under way from this directory: the seq it will get and the instance writing it.
-    /// A crash between the store's record and this marker's update leaves it here, so the next
-    /// init knows that snapshot came from this directory and keeps the (newer) local files.
-    #[serde(default)]
-    pub pending: Option<(u64, String)>,
-}
-
-impl VolumeMarker {
-    /// Returns whether the store's latest snapshot (`seq`, written by `host`) is no newer than
-    /// what this directory holds.
-    pub fn holds(&self, seq: u64, host: &str) -> bool {
-        seq <= self.seq || self.pending.as_ref().is_some_and(|(p, h)| *p == seq && h == host)
-    }
-
-    /// Reads the marker of `dir`.
-    pub fn read(dir: &Path) -> Option<VolumeMarker> {
-        serde_json::from_slice(&std::fs::read(layout::volume_marker(dir)).ok()?).ok()
-    }
-
-    /// Writes it atomically.
-    pub fn write(&self, dir: &Path) {
-        let body = serde_json::to_vec_pretty(self).unwrap_or_default();
-        if let Err(e) = layout::write_atomic(&layout::volume_marker(dir), &body) {
-            tracing::warn!(event = "volume_marker_failed", error = %e);
-        }
-    }
 }
 
 struct Inner {
@@ -192,6 +154,10 @@ impl Persister {
         }
     }
 
+    fn fresh_marker(&self) -> VolumeMarker {
+        VolumeMarker::new(self.cfg.workspace.clone(), self.cfg.generation)
+    }
+
     /// Repositories in the workspace: configured and found.
     fn repos(&self) -> Vec<PathBuf> {
         let mut repos = find_repos(&self.cfg.dir, REPO_DEPTH);
@@ -274,13 +240,9 @@ impl Persister {
         if !self.writing() {
             return Ok(None);
         }
-        let marker = VolumeMarker::read(&self.cfg.dir).unwrap_or_else(|| VolumeMarker {
-            workspace: self.cfg.workspace.to_string(),
-            generation: self.cfg.generation.0,
-            ..Default::default()
-        });
-        VolumeMarker { pending: Some((marker.seq + 1, self.cfg.instance.to_string())), ..marker.clone() }
-            .write(&self.cfg.dir);
+        let marker = layout::read_marker(&self.cfg.dir).unwrap_or_else(|| self.fresh_marker());
+        let pending = Some((marker.seq + 1, self.cfg.instance.to_string()));
+        layout::write_marker(&self.cfg.dir, &VolumeMarker { pending, ..marker });
         let summary = match create::create(repo, &opts, &Arc::new(Progress::default())).await {
             Ok(s) => s,
             Err(e @ EngineError::Conflict(_)) => {
@@ -323,14 +285,8 @@ impl Persister {
                 }
             }
         }
-        VolumeMarker {
-            workspace: self.cfg.workspace.to_string(),
-            generation: self.cfg.generation.0,
-            snapshot: Some(saved.snapshot.to_string()),
-            seq: saved.seq,
-            pending: None,
-        }
-        .write(&self.cfg.dir);
+        let marker = VolumeMarker { snapshot: Some(saved.snapshot), seq: saved.seq, ..self.fresh_marker() };
+        layout::write_marker(&self.cfg.dir, &marker);
         self.durable_now();
         metrics::counter!("berth_agent_snapshots_total", "outcome" => if saved.unchanged { "unchanged" } else { "published" }).increment(1);
         metrics::counter!("berth_agent_bytes_uploaded_total").increment(saved.bytes_uploaded);
@@ -437,22 +393,5 @@ impl Persister {
             }
         }
         drop(watcher);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lost_marker_update_does_not_make_the_store_look_newer() {
-        let m = VolumeMarker { seq: 4, pending: Some((5, "pod-a".into())), ..Default::default() };
-        assert!(m.holds(4, "anyone"));
-        // Our own publish, whose marker update a crash cut off: the directory holds it.
-        assert!(m.holds(5, "pod-a"));
-        // Another writer's snapshot 5, or anything later, is newer than this directory.
-        assert!(!m.holds(5, "pod-b"));
-        assert!(!m.holds(6, "pod-a"));
-        assert!(!VolumeMarker { seq: 4, ..Default::default() }.holds(5, "pod-a"));
     }
 }

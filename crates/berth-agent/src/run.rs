@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use berth_core::init::RestoreOutcome;
 use berth_core::lease::{Epoch, Fenced};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
@@ -210,7 +211,7 @@ pub async fn run(cfg: AgentConfig, argv: Vec<String>, signals: Signals, progress
             return Outcome::failed(exit::FAILED, e, Some(report));
         }
     };
-    if report.restore == "restored" || report.restore == "kept_local" {
+    if matches!(report.restore, Some(RestoreOutcome::Restored | RestoreOutcome::KeptLocal)) {
         persister.durable_now();
     }
     if let Some(addr) = cfg.metrics_listen {

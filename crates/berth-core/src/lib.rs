@@ -15,6 +15,7 @@ pub mod gc;
 pub mod gitindex;
 pub mod id;
 pub mod index;
+pub mod init;
 pub mod layout;
 pub mod lease;
 pub mod manifest;

@@ -221,15 +221,13 @@ fn print_phase(p: &Phase) {
 }
 
 fn print_summary(r: &InitReport) {
+    let restore = r.restore.map_or("", |x| x.as_str()).replace('_', " ");
     println!(
         "workspace {} (generation {}): {}{}",
         r.workspace,
         r.generation,
         if r.ready { "ready" } else { "NOT ready" },
-        r.snapshot
-            .as_deref()
-            .map(|s| format!(", {} {s}", r.restore.replace('_', " ")))
-            .unwrap_or_else(|| format!(", {}", r.restore.replace('_', " ")))
+        r.snapshot.map(|s| format!(", {restore} {s}")).unwrap_or_else(|| format!(", {restore}"))
     );
     for repo in &r.repos {
         let why = repo
