@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use crate::auth::Tokens;
 use crate::error::{Error, Result};
 use crate::meta::{random_hex, redact_url, Meta, Rules};
-use crate::volumes::{LocalVolumes, Volumes};
+use crate::volumes::{Substrate, Volumes};
 
 /// Volume GC settings: candidates are bounded per sweep and removed a few at a time, and a
 /// sweep is time-bounded.
@@ -85,6 +85,11 @@ pub struct Config {
     pub access_mode: AccessMode,
     /// uid:gid that owns new local workspace directories (the sandbox's user).
     pub volume_owner: Option<(u32, u32)>,
+    /// Where workspace volumes live.
+    pub substrate: Substrate,
+    /// Driver options of every new volume (docker: `--volume-opt K=V`; `{size}` in a value is
+    /// replaced by the workspace's size in bytes).
+    pub volume_opts: std::collections::BTreeMap<String, String>,
     /// Volume GC.
     pub gc: GcConfig,
     /// Seconds between lease and drain expiry checks.
@@ -107,6 +112,8 @@ impl Config {
             storage_class: None,
             access_mode: AccessMode::ReadWriteOnce,
             volume_owner: None,
+            substrate: Substrate::Local,
+            volume_opts: Default::default(),
             gc: GcConfig::default(),
             expiry_interval_secs: 2,
         }
@@ -233,7 +240,7 @@ impl App {
             tracing::info!(event = "migrations_applied", count = applied);
         }
         let install = meta.install_id().await?;
-        let volumes = open_volumes(&config)?;
+        let volumes = crate::volumes::open(&config, &install)?;
         let tokens = Tokens::new(&admin_token(&config)?);
         Ok(Arc::new(App {
             meta,
@@ -247,9 +254,4 @@ impl App {
             config,
         }))
     }
-}
-
-/// Opens the substrate that holds workspace volumes: the one place that chooses it.
-fn open_volumes(config: &Config) -> Result<Arc<dyn Volumes>> {
-    Ok(Arc::new(LocalVolumes::new(config.data_dir.join("volumes"), config.volume_owner)?))
 }

@@ -84,7 +84,7 @@ impl Error {
     pub fn is_temporary(&self) -> bool {
         match self {
             Error::Db(e) => !matches!(e, sqlx::Error::RowNotFound | sqlx::Error::ColumnDecode { .. }),
-            Error::Volume(v) => v.temporary,
+            Error::Volume(v) => v.is_temporary(),
             Error::Draining { .. } | Error::Busy { .. } | Error::LeaseHeld { .. } => true,
             _ => false,
         }

@@ -11,7 +11,7 @@ pub mod http;
 pub mod meta;
 pub mod reconcile;
 pub mod server;
-pub use berth_substrate as volumes;
+pub mod volumes;
 
 pub use app::{App, Config, GcConfig};
 pub use server::{run, serve};

@@ -8,6 +8,10 @@
 //! ```
 //!
 //! # Guarantees
+//! - A directory whose labels file is missing, unreadable, or names another installation,
+//!   owner or generation is never adopted by `ensure` nor removed by `delete`: berth writes the
+//!   labels before the directory and removes the directory (into `.trash`) before the labels,
+//!   so a directory without labels is never one of berth's.
 //! - A directory whose lock file is held by a live process is never removed: `delete` takes
 //!   the exclusive lock without waiting and answers `Referenced` when it cannot.
 //! - Deletion renames the directory into `.trash` first (atomic), then removes the labels, then
@@ -25,26 +29,33 @@ use async_trait::async_trait;
 use berth_core::volume::{MountSpec, VolumeName};
 use rustix::fs::FlockOperation;
 
-use crate::volumes::{Removal, VolumeError, VolumeInfo, VolumeSpec, Volumes};
+use crate::volumes::{check_ours, is_install, Removal, VolumeError, VolumeInfo, VolumeSpec, Volumes};
 
 /// Workspace volumes as directories under one root.
 #[derive(Debug, Clone)]
 pub struct LocalVolumes {
     root: PathBuf,
+    /// The installation whose volumes this adapter creates and removes.
+    install: String,
     /// uid and gid to give each new workspace directory (the sandbox's user), if not ours.
     owner: Option<(u32, u32)>,
 }
 
 impl LocalVolumes {
-    /// Uses `root` (created if missing) for volumes; new directories are chowned to `owner`.
-    pub fn new(root: impl Into<PathBuf>, owner: Option<(u32, u32)>) -> Result<LocalVolumes, VolumeError> {
+    /// Uses `root` (created if missing) for installation `install`'s volumes; new directories
+    /// are chowned to `owner`.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        install: impl Into<String>,
+        owner: Option<(u32, u32)>,
+    ) -> Result<LocalVolumes, VolumeError> {
         let root = root.into();
         for dir in [root.clone(), root.join(".meta"), root.join(".trash")] {
             fs::DirBuilder::new().recursive(true).mode(0o755).create(&dir).map_err(|e| {
                 VolumeError::permanent(format!("cannot create volume directory {}: {e}", dir.display()))
             })?;
         }
-        Ok(LocalVolumes { root, owner })
+        Ok(LocalVolumes { root, install: install.into(), owner })
     }
 
     fn dir(&self, name: &VolumeName) -> PathBuf {
@@ -59,21 +70,50 @@ impl LocalVolumes {
         self.root.join(".meta").join(format!("{name}.lock"))
     }
 
+    /// Reads the labels of `name`: `None` when there is no labels file, an empty map when it
+    /// cannot be parsed (never berth's: berth publishes it whole with a rename).
+    fn read_labels(&self, name: &VolumeName) -> Result<Option<BTreeMap<String, String>>, VolumeError> {
+        let path = self.labels_path(name);
+        match fs::read(&path) {
+            Ok(body) => Ok(Some(serde_json::from_slice(&body).unwrap_or_default())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(VolumeError::temporary(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
     fn ensure_blocking(&self, spec: &VolumeSpec) -> Result<(), VolumeError> {
         let io = |what: &str, path: &Path, e: io::Error| {
             VolumeError::temporary(format!("cannot {what} {}: {e}", path.display()))
         };
-        // Labels first: the directory never exists without them, so list() sees every volume.
+        // Labels first: the directory never exists without them, so list() sees every volume,
+        // and a directory without labels is someone else's.
         let labels = self.labels_path(&spec.name);
-        if !labels.exists() {
+        let dir = self.dir(&spec.name);
+        let dir_exists = || fs::symlink_metadata(&dir).is_ok();
+        let existing = match self.read_labels(&spec.name)? {
+            // A concurrent ensure may have written the labels and the directory since the
+            // first read: the labels precede the directory, so read them again after it.
+            None if dir_exists() => self.read_labels(&spec.name)?,
+            read => read,
+        };
+        if let Some(existing) = existing {
+            check_ours(&spec.name, &existing, &spec.labels)?;
+        } else if dir_exists() {
+            return Err(VolumeError::foreign(format!(
+                "{} exists but berth did not create it (it has no labels in {}); berth never adopts \
+                 a directory it did not create: move it away",
+                dir.display(),
+                labels.display()
+            )));
+        } else {
             let body = serde_json::to_vec_pretty(&spec.labels).unwrap_or_default();
             let tmp = labels.with_extension(format!("json.{}", unique_suffix()));
             write_synced(&tmp, &body).map_err(|e| io("write", &tmp, e))?;
+            // A concurrent ensure may publish first: the rename replaces equal content.
             fs::rename(&tmp, &labels).map_err(|e| io("publish", &labels, e))?;
         }
         let lock = self.lock_path(&spec.name);
         fs::OpenOptions::new().create(true).append(true).mode(0o666).open(&lock).map_err(|e| io("create", &lock, e))?;
-        let dir = self.dir(&spec.name);
         match fs::DirBuilder::new().mode(0o775).create(&dir) {
             Ok(()) => {
                 if let Some((uid, gid)) = self.owner {
@@ -93,13 +133,26 @@ impl LocalVolumes {
         let io = |what: &str, path: &Path, e: io::Error| {
             VolumeError::temporary(format!("cannot {what} {}: {e}", path.display()))
         };
+        // A missing root (an unmounted disk) must never read as "not found".
+        let meta = self.root.join(".meta");
+        fs::metadata(&meta).map_err(|e| io("use volume directory", &meta, e))?;
         self.purge_trash();
         let dir = self.dir(name);
         let labels = self.labels_path(name);
         let lock_path = self.lock_path(name);
-        if !dir.exists() && !labels.exists() {
-            let _ = fs::remove_file(&lock_path);
-            return Ok(Removal::NotFound);
+        match self.read_labels(name)? {
+            Some(existing) if is_install(&existing, &self.install) => {}
+            Some(_) => {
+                // Another installation's (or an unreadable) volume under this name: not ours.
+                tracing::warn!(event = "volume_delete_foreign_skipped", volume = %name, path = %dir.display());
+                return Ok(Removal::NotFound);
+            }
+            None => {
+                if fs::symlink_metadata(&dir).is_ok() {
+                    tracing::warn!(event = "volume_delete_foreign_skipped", volume = %name, path = %dir.display());
+                }
+                return Ok(Removal::NotFound);
+            }
         }
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -280,7 +333,7 @@ mod tests {
     #[tokio::test]
     async fn lifecycle() {
         let tmp = tempfile::tempdir().unwrap();
-        let vols = LocalVolumes::new(tmp.path().join("volumes"), None).unwrap();
+        let vols = LocalVolumes::new(tmp.path().join("volumes"), "inst", None).unwrap();
         let a = spec("agent:1");
         vols.ensure(&a).await.unwrap();
         vols.ensure(&a).await.unwrap();

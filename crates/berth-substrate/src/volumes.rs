@@ -77,34 +77,116 @@ pub enum Removal {
     },
 }
 
+/// What kind of failure a [`VolumeError`] is: it decides whether a retry makes sense and how
+/// the control plane answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeErrorKind {
+    /// The substrate did not answer or failed for now (unreachable engine, timeout, 5xx): a
+    /// retry may succeed.
+    Temporary,
+    /// The request cannot succeed as made (an unknown driver, a bad driver option, no
+    /// permission): a retry will not help until the configuration changes.
+    Permanent,
+    /// The name is taken by a volume berth did not create, or one of another installation,
+    /// owner or generation. berth never adopts such a volume: whoever owns it must remove or
+    /// rename it.
+    Foreign,
+}
+
 /// A substrate failure.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct VolumeError {
+    /// What kind of failure.
+    pub kind: VolumeErrorKind,
     /// What failed, naming the volume or path.
     pub message: String,
-    /// Whether a retry may succeed.
-    pub temporary: bool,
 }
 
 impl VolumeError {
     /// A failure worth retrying.
     pub fn temporary(message: impl fmt::Display) -> VolumeError {
-        VolumeError { message: message.to_string(), temporary: true }
+        VolumeError { kind: VolumeErrorKind::Temporary, message: message.to_string() }
     }
 
     /// A failure a retry will not fix.
     pub fn permanent(message: impl fmt::Display) -> VolumeError {
-        VolumeError { message: message.to_string(), temporary: false }
+        VolumeError { kind: VolumeErrorKind::Permanent, message: message.to_string() }
     }
+
+    /// A name held by a volume that is not this installation's (never adopted).
+    pub fn foreign(message: impl fmt::Display) -> VolumeError {
+        VolumeError { kind: VolumeErrorKind::Foreign, message: message.to_string() }
+    }
+
+    /// Returns whether a retry may succeed without a change by anyone.
+    pub fn is_temporary(&self) -> bool {
+        self.kind == VolumeErrorKind::Temporary
+    }
+}
+
+/// Checks that `existing` (the labels of a volume found under a name) are berth's labels for
+/// the same installation, owner and generation as `wanted` (the labels of the spec being
+/// ensured); otherwise says whose volume it is, as a [`VolumeErrorKind::Foreign`] error.
+pub fn check_ours(
+    name: &VolumeName,
+    existing: &BTreeMap<String, String>,
+    wanted: &BTreeMap<String, String>,
+) -> Result<(), VolumeError> {
+    let get = |labels: &BTreeMap<String, String>, k: &str| labels.get(k).cloned().unwrap_or_default();
+    if existing.get(LABEL_MANAGED).map(String::as_str) != Some("true") {
+        return Err(VolumeError::foreign(format!(
+            "volume {name} exists but berth did not create it (no {LABEL_MANAGED} label); berth never adopts \
+             a volume it did not create: remove or rename that volume, or delete this workspace"
+        )));
+    }
+    for key in [LABEL_INSTALL, LABEL_OWNER, LABEL_GENERATION] {
+        let (have, want) = (get(existing, key), get(wanted, key));
+        if have != want {
+            return Err(VolumeError::foreign(format!(
+                "volume {name} belongs to another berth workspace ({key}={}, expected {}); berth never \
+                 adopts it: remove it with the installation that created it",
+                bounded(&have),
+                bounded(&want)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Returns whether `labels` mark a volume of installation `install`.
+pub fn is_install(labels: &BTreeMap<String, String>, install: &str) -> bool {
+    labels.get(LABEL_MANAGED).map(String::as_str) == Some("true")
+        && labels.get(LABEL_INSTALL).map(String::as_str) == Some(install)
+}
+
+/// Cuts a value read from a substrate to a length fit for an error message.
+fn bounded(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// Where workspace volumes live.
 ///
+/// Every adapter acts for one installation (the metadata store that records its volumes) and
+/// runs the same contract suite (`contract`, behind the `contract` feature).
+///
 /// # Guarantees (of every adapter)
-/// - `ensure` is idempotent: "already exists" is success, and two concurrent calls for one
-///   name leave one volume.
-/// - `delete` never removes a volume in use; "not found" is an answer, not an error.
+/// - `ensure` is idempotent: "already exists" with this installation's labels for the same
+///   owner and generation is success, and two concurrent calls for one name leave one volume.
+///   A volume under that name without those labels is never adopted: [`VolumeErrorKind::Foreign`].
+/// - `delete` never removes a volume in use (`Referenced`, naming who uses it), and removes only
+///   a volume carrying this installation's labels: under a name held by anything else, berth's
+///   volume is `NotFound` and the other volume is left alone.
+/// - "not found" is an answer, not an error; an unreachable substrate is an error, never
+///   "not found".
 /// - `list` returns only volumes carrying every label of the selector.
 #[async_trait]
 pub trait Volumes: Send + Sync + fmt::Debug {
@@ -112,7 +194,7 @@ pub trait Volumes: Send + Sync + fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Creates the volume unless it exists.
     async fn ensure(&self, spec: &VolumeSpec) -> Result<(), VolumeError>;
-    /// Deletes the volume unless it is in use.
+    /// Deletes this installation's volume unless it is in use.
     async fn delete(&self, name: &VolumeName) -> Result<Removal, VolumeError>;
     /// Lists volumes carrying every label of `selector`.
     async fn list(&self, selector: &BTreeMap<String, String>) -> Result<Vec<VolumeInfo>, VolumeError>;

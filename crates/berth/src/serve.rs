@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use berth_control::volumes::Substrate;
 use berth_control::{Config, GcConfig};
 use berth_core::volume::AccessMode;
 use clap::Args;
@@ -48,9 +49,17 @@ pub struct Serve {
     /// Default volume size.
     #[arg(long, default_value = "10GiB", value_parser = parse_size)]
     volume_size: u64,
-    /// Default storage class [default: the substrate's].
+    /// Where workspace volumes live: local (directories under the data dir) or docker (named
+    /// volumes on the engine DOCKER_HOST names, the unix socket by default).
+    #[arg(long, env = "BERTH_SUBSTRATE", default_value = "local")]
+    substrate: Substrate,
+    /// Default storage class [default: the substrate's]; on docker, the volume driver.
     #[arg(long)]
     storage_class: Option<String>,
+    /// Driver option of every new docker volume, as KEY=VALUE (repeatable); `{size}` in a value
+    /// becomes the workspace's size in bytes, e.g. `--volume-opt o=size={size}`.
+    #[arg(long = "volume-opt", value_name = "KEY=VALUE", value_parser = parse_volume_opt)]
+    volume_opts: Vec<(String, String)>,
     /// Default access mode: ReadWriteOnce, ReadWriteOncePod or ReadWriteMany.
     #[arg(long, default_value = "ReadWriteOnce", value_parser = parse_access_mode)]
     access_mode: AccessMode,
@@ -97,6 +106,13 @@ fn parse_access_mode(s: &str) -> Result<AccessMode, String> {
     AccessMode::parse(s).ok_or_else(|| format!("'{s}' is not ReadWriteOnce, ReadWriteOncePod or ReadWriteMany"))
 }
 
+fn parse_volume_opt(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
 fn parse_owner(s: &str) -> Result<(u32, u32), String> {
     let (u, g) = s.split_once(':').ok_or_else(|| format!("'{s}' is not UID:GID"))?;
     Ok((u.parse().map_err(|_| format!("'{u}' is not a uid"))?, g.parse().map_err(|_| format!("'{g}' is not a gid"))?))
@@ -130,6 +146,8 @@ impl Serve {
         config.storage_class = self.storage_class;
         config.access_mode = self.access_mode;
         config.volume_owner = self.volume_owner;
+        config.substrate = self.substrate;
+        config.volume_opts = self.volume_opts.into_iter().collect();
         config.expiry_interval_secs = secs(self.expiry_interval);
         config.gc = GcConfig {
             interval_secs: secs(self.gc_interval),

@@ -7,6 +7,7 @@ use berth_api::{ErrorBody, ErrorDetail};
 
 use super::dto::lease_info;
 use crate::error::Error;
+use crate::volumes::VolumeErrorKind;
 
 impl Error {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -21,8 +22,11 @@ impl Error {
             Error::WrongNonce(_) => (StatusCode::CONFLICT, "wrong_nonce"),
             Error::Draining { .. } => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             Error::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-            Error::Volume(v) if v.temporary => (StatusCode::SERVICE_UNAVAILABLE, "substrate"),
-            Error::Volume(_) => (StatusCode::INTERNAL_SERVER_ERROR, "substrate"),
+            Error::Volume(v) => match v.kind {
+                VolumeErrorKind::Temporary => (StatusCode::SERVICE_UNAVAILABLE, "substrate"),
+                VolumeErrorKind::Permanent => (StatusCode::INTERNAL_SERVER_ERROR, "substrate"),
+                VolumeErrorKind::Foreign => (StatusCode::CONFLICT, "volume_foreign"),
+            },
             Error::Db(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Migrate(_) | Error::Corrupt(_) | Error::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
