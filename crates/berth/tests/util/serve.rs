@@ -39,6 +39,7 @@ impl Server {
             .env_remove("BERTH_DATABASE_URL")
             .env_remove("BERTH_DATA_DIR")
             .env_remove("BERTH_STORE")
+            .env_remove("BERTH_SUBSTRATE")
             .env("BERTH_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
