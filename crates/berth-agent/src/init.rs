@@ -26,8 +26,8 @@ use berth_core::manifest::Manifest;
 use berth_core::repo::{strip_credentials, FailureKind};
 use berth_engine::error::EngineError;
 use berth_engine::progress::Progress;
-use berth_engine::repo::Repo;
 use berth_engine::restore::{self, RestoreOptions, RestoreSummary};
+use berth_engine::snapshot_store::SnapshotStore;
 use serde::{Serialize, Serializer};
 use tokio_util::sync::CancellationToken;
 
@@ -135,7 +135,7 @@ pub struct InitError {
 pub async fn init(
     cfg: &AgentConfig,
     job: &Job,
-    store: Result<Option<&Repo>, &EngineError>,
+    store: Result<Option<&SnapshotStore>, &EngineError>,
     control: Option<&Arc<Control>>,
     cancel: &CancellationToken,
     progress: &(dyn Fn(&Phase) + Sync),
@@ -173,7 +173,7 @@ fn inspect(cfg: &AgentConfig) -> DirState {
 }
 
 /// What the store says about this workspace and generation, within [`LATEST_TIMEOUT`].
-async fn read_latest(cfg: &AgentConfig, store: Result<Option<&Repo>, &EngineError>) -> Latest {
+async fn read_latest(cfg: &AgentConfig, store: Result<Option<&SnapshotStore>, &EngineError>) -> Latest {
     let unreadable = |e: &EngineError| Latest::Unreadable { reason: e.to_string(), temporary: e.is_temporary() };
     let repo = match store {
         Err(e) => return unreadable(e),
@@ -297,7 +297,7 @@ impl<'a> Init<'a> {
     /// that exists but cannot be read fails init before anything is cloned over it.
     async fn manifest(
         &mut self,
-        store: Result<Option<&Repo>, &EngineError>,
+        store: Result<Option<&SnapshotStore>, &EngineError>,
         plan: &RestorePlan,
     ) -> Result<Option<Manifest>, InitError> {
         let RestorePlan::Restore(s) = plan else { return Ok(None) };
@@ -390,7 +390,7 @@ impl<'a> Init<'a> {
     /// Carries out the restore plan.
     async fn restore(
         &mut self,
-        store: Result<Option<&Repo>, &EngineError>,
+        store: Result<Option<&SnapshotStore>, &EngineError>,
         plan: &RestorePlan,
         fresh: &[String],
     ) -> Result<(), InitError> {
@@ -429,7 +429,7 @@ impl<'a> Init<'a> {
     /// and marks the directory as holding it.
     async fn restore_snapshot(
         &mut self,
-        store: Result<Option<&Repo>, &EngineError>,
+        store: Result<Option<&SnapshotStore>, &EngineError>,
         s: &LatestSnapshot,
         fresh: &[String],
     ) -> Result<RestoreSummary, InitError> {

@@ -23,7 +23,7 @@ use berth_core::schedule::{Schedule, Scheduler};
 use berth_engine::create::{self, CreateOptions};
 use berth_engine::error::EngineError;
 use berth_engine::progress::Progress;
-use berth_engine::repo::Repo;
+use berth_engine::snapshot_store::SnapshotStore;
 use notify::Watcher;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -79,7 +79,7 @@ struct Inner {
 /// Keeps one workspace persisted.
 pub struct Persister {
     cfg: Arc<AgentConfig>,
-    repo: Option<Repo>,
+    repo: Option<SnapshotStore>,
     control: Option<Arc<Control>>,
     git: Git,
     excludes: Excludes,
@@ -95,17 +95,17 @@ impl std::fmt::Debug for Persister {
 }
 
 /// Opens the store of `cfg`, if it has one.
-pub async fn open_repo(cfg: &AgentConfig) -> Result<Option<Repo>, EngineError> {
+pub async fn open_repo(cfg: &AgentConfig) -> Result<Option<SnapshotStore>, EngineError> {
     let Some(url) = &cfg.store else { return Ok(None) };
     let store = berth_engine::store::open(url)?;
-    Ok(Some(Repo::open_or_init(store).await?))
+    Ok(Some(SnapshotStore::open_or_init(store).await?))
 }
 
 impl Persister {
     /// Builds a persister; `repo` `None` means the workspace is ephemeral.
     pub fn new(
         cfg: Arc<AgentConfig>,
-        repo: Option<Repo>,
+        repo: Option<SnapshotStore>,
         control: Option<Arc<Control>>,
         git: Git,
     ) -> Result<Persister, AgentError> {

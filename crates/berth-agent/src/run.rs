@@ -68,7 +68,7 @@ pub struct Prepared {
     /// The control-plane session.
     pub control: Option<Arc<Control>>,
     /// The store (`None`: ephemeral), or why it cannot be opened.
-    pub repo: Result<Option<berth_engine::repo::Repo>, berth_engine::error::EngineError>,
+    pub repo: Result<Option<berth_engine::snapshot_store::SnapshotStore>, berth_engine::error::EngineError>,
     /// The workspace locks.
     pub locks: control::Locks,
 }

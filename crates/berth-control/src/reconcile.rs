@@ -171,7 +171,7 @@ async fn delete_one(app: &App, claimed: &Claimed) -> Result<()> {
 async fn forget_in_store(app: &App, claimed: &Claimed) -> std::result::Result<(), String> {
     let Some(url) = &app.config.store else { return Ok(()) };
     let store = berth_engine::store::open(url).map_err(|e| e.to_string())?;
-    let repo = match berth_engine::repo::Repo::open(store).await {
+    let repo = match berth_engine::snapshot_store::SnapshotStore::open(store).await {
         Ok(r) => r,
         Err(berth_engine::error::EngineError::NotFound { .. }) => return Ok(()),
         Err(e) => return Err(format!("cannot open the snapshot store: {e}")),

@@ -149,10 +149,43 @@ pub fn decode(codec: Codec, stored: &[u8], raw_len: u32, id: &ChunkId) -> Result
     Codecs::new().decode(&BlobEntry::single(*id, 0, stored.len() as u32, raw_len, codec), stored)
 }
 
-/// Compresses a whole metadata object (manifest, index) with zstd.
+/// Compresses a whole metadata object (manifest, index) into one zstd frame.
 pub fn compress_object(bytes: &[u8]) -> Vec<u8> {
-    // Compressing an in-memory buffer cannot fail for a valid level.
-    zstd::bulk::compress(bytes, ZSTD_LEVEL).unwrap_or_else(|_| bytes.to_vec())
+    compress_object_with(bytes, |b| zstd::bulk::compress(b, ZSTD_LEVEL))
+}
+
+/// `compress_object` with the compressor as a parameter. Should it fail (zstd cannot allocate
+/// its context), the bytes are stored in a frame of raw blocks instead, which every zstd
+/// decoder (and so `decompress_object`) reads: the object is larger, never unreadable.
+fn compress_object_with(bytes: &[u8], compress: impl FnOnce(&[u8]) -> std::io::Result<Vec<u8>>) -> Vec<u8> {
+    compress(bytes).unwrap_or_else(|_| raw_frame(bytes))
+}
+
+/// Largest block of a zstd frame.
+const MAX_BLOCK: usize = 128 * 1024;
+
+/// Wraps `bytes` in a zstd frame of raw (stored) blocks: the frame magic, a header with a
+/// 128 KiB window and no content size or checksum, then blocks of at most 128 KiB, the last
+/// one flagged (an empty input is one empty last block).
+fn raw_frame(bytes: &[u8]) -> Vec<u8> {
+    const MAGIC: u32 = 0xFD2F_B528;
+    // Frame header descriptor 0: no content size, not single-segment, no checksum, no dictionary.
+    // Window descriptor: exponent 7, mantissa 0, so a 2^(10+7) = 128 KiB window.
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / MAX_BLOCK * 3 + 12);
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&[0x00, 7 << 3]);
+    let mut blocks = bytes.chunks(MAX_BLOCK).peekable();
+    if blocks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0]);
+    }
+    while let Some(block) = blocks.next() {
+        let last = u32::from(blocks.peek().is_none());
+        // Block header, 3 bytes little-endian: last flag, type 0 (raw), size.
+        let header = last | ((block.len() as u32) << 3);
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(block);
+    }
+    out
 }
 
 /// Decompresses a metadata object, refusing to grow past `limit` bytes.
@@ -204,5 +237,22 @@ mod tests {
         let big = compress_object(&vec![0u8; 1000]);
         assert!(decompress_object("x", &big, 999).is_err());
         assert_eq!(decompress_object("x", &big, 1000).unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn a_failed_compression_stores_a_frame_every_decoder_reads() {
+        let fail = |_: &[u8]| Err(std::io::Error::other("no memory for a context"));
+        for len in [0, 1, 64, MAX_BLOCK - 1, MAX_BLOCK, MAX_BLOCK + 1, 3 * MAX_BLOCK + 17] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let stored = compress_object_with(&data, fail);
+            assert_eq!(stored, raw_frame(&data), "{len} bytes");
+            assert_eq!(decompress_object("x", &stored, len).unwrap(), data, "{len} bytes");
+            assert_eq!(zstd::stream::decode_all(stored.as_slice()).unwrap(), data, "{len} bytes, zstd's own decoder");
+            if len > 0 {
+                assert!(decompress_object("x", &stored, len - 1).is_err(), "the size limit holds for raw frames");
+            }
+        }
+        // A working compressor is used as is.
+        assert_eq!(compress_object_with(b"abc", |_| Ok(b"z".to_vec())), b"z");
     }
 }

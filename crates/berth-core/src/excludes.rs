@@ -7,7 +7,7 @@ use std::path::Path;
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
-/// Rebuildable caches left out unless `--no-default-excludes` (REQUIREMENTS D21).
+/// Rebuildable caches left out unless `--no-default-excludes`.
 pub const DEFAULT: &[&str] = &["node_modules/", ".venv/", "__pycache__/", ".cache/", "target/", "dist/", "build/"];
 /// Credential files, the agent's runtime state (ready marker, locks) and the file system's
 /// `lost+found`: never in a snapshot, whatever the configuration says.

@@ -1,8 +1,25 @@
-//! berth's pure core: typed ids, validated paths, the on-store formats, the planners
-//! (retention, prune, diff, size budget, volume GC) and the control plane's state machines
-//! (lease, drain).
+//! berth's pure core: the domain types, the on-store formats, the planners and the state
+//! machines that the engine, the control plane and the agent carry out.
 //!
 //! **Invariant:** nothing in this crate does I/O or reads a clock; time comes in as a parameter.
+//!
+//! The modules, by what they are for:
+//! - identity and values: `id` (typed BLAKE3 ids), `path` (relative paths that cannot escape
+//!   their root), `workspace` (owner key and generation), `session` (session, instance and place
+//!   names), `time` (timestamps and calendar fields without a clock);
+//! - the snapshot formats, each with a decoder that validates what a hostile store could lie
+//!   about: `config` (store format and chunker parameters), `chunker` (FastCDC boundaries),
+//!   `codec` (zstd-or-raw blobs), `pack`, `index`, `manifest`, `snapshot` (the record that
+//!   publishes a manifest), `mark` (prune marks), `layout` (where each object lives);
+//! - snapshot planners: `sync` (what a run reads and reuses, and the manifest it assembles),
+//!   `excludes`, `budget` (the size budget), `diff`, `retention` (forget), `prune` (two-phase
+//!   deletion);
+//! - the control plane's rules: `lease` (the single-writer lease and its fencing epoch), `drain`
+//!   (the drain state machine and budget), `scope` (drain scopes), `volume` (volume names and
+//!   mount specs), `gc` (volume GC, deletion steps, the orphan sweep);
+//! - the sandbox agent's rules: `repo` (git repository specs and failure classes), `schedule`
+//!   (when to snapshot), `sweep` (per-job leftovers), `gitindex` (the git index and its stat
+//!   refresh after a restore).
 
 pub mod budget;
 pub mod chunker;

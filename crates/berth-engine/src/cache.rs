@@ -66,8 +66,16 @@ impl FileCache {
             std::fs::create_dir_all(dir)?;
         }
         let bytes = postcard::to_allocvec(self).map_err(std::io::Error::other)?;
-        crate::repo::write_atomic(path, &bytes)
+        crate::snapshot_store::write_atomic(path, &bytes)
     }
+}
+
+/// Returns the default cache directory: `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`.
+pub fn default_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("berth"))
 }
 
 /// Returns where the cache of a (store, workspace, generation, directory) lives.

@@ -27,7 +27,7 @@ use berth_core::excludes::Excludes;
 use berth_core::id::{ChunkId, SnapshotId};
 use berth_core::index::{Index, IndexFile, IndexedPack};
 use berth_core::layout;
-use berth_core::manifest::{ChunkRef, Entry, EntryKind};
+use berth_core::manifest::{ChunkRef, Entry, EntryKind, Manifest};
 use berth_core::pack::{PackBuilder, SealedPack};
 use berth_core::path::RelPath;
 use berth_core::snapshot::{SnapshotRecord, RECORD_VERSION};
@@ -42,8 +42,8 @@ use tokio::sync::mpsc;
 use crate::cache::{self, CachedFile, FileCache};
 use crate::error::{EngineError, Result};
 use crate::progress::Progress;
-use crate::repo::Repo;
 use crate::scan::{self, FileStat};
+use crate::snapshot_store::{Snapshot, SnapshotStore};
 use crate::store::{DynStore, Put};
 
 /// Pack uploads in flight at once.
@@ -151,139 +151,266 @@ struct ReadStats {
 }
 
 /// Takes a snapshot of `opts.dir` and publishes it as the latest of its workspace generation.
-pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>) -> Result<CreateSummary> {
+pub async fn create(store: &SnapshotStore, opts: &CreateOptions, progress: &Arc<Progress>) -> Result<CreateSummary> {
     let started = Instant::now();
     let nonce = run_nonce();
-    let dir = std::fs::canonicalize(&opts.dir).map_err(|e| EngineError::io("opening directory", &opts.dir, e))?;
-    let store = repo.store().clone();
     progress.start("scan", 0, 0);
-    let loaded = repo.load_index(opts.cache_dir.as_deref()).await?;
-    let parent = repo.latest(&opts.workspace, opts.generation).await?;
-    let cache_file =
-        opts.cache_dir.as_ref().map(|d| cache::path(d, store.url(), &opts.workspace, opts.generation, &dir));
-    let cache = cache_file.as_deref().map(FileCache::load).unwrap_or_default();
+    let start = load(store, opts).await?;
     let mut phases = PhaseSecs { load: started.elapsed().as_secs_f64(), ..PhaseSecs::default() };
+
     let mark = Instant::now();
+    let mut planned = plan(opts, &start).await?;
+    phases.scan = mark.elapsed().as_secs_f64();
+
+    let mark = Instant::now();
+    let (cached_files, n_jobs) = (start.cache.files.len(), planned.jobs.len());
+    let read = read_and_upload(store, opts, start.index, &mut planned, nonce, progress).await?;
+    let built = build(planned, read);
+    phases.read = mark.elapsed().as_secs_f64();
+
+    let mark = Instant::now();
+    // Every file matched the cache and none went away: the cache on disk is already right.
+    let cache_current = n_jobs == 0 && built.cache.files.len() == cached_files;
+    let published = publish(store, opts, start.parent.as_ref(), &built, nonce).await?;
+    if !cache_current {
+        save_cache(start.cache_file.as_deref(), &built.cache);
+    }
+    phases.publish = mark.elapsed().as_secs_f64();
+    if !published.unchanged {
+        tracing::info!(event = "snapshot_created", workspace = %opts.workspace, seq = published.seq, snapshot = %published.snapshot);
+    }
+    Ok(built.summary(published, started, phases))
+}
+
+/// What a run starts from: the directory, the store's index, the latest snapshot, the cache.
+struct Start {
+    /// The directory, canonical.
+    dir: PathBuf,
+    /// The store's index.
+    index: Index,
+    /// The latest snapshot, which this run's builds on.
+    parent: Option<Snapshot>,
+    /// Where the file cache of this directory lives, when there is a cache.
+    cache_file: Option<PathBuf>,
+    /// The file cache as loaded.
+    cache: FileCache,
+}
+
+async fn load(store: &SnapshotStore, opts: &CreateOptions) -> Result<Start> {
+    let dir = std::fs::canonicalize(&opts.dir).map_err(|e| EngineError::io("opening directory", &opts.dir, e))?;
+    let loaded = store.load_index(opts.cache_dir.as_deref()).await?;
+    let parent = store.latest(&opts.workspace, opts.generation).await?;
+    let url = store.objects().url();
+    let cache_file = opts.cache_dir.as_ref().map(|d| cache::path(d, url, &opts.workspace, opts.generation, &dir));
+    let cache = cache_file.as_deref().map(FileCache::load).unwrap_or_default();
+    Ok(Start { dir, index: loaded.index, parent, cache_file, cache })
+}
+
+/// The scan and what it leaves to read.
+struct Planned {
+    /// The canonical directory.
+    dir: PathBuf,
+    scan: scan::Scan,
+    /// The files to read, in path order.
+    jobs: Vec<ReadJob>,
+    /// Their bytes.
+    bytes_to_read: u64,
+    /// Manifest entries known without reading, per scanned entry.
+    slots: Vec<Option<Entry>>,
+    /// Metadata to cache, per scanned entry.
+    stats: Vec<Option<FileStat>>,
+    /// Paths the size budget leaves out.
+    skipped_for_budget: Vec<String>,
+}
+
+/// Scans the directory and plans the run: what the cache lets it reuse, what it must read.
+async fn plan(opts: &CreateOptions, start: &Start) -> Result<Planned> {
     let skip: Vec<PathBuf> = opts.cache_dir.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect();
-    let (scan_dir, excludes, threads) = (dir.clone(), opts.excludes.clone(), opts.threads);
+    let (scan_dir, excludes, threads) = (start.dir.clone(), opts.excludes.clone(), opts.threads);
     let scan = tokio::task::spawn_blocking(move || scan::scan(&scan_dir, &excludes, &skip, threads))
         .await
         .map_err(|e| EngineError::Invalid(format!("scan task failed: {e}")))??;
-
     let plan = sync::plan(
         &scan.entries,
         opts.budget,
-        |path, stat| cache.lookup(path.as_bytes(), stat).map(<[ChunkRef]>::to_vec),
-        |id| loaded.index.is_reusable(id),
+        |path, stat| start.cache.lookup(path.as_bytes(), stat).map(<[ChunkRef]>::to_vec),
+        |id| start.index.is_reusable(id),
     );
-    let skipped_for_budget: Vec<String> = plan.over_budget.iter().map(|s| scan::show(&scan.entries[*s].path)).collect();
-    let jobs: Vec<ReadJob> = plan
+    let skipped_for_budget = plan.over_budget.iter().map(|s| scan::show(&scan.entries[*s].path)).collect();
+    let jobs = plan
         .read
         .iter()
         .map(|&slot| ReadJob { path: scan.entries[slot].path.clone(), slot, size: scan.entries[slot].stat.size })
         .collect();
-    let bytes_to_read = plan.bytes_to_read;
-    let (mut slots, mut stats) = (plan.slots, plan.stats);
+    Ok(Planned {
+        dir: start.dir.clone(),
+        scan,
+        jobs,
+        bytes_to_read: plan.bytes_to_read,
+        slots: plan.slots,
+        stats: plan.stats,
+        skipped_for_budget,
+    })
+}
 
-    // Read, chunk and pack on worker threads; upload packs as they fill.
-    phases.scan = mark.elapsed().as_secs_f64();
-    let jobs_len = jobs.len();
-    let mark = Instant::now();
-    progress.start("read", jobs.len() as u64, bytes_to_read);
-    let (tx, rx) = mpsc::channel::<SealedPack>(opts.threads.max(1));
-    let uploader = tokio::spawn(upload_packs(store.clone(), rx));
+/// What reading and uploading produced.
+struct ReadOutcome {
+    done: Vec<ReadDone>,
+    stats: ReadStats,
+    /// The packs uploaded, for the index.
+    packs: Vec<IndexedPack>,
+    /// Bytes of those packs the store did not have.
+    bytes_uploaded: u64,
+}
+
+/// Reads, chunks and packs the planned files on worker threads, uploading packs as they fill.
+async fn read_and_upload(
+    store: &SnapshotStore,
+    opts: &CreateOptions,
+    index: Index,
+    planned: &mut Planned,
+    nonce: [u8; 16],
+    progress: &Arc<Progress>,
+) -> Result<ReadOutcome> {
+    let jobs = std::mem::take(&mut planned.jobs);
+    progress.start("read", jobs.len() as u64, planned.bytes_to_read);
+    let threads = opts.threads.max(1);
+    let (tx, rx) = mpsc::channel::<SealedPack>(threads);
+    let uploader = tokio::spawn(upload_packs(store.objects().clone(), rx));
     let ctx = Arc::new(ReadCtx {
-        root: dir.clone(),
-        params: repo.config().chunker,
-        index: loaded.index,
+        root: planned.dir.clone(),
+        params: store.config().chunker,
+        index,
         claimed: Mutex::new(HashSet::new()),
         nonce,
         stop: AtomicBool::new(false),
         next: AtomicUsize::new(0),
         batches: sync::batches(&jobs.iter().map(|j| j.size).collect::<Vec<_>>(), BATCH_BYTES),
+        jobs,
     });
-    let threads = opts.threads.max(1);
-    let read = {
+    let reader = {
         let (ctx, progress) = (ctx.clone(), progress.clone());
-        tokio::task::spawn_blocking(move || read_files(&ctx, &jobs, threads, tx, &progress))
+        tokio::task::spawn_blocking(move || read_files(&ctx, threads, tx, &progress))
     };
-    let read_result = read.await.map_err(|e| EngineError::Invalid(format!("read task failed: {e}")))?;
+    let read_result = reader.await.map_err(|e| EngineError::Invalid(format!("read task failed: {e}")))?;
     let upload_result = uploader.await.map_err(|e| EngineError::Invalid(format!("upload task failed: {e}")))?;
-    let (new_packs, mut bytes_uploaded) = upload_result?;
-    let (done, read_stats) = read_result?;
+    // An upload error explains a reader that stopped because the uploader hung up.
+    let (packs, bytes_uploaded) = upload_result?;
+    let (done, stats) = read_result?;
+    Ok(ReadOutcome { done, stats, packs, bytes_uploaded })
+}
 
-    for d in done {
+/// The manifest of a run, with what its summary and the cache need.
+struct Built {
+    manifest: Manifest,
+    cache: FileCache,
+    packs: Vec<IndexedPack>,
+    bytes_uploaded: u64,
+    files_read: u64,
+    bytes_read: u64,
+    chunks_new: u64,
+    bytes_new: u64,
+    skipped_for_budget: Vec<String>,
+    skipped_unreadable: Vec<String>,
+    special_files_skipped: u64,
+}
+
+/// Puts the read files into their slots and assembles the manifest and the new cache.
+fn build(planned: Planned, read: ReadOutcome) -> Built {
+    let Planned { scan, mut slots, mut stats, skipped_for_budget, .. } = planned;
+    for d in read.done {
         let e = &scan.entries[d.slot];
         let size = d.chunks.iter().map(|c| c.len as u64).sum();
-        slots[d.slot] = Some(Entry {
-            path: e.path.clone(),
-            mode: e.mode,
-            mtime_ns: d.stat.mtime_ns,
-            kind: EntryKind::File { size, chunks: d.chunks },
-        });
+        let kind = EntryKind::File { size, chunks: d.chunks };
+        slots[d.slot] = Some(Entry { path: e.path.clone(), mode: e.mode, mtime_ns: d.stat.mtime_ns, kind });
         if d.stable {
             stats[d.slot] = Some(d.stat);
         }
     }
     let assembled = sync::assemble(slots, &stats);
-    let manifest = assembled.manifest;
-    let mut skipped_unreadable = scan.problems.clone();
-    skipped_unreadable.extend(read_stats.skipped);
+    let mut skipped_unreadable = scan.problems;
+    skipped_unreadable.extend(read.stats.skipped);
     skipped_unreadable.extend(assembled.skipped);
-    let mut new_cache = FileCache::new();
+    let mut cache = FileCache::new();
     for (path, stat, chunks) in assembled.cache {
-        new_cache.files.insert(path.as_bytes().to_vec(), CachedFile { stat, chunks });
+        cache.files.insert(path.as_bytes().to_vec(), CachedFile { stat, chunks });
     }
-
-    phases.read = mark.elapsed().as_secs_f64();
-    let mark = Instant::now();
-    // Publish in durability order: packs (done), index, manifest, record.
-    if !new_packs.is_empty() {
-        let (index_id, bytes) = IndexFile { packs: new_packs.clone() }.encode();
-        bytes_uploaded += bytes.len() as u64;
-        store.put_if_absent(&layout::index(&index_id), Bytes::from(bytes)).await?;
-    }
-    let tree = manifest.tree_id();
-    let totals = manifest.totals();
-    // Every file matched the cache and none went away: the cache on disk is already right.
-    let cache_current = jobs_len == 0 && new_cache.files.len() == cache.files.len();
-    let summary = |snapshot, seq, unchanged, bytes_uploaded| CreateSummary {
-        snapshot,
-        seq,
-        unchanged,
-        files_scanned: totals.files + totals.hardlinks,
-        dirs: totals.dirs,
-        bytes_scanned: totals.bytes,
-        files_read: read_stats.files_read,
-        bytes_read: read_stats.bytes_read,
-        chunks_new: read_stats.chunks_new,
-        bytes_new: read_stats.bytes_new,
-        bytes_uploaded,
-        packs_uploaded: new_packs.len() as u64,
-        skipped_for_budget: skipped_for_budget.clone(),
-        skipped_unreadable: skipped_unreadable.clone(),
+    Built {
+        manifest: assembled.manifest,
+        cache,
+        packs: read.packs,
+        bytes_uploaded: read.bytes_uploaded,
+        files_read: read.stats.files_read,
+        bytes_read: read.stats.bytes_read,
+        chunks_new: read.stats.chunks_new,
+        bytes_new: read.stats.bytes_new,
+        skipped_for_budget,
+        skipped_unreadable,
         special_files_skipped: scan.special,
-        duration_secs: started.elapsed().as_secs_f64(),
-        phase_secs: PhaseSecs { publish: mark.elapsed().as_secs_f64(), ..phases },
-    };
-    let save_cache = |c: &FileCache| {
-        if cache_current {
-            return;
-        }
-        if let Some(path) = &cache_file {
-            if let Err(e) = c.save(path) {
-                tracing::warn!(event = "cache_save_failed", path = %path.display(), error = %e);
-            }
-        }
-    };
-    if let Some(p) = parent.as_ref().filter(|p| p.record.tree == tree) {
-        save_cache(&new_cache);
-        return Ok(summary(p.id, p.record.seq, true, bytes_uploaded));
     }
-    let (manifest_id, manifest_bytes) = manifest.encode_with(nonce);
+}
+
+impl Built {
+    fn summary(self, published: Published, started: Instant, phase_secs: PhaseSecs) -> CreateSummary {
+        let totals = self.manifest.totals();
+        CreateSummary {
+            snapshot: published.snapshot,
+            seq: published.seq,
+            unchanged: published.unchanged,
+            files_scanned: totals.files + totals.hardlinks,
+            dirs: totals.dirs,
+            bytes_scanned: totals.bytes,
+            files_read: self.files_read,
+            bytes_read: self.bytes_read,
+            chunks_new: self.chunks_new,
+            bytes_new: self.bytes_new,
+            bytes_uploaded: self.bytes_uploaded + published.bytes_uploaded,
+            packs_uploaded: self.packs.len() as u64,
+            skipped_for_budget: self.skipped_for_budget,
+            skipped_unreadable: self.skipped_unreadable,
+            special_files_skipped: self.special_files_skipped,
+            duration_secs: started.elapsed().as_secs_f64(),
+            phase_secs,
+        }
+    }
+}
+
+/// What publishing did.
+struct Published {
+    /// The snapshot now latest.
+    snapshot: SnapshotId,
+    /// Its position.
+    seq: u64,
+    /// Whether the tree equalled the parent's, so no record was written.
+    unchanged: bool,
+    /// Bytes of the index, manifest and record written.
+    bytes_uploaded: u64,
+}
+
+/// Publishes in durability order: packs (already uploaded), index, manifest, record. An
+/// unchanged tree writes the index only (so the packs are found) and no record.
+async fn publish(
+    store: &SnapshotStore,
+    opts: &CreateOptions,
+    parent: Option<&Snapshot>,
+    built: &Built,
+    nonce: [u8; 16],
+) -> Result<Published> {
+    let objects = store.objects();
+    let mut bytes_uploaded = 0;
+    if !built.packs.is_empty() {
+        let (index_id, bytes) = IndexFile { packs: built.packs.clone() }.encode();
+        bytes_uploaded += bytes.len() as u64;
+        objects.put_if_absent(&layout::index(&index_id), Bytes::from(bytes)).await?;
+    }
+    let tree = built.manifest.tree_id();
+    if let Some(p) = parent.filter(|p| p.record.tree == tree) {
+        return Ok(Published { snapshot: p.id, seq: p.record.seq, unchanged: true, bytes_uploaded });
+    }
+    let (manifest_id, manifest_bytes) = built.manifest.encode_with(nonce);
     bytes_uploaded += manifest_bytes.len() as u64;
-    store.put_if_absent(&layout::manifest(&manifest_id), Bytes::from(manifest_bytes)).await?;
-    let seq = parent.as_ref().map_or(1, |p| p.record.seq + 1);
+    objects.put_if_absent(&layout::manifest(&manifest_id), Bytes::from(manifest_bytes)).await?;
+    let seq = parent.map_or(1, |p| p.record.seq + 1);
     let record = SnapshotRecord {
         version: RECORD_VERSION,
         workspace: opts.workspace.clone(),
@@ -292,24 +419,31 @@ pub async fn create(repo: &Repo, opts: &CreateOptions, progress: &Arc<Progress>)
         time: now(),
         manifest: manifest_id,
         tree,
-        parent: parent.as_ref().map(|p| p.id),
+        parent: parent.map(|p| p.id),
         host: opts.host.clone(),
-        totals,
-        skipped_for_budget: skipped_for_budget.clone(),
+        totals: built.manifest.totals(),
+        skipped_for_budget: built.skipped_for_budget.clone(),
     };
     let (snapshot_id, record_bytes) = record.encode();
     bytes_uploaded += record_bytes.len() as u64;
     let key = layout::snapshot(&opts.workspace, opts.generation, seq);
-    if store.put_if_absent(&key, Bytes::from(record_bytes)).await? == Put::AlreadyExists {
+    if objects.put_if_absent(&key, Bytes::from(record_bytes)).await? == Put::AlreadyExists {
         return Err(EngineError::Conflict(format!(
             "another writer published snapshot {seq} of workspace {} (generation {}) while this one ran; \
              nothing of this run is visible. Make sure one sandbox writes a workspace at a time, then rerun",
             opts.workspace, opts.generation
         )));
     }
-    save_cache(&new_cache);
-    tracing::info!(event = "snapshot_created", workspace = %opts.workspace, seq, snapshot = %snapshot_id);
-    Ok(summary(snapshot_id, seq, false, bytes_uploaded))
+    Ok(Published { snapshot: snapshot_id, seq, unchanged: false, bytes_uploaded })
+}
+
+/// Saves the new file cache; a cache that cannot be saved costs a full read next time, no more.
+fn save_cache(path: Option<&std::path::Path>, cache: &FileCache) {
+    if let Some(path) = path {
+        if let Err(e) = cache.save(path) {
+            tracing::warn!(event = "cache_save_failed", path = %path.display(), error = %e);
+        }
+    }
 }
 
 /// Returns 16 random bytes for this run (falling back to time and pid if the kernel has no
@@ -359,20 +493,21 @@ struct ReadCtx {
     stop: AtomicBool,
     /// The next batch to take.
     next: AtomicUsize,
+    /// The files to read.
+    jobs: Vec<ReadJob>,
     /// Ranges of consecutive jobs, taken whole by one reader.
     batches: Vec<std::ops::Range<usize>>,
 }
 
 fn read_files(
     ctx: &ReadCtx,
-    jobs: &[ReadJob],
     threads: usize,
     tx: mpsc::Sender<SealedPack>,
     progress: &Progress,
 ) -> Result<(Vec<ReadDone>, ReadStats)> {
     let results: Vec<Result<(Vec<ReadDone>, ReadStats)>> = std::thread::scope(|s| {
         let handles: Vec<_> =
-            (0..threads.min(jobs.len())).map(|_| s.spawn(|| worker(ctx, jobs, &tx, progress))).collect();
+            (0..threads.min(ctx.jobs.len())).map(|_| s.spawn(|| worker(ctx, &tx, progress))).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Invalid("reader thread panicked".into()))))
@@ -400,12 +535,7 @@ enum Skip {
     Fatal(EngineError),
 }
 
-fn worker(
-    ctx: &ReadCtx,
-    jobs: &[ReadJob],
-    tx: &mpsc::Sender<SealedPack>,
-    progress: &Progress,
-) -> Result<(Vec<ReadDone>, ReadStats)> {
+fn worker(ctx: &ReadCtx, tx: &mpsc::Sender<SealedPack>, progress: &Progress) -> Result<(Vec<ReadDone>, ReadStats)> {
     let mut pack = PackBuilder::new(ctx.nonce);
     let mut codecs = Codecs::new();
     let mut buf = Vec::new();
@@ -423,7 +553,7 @@ fn worker(
                 None => break,
             },
         };
-        let job = &jobs[i];
+        let job = &ctx.jobs[i];
         match read_one(ctx, job, &mut buf, &mut codecs, &mut pack, tx, &mut stats) {
             Ok(d) => {
                 progress.file_done(d.stat.size);

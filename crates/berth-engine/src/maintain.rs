@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::create::now;
 use crate::error::{EngineError, Result};
-use crate::repo::{Repo, Snapshot};
+use crate::snapshot_store::{Snapshot, SnapshotStore};
 use crate::store::Deleted;
 
 const CONCURRENCY: usize = 8;
@@ -39,14 +39,14 @@ pub struct VerifyReport {
 
 /// Checks that every object the selected snapshots need exists (and, with `read_data`, that
 /// every chunk decodes to its hash).
-pub async fn verify(repo: &Repo, snapshots: &[Snapshot], read_data: bool) -> Result<VerifyReport> {
+pub async fn verify(store: &SnapshotStore, snapshots: &[Snapshot], read_data: bool) -> Result<VerifyReport> {
     let mut report = VerifyReport { snapshots: snapshots.len() as u64, ..VerifyReport::default() };
-    let loaded = repo.load_index(None).await?;
+    let loaded = store.load_index(None).await?;
     let listed: HashMap<String, u64> =
-        repo.store().list(layout::PACKS).await?.into_iter().map(|o| (o.key, o.size)).collect();
+        store.objects().list(layout::PACKS).await?.into_iter().map(|o| (o.key, o.size)).collect();
     let mut needed: HashSet<ChunkId> = HashSet::new();
     for s in snapshots {
-        match repo.manifest(&s.record.manifest).await {
+        match store.manifest(&s.record.manifest).await {
             Ok(m) => needed.extend(m.chunk_ids().copied()),
             Err(e) => report.errors.push(format!("snapshot {} (seq {}): {e}", s.id.short(), s.record.seq)),
         }
@@ -73,15 +73,15 @@ pub async fn verify(repo: &Repo, snapshots: &[Snapshot], read_data: bool) -> Res
         }
     }
     if read_data {
-        let store = repo.store().clone();
+        let objects = store.objects().clone();
         let index = &loaded.index;
         let results: Vec<Vec<String>> = futures::stream::iter(packs.keys().copied().collect::<Vec<_>>())
             .map(|p| {
-                let store = store.clone();
+                let objects = objects.clone();
                 let locations: Vec<(ChunkId, Location)> =
                     packs[&p].iter().filter_map(|c| index.get(c).map(|l| (*c, *l))).collect();
                 async move {
-                    let bytes = match store.get(&layout::pack(&p)).await {
+                    let bytes = match objects.get(&layout::pack(&p)).await {
                         Ok(b) => b,
                         Err(e) => return vec![e.to_string()],
                     };
@@ -143,8 +143,8 @@ fn check_locations(id: PackId, bytes: &[u8], needed: &[(ChunkId, Location)]) -> 
 }
 
 /// Lists the changes between two snapshots.
-pub async fn diff(repo: &Repo, old: &Snapshot, new: &Snapshot) -> Result<Vec<Change>> {
-    let (a, b) = (repo.manifest(&old.record.manifest).await?, repo.manifest(&new.record.manifest).await?);
+pub async fn diff(store: &SnapshotStore, old: &Snapshot, new: &Snapshot) -> Result<Vec<Change>> {
+    let (a, b) = (store.manifest(&old.record.manifest).await?, store.manifest(&new.record.manifest).await?);
     Ok(diff::diff(&a, &b))
 }
 
@@ -182,11 +182,11 @@ pub fn forget_plan(snapshots: &[Snapshot], policy: &Policy) -> Vec<ForgetGroup> 
 }
 
 /// Deletes the snapshot records the plan forgets; returns how many were deleted.
-pub async fn forget_apply(repo: &Repo, plan: &[ForgetGroup]) -> Result<u64> {
+pub async fn forget_apply(store: &SnapshotStore, plan: &[ForgetGroup]) -> Result<u64> {
     let mut n = 0;
     for g in plan {
         for d in g.decisions.iter().filter(|d| !d.keep) {
-            repo.store().delete(&layout::snapshot(&g.workspace, g.generation, d.seq)).await?;
+            store.objects().delete(&layout::snapshot(&g.workspace, g.generation, d.seq)).await?;
             n += 1;
         }
     }
@@ -196,10 +196,10 @@ pub async fn forget_apply(repo: &Repo, plan: &[ForgetGroup]) -> Result<u64> {
 /// Forgets every snapshot of one workspace generation, the latest included: for an owner whose
 /// deletion was asked for. Their data goes with the next prune. Returns how many were forgotten;
 /// forgetting again finds nothing (idempotent).
-pub async fn forget_generation(repo: &Repo, workspace: &WorkspaceId, generation: Generation) -> Result<u64> {
+pub async fn forget_generation(store: &SnapshotStore, workspace: &WorkspaceId, generation: Generation) -> Result<u64> {
     let mut n = 0;
-    for s in repo.snapshots(Some(workspace), Some(generation)).await? {
-        repo.store().delete(&s.key).await?;
+    for s in store.list(Some(workspace), Some(generation)).await? {
+        store.objects().delete(&s.key).await?;
         n += 1;
     }
     Ok(n)
@@ -214,17 +214,17 @@ pub struct Prune {
 }
 
 /// Computes what a prune run would do now.
-pub async fn prune_plan(repo: &Repo, grace_secs: i64) -> Result<Prune> {
-    let store = repo.store();
+pub async fn prune_plan(store: &SnapshotStore, grace_secs: i64) -> Result<Prune> {
+    let objects = store.objects();
     // Order matters: index and pack listings first, snapshots last, so that a snapshot
     // published meanwhile is seen with everything it references.
-    let loaded = repo.load_index(None).await?;
-    let pack_objects = store.list(layout::PACKS).await?;
-    let manifest_objects = store.list(layout::MANIFESTS).await?;
-    let snapshots = repo.snapshots(None, None).await?;
+    let loaded = store.load_index(None).await?;
+    let pack_objects = objects.list(layout::PACKS).await?;
+    let manifest_objects = objects.list(layout::MANIFESTS).await?;
+    let snapshots = store.list(None, None).await?;
     let referenced_manifests: HashSet<ManifestId> = snapshots.iter().map(|s| s.record.manifest).collect();
     let manifests: Vec<_> = futures::stream::iter(referenced_manifests.iter().copied())
-        .map(|id| async move { repo.manifest(&id).await })
+        .map(|id| async move { store.manifest(&id).await })
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
@@ -267,13 +267,13 @@ pub struct PruneOutcome {
 /// Order: the new mark; then, when packs go, a new index without them before the old index
 /// objects are deleted, and those before the packs; the retired marks last. A crash between
 /// any two steps leaves every snapshot restorable, and the next run finishes the work.
-pub async fn prune_apply(repo: &Repo, prune: &Prune) -> Result<PruneOutcome> {
-    let store = repo.store();
+pub async fn prune_apply(store: &SnapshotStore, prune: &Prune) -> Result<PruneOutcome> {
+    let objects = store.objects();
     let plan = &prune.plan;
     let mut out = PruneOutcome::default();
     if let Some(mark) = &plan.new_mark {
         let (id, bytes) = mark.encode();
-        store.put_if_absent(&layout::mark(&id), Bytes::from(bytes)).await?;
+        objects.put_if_absent(&layout::mark(&id), Bytes::from(bytes)).await?;
         out.marked = (mark.packs.len() + mark.manifests.len()) as u64;
     }
     if !plan.delete_packs.is_empty() {
@@ -286,12 +286,12 @@ pub async fn prune_apply(repo: &Repo, prune: &Prune) -> Result<PruneOutcome> {
             .cloned()
             .collect();
         let (new_id, bytes) = IndexFile { packs: kept }.encode();
-        store.put_if_absent(&layout::index(&new_id), Bytes::from(bytes)).await?;
+        objects.put_if_absent(&layout::index(&new_id), Bytes::from(bytes)).await?;
         for (id, _) in prune.index_files.iter().filter(|(id, _)| *id != new_id) {
-            store.delete(&layout::index(id)).await?;
+            objects.delete(&layout::index(id)).await?;
         }
         let deleted: Vec<Deleted> = futures::stream::iter(plan.delete_packs.iter())
-            .map(|p| async move { store.delete(&layout::pack(p)).await })
+            .map(|p| async move { objects.delete(&layout::pack(p)).await })
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;
@@ -299,13 +299,38 @@ pub async fn prune_apply(repo: &Repo, prune: &Prune) -> Result<PruneOutcome> {
         out.bytes_deleted = plan.delete_pack_bytes;
     }
     for m in &plan.delete_manifests {
-        store.delete(&layout::manifest(m)).await?;
+        objects.delete(&layout::manifest(m)).await?;
         out.manifests_deleted += 1;
     }
     for id in &plan.retire_marks {
-        store.delete(&layout::mark(id)).await?;
+        objects.delete(&layout::mark(id)).await?;
     }
     Ok(out)
+}
+
+/// Plans a prune and, unless `dry_run`, carries it out; both under the prune lock, so that two
+/// prunes never interleave. A dry run takes no lock and changes nothing.
+pub async fn prune(
+    store: &SnapshotStore,
+    grace_secs: i64,
+    host: &str,
+    dry_run: bool,
+) -> Result<(Prune, Option<PruneOutcome>)> {
+    if dry_run {
+        return Ok((prune_plan(store, grace_secs).await?, None));
+    }
+    let lock = PruneLock::acquire(store, host).await?;
+    let result = async {
+        let prune = prune_plan(store, grace_secs).await?;
+        let outcome = prune_apply(store, &prune).await?;
+        Ok::<_, EngineError>((prune, Some(outcome)))
+    }
+    .await;
+    // Released whether or not the prune succeeded: a failed run is resumed by the next one.
+    let released = lock.release().await;
+    let done = result?;
+    released?;
+    Ok(done)
 }
 
 /// A lock older than this is taken to belong to a prune that died.
@@ -315,7 +340,7 @@ pub const PRUNE_LOCK_STALE_SECS: i64 = 6 * 3600;
 /// left by a crash is taken over once it is older than `PRUNE_LOCK_STALE_SECS`.
 #[derive(Debug)]
 pub struct PruneLock {
-    repo: Repo,
+    store: SnapshotStore,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -327,16 +352,16 @@ struct LockInfo {
 
 impl PruneLock {
     /// Takes the prune lock, or says who holds it.
-    pub async fn acquire(repo: &Repo, host: &str) -> Result<PruneLock> {
-        let store = repo.store();
+    pub async fn acquire(store: &SnapshotStore, host: &str) -> Result<PruneLock> {
+        let objects = store.objects();
         let info = LockInfo { host: host.to_string(), pid: std::process::id(), time: now() };
         let bytes = Bytes::from(serde_json::to_vec(&info).unwrap_or_default());
         for _ in 0..2 {
-            if store.put_if_absent(layout::PRUNE_LOCK, bytes.clone()).await? == crate::store::Put::Created {
-                return Ok(PruneLock { repo: repo.clone() });
+            if objects.put_if_absent(layout::PRUNE_LOCK, bytes.clone()).await? == crate::store::Put::Created {
+                return Ok(PruneLock { store: store.clone() });
             }
             let held =
-                store.get(layout::PRUNE_LOCK).await.ok().and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
+                objects.get(layout::PRUNE_LOCK).await.ok().and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
             match held {
                 Some(h) if h.time.plus_secs(PRUNE_LOCK_STALE_SECS) > now() => {
                     return Err(EngineError::Conflict(format!(
@@ -349,7 +374,7 @@ impl PruneLock {
                 }
                 // Stale or unreadable: the prune that held it is gone.
                 _ => {
-                    store.delete(layout::PRUNE_LOCK).await?;
+                    objects.delete(layout::PRUNE_LOCK).await?;
                 }
             }
         }
@@ -358,7 +383,7 @@ impl PruneLock {
 
     /// Releases the lock.
     pub async fn release(self) -> Result<()> {
-        self.repo.store().delete(layout::PRUNE_LOCK).await?;
+        self.store.objects().delete(layout::PRUNE_LOCK).await?;
         Ok(())
     }
 }

@@ -12,11 +12,11 @@
 //! # Caveats
 //! - Ownership, ACLs and extended attributes are not restored; files belong to the restoring user.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -39,8 +39,9 @@ use crate::beneath::{self, Root};
 use crate::cache::{self, CachedFile, FileCache};
 use crate::error::{EngineError, Result};
 use crate::progress::Progress;
-use crate::repo::Repo;
 use crate::scan::{self, FileStat, ScanKind};
+use crate::snapshot_store::SnapshotStore;
+use crate::store::DynStore;
 
 /// Packs fetched at once.
 const FETCHES_IN_FLIGHT: usize = 4;
@@ -112,17 +113,16 @@ struct Target {
 }
 
 /// Restores a snapshot into `opts.dir`.
-pub async fn restore(repo: &Repo, opts: &RestoreOptions, progress: &Arc<Progress>) -> Result<RestoreSummary> {
+pub async fn restore(store: &SnapshotStore, opts: &RestoreOptions, progress: &Arc<Progress>) -> Result<RestoreSummary> {
     let started = Instant::now();
-    let snapshot = repo.resolve(&opts.workspace, opts.generation, &opts.snapshot).await?;
-    let manifest = repo.manifest(&snapshot.record.manifest).await?;
-    let loaded = repo.load_index(opts.cache_dir.as_deref()).await?;
+    let snapshot = store.resolve(&opts.workspace, opts.generation, &opts.snapshot).await?;
+    let manifest = Arc::new(store.manifest(&snapshot.record.manifest).await?);
+    let loaded = store.load_index(opts.cache_dir.as_deref()).await?;
     let work = plan_packs(&manifest, &loaded.index)?;
 
     std::fs::create_dir_all(&opts.dir).map_err(|e| EngineError::io("creating", &opts.dir, e))?;
     let dir = std::fs::canonicalize(&opts.dir).map_err(|e| EngineError::io("opening", &opts.dir, e))?;
     let root = Arc::new(Root::open(&dir).map_err(|e| EngineError::io("opening", &dir, e))?);
-    let manifest = Arc::new(manifest);
 
     // Prepare the tree: clear what does not belong, make directories, links and empty files.
     let (m, r, d, ex) = (manifest.clone(), root.clone(), dir.clone(), opts.excludes.clone());
@@ -131,104 +131,18 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions, progress: &Arc<Progress
     let totals = manifest.totals();
     progress.start("restore", totals.files, totals.bytes);
 
-    // Fetch packs and write their chunks on worker threads.
-    let targets = Arc::new(targets);
-    let stable: Arc<Mutex<Vec<(usize, FileStat)>>> = Arc::new(Mutex::new(finished));
-    let failed = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<(PackWork, Bytes)>(opts.threads.max(1) * 2);
-    let rx = Arc::new(Mutex::new(rx));
-    let threads = opts.threads.max(1);
-    let writers = {
-        let (root, manifest, targets, stable, failed, progress) =
-            (root.clone(), manifest.clone(), targets.clone(), stable.clone(), failed.clone(), progress.clone());
-        tokio::task::spawn_blocking(move || {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|_| {
-                        s.spawn(|| {
-                            let r = write_worker(&root, &manifest, &targets, &rx, &stable, &progress);
-                            if r.is_err() {
-                                failed.store(true, Ordering::Relaxed);
-                            }
-                            r
-                        })
-                    })
-                    .collect();
-                let results: Vec<Result<()>> = handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Invalid("restore thread panicked".into()))))
-                    .collect();
-                results.into_iter().collect::<Result<Vec<()>>>()
-            })
-        })
-    };
-    let store = repo.store().clone();
-    let n_packs = work.len() as u64;
-    let mut fetches = futures::stream::iter(work)
-        .map(|w| {
-            let store = store.clone();
-            async move {
-                let bytes = store.get(&layout::pack(&w.pack)).await?;
-                Ok::<_, EngineError>((w, bytes))
-            }
-        })
-        .buffered(FETCHES_IN_FLIGHT);
-    let mut bytes_fetched = 0u64;
-    let mut fetch_error = None;
-    while let Some(item) = fetches.next().await {
-        match item {
-            Ok((w, bytes)) => {
-                bytes_fetched += bytes.len() as u64;
-                progress.transferred(bytes.len() as u64);
-                if failed.load(Ordering::Relaxed) || tx.send((w, bytes)).await.is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                fetch_error = Some(e);
-                break;
-            }
-        }
-    }
-    drop(tx);
-    let written = writers.await.map_err(|e| EngineError::Invalid(format!("restore task failed: {e}")))?;
-    if let Some(e) = fetch_error {
-        return Err(e);
-    }
-    written?;
+    let writers = Writers::spawn(root.clone(), manifest.clone(), targets, finished, opts.threads.max(1), progress);
+    let fetched = fetch_packs(store.objects(), work, &writers, progress).await;
+    let stable = writers.join().await;
+    let (n_packs, bytes_fetched) = fetched?;
+    let stable = stable?;
 
     // Hard links, then directory metadata deepest first (so read-only directories come last).
     let (m, r) = (manifest.clone(), root.clone());
     blocking(move || finish(&r, &m)).await??;
-
     if let Some(cache_dir) = &opts.cache_dir {
-        let mut c = FileCache::new();
-        let stable = std::mem::take(&mut *stable.lock().unwrap_or_else(|e| e.into_inner()));
-        // Linking changed the ctime of every hard-linked file: take its stat again.
-        let linked: std::collections::HashSet<&RelPath> = manifest
-            .entries
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EntryKind::Hardlink { target } => Some(target),
-                _ => None,
-            })
-            .collect();
-        for (entry, mut stat) in stable {
-            let e = &manifest.entries[entry];
-            if linked.contains(&e.path) {
-                match std::fs::symlink_metadata(scan::join(&dir, &e.path)) {
-                    Ok(m) => stat = scan::stat_of(&m),
-                    Err(_) => continue,
-                }
-            }
-            if let EntryKind::File { chunks, .. } = &e.kind {
-                c.files.insert(e.path.as_bytes().to_vec(), CachedFile { stat, chunks: chunks.clone() });
-            }
-        }
-        let path = cache::path(cache_dir, store.url(), &opts.workspace, opts.generation, &dir);
-        if let Err(e) = c.save(&path) {
-            tracing::warn!(event = "cache_save_failed", path = %path.display(), error = %e);
-        }
+        let path = cache::path(cache_dir, store.objects().url(), &opts.workspace, opts.generation, &dir);
+        seed_cache(&path, &dir, &manifest, stable);
     }
     tracing::info!(event = "snapshot_restored", workspace = %opts.workspace, seq = snapshot.record.seq, snapshot = %snapshot.id);
     Ok(RestoreSummary {
@@ -244,6 +158,120 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions, progress: &Arc<Progress
         bytes_fetched,
         duration_secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The threads that decode fetched packs and write their chunks into files.
+struct Writers {
+    tx: mpsc::Sender<(PackWork, Bytes)>,
+    /// Set by a writer that failed, so fetching stops.
+    failed: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<Finished>>,
+}
+
+impl Writers {
+    /// Starts `threads` writers over the prepared `targets`; `finished` are files already complete.
+    fn spawn(
+        root: Arc<Root>,
+        manifest: Arc<Manifest>,
+        targets: Vec<Target>,
+        finished: Finished,
+        threads: usize,
+        progress: &Arc<Progress>,
+    ) -> Writers {
+        let (tx, rx) = mpsc::channel::<(PackWork, Bytes)>(threads * 2);
+        let rx = Mutex::new(rx);
+        let failed = Arc::new(AtomicBool::new(false));
+        let (flag, progress) = (failed.clone(), progress.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let stable = Mutex::new(finished);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let r = write_worker(&root, &manifest, &targets, &rx, &stable, &progress);
+                            if r.is_err() {
+                                flag.store(true, Ordering::Relaxed);
+                            }
+                            r
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Invalid("restore thread panicked".into()))))
+                    .collect::<Result<Vec<()>>>()
+            })?;
+            Ok(stable.into_inner().unwrap_or_else(|e| e.into_inner()))
+        });
+        Writers { tx, failed, task }
+    }
+
+    /// Hands a fetched pack to the writers; `false` when they stopped (one failed).
+    async fn send(&self, work: PackWork, bytes: Bytes) -> bool {
+        !self.failed.load(Ordering::Relaxed) && self.tx.send((work, bytes)).await.is_ok()
+    }
+
+    /// Waits for the writers to drain; returns the files written completely, with their stat.
+    async fn join(self) -> Result<Finished> {
+        drop(self.tx);
+        self.task.await.map_err(|e| EngineError::Invalid(format!("restore task failed: {e}")))?
+    }
+}
+
+/// Fetches the packs, 4 at once, and hands them to the writers in plan order. Returns how many
+/// packs and bytes it fetched; stops at the first error, or when the writers stop.
+async fn fetch_packs(
+    objects: &DynStore,
+    work: Vec<PackWork>,
+    writers: &Writers,
+    progress: &Progress,
+) -> Result<(u64, u64)> {
+    let n_packs = work.len() as u64;
+    let mut fetches = futures::stream::iter(work)
+        .map(|w| async move {
+            let bytes = objects.get(&layout::pack(&w.pack)).await?;
+            Ok::<_, EngineError>((w, bytes))
+        })
+        .buffered(FETCHES_IN_FLIGHT);
+    let mut bytes_fetched = 0u64;
+    while let Some(item) = fetches.next().await {
+        let (w, bytes) = item?;
+        bytes_fetched += bytes.len() as u64;
+        progress.transferred(bytes.len() as u64);
+        if !writers.send(w, bytes).await {
+            break;
+        }
+    }
+    Ok((n_packs, bytes_fetched))
+}
+
+/// Seeds the file cache with what the restore wrote, so the next snapshot reads none of it.
+fn seed_cache(path: &Path, dir: &Path, manifest: &Manifest, stable: Finished) {
+    let mut c = FileCache::new();
+    // Linking changed the ctime of every hard-linked file: take its stat again.
+    let linked: HashSet<&RelPath> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::Hardlink { target } => Some(target),
+            _ => None,
+        })
+        .collect();
+    for (entry, mut stat) in stable {
+        let e = &manifest.entries[entry];
+        if linked.contains(&e.path) {
+            match std::fs::symlink_metadata(scan::join(dir, &e.path)) {
+                Ok(m) => stat = scan::stat_of(&m),
+                Err(_) => continue,
+            }
+        }
+        if let EntryKind::File { chunks, .. } = &e.kind {
+            c.files.insert(e.path.as_bytes().to_vec(), CachedFile { stat, chunks: chunks.clone() });
+        }
+    }
+    if let Err(e) = c.save(path) {
+        tracing::warn!(event = "cache_save_failed", path = %path.display(), error = %e);
+    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -294,7 +322,7 @@ fn plan_packs(manifest: &Manifest, index: &Index) -> Result<Vec<PackWork>> {
     Ok(order)
 }
 
-fn io_err(op: &'static str, dir: &std::path::Path, rel: &RelPath, e: std::io::Error) -> EngineError {
+fn io_err(op: &'static str, dir: &Path, rel: &RelPath, e: std::io::Error) -> EngineError {
     if beneath::is_link_refusal(&e) {
         return EngineError::Unsafe {
             path: rel.to_string(),
@@ -319,7 +347,7 @@ type Finished = Vec<(usize, FileStat)>;
 /// files it finished (with their stat, for the cache) and how many entries it removed.
 fn prepare(
     root: &Root,
-    dir: &std::path::Path,
+    dir: &Path,
     manifest: &Manifest,
     excludes: &Excludes,
     skip: &[PathBuf],
@@ -328,7 +356,7 @@ fn prepare(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let existing = scan::scan(dir, excludes, skip, threads)?;
     let mut removed = 0u64;
-    let mut gone: std::collections::HashSet<RelPath> = std::collections::HashSet::new();
+    let mut gone: HashSet<RelPath> = HashSet::new();
     // Entries are removed and created below read-only directories too: open those up until
     // `finish` sets the snapshot's modes (the ones the snapshot lacks are removed anyway).
     for e in existing.entries.iter().filter(|e| matches!(e.kind, ScanKind::Dir) && e.mode & 0o700 != 0o700) {
@@ -443,7 +471,7 @@ fn write_chunk(
 ) -> Result<bool> {
     let EntryKind::File { chunks, .. } = &entry.kind else { return Ok(false) };
     let rel = entry.path.as_bytes();
-    let fail = |op, e| io_err(op, std::path::Path::new(""), &entry.path, e);
+    let fail = |op, e| io_err(op, Path::new(""), &entry.path, e);
     let single = chunks.len() == 1;
     let flags = if single { OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC } else { OFlags::WRONLY };
     let mut f = File::from(root.open_at(rel, flags, 0o600).map_err(|e| fail("writing", e))?);
@@ -465,7 +493,7 @@ fn write_chunk(
 
 /// Makes hard links and sets directory metadata, deepest directories first.
 fn finish(root: &Root, manifest: &Manifest) -> Result<()> {
-    let here = std::path::Path::new("");
+    let here = Path::new("");
     for e in &manifest.entries {
         if let EntryKind::Hardlink { target } = &e.kind {
             root.hard_link(target.as_bytes(), e.path.as_bytes())

@@ -1,4 +1,4 @@
-//! Crash consistency through the store port (STYLE.md §5): a workload of snapshot, change,
+//! Crash consistency through the store port: a workload of snapshot, change,
 //! snapshot, forget and two prunes runs over `FaultyStore(k)`, which fails every operation
 //! from the k-th on, for every k up to the number of operations of a clean run. After each
 //! "crash" the store left behind (the inner memory store) must hold exactly the snapshots the
@@ -17,8 +17,8 @@ use berth_core::workspace::{Generation, WorkspaceId};
 use berth_engine::create::{create, CreateOptions};
 use berth_engine::maintain::{self, PruneOutcome};
 use berth_engine::progress::Progress;
-use berth_engine::repo::{Repo, Snapshot};
 use berth_engine::restore::{restore, RestoreOptions};
+use berth_engine::snapshot_store::{Snapshot, SnapshotStore};
 use berth_engine::store::{memory, DynStore, FaultyStore};
 use berth_engine::EngineError;
 use common::{Rng, TreeImage};
@@ -147,22 +147,22 @@ async fn workload(store: DynStore, fx: &Fixture, ws: &Path, cache: Option<&Path>
     let progress = Arc::new(Progress::default());
     let opts = create_opts(ws, cache);
     fx.write_v1(ws);
-    let repo = Repo::open_or_init(store).await.map_err(|e| (Step::CreateV1, e))?;
-    create(&repo, &opts, &progress).await.map_err(|e| (Step::CreateV1, e))?;
+    let snapshots = SnapshotStore::open_or_init(store).await.map_err(|e| (Step::CreateV1, e))?;
+    create(&snapshots, &opts, &progress).await.map_err(|e| (Step::CreateV1, e))?;
     fx.mutate_to_v2(ws);
-    create(&repo, &opts, &progress).await.map_err(|e| (Step::CreateV2, e))?;
+    create(&snapshots, &opts, &progress).await.map_err(|e| (Step::CreateV2, e))?;
     let policy = Policy { last: 1, hourly: 0, daily: 0, weekly: 0, monthly: 0 };
     let forgotten = async {
-        let snaps = repo.snapshots(None, None).await?;
-        maintain::forget_apply(&repo, &maintain::forget_plan(&snaps, &policy)).await
+        let snaps = snapshots.list(None, None).await?;
+        maintain::forget_apply(&snapshots, &maintain::forget_plan(&snaps, &policy)).await
     }
     .await
     .map_err(|e| (Step::Forget, e))?;
     let mut prunes = [PruneOutcome::default(), PruneOutcome::default()];
     for (i, step) in [Step::Prune1, Step::Prune2].into_iter().enumerate() {
         prunes[i] = async {
-            let plan = maintain::prune_plan(&repo, 0).await?;
-            maintain::prune_apply(&repo, &plan).await
+            let plan = maintain::prune_plan(&snapshots, 0).await?;
+            maintain::prune_apply(&snapshots, &plan).await
         }
         .await
         .map_err(|e| (step, e))?;
@@ -171,7 +171,7 @@ async fn workload(store: DynStore, fx: &Fixture, ws: &Path, cache: Option<&Path>
 }
 
 /// Restores one snapshot into a fresh directory under `scratch` and captures it.
-async fn restore_tree(repo: &Repo, snap: &Snapshot, scratch: &Path, name: &str) -> TreeImage {
+async fn restore_tree(snapshots: &SnapshotStore, snap: &Snapshot, scratch: &Path, name: &str) -> TreeImage {
     let dir = scratch.join(name);
     let opts = RestoreOptions {
         workspace: workspace(),
@@ -182,7 +182,7 @@ async fn restore_tree(repo: &Repo, snap: &Snapshot, scratch: &Path, name: &str) 
         cache_dir: None,
         threads: 2,
     };
-    restore(repo, &opts, &Arc::new(Progress::default()))
+    restore(snapshots, &opts, &Arc::new(Progress::default()))
         .await
         .unwrap_or_else(|e| panic!("{name}: restoring snapshot seq {} failed: {e}", snap.record.seq));
     let tree = TreeImage::read(&dir);
@@ -191,11 +191,11 @@ async fn restore_tree(repo: &Repo, snap: &Snapshot, scratch: &Path, name: &str) 
 }
 
 /// Snapshots in the store, none when it was never initialised.
-async fn snapshots_of(store: &DynStore) -> (Option<Repo>, Vec<Snapshot>) {
-    match Repo::open(store.clone()).await {
-        Ok(repo) => {
-            let snaps = repo.snapshots(None, None).await.expect("listing snapshots after the crash");
-            (Some(repo), snaps)
+async fn snapshots_of(store: &DynStore) -> (Option<SnapshotStore>, Vec<Snapshot>) {
+    match SnapshotStore::open(store.clone()).await {
+        Ok(snapshots) => {
+            let snaps = snapshots.list(None, None).await.expect("listing snapshots after the crash");
+            (Some(snapshots), snaps)
         }
         Err(EngineError::NotFound { .. }) => (None, Vec::new()),
         Err(e) => panic!("opening the store after the crash: {e}"),
@@ -204,16 +204,17 @@ async fn snapshots_of(store: &DynStore) -> (Option<Repo>, Vec<Snapshot>) {
 
 /// Asserts every snapshot in the store restores to the tree of its seq and verifies clean.
 async fn check_restorable(store: &DynStore, expect: &[TreeImage; 2], scratch: &Path, ctx: &str) -> Vec<u64> {
-    let (repo, snaps) = snapshots_of(store).await;
+    let (snapshots, snaps) = snapshots_of(store).await;
     let seqs: Vec<u64> = snaps.iter().map(|s| s.record.seq).collect();
-    let Some(repo) = repo else { return seqs };
+    let Some(snapshots) = snapshots else { return seqs };
     for s in &snaps {
         // Seq 1 and 3 hold the first tree, 2 and 4 the second (after a rerun).
         let want = &expect[((s.record.seq + 1) % 2) as usize];
-        let got = restore_tree(&repo, s, scratch, &format!("seq{}", s.record.seq)).await;
+        let got = restore_tree(&snapshots, s, scratch, &format!("seq{}", s.record.seq)).await;
         common::assert_same(want, &got, &format!("{ctx}: snapshot seq {}", s.record.seq));
     }
-    let report = maintain::verify(&repo, &snaps, true).await.unwrap_or_else(|e| panic!("{ctx}: verify failed: {e}"));
+    let report =
+        maintain::verify(&snapshots, &snaps, true).await.unwrap_or_else(|e| panic!("{ctx}: verify failed: {e}"));
     assert!(report.errors.is_empty(), "{ctx}: verify --read-data found errors: {:#?}", report.errors);
     if !snaps.is_empty() {
         assert!(report.packs_read > 0, "{ctx}: verify read no pack");
@@ -295,8 +296,8 @@ async fn crash_at_every_op(use_cache: bool) {
         let last = *seqs.last().expect("a snapshot after the rerun");
         assert_eq!(seqs.len(), 1, "{ctx}: after the rerun one snapshot is kept: {seqs:?}");
         assert_eq!(last % 2, 0, "{ctx}: the latest snapshot holds the second tree (seq {last})");
-        let repo = Repo::open(inner.clone()).await.expect("open");
-        let plan = maintain::prune_plan(&repo, 0).await.expect("prune plan");
+        let snapshots = SnapshotStore::open(inner.clone()).await.expect("open");
+        let plan = maintain::prune_plan(&snapshots, 0).await.expect("prune plan");
         assert!(plan.plan.is_empty(), "{ctx}: garbage left after the rerun: {:#?} (rerun: {rerun:?})", plan.plan);
     }
     // Every step was interrupted at least once.

@@ -23,8 +23,8 @@ use berth_core::time::Timestamp;
 use berth_core::workspace::{Generation, WorkspaceId};
 use berth_engine::beneath::{self, Root};
 use berth_engine::maintain::{self, VerifyReport};
-use berth_engine::repo::Repo;
 use berth_engine::restore::RestoreSummary;
+use berth_engine::snapshot_store::SnapshotStore;
 use berth_engine::store::{self, DynStore, Put};
 use bytes::Bytes;
 use common::{assert_same, chain, noise, restore_opts, restore_with, runtime, workspace, TreeImage};
@@ -36,7 +36,7 @@ use serde::Serialize;
 struct Hostile {
     rt: tokio::runtime::Runtime,
     store: DynStore,
-    repo: Repo,
+    snapshots: SnapshotStore,
     tmp: tempfile::TempDir,
 }
 
@@ -44,12 +44,12 @@ impl Hostile {
     fn new() -> Hostile {
         let rt = runtime();
         let store = store::memory();
-        let repo = rt.block_on(Repo::open_or_init(store.clone())).unwrap();
+        let snapshots = rt.block_on(SnapshotStore::open_or_init(store.clone())).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         fs::create_dir(tmp.path().join("outside")).unwrap();
         fs::write(tmp.path().join("outside/sentinel"), b"outside, do not touch").unwrap();
         fs::write(tmp.path().join("neighbour"), b"next to the target, do not touch").unwrap();
-        Hostile { rt, store, repo, tmp }
+        Hostile { rt, store, snapshots, tmp }
     }
 
     fn target(&self) -> PathBuf {
@@ -118,7 +118,7 @@ impl Hostile {
     fn restore(&self, excludes: &[&str]) -> berth_engine::Result<RestoreSummary> {
         let mut opts = restore_opts(&self.target(), None);
         opts.excludes = Excludes::new(&excludes.iter().map(|s| s.to_string()).collect::<Vec<_>>(), false).unwrap();
-        self.rt.block_on(restore_with(&self.repo, &opts))
+        self.rt.block_on(restore_with(&self.snapshots, &opts))
     }
 
     /// Restores, expecting a failure: returns its text after checking that it is no panic and
@@ -139,8 +139,8 @@ impl Hostile {
     /// Verifies every snapshot with `--read-data`; a store too broken to list is an error too.
     fn verify(&self) -> Result<VerifyReport, String> {
         self.rt.block_on(async {
-            let snapshots = self.repo.snapshots(None, None).await.map_err(|e| chain(&e))?;
-            maintain::verify(&self.repo, &snapshots, true).await.map_err(|e| chain(&e))
+            let snapshots = self.snapshots.list(None, None).await.map_err(|e| chain(&e))?;
+            maintain::verify(&self.snapshots, &snapshots, true).await.map_err(|e| chain(&e))
         })
     }
 
@@ -617,10 +617,10 @@ fn random_bytes_as_the_config_are_refused() {
     ] {
         let store = store::memory();
         rt.block_on(store.put_if_absent(layout::CONFIG, Bytes::from(junk))).unwrap();
-        let err = chain(&rt.block_on(Repo::open(store.clone())).unwrap_err());
+        let err = chain(&rt.block_on(SnapshotStore::open(store.clone())).unwrap_err());
         assert_mentions(&err, &["store config"]);
         // Never "repaired" by initialising over it.
-        let err = chain(&rt.block_on(Repo::open_or_init(store)).unwrap_err());
+        let err = chain(&rt.block_on(SnapshotStore::open_or_init(store)).unwrap_err());
         assert_mentions(&err, &["store config"]);
     }
 }

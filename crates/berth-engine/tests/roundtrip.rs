@@ -255,27 +255,27 @@ proptest! {
         let before = TreeImage::read(&src);
         let around = scene.around("dst");
         runtime().block_on(async {
-            let repo = memory_repo().await;
-            let first = snapshot(&repo, &src, Some(&cache)).await;
+            let snapshots = memory_repo().await;
+            let first = snapshot(&snapshots, &src, Some(&cache)).await;
             prop_assert!(!first.unchanged);
             let n_files = before.files() as u64;
             prop_assert_eq!(first.files_scanned, n_files);
             prop_assert!(first.skipped_unreadable.is_empty(), "{:?}", first.skipped_unreadable);
 
-            let again = snapshot(&repo, &src, Some(&cache)).await;
+            let again = snapshot(&snapshots, &src, Some(&cache)).await;
             prop_assert!(again.unchanged);
             prop_assert_eq!(again.snapshot, first.snapshot);
             prop_assert_eq!(again.files_read, 0);
             prop_assert_eq!(again.bytes_uploaded, 0);
 
-            let summary = restore(&repo, &dst, Some(&cache)).await;
+            let summary = restore(&snapshots, &dst, Some(&cache)).await;
             let summary = summary.map_err(|e| TestCaseError::fail(format!("restore failed: {e}")))?;
             prop_assert_eq!(summary.removed, 0);
             let diff = differences(&before, &TreeImage::read(&dst));
             prop_assert!(diff.is_empty(), "restored tree differs:\n{}", diff);
 
             // The restore seeded the cache: the restored tree is the same snapshot, read for free.
-            let of_restored = snapshot(&repo, &dst, Some(&cache)).await;
+            let of_restored = snapshot(&snapshots, &dst, Some(&cache)).await;
             prop_assert_eq!(of_restored.files_read, 0, "files were read again after a restore");
             prop_assert!(of_restored.unchanged);
             prop_assert_eq!(of_restored.snapshot, first.snapshot);
@@ -302,9 +302,9 @@ proptest! {
         }
         let around = scene.around("dst");
         runtime().block_on(async {
-            let repo = memory_repo().await;
-            snapshot(&repo, &src, None).await;
-            let summary = restore(&repo, &dst, None).await;
+            let snapshots = memory_repo().await;
+            snapshot(&snapshots, &src, None).await;
+            let summary = restore(&snapshots, &dst, None).await;
             summary.map_err(|e| TestCaseError::fail(format!("restore failed: {e}")))?;
             Ok::<(), TestCaseError>(())
         })?;
@@ -413,21 +413,21 @@ fn fixed_tree_round_trips_and_restore_seeds_the_cache() {
     assert_eq!(before.links.len(), 2, "the scene has two hard-link pairs: {before:?}");
     let around = scene.around("dst");
     runtime().block_on(async {
-        let repo = memory_repo().await;
-        let first = snapshot(&repo, &src, Some(&cache)).await;
+        let snapshots = memory_repo().await;
+        let first = snapshot(&snapshots, &src, Some(&cache)).await;
         assert_eq!((first.files_scanned, first.dirs), (9, 4), "{first:?}");
-        let again = snapshot(&repo, &src, Some(&cache)).await;
+        let again = snapshot(&snapshots, &src, Some(&cache)).await;
         assert!(again.unchanged && again.files_read == 0, "{again:?}");
 
-        let restored = restore(&repo, &dst, Some(&cache)).await.unwrap();
+        let restored = restore(&snapshots, &dst, Some(&cache)).await.unwrap();
         assert_eq!((restored.files, restored.hardlinks, restored.symlinks, restored.dirs), (7, 2, 6, 4));
         assert_same(&before, &TreeImage::read(&dst), "fresh restore");
-        let of_restored = snapshot(&repo, &dst, Some(&cache)).await;
+        let of_restored = snapshot(&snapshots, &dst, Some(&cache)).await;
         assert_eq!(of_restored.files_read, 0, "a snapshot right after a restore read files: {of_restored:?}");
         assert!(of_restored.unchanged);
 
         // Restoring again over the restored tree changes nothing and removes nothing.
-        let again = restore(&repo, &dst, Some(&cache)).await.unwrap();
+        let again = restore(&snapshots, &dst, Some(&cache)).await.unwrap();
         assert_eq!(again.removed, 0);
         assert_same(&before, &TreeImage::read(&dst), "restore over itself");
     });
@@ -463,9 +463,9 @@ fn restore_replaces_wrong_types_and_removes_extras() {
     let around = scene.around("dst");
 
     runtime().block_on(async {
-        let repo = memory_repo().await;
-        snapshot(&repo, &src, None).await;
-        let summary = restore(&repo, &dst, None).await.unwrap();
+        let snapshots = memory_repo().await;
+        snapshot(&snapshots, &src, None).await;
+        let summary = restore(&snapshots, &dst, None).await.unwrap();
         assert_eq!(summary.removed, 3, "extra-dir, extra-file and extra-link: {summary:?}");
     });
     assert_same(&before, &TreeImage::read(&dst), "restore over wrong types");
@@ -481,15 +481,15 @@ fn touch_rereads_the_file_but_uploads_no_chunk() {
     put(&src, "touched", &noise(1, 300_000), 0o644, 1_000_000_000_000_000_000);
     put(&src, "untouched", &text(2, 5_000), 0o644, 1_000_000_000_000_000_000);
     runtime().block_on(async {
-        let repo = memory_repo().await;
-        let first = snapshot(&repo, &src, Some(&cache)).await;
+        let snapshots = memory_repo().await;
+        let first = snapshot(&snapshots, &src, Some(&cache)).await;
         assert_eq!(first.files_read, 2);
         set_mtime(&src.join("touched"), 1_000_000_000_000_000_777);
-        let touched = snapshot(&repo, &src, Some(&cache)).await;
+        let touched = snapshot(&snapshots, &src, Some(&cache)).await;
         assert!(!touched.unchanged, "an mtime change is a new snapshot");
         assert_eq!(touched.files_read, 1, "{touched:?}");
         assert_eq!((touched.chunks_new, touched.bytes_new, touched.packs_uploaded), (0, 0, 0), "{touched:?}");
-        restore(&repo, &dst, None).await.unwrap();
+        restore(&snapshots, &dst, None).await.unwrap();
     });
     assert_same(&TreeImage::read(&src), &TreeImage::read(&dst), "restore after touch");
 }
@@ -502,24 +502,24 @@ fn an_edit_in_a_large_file_uploads_little() {
     let big = put(&src, "big", &noise(99, SIZE), 0o644, 1_234_567_890_123_456_789);
     put(&src, "small", b"small", 0o600, 5);
     runtime().block_on(async {
-        let repo = memory_repo().await;
-        let first = snapshot(&repo, &src, Some(&cache)).await;
+        let snapshots = memory_repo().await;
+        let first = snapshot(&snapshots, &src, Some(&cache)).await;
         assert!(first.chunks_new >= 4, "12 MiB should make several chunks: {first:?}");
         assert_eq!(first.bytes_new, SIZE as u64 + 5);
-        restore(&repo, &dst, Some(&cache)).await.unwrap();
+        restore(&snapshots, &dst, Some(&cache)).await.unwrap();
         assert_same(&TreeImage::read(&src), &TreeImage::read(&dst), "large file restore");
 
         let f = fs::OpenOptions::new().write(true).open(&big).unwrap();
         f.write_all_at(b"an edit right in the middle of the file", SIZE as u64 / 2).unwrap();
         drop(f);
-        let edited = snapshot(&repo, &src, Some(&cache)).await;
+        let edited = snapshot(&snapshots, &src, Some(&cache)).await;
         assert_eq!((edited.files_read, edited.bytes_read), (1, SIZE as u64), "{edited:?}");
         assert!(edited.bytes_new > 0 && edited.bytes_new <= 8 << 20, "{edited:?}");
         assert!(edited.chunks_new >= 1 && edited.chunks_new <= 3, "{edited:?}");
         assert!(edited.bytes_uploaded < 9 << 20, "{edited:?}");
 
         // Over the previous version: the kept multi-chunk file is rewritten in place.
-        restore(&repo, &dst, Some(&cache)).await.unwrap();
+        restore(&snapshots, &dst, Some(&cache)).await.unwrap();
     });
     assert_same(&TreeImage::read(&src), &TreeImage::read(&dst), "restore of the edited file");
 }
@@ -587,13 +587,13 @@ fn restore_over_read_only_entries() {
     };
     seal(&src);
     let rt = runtime();
-    let repo = rt.block_on(memory_repo());
-    rt.block_on(snapshot(&repo, &src, None));
-    rt.block_on(restore(&repo, &dst, None)).unwrap();
+    let snapshots = rt.block_on(memory_repo());
+    rt.block_on(snapshot(&snapshots, &src, None));
+    rt.block_on(restore(&snapshots, &dst, None)).unwrap();
     assert_same(&TreeImage::read(&src), &TreeImage::read(&dst), "first restore");
 
     // The same snapshot over its own read-only restore.
-    rt.block_on(restore(&repo, &dst, None)).expect("restoring over read-only entries");
+    rt.block_on(restore(&snapshots, &dst, None)).expect("restoring over read-only entries");
     assert_same(&TreeImage::read(&src), &TreeImage::read(&dst), "restore over read-only entries");
 
     // A newer snapshot that removes and adds entries inside the read-only directories.
@@ -603,8 +603,8 @@ fn restore_over_read_only_entries() {
     put(&src, "ro/sub/new", b"new", 0o444, 12);
     put(&src, "frozen", b"changed", 0o444, 13);
     seal(&src);
-    rt.block_on(snapshot(&repo, &src, None));
-    rt.block_on(restore(&repo, &dst, None)).expect("restoring a newer snapshot over read-only entries");
+    rt.block_on(snapshot(&snapshots, &src, None));
+    rt.block_on(restore(&snapshots, &dst, None)).expect("restoring a newer snapshot over read-only entries");
     assert_same(&TreeImage::read(&src), &TreeImage::read(&dst), "newer snapshot over read-only entries");
     make_removable(&src);
     make_removable(&dst);

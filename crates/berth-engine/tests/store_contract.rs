@@ -1,4 +1,4 @@
-//! The `Store` port's contract (STYLE.md §5), one suite run against every adapter: memory,
+//! The `Store` port's contract, one suite run against every adapter: memory,
 //! `FsStore` in a temporary directory, and a real S3 server (moto, which `./dev test` starts;
 //! the S3 tests fail, never skip, without it). Plus one end-to-end snapshot, restore and
 //! verify through S3.
@@ -15,8 +15,8 @@ use berth_core::workspace::{Generation, WorkspaceId};
 use berth_engine::create::{create, CreateOptions};
 use berth_engine::maintain;
 use berth_engine::progress::Progress;
-use berth_engine::repo::Repo;
 use berth_engine::restore::{restore, RestoreOptions};
+use berth_engine::snapshot_store::SnapshotStore;
 use berth_engine::store::{self, Deleted, DynStore, FsStore, ObjectInfo, Put, StoreError};
 use bytes::Bytes;
 use common::{Rng, TreeImage, TreeShape};
@@ -318,8 +318,8 @@ async fn s3_snapshot_restore_verify_end_to_end() {
         host: "e2e".into(),
         threads: 2,
     };
-    let repo = Repo::open_or_init(store.clone()).await.expect("init");
-    let first = create(&repo, &copts, &progress).await.expect("first snapshot");
+    let snapshots = SnapshotStore::open_or_init(store.clone()).await.expect("init");
+    let first = create(&snapshots, &copts, &progress).await.expect("first snapshot");
     assert!(!first.unchanged && first.seq == 1 && first.packs_uploaded >= 1, "{first:?}");
 
     // Change the tree: append to the big file, remove one file, add another.
@@ -339,16 +339,16 @@ async fn s3_snapshot_restore_verify_end_to_end() {
     std::fs::remove_file(src.join(victim)).expect("rm");
     common::write_file(&src.join("src/added.txt"), b"added in v2\n", 0o644, rng.mtime());
     let v2 = TreeImage::read(&src);
-    let second = create(&repo, &copts, &progress).await.expect("second snapshot");
+    let second = create(&snapshots, &copts, &progress).await.expect("second snapshot");
     assert_eq!(second.seq, 2);
     assert!(second.bytes_new < 5 << 20, "the second snapshot uploads only what changed: {second:?}");
-    let unchanged = create(&repo, &copts, &progress).await.expect("third run");
+    let unchanged = create(&snapshots, &copts, &progress).await.expect("third run");
     assert!(unchanged.unchanged && unchanged.seq == 2, "nothing changed: {unchanged:?}");
 
     // Restore both, through a freshly opened store, and compare.
     let store = store::open(&format!("s3://{bucket}/berth")).expect("reopen");
-    let repo = Repo::open(store).await.expect("open");
-    let snaps = repo.snapshots(Some(&ws), None).await.expect("list");
+    let snapshots = SnapshotStore::open(store).await.expect("open");
+    let snaps = snapshots.list(Some(&ws), None).await.expect("list");
     assert_eq!(snaps.iter().map(|s| s.record.seq).collect::<Vec<_>>(), vec![1, 2]);
     for (selector, want) in [(snaps[0].id.to_hex()[..8].to_string(), &v1), ("latest".to_string(), &v2)] {
         let dir = tmp.path().join(format!("restored-{selector}"));
@@ -361,10 +361,10 @@ async fn s3_snapshot_restore_verify_end_to_end() {
             cache_dir: None,
             threads: 2,
         };
-        restore(&repo, &ropts, &progress).await.unwrap_or_else(|e| panic!("restore {selector}: {e}"));
+        restore(&snapshots, &ropts, &progress).await.unwrap_or_else(|e| panic!("restore {selector}: {e}"));
         common::assert_same(want, &TreeImage::read(&dir), &format!("restore of {selector}"));
     }
-    let report = maintain::verify(&repo, &snaps, true).await.expect("verify");
+    let report = maintain::verify(&snapshots, &snaps, true).await.expect("verify");
     assert!(report.errors.is_empty(), "verify: {:?}", report.errors);
     assert!(report.packs_read >= 1 && report.packs_read == report.packs, "{report:?}");
 

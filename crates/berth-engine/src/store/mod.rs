@@ -1,6 +1,6 @@
-//! The object-store port and its adapters: `FsStore` (a local directory, the embedded default),
-//! `S3Store` and `MemoryStore` (both through the `object_store` crate), and `FaultyStore`
-//! (fault injection for tests).
+//! The object-store port, `Store`, and its adapters: `FsStore` (a local directory, the embedded
+//! default), `ObjStore` (the `object_store` crate: S3 through `s3()`, memory through `memory()`)
+//! and `FaultyStore` (fault injection for tests).
 //!
 //! **Invariant:** immutable data is written create-if-absent; no protocol here relies on
 //! rename across keys or on ETag compare-and-swap.

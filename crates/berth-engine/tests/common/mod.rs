@@ -24,8 +24,8 @@ use berth_core::path::escape;
 use berth_core::workspace::{Generation, WorkspaceId};
 use berth_engine::create::{self, CreateOptions, CreateSummary};
 use berth_engine::progress::Progress;
-use berth_engine::repo::Repo;
 use berth_engine::restore::{self, RestoreOptions, RestoreSummary};
+use berth_engine::snapshot_store::SnapshotStore;
 use berth_engine::store;
 
 // ---------------------------------------------------------------------------
@@ -44,8 +44,8 @@ pub fn workspace() -> WorkspaceId {
 }
 
 /// Opens a fresh repository in a memory store.
-pub async fn memory_repo() -> Repo {
-    Repo::open_or_init(store::memory()).await.expect("init memory repo")
+pub async fn memory_repo() -> SnapshotStore {
+    SnapshotStore::open_or_init(store::memory()).await.expect("init memory snapshots")
 }
 
 /// Snapshot options for `dir`, with no excludes at all so every generated name is kept.
@@ -76,22 +76,26 @@ pub fn restore_opts(dir: &Path, cache_dir: Option<&Path>) -> RestoreOptions {
 }
 
 /// Snapshots `dir`; a failure fails the test.
-pub async fn snapshot(repo: &Repo, dir: &Path, cache_dir: Option<&Path>) -> CreateSummary {
+pub async fn snapshot(snapshots: &SnapshotStore, dir: &Path, cache_dir: Option<&Path>) -> CreateSummary {
     let progress = Arc::new(Progress::default());
-    match create::create(repo, &create_opts(dir, cache_dir), &progress).await {
+    match create::create(snapshots, &create_opts(dir, cache_dir), &progress).await {
         Ok(s) => s,
         Err(e) => panic!("snapshot of {} failed: {e}", dir.display()),
     }
 }
 
 /// Restores the latest snapshot into `dir`.
-pub async fn restore(repo: &Repo, dir: &Path, cache_dir: Option<&Path>) -> berth_engine::Result<RestoreSummary> {
-    restore_with(repo, &restore_opts(dir, cache_dir)).await
+pub async fn restore(
+    snapshots: &SnapshotStore,
+    dir: &Path,
+    cache_dir: Option<&Path>,
+) -> berth_engine::Result<RestoreSummary> {
+    restore_with(snapshots, &restore_opts(dir, cache_dir)).await
 }
 
 /// Restores with explicit options.
-pub async fn restore_with(repo: &Repo, opts: &RestoreOptions) -> berth_engine::Result<RestoreSummary> {
-    restore::restore(repo, opts, &Arc::new(Progress::default())).await
+pub async fn restore_with(snapshots: &SnapshotStore, opts: &RestoreOptions) -> berth_engine::Result<RestoreSummary> {
+    restore::restore(snapshots, opts, &Arc::new(Progress::default())).await
 }
 
 // ---------------------------------------------------------------------------

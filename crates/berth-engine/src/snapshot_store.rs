@@ -1,5 +1,5 @@
-//! `Repo`: a store opened as a berth repository: its config, index, snapshot records and
-//! manifests, read with validation.
+//! `SnapshotStore`: an object store opened as berth's snapshot store: its config, index,
+//! snapshot records and manifests, read with validation.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -44,44 +44,44 @@ pub struct LoadedIndex {
     pub marks: Vec<(MarkId, Mark)>,
 }
 
-/// A berth repository in an object store.
+/// berth's snapshot store inside an object store.
 #[derive(Debug, Clone)]
-pub struct Repo {
-    store: DynStore,
+pub struct SnapshotStore {
+    objects: DynStore,
     config: StoreConfig,
 }
 
-impl Repo {
-    /// Opens an existing repository.
-    pub async fn open(store: DynStore) -> Result<Repo> {
-        match store.get(layout::CONFIG).await {
-            Ok(bytes) => Ok(Repo { config: StoreConfig::decode(&bytes)?, store }),
+impl SnapshotStore {
+    /// Opens an existing snapshot store.
+    pub async fn open(objects: DynStore) -> Result<SnapshotStore> {
+        match objects.get(layout::CONFIG).await {
+            Ok(bytes) => Ok(SnapshotStore { config: StoreConfig::decode(&bytes)?, objects }),
             Err(StoreError::NotFound { .. }) => Err(EngineError::NotFound {
-                what: format!("a berth store at {}", store.url()),
+                what: format!("a berth store at {}", objects.url()),
                 hint: "check the --store URL; `berth snapshot create` initialises a new store".into(),
             }),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Opens a repository, initialising the store when it has no config yet.
-    pub async fn open_or_init(store: DynStore) -> Result<Repo> {
-        match Repo::open(store.clone()).await {
+    /// Opens a snapshot store, initialising it when the object store has no config yet.
+    pub async fn open_or_init(objects: DynStore) -> Result<SnapshotStore> {
+        match SnapshotStore::open(objects.clone()).await {
             Err(EngineError::NotFound { .. }) => {
                 let config = StoreConfig::default();
                 // Two writers initialising at once both end up with the one config that won.
-                if store.put_if_absent(layout::CONFIG, Bytes::from(config.encode())).await? == Put::AlreadyExists {
-                    return Repo::open(store).await;
+                if objects.put_if_absent(layout::CONFIG, Bytes::from(config.encode())).await? == Put::AlreadyExists {
+                    return SnapshotStore::open(objects).await;
                 }
-                Ok(Repo { store, config })
+                Ok(SnapshotStore { objects, config })
             }
             other => other,
         }
     }
 
-    /// Returns the underlying store.
-    pub fn store(&self) -> &DynStore {
-        &self.store
+    /// Returns the underlying object store.
+    pub fn objects(&self) -> &DynStore {
+        &self.objects
     }
 
     /// Returns the store's configuration.
@@ -91,12 +91,12 @@ impl Repo {
 
     /// Reads every prune mark.
     pub async fn marks(&self) -> Result<Vec<(MarkId, Mark)>> {
-        let objects = self.store.list(layout::MARKS).await?;
+        let objects = self.objects.list(layout::MARKS).await?;
         futures::stream::iter(objects)
             .map(|o| async move {
                 let hex = layout::parse_id_hex(&o.key).ok_or_else(|| FormatError::new(&o.key, "not a mark key"))?;
                 let id = MarkId::from_hex(hex).map_err(|e| FormatError::new(&o.key, e.to_string()))?;
-                let bytes = self.store.get(&o.key).await?;
+                let bytes = self.objects.get(&o.key).await?;
                 Ok::<_, EngineError>((id, Mark::decode(&id, &bytes)?))
             })
             .buffered(FETCH_CONCURRENCY)
@@ -109,7 +109,7 @@ impl Repo {
     pub async fn load_index(&self, cache_dir: Option<&Path>) -> Result<LoadedIndex> {
         let marks = self.marks().await?;
         let doomed: HashSet<PackId> = marks.iter().flat_map(|(_, m)| m.packs.iter().copied()).collect();
-        let objects = self.store.list(layout::INDEX).await?;
+        let objects = self.objects.list(layout::INDEX).await?;
         let cache = cache_dir.map(|d| d.join("index"));
         let files: Vec<(IndexId, IndexFile)> = futures::stream::iter(objects)
             .map(|o| {
@@ -125,7 +125,7 @@ impl Repo {
                             }
                         }
                     }
-                    let bytes = self.store.get(&o.key).await?;
+                    let bytes = self.objects.get(&o.key).await?;
                     let file = IndexFile::decode(&id, &bytes)?;
                     if let Some(dir) = &cache {
                         // The cache is an optimisation: failing to fill it is not an error.
@@ -147,7 +147,7 @@ impl Repo {
     async fn read_records(&self, keys: Vec<String>) -> Result<Vec<Snapshot>> {
         futures::stream::iter(keys)
             .map(|key| async move {
-                let bytes = self.store.get(&key).await?;
+                let bytes = self.objects.get(&key).await?;
                 let (id, record) = SnapshotRecord::decode(&key, &bytes)?;
                 let expected = layout::snapshot(&record.workspace, record.generation, record.seq);
                 if expected != key {
@@ -163,18 +163,14 @@ impl Repo {
     }
 
     /// Lists snapshots, of one workspace (and generation) or of the whole store, oldest first.
-    pub async fn snapshots(
-        &self,
-        workspace: Option<&WorkspaceId>,
-        generation: Option<Generation>,
-    ) -> Result<Vec<Snapshot>> {
+    pub async fn list(&self, workspace: Option<&WorkspaceId>, generation: Option<Generation>) -> Result<Vec<Snapshot>> {
         let prefix = match (workspace, generation) {
             (Some(ws), Some(g)) => layout::snapshots_of(ws, g),
             (Some(ws), None) => format!("{}{ws}/", layout::SNAPSHOTS),
             _ => layout::SNAPSHOTS.to_string(),
         };
         let keys: Vec<String> = self
-            .store
+            .objects
             .list(&prefix)
             .await?
             .into_iter()
@@ -194,7 +190,7 @@ impl Repo {
 
     /// Returns the latest snapshot of a workspace generation, if any.
     pub async fn latest(&self, workspace: &WorkspaceId, generation: Generation) -> Result<Option<Snapshot>> {
-        let objects = self.store.list(&layout::snapshots_of(workspace, generation)).await?;
+        let objects = self.objects.list(&layout::snapshots_of(workspace, generation)).await?;
         let Some(last) =
             objects.into_iter().filter_map(|o| layout::parse_snapshot(&o.key).map(|k| (k.seq, o.key))).max()
         else {
@@ -221,7 +217,7 @@ impl Repo {
             )));
         }
         let matches: Vec<Snapshot> = self
-            .snapshots(Some(workspace), Some(generation))
+            .list(Some(workspace), Some(generation))
             .await?
             .into_iter()
             .filter(|s| s.id.to_hex().starts_with(&selector.to_ascii_lowercase()))
@@ -235,11 +231,49 @@ impl Repo {
         }
     }
 
+    /// Returns the snapshot `selector` names (`latest` or an id prefix), or with `None` every
+    /// snapshot of the workspace generation; an empty selection is an error.
+    pub async fn select(
+        &self,
+        workspace: &WorkspaceId,
+        generation: Generation,
+        selector: Option<&str>,
+    ) -> Result<Vec<Snapshot>> {
+        if let Some(selector) = selector {
+            return Ok(vec![self.resolve(workspace, generation, selector).await?]);
+        }
+        let snapshots = self.list(Some(workspace), Some(generation)).await?;
+        if snapshots.is_empty() {
+            return Err(EngineError::NotFound {
+                what: format!("a snapshot of workspace {workspace} (generation {generation})"),
+                hint: "list what the store holds with `berth snapshot ls`".into(),
+            });
+        }
+        Ok(snapshots)
+    }
+
     /// Reads and validates a manifest.
     pub async fn manifest(&self, id: &ManifestId) -> Result<Manifest> {
-        let bytes = self.store.get(&layout::manifest(id)).await?;
+        let bytes = self.objects.get(&layout::manifest(id)).await?;
         Ok(Manifest::decode(id, &bytes)?)
     }
+}
+
+/// Keeps the latest snapshot of each workspace generation of a listing sorted as
+/// `SnapshotStore::list` sorts it.
+pub fn latest_of_each(snapshots: Vec<Snapshot>) -> Vec<Snapshot> {
+    let mut latest: Vec<Snapshot> = Vec::new();
+    for s in snapshots {
+        match latest.last_mut() {
+            Some(prev)
+                if prev.record.workspace == s.record.workspace && prev.record.generation == s.record.generation =>
+            {
+                *prev = s
+            }
+            _ => latest.push(s),
+        }
+    }
+    latest
 }
 
 /// Writes a file atomically: a temporary sibling, then a rename.
