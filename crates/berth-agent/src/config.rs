@@ -382,7 +382,7 @@ fn control(flags: &Flags, spec: &Spec, session: Option<&Session>) -> Result<Opti
             })?,
             token: token.clone().unwrap_or_else(|| s.token.clone()),
             session: SessionId::new(s.session_id.clone()).map_err(invalid)?,
-            epoch: Epoch(flags.epoch.unwrap_or(s.epoch)),
+            epoch: flags.epoch.map_or(s.epoch, Epoch),
             lease_ttl_secs: s.lease_ttl_secs,
             handover: s.handover.clone(),
             mount_lock: match &s.mount {

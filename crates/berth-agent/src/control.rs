@@ -71,7 +71,7 @@ impl Control {
     /// Sends one heartbeat. A stale epoch, or a session the server no longer knows, fences
     /// this sandbox.
     pub async fn heartbeat(&self) -> Result<(), AgentError> {
-        let body = Heartbeat { epoch: self.cfg.epoch.0, instance_id: self.instance.clone() };
+        let body = Heartbeat { epoch: self.cfg.epoch, instance_id: self.instance.clone() };
         match self.client.heartbeat(self.cfg.session.as_str(), &body).await {
             Ok(reply) => {
                 if reply.draining && !self.view.borrow().draining {
@@ -120,7 +120,7 @@ impl Control {
     /// A stale epoch fences this sandbox; any other failure leaves the snapshot durable in the
     /// store regardless.
     pub async fn publish(&self, snapshot: &SnapshotId, stats: SnapshotStats) -> Result<(), AgentError> {
-        let body = PublishSnapshot { epoch: self.cfg.epoch.0, snapshot_id: snapshot.to_string(), stats };
+        let body = PublishSnapshot { epoch: self.cfg.epoch, snapshot_id: snapshot.to_string(), stats };
         match self.client.publish_snapshot(&self.owner, &body).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.refused(e)),
@@ -150,7 +150,7 @@ impl Control {
 
     /// Acknowledges a handover once this sandbox is ready.
     pub async fn ready(&self, handover: &Handover) -> Result<bool, AgentError> {
-        let body = Ready { nonce: handover.nonce.clone(), epoch: Some(self.cfg.epoch.0) };
+        let body = Ready { nonce: handover.nonce.clone(), epoch: Some(self.cfg.epoch) };
         match self.client.ready(&handover.scope, &body).await {
             Ok(r) => Ok(r.cleared),
             // A refused ack does not fence: the heartbeats and publishes decide that.

@@ -20,7 +20,11 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
-    /// The server answered with an error.
+    /// The server refused the write's epoch (409 `stale_epoch`): another sandbox holds, or
+    /// may hold, the workspace. The writer must stop writing; a retry cannot help.
+    #[error("stale_epoch (409): {0}")]
+    Fenced(Fenced),
+    /// The server answered with any other error.
     #[error("{} ({status}): {}", detail.code, detail.message)]
     Api {
         /// The HTTP status.
@@ -49,7 +53,7 @@ impl ClientError {
         match self {
             ClientError::Transport { .. } => true,
             ClientError::Api { status, .. } => *status >= 500 || *status == 429,
-            ClientError::Decode { .. } | ClientError::BadUrl(_) => false,
+            ClientError::Fenced(_) | ClientError::Decode { .. } | ClientError::BadUrl(_) => false,
         }
     }
 
@@ -57,6 +61,7 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Api { detail, .. } => Some(&detail.code),
+            ClientError::Fenced(_) => Some(STALE_EPOCH),
             _ => None,
         }
     }
@@ -65,10 +70,33 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
+            ClientError::Fenced(_) => Some(StatusCode::CONFLICT.as_u16()),
             _ => None,
         }
     }
+
+    /// Returns the fencing refusal, if this is one.
+    pub fn fenced(&self) -> Option<Fenced> {
+        match self {
+            ClientError::Fenced(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// Classifies an error answer: a 409 `stale_epoch` is `Fenced`, anything else `Api`.
+    fn from_answer(status: StatusCode, detail: ErrorDetail) -> ClientError {
+        if status == StatusCode::CONFLICT && detail.code == STALE_EPOCH {
+            return ClientError::Fenced(Fenced {
+                presented: detail.presented_epoch.unwrap_or_default(),
+                current: detail.current_epoch,
+            });
+        }
+        ClientError::Api { status: status.as_u16(), detail: Box::new(detail) }
+    }
 }
+
+/// The error code of a write refused for its epoch.
+pub const STALE_EPOCH: &str = "stale_epoch";
 
 /// Query of `GET /v1/workspaces`.
 #[derive(Clone, Debug, Default)]
@@ -159,7 +187,7 @@ impl Client {
         let bytes = resp.bytes().await.map_err(|e| ClientError::Transport { url: shown.clone(), source: e })?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => ClientError::Api { status: status.as_u16(), detail: Box::new(body.error) },
+                Ok(body) => ClientError::from_answer(status, body.error),
                 Err(_) => ClientError::Decode {
                     url: shown,
                     status: status.as_u16(),

@@ -1,12 +1,15 @@
 //! berth's control-plane HTTP API: the wire types (JSON under `/v1`) and a client.
 //!
 //! Wire types are separate from the domain types in `berth-core`: they are what the API
-//! promises, and they change only with the API. Timestamps are RFC 3339 strings in UTC.
+//! promises, and they change only with the API. Timestamps are RFC 3339 strings in UTC. Epochs
+//! are `berth_core::lease::Epoch`, a JSON number on the wire, so a client matches the same
+//! `Fenced` error every layer uses.
 
 pub mod client;
 
 use std::collections::BTreeMap;
 
+pub use berth_core::lease::{Epoch, Fenced};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -132,7 +135,8 @@ pub struct LeaseInfo {
     /// The sandbox instance of that session.
     pub instance_id: String,
     /// The fencing epoch.
-    pub epoch: u64,
+    #[schema(value_type = u64)]
+    pub epoch: Epoch,
     /// When it ends unless renewed.
     pub expires_at: String,
 }
@@ -174,7 +178,8 @@ pub struct Workspace {
     /// Repositories to clone on init.
     pub repos: Vec<RepoSpec>,
     /// The last fencing epoch handed out (only grows).
-    pub epoch: u64,
+    #[schema(value_type = u64)]
+    pub epoch: Epoch,
     /// The live lease, if a session holds one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseInfo>,
@@ -281,7 +286,8 @@ pub struct Session {
     /// The workspace id of that generation.
     pub workspace_id: String,
     /// The fencing epoch every write of this session carries.
-    pub epoch: u64,
+    #[schema(value_type = u64)]
+    pub epoch: Epoch,
     /// When the lease ends unless renewed by a heartbeat.
     pub lease_expires_at: String,
     /// Lease time to live in seconds (heartbeat well within it, e.g. every third).
@@ -303,7 +309,8 @@ pub struct Session {
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// The session's fencing epoch.
-    pub epoch: u64,
+    #[schema(value_type = u64)]
+    pub epoch: Epoch,
     /// The sending instance (a resumed sandbox may have a new one).
     pub instance_id: String,
 }
@@ -342,7 +349,8 @@ pub struct SnapshotStats {
 #[serde(deny_unknown_fields)]
 pub struct PublishSnapshot {
     /// The publishing session's fencing epoch.
-    pub epoch: u64,
+    #[schema(value_type = u64)]
+    pub epoch: Epoch,
     /// The snapshot id (64 hex digits).
     pub snapshot_id: String,
     /// Statistics.
@@ -358,7 +366,8 @@ pub struct SnapshotInfo {
     /// The workspace generation.
     pub generation: u64,
     /// The epoch it was published with.
-    pub epoch: u64,
+    #[schema(value_type = u64)]
+    pub epoch: Epoch,
     /// The session that published it.
     pub session_id: String,
     /// When it was recorded.
@@ -435,7 +444,8 @@ pub struct Ready {
     pub nonce: String,
     /// The acknowledging session's epoch (a sandbox token's writes are fenced by it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<u64>,
+    #[schema(value_type = Option<u64>)]
+    pub epoch: Option<Epoch>,
 }
 
 /// Response of a ready-ack.
@@ -561,7 +571,12 @@ pub struct ErrorDetail {
     pub holder: Option<LeaseInfo>,
     /// For stale_epoch: the current epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_epoch: Option<u64>,
+    #[schema(value_type = Option<u64>)]
+    pub current_epoch: Option<Epoch>,
+    /// For stale_epoch: the epoch the refused write carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
+    pub presented_epoch: Option<Epoch>,
     /// For draining and busy: seconds to wait before retrying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,

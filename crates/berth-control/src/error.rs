@@ -1,9 +1,8 @@
 //! The control plane's one error type: domain refusals (each maps to one HTTP status in
 //! `http::error`) and failures of the metadata store or the substrate.
 
-use berth_core::lease::Holder;
+use berth_core::lease::{Fenced, Held};
 use berth_core::scope::Scope;
-use berth_core::time::Timestamp;
 
 use crate::volumes::VolumeError;
 
@@ -23,23 +22,12 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
     /// Another session holds the workspace's live lease.
-    #[error("workspace is held by session {} (instance {}, epoch {epoch}) until {expires}; wait for it to detach or for its lease to expire", holder.session, holder.instance)]
-    LeaseHeld {
-        /// The live holder.
-        holder: Holder,
-        /// Its epoch.
-        epoch: u64,
-        /// When its lease ends unless renewed.
-        expires: Timestamp,
-    },
-    /// A write carried an epoch that is not the current live one.
-    #[error("epoch {given} is stale (current epoch {current}): this session lost the workspace; stop writing and attach again")]
-    StaleEpoch {
-        /// The epoch presented.
-        given: u64,
-        /// The current epoch.
-        current: u64,
-    },
+    #[error("{0}; wait for it to detach or for its lease to expire")]
+    LeaseHeld(#[from] Held),
+    /// A write carried an epoch that is not the current live one: the writer lost the
+    /// workspace and must stop writing (attaching again gives it a new epoch).
+    #[error("{0}")]
+    Fenced(#[from] Fenced),
     /// The resource's state does not allow the operation; the message says what to do.
     #[error("{0}")]
     WrongState(String),
@@ -85,7 +73,7 @@ impl Error {
         match self {
             Error::Db(e) => !matches!(e, sqlx::Error::RowNotFound | sqlx::Error::ColumnDecode { .. }),
             Error::Volume(v) => v.is_temporary(),
-            Error::Draining { .. } | Error::Busy { .. } | Error::LeaseHeld { .. } => true,
+            Error::Draining { .. } | Error::Busy { .. } | Error::LeaseHeld(_) => true,
             _ => false,
         }
     }

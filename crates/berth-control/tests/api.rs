@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use berth_api::client::{EventQuery, WorkspaceQuery};
 use berth_api::{
-    Attach, ClientError, EnsureWorkspace, GcRun, Heartbeat, Mount, PublishSnapshot, Ready, RepoSpec, SnapshotStats,
-    StartDrain, VolumeState, WorkspaceState,
+    Attach, ClientError, EnsureWorkspace, Epoch, Fenced, GcRun, Heartbeat, Mount, PublishSnapshot, Ready, RepoSpec,
+    SnapshotStats, StartDrain, VolumeState, WorkspaceState,
 };
 use common::{eventually, Db, TestServer};
 
@@ -35,11 +35,11 @@ fn code(e: &ClientError) -> (u16, &str) {
     (e.status().unwrap_or(0), e.code().unwrap_or("?"))
 }
 
-fn hb(epoch: u64, instance: &str) -> Heartbeat {
+fn hb(epoch: Epoch, instance: &str) -> Heartbeat {
     Heartbeat { epoch, instance_id: instance.into() }
 }
 
-fn snap(epoch: u64, n: u8) -> PublishSnapshot {
+fn snap(epoch: Epoch, n: u8) -> PublishSnapshot {
     PublishSnapshot { epoch, snapshot_id: format!("{:02x}", n).repeat(32), stats: SnapshotStats::default() }
 }
 
@@ -154,7 +154,7 @@ async fn concurrent_attaches_give_one_lease(db: Db) {
     let (ok, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
     assert_eq!(ok.len(), 1, "exactly one attach wins");
     let winner = ok.into_iter().next().unwrap().unwrap();
-    assert_eq!(winner.epoch, 1);
+    assert_eq!(winner.epoch, Epoch(1));
     for r in refused {
         let e = r.unwrap_err();
         assert_eq!(code(&e), (409, "lease_held"), "{e}");
@@ -173,10 +173,13 @@ async fn leases_expire_and_fence_the_old_holder(db: Db) {
     let b = s.attach("agent:2", "pod-b").await;
     assert!(b.epoch > a.epoch, "the epoch only grows");
     // Every later write of the old holder is rejected as stale.
+    // The client hands the writer the one fencing error, naming both epochs.
+    let fenced = Some(Fenced { presented: a.epoch, current: Some(b.epoch) });
     let e = a_client.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err();
-    assert_eq!(code(&e), (409, "stale_epoch"));
+    assert_eq!((code(&e), e.fenced()), ((409, "stale_epoch"), fenced));
     let e = a_client.publish_snapshot("agent:2", &snap(a.epoch, 1)).await.unwrap_err();
-    assert_eq!(code(&e), (409, "stale_epoch"));
+    assert_eq!((code(&e), e.fenced()), ((409, "stale_epoch"), fenced));
+    assert!(!e.is_temporary());
     let d = a_client
         .start_drain(&StartDrain { scope: "workspace:agent:2".into(), instance_id: None, reason: None })
         .await
@@ -208,7 +211,7 @@ async fn heartbeats_keep_the_lease(db: Db) {
     c.detach(&a.session_id).await.unwrap();
     c.detach(&a.session_id).await.unwrap();
     let b = s.attach("agent:3", "pod-b").await;
-    assert_eq!(b.epoch, a.epoch + 1);
+    assert_eq!(b.epoch, a.epoch.next());
 }
 
 async fn snapshots_are_fenced_by_epoch(db: Db) {
@@ -219,20 +222,20 @@ async fn snapshots_are_fenced_by_epoch(db: Db) {
     let first = c.publish_snapshot("agent:4", &snap(a.epoch, 1)).await.unwrap();
     assert!(first.latest);
     c.publish_snapshot("agent:4", &snap(a.epoch, 2)).await.unwrap();
-    let e = c.publish_snapshot("agent:4", &snap(a.epoch + 1, 3)).await.unwrap_err();
+    let e = c.publish_snapshot("agent:4", &snap(a.epoch.next(), 3)).await.unwrap_err();
     assert_eq!(code(&e), (409, "stale_epoch"));
     let mut bad = snap(a.epoch, 4);
     bad.snapshot_id = "not-hex".into();
     assert_eq!(code(&c.publish_snapshot("agent:4", &bad).await.unwrap_err()).0, 400);
     let list = c.snapshots("agent:4").await.unwrap().items;
     assert_eq!(list.len(), 2);
-    assert!(list.iter().any(|x| x.latest && x.snapshot_id == snap(0, 2).snapshot_id));
+    assert!(list.iter().any(|x| x.latest && x.snapshot_id == snap(Epoch::ZERO, 2).snapshot_id));
     let w = s.admin.workspace("agent:4").await.unwrap();
-    assert_eq!(w.latest_snapshot, Some(snap(0, 2).snapshot_id));
+    assert_eq!(w.latest_snapshot, Some(snap(Epoch::ZERO, 2).snapshot_id));
     // The next session learns the latest snapshot in its init spec.
     c.detach(&a.session_id).await.unwrap();
     let b = s.attach("agent:4", "pod-b").await;
-    assert_eq!(b.init.latest_snapshot, Some(snap(0, 2).snapshot_id));
+    assert_eq!(b.init.latest_snapshot, Some(snap(Epoch::ZERO, 2).snapshot_id));
     assert_eq!(b.init.generation, 1);
 }
 

@@ -235,7 +235,7 @@ mod tests {
         let owner = WorkspaceId::new(owner).unwrap();
         let lease = match lease_expires {
             Some(expires) => Lease {
-                epoch: 3,
+                epoch: crate::lease::Epoch(3),
                 holder: Some(Holder {
                     session: SessionId::new("ses_1").unwrap(),
                     instance: InstanceId::new("pod").unwrap(),

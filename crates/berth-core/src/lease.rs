@@ -57,8 +57,8 @@ pub struct Holder {
 /// The lease state of one workspace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    /// The last epoch handed out (0: never leased). Never decreases.
-    pub epoch: u64,
+    /// The last epoch handed out ([`Epoch::ZERO`]: never leased). Never decreases.
+    pub epoch: Epoch,
     /// The current holder, if any (possibly expired).
     pub holder: Option<Holder>,
     /// When the current holder's lease ends unless renewed.
@@ -67,29 +67,20 @@ pub struct Lease {
 
 impl Default for Lease {
     fn default() -> Self {
-        Lease { epoch: 0, holder: None, expires: Timestamp(0) }
+        Lease { epoch: Epoch::ZERO, holder: None, expires: Timestamp(0) }
     }
 }
 
-/// Why a lease operation was refused.
+/// An acquire refused because another holder's lease is live.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LeaseError {
-    /// Another holder's lease is live.
-    #[error("workspace is held by session {} (instance {}) until {expires}", holder.session, holder.instance)]
-    Held {
-        /// The live holder.
-        holder: Holder,
-        /// When its lease ends unless renewed.
-        expires: Timestamp,
-    },
-    /// The epoch is not the current one, or its lease expired or was released.
-    #[error("epoch {given} is stale (current epoch {current}); this writer lost the workspace")]
-    Stale {
-        /// The epoch presented.
-        given: u64,
-        /// The current epoch.
-        current: u64,
-    },
+#[error("workspace is held by session {} (instance {}, epoch {epoch}) until {expires}", holder.session, holder.instance)]
+pub struct Held {
+    /// The live holder.
+    pub holder: Holder,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// When its lease ends unless renewed.
+    pub expires: Timestamp,
 }
 
 /// What a successful acquire did.
@@ -107,34 +98,44 @@ impl Lease {
         self.holder.is_some() && now < self.expires
     }
 
-    /// Takes the lease for `holder` for `ttl_secs`; returns the new state, its epoch and how.
-    pub fn acquire(&self, holder: Holder, now: Timestamp, ttl_secs: i64) -> Result<(Lease, Acquired), LeaseError> {
-        if let Some(current) = self.holder.as_ref().filter(|_| self.is_live(now)) {
-            return Err(LeaseError::Held { holder: current.clone(), expires: self.expires });
-        }
-        let how = if self.holder.is_some() { Acquired::TakenOver } else { Acquired::Fresh };
-        Ok((Lease { epoch: self.epoch + 1, holder: Some(holder), expires: now.plus_secs(ttl_secs) }, how))
+    /// Returns the live holder at `now`, if there is one.
+    pub fn live_holder(&self, now: Timestamp) -> Option<&Holder> {
+        self.holder.as_ref().filter(|_| self.is_live(now))
     }
 
-    /// Checks that `epoch` may write at `now`.
-    pub fn check(&self, epoch: u64, now: Timestamp) -> Result<(), LeaseError> {
+    /// Takes the lease for `holder` for `ttl_secs`; returns the new state, its epoch and how.
+    pub fn acquire(&self, holder: Holder, now: Timestamp, ttl_secs: i64) -> Result<(Lease, Acquired), Held> {
+        if let Some(current) = self.live_holder(now) {
+            return Err(Held { holder: current.clone(), epoch: self.epoch, expires: self.expires });
+        }
+        let how = if self.holder.is_some() { Acquired::TakenOver } else { Acquired::Fresh };
+        Ok((Lease { epoch: self.epoch.next(), holder: Some(holder), expires: now.plus_secs(ttl_secs) }, how))
+    }
+
+    /// Checks that `epoch` may write at `now`: it is the current epoch and its lease is live.
+    pub fn check(&self, epoch: Epoch, now: Timestamp) -> Result<(), Fenced> {
         if epoch == self.epoch && self.is_live(now) {
             Ok(())
         } else {
-            Err(LeaseError::Stale { given: epoch, current: self.epoch })
+            Err(self.fence(epoch))
         }
     }
 
+    /// The refusal of a write carrying `epoch`.
+    pub fn fence(&self, epoch: Epoch) -> Fenced {
+        Fenced { presented: epoch, current: Some(self.epoch) }
+    }
+
     /// Renews the live lease of `epoch` until `now + ttl_secs`.
-    pub fn renew(&self, epoch: u64, now: Timestamp, ttl_secs: i64) -> Result<Lease, LeaseError> {
+    pub fn renew(&self, epoch: Epoch, now: Timestamp, ttl_secs: i64) -> Result<Lease, Fenced> {
         self.check(epoch, now)?;
         Ok(Lease { expires: now.plus_secs(ttl_secs), ..self.clone() })
     }
 
     /// Releases the lease of `epoch`; releasing a stale epoch is refused, releasing twice is fine.
-    pub fn release(&self, epoch: u64) -> Result<Lease, LeaseError> {
+    pub fn release(&self, epoch: Epoch) -> Result<Lease, Fenced> {
         if epoch != self.epoch {
-            return Err(LeaseError::Stale { given: epoch, current: self.epoch });
+            return Err(self.fence(epoch));
         }
         Ok(Lease { holder: None, expires: Timestamp(0), ..self.clone() })
     }
@@ -154,22 +155,23 @@ mod tests {
     fn one_writer_and_fencing() {
         let free = Lease::default();
         let (a, how) = free.acquire(h("a"), T0, 60).unwrap();
-        assert_eq!((a.epoch, how), (1, Acquired::Fresh));
+        assert_eq!((a.epoch, how), (Epoch(1), Acquired::Fresh));
         // A second attach while the lease is live is refused, naming the holder.
         let err = a.acquire(h("b"), T0.plus_secs(30), 60).unwrap_err();
-        assert!(matches!(&err, LeaseError::Held { holder, .. } if holder.session.as_str() == "a"));
-        let a = a.renew(1, T0.plus_secs(50), 60).unwrap();
-        assert!(a.check(1, T0.plus_secs(100)).is_ok());
+        assert_eq!((err.holder.session.as_str(), err.epoch), ("a", Epoch(1)));
+        let a = a.renew(Epoch(1), T0.plus_secs(50), 60).unwrap();
+        assert!(a.check(Epoch(1), T0.plus_secs(100)).is_ok());
         // Without heartbeats it expires; b takes over with a higher epoch.
         let (b, how) = a.acquire(h("b"), T0.plus_secs(111), 60).unwrap();
-        assert_eq!((b.epoch, how), (2, Acquired::TakenOver));
+        assert_eq!((b.epoch, how), (Epoch(2), Acquired::TakenOver));
         // The old holder's late writes are rejected.
-        assert_eq!(b.check(1, T0.plus_secs(112)), Err(LeaseError::Stale { given: 1, current: 2 }));
-        assert!(b.renew(1, T0.plus_secs(112), 60).is_err());
-        assert!(b.release(1).is_err());
+        let fenced = Fenced { presented: Epoch(1), current: Some(Epoch(2)) };
+        assert_eq!(b.check(Epoch(1), T0.plus_secs(112)), Err(fenced));
+        assert_eq!(b.renew(Epoch(1), T0.plus_secs(112), 60), Err(fenced));
+        assert_eq!(b.release(Epoch(1)), Err(fenced));
         // Release keeps the epoch: the next holder gets a higher one.
-        let freed = b.release(2).unwrap();
+        let freed = b.release(Epoch(2)).unwrap();
         assert!(!freed.is_live(T0.plus_secs(113)));
-        assert_eq!(freed.acquire(h("c"), T0.plus_secs(114), 60).unwrap().0.epoch, 3);
+        assert_eq!(freed.acquire(h("c"), T0.plus_secs(114), 60).unwrap().0.epoch, Epoch(3));
     }
 }

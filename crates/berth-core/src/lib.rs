@@ -14,9 +14,10 @@
 //! - snapshot planners: `sync` (what a run reads and reuses, and the manifest it assembles),
 //!   `excludes`, `budget` (the size budget), `diff`, `retention` (forget), `prune` (two-phase
 //!   deletion);
-//! - the control plane's rules: `lease` (the single-writer lease and its fencing epoch), `drain`
-//!   (the drain state machine and budget), `scope` (drain scopes), `volume` (volume names and
-//!   mount specs), `gc` (volume GC, deletion steps, the orphan sweep);
+//! - the control plane's rules: `lease` (the single-writer lease, its fencing epoch and the one
+//!   `Fenced` error), `lifecycle` (the workspace lifecycle machine), `drain` (the drain state
+//!   machine and budget), `scope` (drain scopes), `volume` (volume names and mount specs), `gc`
+//!   (volume GC, deletion steps, the orphan sweep);
 //! - the sandbox agent's rules: `repo` (git repository specs and failure classes), `schedule`
 //!   (when to snapshot), `sweep` (per-job leftovers), `gitindex` (the git index and its stat
 //!   refresh after a restore).
@@ -35,6 +36,7 @@ pub mod index;
 pub mod init;
 pub mod layout;
 pub mod lease;
+pub mod lifecycle;
 pub mod manifest;
 pub mod mark;
 pub mod pack;

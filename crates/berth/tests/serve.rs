@@ -86,7 +86,7 @@ fn serve_starts_with_no_configuration_and_the_cli_drives_it() {
     let spec: serde_json::Value = serde_json::from_slice(&fs::read(&spec).unwrap()).unwrap();
     assert_eq!(spec["server"], server.url.as_str());
     let session: berth_api::Session = serde_json::from_value(spec["session"].clone()).unwrap();
-    assert_eq!((session.owner.as_str(), session.epoch), ("agent:1", 1));
+    assert_eq!((session.owner.as_str(), session.epoch), ("agent:1", berth_api::Epoch(1)));
 
     let out = cli(tmp.path(), &server, &["drain", "start", "node:n1", "--reason", "spot notice", "--json"]).ok();
     let drain: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();

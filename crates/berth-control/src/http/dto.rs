@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use berth_api as api;
 use berth_core::drain::Drain;
 use berth_core::gc::{Action, OrphanAction};
-use berth_core::lease::Holder;
+use berth_core::id::SnapshotId;
+use berth_core::lease::{Epoch, Holder};
 use berth_core::repo::RepoSpec;
 use berth_core::time::Timestamp;
 use berth_core::volume::{AccessMode, MountSpec};
@@ -29,7 +30,7 @@ pub fn ts(t: Timestamp) -> String {
 }
 
 /// The wire view of a lease holder.
-pub fn lease_info(holder: &Holder, epoch: u64, expires: Timestamp) -> api::LeaseInfo {
+pub fn lease_info(holder: &Holder, epoch: Epoch, expires: Timestamp) -> api::LeaseInfo {
     api::LeaseInfo {
         session_id: holder.session.to_string(),
         instance_id: holder.instance.to_string(),
@@ -40,52 +41,48 @@ pub fn lease_info(holder: &Holder, epoch: u64, expires: Timestamp) -> api::Lease
 
 /// The wire view of a workspace at `now`.
 pub fn workspace(ws: &WorkspaceRow, now: Timestamp) -> api::Workspace {
-    let state = match ws.state {
+    let r = &ws.record;
+    let state = match r.state {
         State::Active => api::WorkspaceState::Active,
         State::Closed => api::WorkspaceState::Closed,
         State::Deleting => api::WorkspaceState::Deleting,
         State::Deleted => api::WorkspaceState::Deleted,
     };
-    let volume_state = match ws.volume_state {
+    let volume_state = match r.volume.state {
         VolumeState::Pending => api::VolumeState::Pending,
         VolumeState::Present => api::VolumeState::Present,
         VolumeState::Removed => api::VolumeState::Removed,
     };
-    let lease = ws
-        .lease
-        .holder
-        .as_ref()
-        .filter(|_| ws.lease.is_live(now))
-        .map(|h| lease_info(h, ws.lease.epoch, ws.lease.expires));
-    let deletion = (ws.state == State::Deleting).then(|| api::Deletion {
-        step: ws.delete_step.map(|s| s.as_str().to_string()).unwrap_or_default(),
-        error: ws.last_error.clone(),
-        attempts: ws.attempts,
+    let lease = r.lease.live_holder(now).map(|h| lease_info(h, r.lease.epoch, r.lease.expires));
+    let deletion = (r.state == State::Deleting).then(|| api::Deletion {
+        step: r.delete_step.map(|s| s.as_str().to_string()).unwrap_or_default(),
+        error: r.cleanup.last_error.clone(),
+        attempts: r.cleanup.attempts,
     });
     api::Workspace {
-        owner: ws.owner.to_string(),
+        owner: r.owner.to_string(),
         id: ws.id.clone(),
-        generation: ws.generation.0,
+        generation: r.generation.0,
         state,
         volume: api::Volume {
-            name: ws.volume.to_string(),
+            name: r.volume.name.to_string(),
             state: volume_state,
-            removed_at: ws.volume_removed_at.map(ts),
-            last_outcome: ws.volume_outcome.clone(),
+            removed_at: r.volume.removed_at.map(ts),
+            last_outcome: r.volume.last_outcome.map(|o| o.as_str().to_string()),
         },
         size_bytes: ws.size_bytes,
         storage_class: ws.storage_class.clone(),
         access_mode: access_mode(ws.access_mode),
         labels: ws.labels.clone(),
         repos: ws.repos.iter().map(repo).collect(),
-        epoch: ws.lease.epoch,
+        epoch: r.lease.epoch,
         lease,
-        latest_snapshot: ws.latest_snapshot.clone(),
+        latest_snapshot: ws.latest_snapshot.map(|id| id.to_hex()),
         draining: ws.is_draining(now),
         deletion,
         created_at: ts(ws.created_at),
         updated_at: ts(ws.updated_at),
-        closed_at: ws.closed_at.map(ts),
+        closed_at: r.closed_at.map(ts),
     }
 }
 
@@ -109,12 +106,12 @@ pub fn drain(row: &DrainRow) -> api::DrainInfo {
 }
 
 /// The wire view of a snapshot.
-pub fn snapshot(s: &SnapshotRow, latest: Option<&str>) -> api::SnapshotInfo {
+pub fn snapshot(s: &SnapshotRow, latest: Option<SnapshotId>) -> api::SnapshotInfo {
     api::SnapshotInfo {
-        snapshot_id: s.snapshot_id.clone(),
+        snapshot_id: s.snapshot_id.to_hex(),
         generation: s.generation.0,
         epoch: s.epoch,
-        session_id: s.session.clone(),
+        session_id: s.session.to_string(),
         recorded_at: ts(s.recorded_at),
         stats: api::SnapshotStats {
             files: s.stats.files,
@@ -122,7 +119,7 @@ pub fn snapshot(s: &SnapshotRow, latest: Option<&str>) -> api::SnapshotInfo {
             bytes_uploaded: s.stats.bytes_uploaded,
             duration_ms: s.stats.duration_ms,
         },
-        latest: latest == Some(s.snapshot_id.as_str()),
+        latest: latest == Some(s.snapshot_id),
     }
 }
 
@@ -132,10 +129,10 @@ pub fn event(e: EventRow) -> api::Event {
         id: e.id,
         at: ts(e.at),
         kind: e.kind,
-        owner: e.owner,
-        generation: e.generation,
-        session_id: e.session,
-        scope: e.scope,
+        owner: e.owner.map(String::from),
+        generation: e.generation.map(|g| g.0),
+        session_id: e.session.map(|s| s.to_string()),
+        scope: e.scope.map(|s| s.to_string()),
         detail: e.detail,
     }
 }

@@ -3,6 +3,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use berth_api::client::STALE_EPOCH;
 use berth_api::{ErrorBody, ErrorDetail};
 
 use super::dto::lease_info;
@@ -16,8 +17,8 @@ impl Error {
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Error::LeaseHeld { .. } => (StatusCode::CONFLICT, "lease_held"),
-            Error::StaleEpoch { .. } => (StatusCode::CONFLICT, "stale_epoch"),
+            Error::LeaseHeld(_) => (StatusCode::CONFLICT, "lease_held"),
+            Error::Fenced(_) => (StatusCode::CONFLICT, STALE_EPOCH),
             Error::WrongState(_) => (StatusCode::CONFLICT, "wrong_state"),
             Error::WrongNonce(_) => (StatusCode::CONFLICT, "wrong_nonce"),
             Error::Draining { .. } => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
@@ -44,12 +45,16 @@ impl IntoResponse for Error {
             message: self.to_string(),
             holder: None,
             current_epoch: None,
+            presented_epoch: None,
             retry_after_secs: None,
             scope: None,
         };
         match &self {
-            Error::LeaseHeld { holder, epoch, expires } => detail.holder = Some(lease_info(holder, *epoch, *expires)),
-            Error::StaleEpoch { current, .. } => detail.current_epoch = Some(*current),
+            Error::LeaseHeld(held) => detail.holder = Some(lease_info(&held.holder, held.epoch, held.expires)),
+            Error::Fenced(fenced) => {
+                detail.current_epoch = fenced.current;
+                detail.presented_epoch = Some(fenced.presented);
+            }
             Error::Draining { scope, retry_after_secs } => {
                 detail.scope = Some(scope.to_string());
                 detail.retry_after_secs = Some(*retry_after_secs);

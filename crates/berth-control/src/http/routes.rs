@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use berth_api as api;
+use berth_core::id::SnapshotId;
+use berth_core::lease::Fenced;
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, PlaceName, SessionId};
 use berth_core::workspace::WorkspaceId;
@@ -28,6 +30,13 @@ fn owner_param(s: &str) -> Result<WorkspaceId> {
 
 fn session_param(s: &str) -> Result<SessionId> {
     SessionId::new(s).map_err(|e| Error::BadRequest(e.to_string()))
+}
+
+fn snapshot_param(s: &str) -> Result<SnapshotId> {
+    SnapshotId::from_hex(s).map_err(|_| {
+        let shown: String = s.chars().take(80).collect();
+        Error::BadRequest(format!("snapshot_id '{shown}' is not a snapshot id: use its 64 hex digits"))
+    })
 }
 
 fn scope_param(s: &str) -> Result<Scope> {
@@ -59,17 +68,17 @@ pub async fn ensure_workspace(
     let owner = owner_param(&owner)?;
     let opts = dto::ensure_options(parse_body(&body)?, &app.config)?;
     let (mut ws, how) = app.meta.ensure_workspace(&owner, &opts, now()).await?;
-    if ws.volume_state != VolumeState::Present {
+    if ws.record.volume.state != VolumeState::Present {
         // The record exists first, so the substrate never holds a volume berth does not know.
         let spec = VolumeSpec {
-            name: ws.volume.clone(),
-            labels: volume_labels(&app.install, &owner, ws.generation, &ws.labels),
+            name: ws.record.volume.name.clone(),
+            labels: volume_labels(&app.install, &owner, ws.record.generation, &ws.labels),
             size_bytes: ws.size_bytes,
             storage_class: ws.storage_class.clone(),
             access_mode: ws.access_mode,
         };
         app.volumes.ensure(&spec).await?;
-        app.meta.mark_volume_present(&owner, ws.generation, now()).await?;
+        app.meta.mark_volume_present(&owner, ws.record.generation, now()).await?;
         ws = app.meta.workspace(&owner).await?.ok_or_else(|| Error::NotFound(owner.to_string()))?;
     }
     let status = if how == Ensured::Created { StatusCode::CREATED } else { StatusCode::OK };
@@ -137,7 +146,7 @@ pub async fn list_workspaces(
     let filter = ListFilter { state, labels: dto::label_selector(q.label.as_deref())? };
     let (rows, more) = app.meta.workspaces(&filter, after.as_ref(), limit).await?;
     let t = now();
-    let next = if more { rows.last().map(|w| w.owner.to_string()) } else { None };
+    let next = if more { rows.last().map(|w| w.record.owner.to_string()) } else { None };
     let items = rows.iter().map(|w| dto::workspace(w, t)).collect();
     Ok(Json(api::WorkspaceList { items, next }))
 }
@@ -170,7 +179,7 @@ pub async fn delete_workspace(
     let owner = owner_param(&owner)?;
     let (ws, _) = app.meta.request_delete(&owner, now()).await?;
     app.wake_delete.notify_one();
-    let status = if ws.state == WsState::Deleted { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if ws.record.state == WsState::Deleted { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(dto::workspace(&ws, now()))))
 }
 
@@ -203,13 +212,13 @@ pub async fn attach(
         lease_expires_at: dto::ts(a.expires),
         lease_ttl_secs: app.meta.rules().lease_ttl_secs as u64,
         token: a.token,
-        mount: dto::mount(app.volumes.mount(&a.workspace.volume)),
+        mount: dto::mount(app.volumes.mount(&a.workspace.record.volume.name)),
         init: api::InitSpec {
             owner: owner.to_string(),
             generation: a.session.generation.0,
             store: cfg.store.clone(),
             repos: a.workspace.repos.iter().map(dto::repo).collect(),
-            latest_snapshot: a.workspace.latest_snapshot.clone(),
+            latest_snapshot: a.workspace.latest_snapshot.map(|id| id.to_hex()),
         },
         handover: a.handover.map(|nonce| api::Handover { scope: Scope::Workspace(owner.clone()).to_string(), nonce }),
     };
@@ -270,28 +279,11 @@ pub async fn publish_snapshot(
     let owner = owner_param(&owner)?;
     principal.owner(&owner)?;
     let body: api::PublishSnapshot = parse_body(&body)?;
-    if body.snapshot_id.len() != 64 || !body.snapshot_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::BadRequest(format!(
-            "snapshot_id '{}' is not 64 hex digits",
-            body.snapshot_id.chars().take(80).collect::<String>()
-        )));
-    }
-    let session = match &principal {
-        Principal::Sandbox { session, .. } => Some(session),
-        Principal::Admin => None,
-    };
-    let s = app
-        .meta
-        .publish_snapshot(
-            &owner,
-            session,
-            body.epoch,
-            &body.snapshot_id.to_ascii_lowercase(),
-            &dto::snapshot_stats(&body.stats),
-            now(),
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(dto::snapshot(&s, Some(&s.snapshot_id)))))
+    let snapshot_id = snapshot_param(&body.snapshot_id)?;
+    let stats = dto::snapshot_stats(&body.stats);
+    let s =
+        app.meta.publish_snapshot(&owner, principal.sandbox_session(), body.epoch, &snapshot_id, &stats, now()).await?;
+    Ok((StatusCode::CREATED, Json(dto::snapshot(&s, Some(s.snapshot_id)))))
 }
 
 /// Lists the snapshots of the workspace's current generation, newest first.
@@ -305,9 +297,7 @@ pub async fn list_snapshots(
     let owner = owner_param(&owner)?;
     principal.owner(&owner)?;
     let (ws, snaps) = app.meta.snapshots(&owner).await?;
-    Ok(Json(api::SnapshotList {
-        items: snaps.iter().map(|s| dto::snapshot(s, ws.latest_snapshot.as_deref())).collect(),
-    }))
+    Ok(Json(api::SnapshotList { items: snaps.iter().map(|s| dto::snapshot(s, ws.latest_snapshot)).collect() }))
 }
 
 /// Starts draining a scope (201), or returns the running drain and its nonce (200).
@@ -372,8 +362,8 @@ pub async fn ready(
     let fence = match &principal {
         Principal::Sandbox { session, .. } => {
             let s = app.meta.session(session).await?;
-            if body.epoch.is_some_and(|e| e != s.epoch) {
-                return Err(Error::StaleEpoch { given: body.epoch.unwrap_or(0), current: s.epoch });
+            if let Some(epoch) = body.epoch.filter(|e| *e != s.epoch) {
+                return Err(Fenced { presented: epoch, current: Some(s.epoch) }.into());
             }
             Some((session.clone(), s.epoch))
         }

@@ -2,6 +2,7 @@
 //! rules are `berth_core::drain::step`; this module stores its states and audits its outcomes.
 
 use berth_core::drain::{self, ClearedBy, Drain, Outcome};
+use berth_core::lease::Epoch;
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, SessionId};
 use berth_core::time::Timestamp;
@@ -125,8 +126,12 @@ impl Meta {
                 .execute(&mut *conn)
                 .await?;
                 let detail = json!({"instance": instance.as_ref().map(|i| i.as_str()), "reason": reason});
-                record(conn, now, NewEvent { kind: "drain_started", scope: Some(scope), detail, ..Default::default() })
-                    .await?;
+                record(
+                    conn,
+                    now,
+                    NewEvent { kind: "drain_started", scope: Some(row.scope.clone()), detail, ..Default::default() },
+                )
+                .await?;
             }
             (Drain::Open, Outcome::Cleared(by)) => {
                 sqlx::query(
@@ -139,12 +144,20 @@ impl Meta {
             .execute(&mut *conn)
             .await?;
                 let detail = json!({"by": cleared_by_str(*by), "instance": instance_of_event});
-                record(conn, now, NewEvent { kind: "drain_cleared", scope: Some(scope), detail, ..Default::default() })
-                    .await?;
+                record(
+                    conn,
+                    now,
+                    NewEvent { kind: "drain_cleared", scope: Some(row.scope.clone()), detail, ..Default::default() },
+                )
+                .await?;
             }
             (_, Outcome::WrongNonce) => {
-                record(conn, now, NewEvent { kind: "drain_wrong_nonce", scope: Some(scope), ..Default::default() })
-                    .await?;
+                record(
+                    conn,
+                    now,
+                    NewEvent { kind: "drain_wrong_nonce", scope: Some(row.scope.clone()), ..Default::default() },
+                )
+                .await?;
             }
             _ => {}
         }
@@ -189,8 +202,7 @@ impl Meta {
         let mut instance = instance.cloned();
         if let (Scope::Workspace(owner), None) = (scope, &instance) {
             if let Some(ws) = self.ws_for_update(&mut tx, owner).await? {
-                let live = ws.lease.is_live(now);
-                instance = ws.lease.holder.filter(|_| live).map(|h| h.instance);
+                instance = ws.record.lease.live_holder(now).map(|h| h.instance.clone());
             }
         }
         let row = self.drain_in(&mut tx, scope, true).await?;
@@ -227,17 +239,18 @@ impl Meta {
         &self,
         scope: &Scope,
         nonce: &str,
-        session: Option<(&SessionId, u64)>,
+        session: Option<(&SessionId, Epoch)>,
         now: Timestamp,
     ) -> Result<(DrainRow, bool)> {
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
         if let (Some((session, epoch)), Scope::Workspace(owner)) = (session, scope) {
             let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| super::workspaces::not_found(owner))?;
-            let holds = ws.lease.holder.as_ref().is_some_and(|h| h.session == *session);
-            if !holds || ws.lease.check(epoch, now).is_err() {
-                return Err(Error::StaleEpoch { given: epoch, current: ws.lease.epoch });
+            let lease = &ws.record.lease;
+            if lease.holder.as_ref().is_none_or(|h| h.session != *session) {
+                return Err(lease.fence(epoch).into());
             }
+            lease.check(epoch, now)?;
         }
         let row = self.drain_in(&mut tx, scope, true).await?;
         let (_, outcome) = self.apply_drain(&mut tx, &row, drain::Event::Ack { nonce: nonce.to_string() }, now).await?;

@@ -4,14 +4,15 @@
 //! # Guarantees
 //! - A claim (`claim_holder`, `claim_until`) is taken with `FOR UPDATE SKIP LOCKED` on
 //!   PostgreSQL (SQLite serialises writers), so two replicas never work on one workspace at once.
-//! - The removal mark is a guarded update (`volume_state <> 'removed'`): it never overwrites an
-//!   earlier mark, and a marked volume is never a candidate again, across restarts.
+//! - The removal mark is decided by `berth_core::lifecycle` under the row lock: it never
+//!   overwrites an earlier mark, and a marked volume is never a candidate again, across restarts.
 //! - Every deletion step advances only from the step it expects, under the caller's claim.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_core::gc::{self, Candidate, DeleteStep, Outcome};
-use berth_core::lease::{Holder, Lease};
+use berth_core::gc::{Candidate, DeleteStep, Outcome};
+use berth_core::lease::{Epoch, Holder, Lease};
+use berth_core::lifecycle::{Event, VolumeState};
 use berth_core::session::{InstanceId, SessionId};
 use berth_core::time::Timestamp;
 use berth_core::volume::VolumeName;
@@ -19,7 +20,6 @@ use berth_core::workspace::{Generation, WorkspaceId};
 use serde_json::json;
 use sqlx::Row;
 
-use super::workspaces::end_open_sessions;
 use super::{begin, record, Meta, NewEvent};
 use crate::error::{Error, Result};
 
@@ -73,7 +73,7 @@ fn claimed_from_row(row: &sqlx::any::AnyRow) -> Result<Claimed> {
             generation: Generation(row.try_get::<i64, _>("generation")? as u64),
             volume: VolumeName::new(row.try_get::<String, _>("volume")?).map_err(|e| corrupt(&e))?,
             lease: Lease {
-                epoch: row.try_get::<i64, _>("lease_epoch")? as u64,
+                epoch: Epoch(row.try_get::<i64, _>("lease_epoch")? as u64),
                 holder,
                 expires: Timestamp(row.try_get("lease_expires")?),
             },
@@ -82,16 +82,6 @@ fn claimed_from_row(row: &sqlx::any::AnyRow) -> Result<Claimed> {
         attempts: row.try_get::<i64, _>("attempts")? as u64,
         volume_removed: row.try_get::<String, _>("volume_state")? == "removed",
     })
-}
-
-fn outcome_event(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Removed => "volume_removed",
-        Outcome::NotFound => "volume_not_found",
-        Outcome::Referenced => "volume_referenced",
-        Outcome::Cooldown => "volume_cooldown",
-        Outcome::Error => "volume_error",
-    }
 }
 
 impl Meta {
@@ -196,47 +186,14 @@ impl Meta {
         now: Timestamp,
     ) -> Result<bool> {
         let c = &claimed.candidate;
-        let mut conn = self.write.acquire().await?;
-        let mut tx = begin(&mut conn).await?;
-        let n = if outcome.marks_removed() {
-            sqlx::query(
-                "UPDATE workspaces SET volume_state = 'removed', volume_removed_at = $3, volume_outcome = $4, \
-                 claim_holder = NULL, claim_until = NULL, attempts = 0, retry_at = NULL, last_error = NULL, updated_at = $3 \
-                 WHERE owner = $1 AND generation = $2 AND volume_state <> 'removed' AND state IN ('closed', 'deleted')",
-            )
-            .bind(c.owner.as_str())
-            .bind(c.generation.0 as i64)
-            .bind(now.0)
-            .bind(outcome.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-        } else {
-            let attempts = claimed.attempts + 1;
-            sqlx::query(
-                "UPDATE workspaces SET volume_outcome = $4, attempts = $5, retry_at = $6, last_error = $7, \
-                 claim_holder = NULL, claim_until = NULL, updated_at = $3 \
-                 WHERE owner = $1 AND generation = $2 AND claim_holder = $8",
-            )
-            .bind(c.owner.as_str())
-            .bind(c.generation.0 as i64)
-            .bind(now.0)
-            .bind(outcome.as_str())
-            .bind(attempts as i64)
-            .bind(gc::retry_at(attempts as u32, now).0)
-            .bind(error.map(String::from))
-            .bind(holder)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+        let event = Event::Collected {
+            holder: holder.to_string(),
+            generation: c.generation,
+            outcome,
+            error: error.map(String::from),
         };
-        if n == 1 {
-            let detail = json!({"volume": c.volume.as_str(), "by": "gc", "error": error});
-            let ev = NewEvent::of(outcome_event(outcome), &c.owner, c.generation).detail(detail);
-            record(&mut tx, now, ev).await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1 && outcome.marks_removed())
+        let (before, after) = self.transition(&c.owner, event, now).await?;
+        Ok(before.volume.state != VolumeState::Removed && after.volume.state == VolumeState::Removed)
     }
 
     /// Claims up to `limit` deleting workspaces that are not backing off or claimed.
@@ -271,77 +228,13 @@ impl Meta {
         claimed: &Claimed,
         holder: &str,
         step: DeleteStep,
-        volume_outcome: Option<Outcome>,
+        volume: Option<Outcome>,
         now: Timestamp,
     ) -> Result<bool> {
         let c = &claimed.candidate;
-        let mut conn = self.write.acquire().await?;
-        let mut tx = begin(&mut conn).await?;
-        let next = step.next().map(DeleteStep::as_str);
-        let guard =
-            "WHERE owner = $1 AND generation = $2 AND state = 'deleting' AND delete_step = $3 AND claim_holder = $4";
-        let sql = match step {
-            DeleteStep::EndSessions => format!(
-                "UPDATE workspaces SET lease_session = NULL, lease_instance = NULL, lease_expires = 0, \
-                 delete_step = $5, updated_at = $6 {guard}"
-            ),
-            DeleteStep::DeleteVolume => format!(
-                "UPDATE workspaces SET volume_removed_at = CASE WHEN volume_state = 'removed' THEN volume_removed_at ELSE $6 END, \
-                 volume_state = 'removed', volume_outcome = COALESCE($7, volume_outcome), delete_step = $5, \
-                 attempts = 0, retry_at = NULL, last_error = NULL, updated_at = $6 {guard}"
-            ),
-            DeleteStep::RetireSnapshots => format!("UPDATE workspaces SET delete_step = $5, updated_at = $6 {guard}"),
-            DeleteStep::MarkDeleted => format!(
-                "UPDATE workspaces SET state = 'deleted', generation = generation + 1, delete_step = $5, \
-                 latest_snapshot = NULL, closed_at = COALESCE(closed_at, $6), claim_holder = NULL, claim_until = NULL, \
-                 attempts = 0, retry_at = NULL, last_error = NULL, updated_at = $6 {guard}"
-            ),
-        };
-        let mut q = sqlx::query(&sql)
-            .bind(c.owner.as_str())
-            .bind(c.generation.0 as i64)
-            .bind(step.as_str())
-            .bind(holder)
-            .bind(next)
-            .bind(now.0);
-        if step == DeleteStep::DeleteVolume {
-            q = q.bind(volume_outcome.map(|o| o.as_str()));
-        }
-        if q.execute(&mut *tx).await?.rows_affected() != 1 {
-            return Ok(false);
-        }
-        match step {
-            DeleteStep::EndSessions => {
-                let n = end_open_sessions(&mut tx, &c.owner, now, "deleted").await?;
-                let ev = NewEvent::of("sessions_ended", &c.owner, c.generation).detail(json!({"sessions": n}));
-                record(&mut tx, now, ev).await?;
-            }
-            DeleteStep::DeleteVolume => {
-                if let Some(o) = volume_outcome {
-                    let detail = json!({"volume": c.volume.as_str(), "by": "delete"});
-                    record(&mut tx, now, NewEvent::of(outcome_event(o), &c.owner, c.generation).detail(detail)).await?;
-                }
-            }
-            DeleteStep::RetireSnapshots => {
-                let n = sqlx::query(
-                    "UPDATE snapshots SET retired_at = $3 WHERE owner = $1 AND generation = $2 AND retired_at IS NULL",
-                )
-                .bind(c.owner.as_str())
-                .bind(c.generation.0 as i64)
-                .bind(now.0)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                let ev = NewEvent::of("snapshots_retired", &c.owner, c.generation).detail(json!({"snapshots": n}));
-                record(&mut tx, now, ev).await?;
-            }
-            DeleteStep::MarkDeleted => {
-                let detail = json!({"next_generation": c.generation.0 + 1});
-                record(&mut tx, now, NewEvent::of("workspace_deleted", &c.owner, c.generation).detail(detail)).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(true)
+        let event = Event::StepDone { holder: holder.to_string(), generation: c.generation, step, volume };
+        let (before, after) = self.transition(&c.owner, event, now).await?;
+        Ok(before != after)
     }
 
     /// Records a failed deletion step (the volume is referenced or the substrate failed): the
@@ -355,32 +248,9 @@ impl Meta {
         now: Timestamp,
     ) -> Result<()> {
         let c = &claimed.candidate;
-        let attempts = claimed.attempts + 1;
-        let mut conn = self.write.acquire().await?;
-        let mut tx = begin(&mut conn).await?;
-        let n = sqlx::query(
-            "UPDATE workspaces SET attempts = $3, retry_at = $4, last_error = $5, volume_outcome = $6, \
-             claim_holder = NULL, claim_until = NULL, updated_at = $7 \
-             WHERE owner = $1 AND generation = $2 AND state = 'deleting' AND claim_holder = $8",
-        )
-        .bind(c.owner.as_str())
-        .bind(c.generation.0 as i64)
-        .bind(attempts as i64)
-        .bind(gc::retry_at(attempts as u32, now).0)
-        .bind(error)
-        .bind(outcome.as_str())
-        .bind(now.0)
-        .bind(holder)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 1 {
-            let detail = json!({"volume": c.volume.as_str(), "by": "delete", "error": error, "attempts": attempts});
-            let ev = NewEvent::of(outcome_event(outcome), &c.owner, c.generation).detail(detail);
-            record(&mut tx, now, ev).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let event =
+            Event::StepFailed { holder: holder.to_string(), generation: c.generation, outcome, error: error.into() };
+        self.transition(&c.owner, event, now).await.map(|_| ())
     }
 
     /// Releases a claim without recording anything (the work was cut short).

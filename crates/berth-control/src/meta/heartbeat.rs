@@ -8,7 +8,7 @@
 //! one transaction per batch.
 
 use berth_core::drain::{self, Drain};
-use berth_core::lease::{Holder, Lease};
+use berth_core::lease::{Epoch, Holder, Lease};
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, SessionId};
 use berth_core::time::Timestamp;
@@ -16,7 +16,7 @@ use sqlx::{AnyConnection, Connection, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::drains::DrainRow;
-use super::sessions::{session_from_row, stale, HeartbeatOutcome};
+use super::sessions::{session_from_row, HeartbeatOutcome};
 use super::{begin, Dialect, Meta};
 use crate::error::{Error, Result};
 
@@ -27,7 +27,7 @@ const BATCH_MAX: usize = 128;
 #[derive(Debug)]
 pub(super) struct Beat {
     session: SessionId,
-    epoch: u64,
+    epoch: Epoch,
     instance: InstanceId,
     now: Timestamp,
 }
@@ -41,7 +41,7 @@ impl Meta {
     pub async fn heartbeat(
         &self,
         session: &SessionId,
-        epoch: u64,
+        epoch: Epoch,
         instance: &InstanceId,
         now: Timestamp,
     ) -> Result<HeartbeatOutcome> {
@@ -82,18 +82,16 @@ impl Meta {
             .await?
             .ok_or_else(|| Error::NotFound(format!("session {} does not exist", beat.session)))?;
         let s = session_from_row(&row)?;
-        let current = row.try_get::<i64, _>("lease_epoch")? as u64;
+        let lease = Lease {
+            epoch: Epoch(row.try_get::<i64, _>("lease_epoch")? as u64),
+            holder: Some(Holder { session: s.id.clone(), instance: s.instance.clone() }),
+            expires: Timestamp(row.try_get("lease_expires")?),
+        };
         let holder = row.try_get::<Option<String>, _>("lease_session")?;
         if holder.as_deref() != Some(s.id.as_str()) || s.epoch != beat.epoch {
-            return Err(Error::StaleEpoch { given: beat.epoch, current });
+            return Err(lease.fence(beat.epoch).into());
         }
-        let lease = Lease {
-            epoch: current,
-            holder: Some(Holder { session: s.id.clone(), instance: s.instance.clone() }),
-            expires: berth_core::time::Timestamp(row.try_get("lease_expires")?),
-        }
-        .renew(beat.epoch, beat.now, self.rules.lease_ttl_secs)
-        .map_err(stale)?;
+        let lease = lease.renew(beat.epoch, beat.now, self.rules.lease_ttl_secs)?;
         sqlx::query("UPDATE workspaces SET lease_expires = $2, lease_instance = $3 WHERE owner = $1")
             .bind(s.owner.as_str())
             .bind(lease.expires.0)

@@ -4,8 +4,8 @@
 //!
 //! Each public method is one transaction that reads what it decides on with a row lock (`FOR
 //! UPDATE` on PostgreSQL; SQLite has a single writer connection, so every write transaction is
-//! serialised), lets the pure core decide (`berth_core::lease`, `berth_core::drain`,
-//! `berth_core::gc`), and writes the result with an audit event.
+//! serialised), lets the pure core decide (`berth_core::lifecycle`, `berth_core::lease`,
+//! `berth_core::drain`, `berth_core::gc`), and writes the result with an audit event.
 //!
 //! **Invariant:** every write that carries an epoch is checked in the transaction that applies it.
 //! **Invariant:** the store never reads a clock: `now` is a parameter.
@@ -20,9 +20,12 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use berth_core::gc::DeleteStep;
-use berth_core::lease::{Holder, Lease};
+use berth_core::gc::{DeleteStep, Outcome};
+use berth_core::id::SnapshotId;
+use berth_core::lease::{Epoch, Holder, Lease};
+use berth_core::lifecycle::{Claim, Cleanup, Record, Volume};
 use berth_core::repo::RepoSpec;
+use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, SessionId};
 use berth_core::time::Timestamp;
 use berth_core::volume::{AccessMode, VolumeName};
@@ -33,6 +36,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 use crate::error::{Error, Result};
 
+pub use berth_core::lifecycle::{State, VolumeState};
 pub use drains::DrainRow;
 pub use gc::{Claimed, OrphanRow};
 pub use sessions::{Attached, HeartbeatOutcome, SessionRow, SnapshotRow, SnapshotStats};
@@ -73,91 +77,14 @@ pub struct Meta {
     beats: Option<tokio::sync::mpsc::Sender<heartbeat::Queued>>,
 }
 
-/// The lifecycle state of a workspace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    /// Sandboxes may attach.
-    Active,
-    /// No attaches; the volume is collected after the cooldown.
-    Closed,
-    /// Deletion under way.
-    Deleting,
-    /// Deleted; the next ensure starts the next generation.
-    Deleted,
-}
-
-impl State {
-    /// Returns the stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Active => "active",
-            State::Closed => "closed",
-            State::Deleting => "deleting",
-            State::Deleted => "deleted",
-        }
-    }
-
-    fn parse(s: &str) -> Result<State> {
-        Ok(match s {
-            "active" => State::Active,
-            "closed" => State::Closed,
-            "deleting" => State::Deleting,
-            "deleted" => State::Deleted,
-            other => return Err(Error::Corrupt(format!("workspace state '{other}'"))),
-        })
-    }
-}
-
-/// Where a workspace's volume stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VolumeState {
-    /// Recorded; the substrate may not have it yet.
-    Pending,
-    /// The substrate has it.
-    Present,
-    /// Removed or found missing, for good.
-    Removed,
-}
-
-impl VolumeState {
-    /// Returns the stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VolumeState::Pending => "pending",
-            VolumeState::Present => "present",
-            VolumeState::Removed => "removed",
-        }
-    }
-
-    fn parse(s: &str) -> Result<VolumeState> {
-        Ok(match s {
-            "pending" => VolumeState::Pending,
-            "present" => VolumeState::Present,
-            "removed" => VolumeState::Removed,
-            other => return Err(Error::Corrupt(format!("volume state '{other}'"))),
-        })
-    }
-}
-
-/// A workspace record as stored.
+/// A workspace record as stored: its lifecycle (decided by `berth_core::lifecycle`) and what
+/// the owner asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkspaceRow {
-    /// The owner key.
-    pub owner: WorkspaceId,
+    /// Owner, generation, state, volume, lease, deletion step, cleanup bookkeeping, claim.
+    pub record: Record,
     /// The id of this generation.
     pub id: String,
-    /// The generation.
-    pub generation: Generation,
-    /// Lifecycle state.
-    pub state: State,
-    /// The volume name.
-    pub volume: VolumeName,
-    /// Where the volume stands.
-    pub volume_state: VolumeState,
-    /// When the volume was marked removed.
-    pub volume_removed_at: Option<Timestamp>,
-    /// The last GC or deletion outcome.
-    pub volume_outcome: Option<String>,
     /// Volume size.
     pub size_bytes: u64,
     /// Storage class.
@@ -168,26 +95,12 @@ pub struct WorkspaceRow {
     pub labels: BTreeMap<String, String>,
     /// Repositories to clone on init.
     pub repos: Vec<RepoSpec>,
-    /// The lease.
-    pub lease: Lease,
     /// The latest published snapshot of this generation.
-    pub latest_snapshot: Option<String>,
-    /// The next deletion step, while deleting.
-    pub delete_step: Option<DeleteStep>,
-    /// Why the last cleanup attempt failed.
-    pub last_error: Option<String>,
-    /// Failed cleanup attempts.
-    pub attempts: u64,
-    /// When the next cleanup attempt may run.
-    pub retry_at: Option<Timestamp>,
-    /// Until when a reconciler holds the row.
-    pub claim_until: Option<Timestamp>,
+    pub latest_snapshot: Option<SnapshotId>,
     /// When the owner was first ensured.
     pub created_at: Timestamp,
     /// Last change.
     pub updated_at: Timestamp,
-    /// When it was closed.
-    pub closed_at: Option<Timestamp>,
     /// The workspace scope's drain, if it is draining: when its hard timeout clears it.
     pub draining_until: Option<Timestamp>,
 }
@@ -202,18 +115,20 @@ impl WorkspaceRow {
 const WS_SELECT: &str = "SELECT w.owner, w.id, w.generation, w.state, w.volume, w.volume_state, \
     w.volume_removed_at, w.volume_outcome, w.size_bytes, w.storage_class, w.access_mode, w.labels, w.repos, \
     w.lease_epoch, w.lease_session, w.lease_instance, w.lease_expires, w.latest_snapshot, w.delete_step, \
-    w.last_error, w.attempts, w.retry_at, w.claim_until, w.created_at, w.updated_at, w.closed_at, \
+    w.last_error, w.attempts, w.retry_at, w.claim_holder, w.claim_until, w.created_at, w.updated_at, w.closed_at, \
     CASE WHEN d.state = 'draining' THEN d.since END AS draining_since \
     FROM workspaces w LEFT JOIN drains d ON d.scope = 'workspace:' || w.owner";
+
+fn corrupt(what: &str, value: impl std::fmt::Display) -> Error {
+    Error::Corrupt(format!("{what} '{value}'"))
+}
 
 fn ws_from_row(row: &AnyRow, rules: Rules) -> Result<WorkspaceRow> {
     let text = |c: &str| -> Result<String> { Ok(row.try_get::<String, _>(c)?) };
     let opt_text = |c: &str| -> Result<Option<String>> { Ok(row.try_get::<Option<String>, _>(c)?) };
     let int = |c: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(c)?) };
     let opt_ts = |c: &str| -> Result<Option<Timestamp>> { Ok(row.try_get::<Option<i64>, _>(c)?.map(Timestamp)) };
-    let access_mode = text("access_mode")?;
     let owner = WorkspaceId::new(text("owner")?).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let volume = VolumeName::new(text("volume")?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let holder = match (opt_text("lease_session")?, opt_text("lease_instance")?) {
         (Some(s), Some(i)) => Some(Holder {
             session: SessionId::new(s).map_err(|e| Error::Corrupt(e.to_string()))?,
@@ -221,37 +136,57 @@ fn ws_from_row(row: &AnyRow, rules: Rules) -> Result<WorkspaceRow> {
         }),
         _ => None,
     };
-    let delete_step = match opt_text("delete_step")? {
-        Some(s) => Some(DeleteStep::parse(&s).ok_or_else(|| Error::Corrupt(format!("delete step '{s}'")))?),
-        None => None,
+    let state = text("state")?;
+    let volume_state = text("volume_state")?;
+    let access_mode = text("access_mode")?;
+    let volume = Volume {
+        name: VolumeName::new(text("volume")?).map_err(|e| Error::Corrupt(e.to_string()))?,
+        state: VolumeState::parse(&volume_state).ok_or_else(|| corrupt("volume state", &volume_state))?,
+        removed_at: opt_ts("volume_removed_at")?,
+        last_outcome: opt_text("volume_outcome")?.map(|o| parse_outcome(&o)).transpose()?,
+    };
+    let claim = match (opt_text("claim_holder")?, opt_ts("claim_until")?) {
+        (Some(holder), Some(until)) => Some(Claim { holder, until }),
+        _ => None,
+    };
+    let record = Record {
+        generation: Generation(int("generation")? as u64),
+        state: State::parse(&state).ok_or_else(|| corrupt("workspace state", &state))?,
+        closed_at: opt_ts("closed_at")?,
+        volume,
+        lease: Lease { epoch: Epoch(int("lease_epoch")? as u64), holder, expires: Timestamp(int("lease_expires")?) },
+        delete_step: opt_text("delete_step")?
+            .map(|s| DeleteStep::parse(&s).ok_or_else(|| corrupt("delete step", &s)))
+            .transpose()?,
+        cleanup: Cleanup {
+            attempts: int("attempts")? as u64,
+            retry_at: opt_ts("retry_at")?,
+            last_error: opt_text("last_error")?,
+        },
+        claim,
+        owner,
     };
     Ok(WorkspaceRow {
+        record,
         id: text("id")?,
-        generation: Generation(int("generation")? as u64),
-        state: State::parse(&text("state")?)?,
-        volume_state: VolumeState::parse(&text("volume_state")?)?,
-        volume_removed_at: opt_ts("volume_removed_at")?,
-        volume_outcome: opt_text("volume_outcome")?,
         size_bytes: int("size_bytes")? as u64,
         storage_class: opt_text("storage_class")?,
-        access_mode: AccessMode::parse(&access_mode)
-            .ok_or_else(|| Error::Corrupt(format!("access mode '{access_mode}'")))?,
+        access_mode: AccessMode::parse(&access_mode).ok_or_else(|| corrupt("access mode", &access_mode))?,
         labels: json_column(&text("labels")?, "labels")?,
         repos: json_column(&text("repos")?, "repos")?,
-        lease: Lease { epoch: int("lease_epoch")? as u64, holder, expires: Timestamp(int("lease_expires")?) },
-        latest_snapshot: opt_text("latest_snapshot")?,
-        delete_step,
-        last_error: opt_text("last_error")?,
-        attempts: int("attempts")? as u64,
-        retry_at: opt_ts("retry_at")?,
-        claim_until: opt_ts("claim_until")?,
+        latest_snapshot: opt_text("latest_snapshot")?
+            .map(|s| SnapshotId::from_hex(&s))
+            .transpose()
+            .map_err(|e| Error::Corrupt(e.to_string()))?,
         created_at: Timestamp(int("created_at")?),
         updated_at: Timestamp(int("updated_at")?),
-        closed_at: opt_ts("closed_at")?,
         draining_until: opt_ts("draining_since")?.map(|since| since.plus_secs(rules.drain_timeout_secs)),
-        owner,
-        volume,
     })
+}
+
+/// Parses a stored GC or deletion outcome.
+fn parse_outcome(s: &str) -> Result<Outcome> {
+    Outcome::ALL.into_iter().find(|o| o.as_str() == s).ok_or_else(|| corrupt("volume outcome", s))
 }
 
 fn json_column<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
@@ -270,7 +205,7 @@ pub struct NewEvent<'a> {
     /// The session concerned.
     pub session: Option<&'a SessionId>,
     /// The drain scope concerned.
-    pub scope: Option<String>,
+    pub scope: Option<Scope>,
     /// Details.
     pub detail: serde_json::Value,
 }
@@ -302,13 +237,13 @@ pub struct EventRow {
     /// Stable name.
     pub kind: String,
     /// Owner.
-    pub owner: Option<String>,
+    pub owner: Option<WorkspaceId>,
     /// Generation.
-    pub generation: Option<u64>,
+    pub generation: Option<Generation>,
     /// Session.
-    pub session: Option<String>,
+    pub session: Option<SessionId>,
     /// Scope.
-    pub scope: Option<String>,
+    pub scope: Option<Scope>,
     /// Details.
     pub detail: serde_json::Value,
 }
@@ -324,7 +259,7 @@ async fn record(conn: &mut AnyConnection, now: Timestamp, event: NewEvent<'_>) -
     .bind(event.owner.map(|o| o.to_string()))
     .bind(event.generation.map(|g| g.0 as i64))
     .bind(event.session.map(|s| s.to_string()))
-    .bind(event.scope)
+    .bind(event.scope.map(|s| s.to_string()))
     .bind(detail)
     .execute(conn)
     .await?;
@@ -527,16 +462,29 @@ impl Meta {
         .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
+        let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
         rows.iter()
             .map(|r| {
                 Ok(EventRow {
                     id: r.try_get("id")?,
                     at: Timestamp(r.try_get("at")?),
                     kind: r.try_get("kind")?,
-                    owner: r.try_get("owner")?,
-                    generation: r.try_get::<Option<i64>, _>("generation")?.map(|g| g as u64),
-                    session: r.try_get("session_id")?,
-                    scope: r.try_get("scope")?,
+                    owner: r
+                        .try_get::<Option<String>, _>("owner")?
+                        .map(WorkspaceId::new)
+                        .transpose()
+                        .map_err(|e| corrupt(&e))?,
+                    generation: r.try_get::<Option<i64>, _>("generation")?.map(|g| Generation(g as u64)),
+                    session: r
+                        .try_get::<Option<String>, _>("session_id")?
+                        .map(SessionId::new)
+                        .transpose()
+                        .map_err(|e| corrupt(&e))?,
+                    scope: r
+                        .try_get::<Option<String>, _>("scope")?
+                        .map(|s| s.parse::<Scope>())
+                        .transpose()
+                        .map_err(|e| corrupt(&e))?,
                     detail: json_column(&r.try_get::<String, _>("detail")?, "event detail")?,
                 })
             })

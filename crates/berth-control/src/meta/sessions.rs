@@ -2,7 +2,9 @@
 //! which a session publishes under its epoch.
 
 use berth_core::drain::{self, Drain};
-use berth_core::lease::{Acquired, Holder, LeaseError};
+use berth_core::id::SnapshotId;
+use berth_core::lease::{Acquired, Epoch, Holder};
+use berth_core::lifecycle::{self, Event};
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, PlaceName, SessionId};
 use berth_core::time::Timestamp;
@@ -11,8 +13,8 @@ use serde_json::json;
 use sqlx::{AnyConnection, Row};
 
 use super::drains::DrainRow;
-use super::workspaces::not_found;
-use super::{begin, random_hex, record, token_hash, Meta, NewEvent, State, VolumeState, WorkspaceRow};
+use super::workspaces::{not_found, refused};
+use super::{begin, random_hex, record, token_hash, Meta, NewEvent, WorkspaceRow};
 use crate::error::{Error, Result};
 
 /// Seconds an attach into a workspace whose previous sandbox is still draining should wait.
@@ -30,7 +32,7 @@ pub struct SessionRow {
     /// The generation it is attached to.
     pub generation: Generation,
     /// Its fencing epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The sandbox instance.
     pub instance: InstanceId,
     /// The node.
@@ -96,13 +98,13 @@ pub struct SnapshotStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotRow {
     /// The snapshot id.
-    pub snapshot_id: String,
+    pub snapshot_id: SnapshotId,
     /// The generation.
     pub generation: Generation,
     /// The epoch it was published under.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The publishing session.
-    pub session: String,
+    pub session: SessionId,
     /// When it was recorded.
     pub recorded_at: Timestamp,
     /// Statistics.
@@ -116,7 +118,7 @@ pub(super) fn session_from_row(row: &sqlx::any::AnyRow) -> Result<SessionRow> {
         id: SessionId::new(row.try_get::<String, _>("id")?).map_err(|e| corrupt(&e))?,
         owner: WorkspaceId::new(row.try_get::<String, _>("owner")?).map_err(|e| corrupt(&e))?,
         generation: Generation(row.try_get::<i64, _>("generation")? as u64),
-        epoch: row.try_get::<i64, _>("epoch")? as u64,
+        epoch: Epoch(row.try_get::<i64, _>("epoch")? as u64),
         instance: InstanceId::new(row.try_get::<String, _>("instance")?).map_err(|e| corrupt(&e))?,
         node: place(row.try_get("node")?)?,
         pool: place(row.try_get("pool")?)?,
@@ -125,13 +127,6 @@ pub(super) fn session_from_row(row: &sqlx::any::AnyRow) -> Result<SessionRow> {
 }
 
 const SESSION_COLS: &str = "id, owner, generation, epoch, instance, node, pool, ended_at";
-
-pub(super) fn stale(e: LeaseError) -> Error {
-    match e {
-        LeaseError::Stale { given, current } => Error::StaleEpoch { given, current },
-        LeaseError::Held { holder, expires } => Error::LeaseHeld { epoch: 0, holder, expires },
-    }
-}
 
 impl Meta {
     /// Attaches a sandbox to `owner`'s workspace: takes the lease with a new epoch.
@@ -150,22 +145,8 @@ impl Meta {
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
         let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
-        match ws.state {
-            State::Active => {}
-            State::Closed => {
-                return Err(Error::WrongState(format!(
-                    "workspace {owner} is closed; ensure it (PUT /v1/workspaces/{owner}) to reopen it, then attach"
-                )))
-            }
-            State::Deleting | State::Deleted => {
-                return Err(Error::WrongState(format!("workspace {owner} is {}", ws.state.as_str())))
-            }
-        }
-        if ws.volume_state != VolumeState::Present {
-            return Err(Error::WrongState(format!(
-                "the volume of workspace {owner} is not ready; ensure the workspace again, then attach"
-            )));
-        }
+        lifecycle::step(&ws.record, Event::Attach, now).map_err(|r| refused(owner, r, now))?;
+        let lease = &ws.record.lease;
         let mut scopes = vec![Scope::Workspace(owner.clone())];
         scopes.extend(node.cloned().map(Scope::Node));
         scopes.extend(pool.cloned().map(Scope::Pool));
@@ -174,7 +155,7 @@ impl Meta {
             let (state, _) = self.apply_drain(&mut tx, &row, drain::Event::Tick, now).await?;
             let Drain::Draining { nonce, .. } = state else { continue };
             match &row.scope {
-                Scope::Workspace(_) if !ws.lease.is_live(now) => handover = Some(nonce),
+                Scope::Workspace(_) if !lease.is_live(now) => handover = Some(nonce),
                 Scope::Workspace(_) => {
                     return Err(Error::Draining { scope: row.scope.clone(), retry_after_secs: HANDOVER_RETRY_SECS })
                 }
@@ -184,11 +165,9 @@ impl Meta {
         let session_id =
             SessionId::new(format!("ses_{}", random_hex(16))).map_err(|e| Error::Corrupt(e.to_string()))?;
         let holder = Holder { session: session_id.clone(), instance: instance.clone() };
-        let previous = ws.lease.holder.clone();
-        let (lease, how) = ws.lease.acquire(holder, now, self.rules.lease_ttl_secs).map_err(|e| match e {
-            LeaseError::Held { holder, expires } => Error::LeaseHeld { holder, epoch: ws.lease.epoch, expires },
-            other => stale(other),
-        })?;
+        let previous = lease.holder.clone();
+        let generation = ws.record.generation;
+        let (lease, how) = lease.acquire(holder, now, self.rules.lease_ttl_secs)?;
         let token = format!("bst_{}", random_hex(32));
         sqlx::query(
             "INSERT INTO sessions (id, owner, generation, epoch, instance, node, pool, token_hash, created_at) \
@@ -196,8 +175,8 @@ impl Meta {
         )
         .bind(session_id.as_str())
         .bind(owner.as_str())
-        .bind(ws.generation.0 as i64)
-        .bind(lease.epoch as i64)
+        .bind(generation.0 as i64)
+        .bind(lease.epoch.0 as i64)
         .bind(instance.as_str())
         .bind(node.map(|n| n.to_string()))
         .bind(pool.map(|p| p.to_string()))
@@ -210,7 +189,7 @@ impl Meta {
              updated_at = $6 WHERE owner = $1",
         )
         .bind(owner.as_str())
-        .bind(lease.epoch as i64)
+        .bind(lease.epoch.0 as i64)
         .bind(session_id.as_str())
         .bind(instance.as_str())
         .bind(lease.expires.0)
@@ -226,20 +205,20 @@ impl Meta {
             .execute(&mut *tx)
             .await?;
             let detail = json!({"previous_session": old.session.as_str(), "previous_instance": old.instance.as_str(),
-                "previous_epoch": ws.lease.epoch, "epoch": lease.epoch});
-            let ev = NewEvent::of("lease_taken_over", owner, ws.generation).session(&session_id).detail(detail);
+                "previous_epoch": ws.record.lease.epoch, "epoch": lease.epoch});
+            let ev = NewEvent::of("lease_taken_over", owner, generation).session(&session_id).detail(detail);
             record(&mut tx, now, ev).await?;
         }
         let detail = json!({"epoch": lease.epoch, "instance": instance.as_str(),
             "node": node.map(|n| n.as_str()), "pool": pool.map(|p| p.as_str()), "handover": handover.is_some()});
-        let ev = NewEvent::of("session_attached", owner, ws.generation).session(&session_id).detail(detail);
+        let ev = NewEvent::of("session_attached", owner, generation).session(&session_id).detail(detail);
         record(&mut tx, now, ev).await?;
         let workspace = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
         tx.commit().await?;
         let session = SessionRow {
             id: session_id,
             owner: owner.clone(),
-            generation: ws.generation,
+            generation,
             epoch: lease.epoch,
             instance: instance.clone(),
             node: node.cloned(),
@@ -258,7 +237,7 @@ impl Meta {
             return Ok(s);
         }
         let ws = self.ws_for_update(&mut tx, &s.owner).await?.ok_or_else(|| not_found(&s.owner))?;
-        if ws.lease.holder.as_ref().is_some_and(|h| h.session == s.id) {
+        if ws.record.lease.holder.as_ref().is_some_and(|h| h.session == s.id) {
             sqlx::query(
                 "UPDATE workspaces SET lease_session = NULL, lease_instance = NULL, lease_expires = 0, updated_at = $2 \
                  WHERE owner = $1",
@@ -317,7 +296,8 @@ impl Meta {
             let mut conn = self.write.acquire().await?;
             let mut tx = begin(&mut conn).await?;
             let Some(ws) = self.ws_for_update(&mut tx, &owner).await? else { continue };
-            let Some(holder) = ws.lease.holder.clone().filter(|_| !ws.lease.is_live(now)) else { continue };
+            let lease = &ws.record.lease;
+            let Some(holder) = lease.holder.clone().filter(|_| !lease.is_live(now)) else { continue };
             sqlx::query(
                 "UPDATE workspaces SET lease_session = NULL, lease_instance = NULL, lease_expires = 0 WHERE owner = $1",
             )
@@ -329,8 +309,9 @@ impl Meta {
                 .bind(now.0)
                 .execute(&mut *tx)
                 .await?;
-            let detail = json!({"epoch": ws.lease.epoch, "instance": holder.instance.as_str(), "expired_at": ws.lease.expires.to_string()});
-            let ev = NewEvent::of("lease_expired", &owner, ws.generation).session(&holder.session).detail(detail);
+            let detail = json!({"epoch": lease.epoch, "instance": holder.instance.as_str(), "expired_at": lease.expires.to_string()});
+            let ev =
+                NewEvent::of("lease_expired", &owner, ws.record.generation).session(&holder.session).detail(detail);
             record(&mut tx, now, ev).await?;
             tx.commit().await?;
             n += 1;
@@ -344,21 +325,20 @@ impl Meta {
         &self,
         owner: &WorkspaceId,
         session: Option<&SessionId>,
-        epoch: u64,
-        snapshot_id: &str,
+        epoch: Epoch,
+        snapshot_id: &SnapshotId,
         stats: &SnapshotStats,
         now: Timestamp,
     ) -> Result<SnapshotRow> {
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
         let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
-        if ws.state != State::Active {
-            return Err(Error::WrongState(format!("workspace {owner} is {}", ws.state.as_str())));
-        }
-        ws.lease.check(epoch, now).map_err(stale)?;
-        let holder = ws.lease.holder.clone().ok_or(Error::StaleEpoch { given: epoch, current: ws.lease.epoch })?;
+        lifecycle::step(&ws.record, Event::Publish, now).map_err(|r| refused(owner, r, now))?;
+        let (lease, generation) = (&ws.record.lease, ws.record.generation);
+        lease.check(epoch, now)?;
+        let holder = lease.holder.clone().ok_or_else(|| lease.fence(epoch))?;
         if session.is_some_and(|s| *s != holder.session) {
-            return Err(Error::StaleEpoch { given: epoch, current: ws.lease.epoch });
+            return Err(lease.fence(epoch).into());
         }
         let stats_json = serde_json::to_string(stats).unwrap_or_else(|_| "{}".into());
         sqlx::query(
@@ -366,9 +346,9 @@ impl Meta {
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (owner, generation, snapshot_id) DO NOTHING",
         )
         .bind(owner.as_str())
-        .bind(ws.generation.0 as i64)
-        .bind(snapshot_id)
-        .bind(epoch as i64)
+        .bind(generation.0 as i64)
+        .bind(snapshot_id.to_hex())
+        .bind(epoch.0 as i64)
         .bind(holder.session.as_str())
         .bind(now.0)
         .bind(stats_json)
@@ -376,20 +356,20 @@ impl Meta {
         .await?;
         sqlx::query("UPDATE workspaces SET latest_snapshot = $2, updated_at = $3 WHERE owner = $1")
             .bind(owner.as_str())
-            .bind(snapshot_id)
+            .bind(snapshot_id.to_hex())
             .bind(now.0)
             .execute(&mut *tx)
             .await?;
-        let ev = NewEvent::of("snapshot_published", owner, ws.generation)
+        let ev = NewEvent::of("snapshot_published", owner, generation)
             .session(&holder.session)
-            .detail(json!({"snapshot_id": snapshot_id, "epoch": epoch}));
+            .detail(json!({"snapshot_id": snapshot_id.to_hex(), "epoch": epoch}));
         record(&mut tx, now, ev).await?;
         tx.commit().await?;
         Ok(SnapshotRow {
-            snapshot_id: snapshot_id.to_string(),
-            generation: ws.generation,
+            snapshot_id: *snapshot_id,
+            generation,
             epoch,
-            session: holder.session.to_string(),
+            session: holder.session,
             recorded_at: now,
             stats: stats.clone(),
         })
@@ -403,17 +383,19 @@ impl Meta {
              WHERE owner = $1 AND generation = $2 AND retired_at IS NULL ORDER BY recorded_at DESC, snapshot_id",
         )
         .bind(owner.as_str())
-        .bind(ws.generation.0 as i64)
+        .bind(ws.record.generation.0 as i64)
         .fetch_all(&self.read)
         .await?;
+        let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
         let snaps = rows
             .iter()
             .map(|r| {
                 Ok(SnapshotRow {
-                    snapshot_id: r.try_get("snapshot_id")?,
+                    snapshot_id: SnapshotId::from_hex(&r.try_get::<String, _>("snapshot_id")?)
+                        .map_err(|e| corrupt(&e))?,
                     generation: Generation(r.try_get::<i64, _>("generation")? as u64),
-                    epoch: r.try_get::<i64, _>("epoch")? as u64,
-                    session: r.try_get("session_id")?,
+                    epoch: Epoch(r.try_get::<i64, _>("epoch")? as u64),
+                    session: SessionId::new(r.try_get::<String, _>("session_id")?).map_err(|e| corrupt(&e))?,
                     recorded_at: Timestamp(r.try_get("recorded_at")?),
                     stats: serde_json::from_str(&r.try_get::<String, _>("stats")?).unwrap_or_default(),
                 })

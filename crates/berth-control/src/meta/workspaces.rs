@@ -1,15 +1,18 @@
-//! Workspace records: ensure (idempotent, with generations), read, list, close, ask for deletion.
+//! Workspace records: ensure (idempotent, with generations), read, list, close, ask for
+//! deletion; and the one place that stores what `berth_core::lifecycle` decides.
 
 use std::collections::BTreeMap;
 
-use berth_core::gc::DeleteStep;
+use berth_core::gc::Outcome;
+use berth_core::lifecycle::{self, Audit, Effect, Event, Record, Refusal, State, Transition};
 use berth_core::repo::RepoSpec;
 use berth_core::time::Timestamp;
-use berth_core::volume::{AccessMode, VolumeName};
+use berth_core::volume::AccessMode;
 use berth_core::workspace::{Generation, WorkspaceId};
 use serde_json::json;
+use sqlx::AnyConnection;
 
-use super::{begin, random_hex, record, ws_from_row, Meta, NewEvent, State, WorkspaceRow, WS_SELECT};
+use super::{begin, random_hex, record, ws_from_row, Meta, NewEvent, WorkspaceRow, WS_SELECT};
 use crate::error::{Error, Result};
 
 /// The validated options of an ensure, with server defaults applied.
@@ -40,6 +43,20 @@ pub enum Ensured {
     NewGeneration,
 }
 
+impl Ensured {
+    fn of(effects: &[Effect]) -> Ensured {
+        if effects.contains(&Effect::Create) {
+            Ensured::Created
+        } else if effects.contains(&Effect::StartGeneration) {
+            Ensured::NewGeneration
+        } else if effects.contains(&Effect::Audit(Audit::Reopened)) {
+            Ensured::Reopened
+        } else {
+            Ensured::Existing
+        }
+    }
+}
+
 /// Filters of a workspace listing.
 #[derive(Clone, Debug, Default)]
 pub struct ListFilter {
@@ -60,119 +77,26 @@ impl Meta {
     ) -> Result<(WorkspaceRow, Ensured)> {
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
-        let labels = serde_json::to_string(&opts.labels).unwrap_or_else(|_| "{}".into());
-        let repos = serde_json::to_string(&opts.repos).unwrap_or_else(|_| "[]".into());
-        let volume = VolumeName::derive(owner, Generation(1));
-        let inserted = sqlx::query(
-            "INSERT INTO workspaces (owner, id, generation, state, volume, volume_state, size_bytes, storage_class, \
-             access_mode, labels, repos, created_at, updated_at) \
-             VALUES ($1, $2, 1, 'active', $3, 'pending', $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (owner) DO NOTHING",
-        )
-        .bind(owner.as_str())
-        .bind(format!("ws_{}", random_hex(16)))
-        .bind(volume.as_str())
-        .bind(opts.size_bytes as i64)
-        .bind(opts.storage_class.clone())
-        .bind(opts.access_mode.as_str())
-        .bind(labels.clone())
-        .bind(repos.clone())
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| Error::NotFound(owner.to_string()))?;
-        let how = if inserted == 1 {
-            let detail = json!({"generation": 1, "volume": volume.as_str()});
-            let ev = NewEvent::of("workspace_ensured", owner, Generation(1)).detail(detail);
-            record(&mut tx, now, ev).await?;
-            Ensured::Created
-        } else {
-            match ws.state {
-                State::Active => Ensured::Existing,
-                State::Closed => {
-                    if ws.claim_until.is_some_and(|u| u > now) {
-                        return Err(Error::Busy {
-                            message: format!("workspace {owner} is closed and its volume is being garbage-collected"),
-                            retry_after_secs: ((ws.claim_until.unwrap_or(now).0 - now.0) / 1_000_000_000 + 1) as u64,
-                        });
-                    }
-                    sqlx::query(
-                        "UPDATE workspaces SET state = 'active', closed_at = NULL, updated_at = $2, \
-                         volume_state = CASE WHEN volume_state = 'removed' THEN 'pending' ELSE volume_state END, \
-                         volume_removed_at = NULL, attempts = 0, retry_at = NULL, last_error = NULL WHERE owner = $1",
-                    )
-                    .bind(owner.as_str())
-                    .bind(now.0)
-                    .execute(&mut *tx)
-                    .await?;
-                    let ev = NewEvent::of("workspace_reopened", owner, ws.generation);
-                    record(&mut tx, now, ev).await?;
-                    Ensured::Reopened
-                }
-                State::Deleting => {
-                    return Err(Error::WrongState(format!(
-                        "workspace {owner} is being deleted; ensure it again once the deletion completes \
-                         (GET /v1/workspaces/{owner} shows its progress)"
-                    )))
-                }
-                State::Deleted => {
-                    // The generation was bumped when the deletion completed.
-                    let volume = VolumeName::derive(owner, ws.generation);
-                    sqlx::query(
-                        "UPDATE workspaces SET id = $2, state = 'active', volume = $3, volume_state = 'pending', \
-                         volume_removed_at = NULL, volume_outcome = NULL, size_bytes = $4, storage_class = $5, \
-                         access_mode = $6, labels = $7, repos = $8, lease_session = NULL, lease_instance = NULL, \
-                         lease_expires = 0, latest_snapshot = NULL, delete_step = NULL, last_error = NULL, \
-                         attempts = 0, retry_at = NULL, claim_holder = NULL, claim_until = NULL, closed_at = NULL, \
-                         updated_at = $9 WHERE owner = $1",
-                    )
-                    .bind(owner.as_str())
-                    .bind(format!("ws_{}", random_hex(16)))
-                    .bind(volume.as_str())
-                    .bind(opts.size_bytes as i64)
-                    .bind(opts.storage_class.clone())
-                    .bind(opts.access_mode.as_str())
-                    .bind(labels)
-                    .bind(repos)
-                    .bind(now.0)
-                    .execute(&mut *tx)
-                    .await?;
-                    let detail = json!({"generation": ws.generation.0, "volume": volume.as_str()});
-                    let ev = NewEvent::of("workspace_ensured", owner, ws.generation).detail(detail);
-                    record(&mut tx, now, ev).await?;
-                    Ensured::NewGeneration
-                }
+        let how = loop {
+            let before = self.ws_for_update(&mut tx, owner).await?;
+            let transition = match &before {
+                None => lifecycle::create(owner),
+                Some(ws) => lifecycle::step(&ws.record, Event::Ensure, now).map_err(|r| refused(owner, r, now))?,
+            };
+            let how = Ensured::of(&transition.1);
+            // Not stored: a concurrent first ensure inserted the record; decide again on it.
+            if self.store(&mut tx, before.as_ref(), transition, Some(opts), now).await? {
+                break how;
             }
         };
-        let ws = if how == Ensured::Existing {
-            ws
-        } else {
-            self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| Error::NotFound(owner.to_string()))?
-        };
+        let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
         tx.commit().await?;
         Ok((ws, how))
     }
 
     /// Marks the volume of `owner`'s `generation` present, once the substrate has it.
     pub async fn mark_volume_present(&self, owner: &WorkspaceId, generation: Generation, now: Timestamp) -> Result<()> {
-        let mut conn = self.write.acquire().await?;
-        let mut tx = begin(&mut conn).await?;
-        let n = sqlx::query(
-            "UPDATE workspaces SET volume_state = 'present', updated_at = $3 \
-             WHERE owner = $1 AND generation = $2 AND volume_state = 'pending' AND state = 'active'",
-        )
-        .bind(owner.as_str())
-        .bind(generation.0 as i64)
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 1 {
-            let ev = NewEvent::of("volume_created", owner, generation);
-            record(&mut tx, now, ev).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.transition(owner, Event::VolumeCreated { generation }, now).await.map(|_| ())
     }
 
     /// Reads one workspace.
@@ -205,7 +129,7 @@ impl Meta {
             let n = rows.len();
             for row in &rows {
                 let ws = ws_from_row(row, self.rules)?;
-                cursor = ws.owner.to_string();
+                cursor = ws.record.owner.to_string();
                 if filter.labels.iter().all(|(k, v)| ws.labels.get(k) == Some(v)) {
                     if out.len() == limit {
                         return Ok((out, true));
@@ -223,61 +147,91 @@ impl Meta {
     /// cooldown, its snapshots stay. Refused while a session holds a live lease (its final
     /// snapshot may still be on the way): detach it first.
     pub async fn close_workspace(&self, owner: &WorkspaceId, now: Timestamp) -> Result<WorkspaceRow> {
-        let mut conn = self.write.acquire().await?;
-        let mut tx = begin(&mut conn).await?;
-        let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
-        match ws.state {
-            State::Closed => return Ok(ws),
-            State::Deleting | State::Deleted => {
-                return Err(Error::WrongState(format!(
-                    "workspace {owner} is {}; it cannot be closed",
-                    ws.state.as_str()
-                )))
-            }
-            State::Active => {}
-        }
-        if let Some(holder) = ws.lease.holder.clone().filter(|_| ws.lease.is_live(now)) {
-            return Err(Error::LeaseHeld { holder, epoch: ws.lease.epoch, expires: ws.lease.expires });
-        }
-        sqlx::query(
-            "UPDATE workspaces SET state = 'closed', closed_at = $2, updated_at = $2, lease_session = NULL, \
-             lease_instance = NULL, lease_expires = 0 WHERE owner = $1",
-        )
-        .bind(owner.as_str())
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await?;
-        end_open_sessions(&mut tx, owner, now, "closed").await?;
-        let ev = NewEvent::of("workspace_closed", owner, ws.generation);
-        record(&mut tx, now, ev).await?;
-        let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
-        tx.commit().await?;
-        Ok(ws)
+        self.transition(owner, Event::Close, now).await?;
+        self.workspace(owner).await?.ok_or_else(|| not_found(owner))
     }
 
     /// Asks for the deletion of `owner`'s workspace; the deletion reconciler carries it out.
     /// Returns the record and whether this call started the deletion.
     pub async fn request_delete(&self, owner: &WorkspaceId, now: Timestamp) -> Result<(WorkspaceRow, bool)> {
+        let (before, after) = self.transition(owner, Event::Delete, now).await?;
+        let ws = self.workspace(owner).await?.ok_or_else(|| not_found(owner))?;
+        Ok((ws, before.state != after.state))
+    }
+
+    /// Applies `event` to `owner`'s record in one transaction: load it locked, let the
+    /// lifecycle decide, store the result. Returns the record before and after.
+    pub(super) async fn transition(
+        &self,
+        owner: &WorkspaceId,
+        event: Event,
+        now: Timestamp,
+    ) -> Result<(Record, Record)> {
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
-        let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
-        if matches!(ws.state, State::Deleting | State::Deleted) {
-            return Ok((ws, false));
-        }
-        sqlx::query(
-            "UPDATE workspaces SET state = 'deleting', delete_step = $2, attempts = 0, retry_at = NULL, \
-             last_error = NULL, updated_at = $3 WHERE owner = $1",
-        )
-        .bind(owner.as_str())
-        .bind(DeleteStep::EndSessions.as_str())
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await?;
-        let ev = NewEvent::of("workspace_delete_requested", owner, ws.generation);
-        record(&mut tx, now, ev).await?;
-        let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
+        let before = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
+        let transition = lifecycle::step(&before.record, event, now).map_err(|r| refused(owner, r, now))?;
+        let after = transition.0.clone();
+        self.store(&mut tx, Some(&before), transition, None, now).await?;
         tx.commit().await?;
-        Ok((ws, true))
+        Ok((before.record, after))
+    }
+
+    /// Stores a lifecycle transition inside the caller's transaction: writes the record if it
+    /// changed and carries out the effects, in order. `opts` are the ensure's, for a new
+    /// generation. Returns false, having written nothing, when `Effect::Create` finds that a
+    /// concurrent ensure created the record first.
+    pub(super) async fn store(
+        &self,
+        conn: &mut AnyConnection,
+        before: Option<&WorkspaceRow>,
+        (after, effects): Transition,
+        opts: Option<&EnsureOptions>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        // Events concern the generation the record had before the transition.
+        let subject = before.map_or(&after, |ws| &ws.record);
+        if before.is_some_and(|ws| ws.record != after) {
+            save(conn, &after, now).await?;
+        }
+        let (mut n_sessions, mut n_snapshots) = (0, 0);
+        for effect in &effects {
+            match effect {
+                Effect::Create => {
+                    if !insert(conn, &after, opts, now).await? {
+                        return Ok(false);
+                    }
+                }
+                Effect::StartGeneration => start_generation(conn, &after.owner, opts, now).await?,
+                Effect::EndSessions(reason) => {
+                    n_sessions = end_open_sessions(conn, &after.owner, now, reason.as_str()).await?
+                }
+                Effect::RetireSnapshots => n_snapshots = retire_snapshots(conn, subject, now).await?,
+                Effect::ForgetLatest => {
+                    sqlx::query("UPDATE workspaces SET latest_snapshot = NULL WHERE owner = $1")
+                        .bind(after.owner.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Effect::Audit(audit) => {
+                    let detail = match audit {
+                        Audit::Ensured => {
+                            json!({"generation": after.generation.0, "volume": after.volume.name.as_str()})
+                        }
+                        Audit::SessionsEnded => json!({"sessions": n_sessions}),
+                        Audit::SnapshotsRetired => json!({"snapshots": n_snapshots}),
+                        Audit::Deleted => json!({"next_generation": after.generation.0}),
+                        Audit::Volume(outcome, by) => volume_detail(subject, &after, *outcome, by.as_str()),
+                        Audit::Reopened | Audit::VolumeCreated | Audit::Closed | Audit::DeleteRequested => {
+                            serde_json::Value::Null
+                        }
+                    };
+                    let ev = NewEvent::of(audit.kind(), &subject.owner, subject.generation).detail(detail);
+                    record(conn, now, ev).await?;
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Counts workspaces in `state` (for metrics and benchmarks).
@@ -291,13 +245,152 @@ impl Meta {
     }
 }
 
+/// The detail of a volume event: which volume, who acted, and why an attempt failed.
+fn volume_detail(subject: &Record, after: &Record, outcome: Outcome, by: &str) -> serde_json::Value {
+    let mut detail = json!({"volume": subject.volume.name.as_str(), "by": by});
+    if !outcome.marks_removed() {
+        detail["error"] = json!(after.cleanup.last_error);
+        detail["attempts"] = json!(after.cleanup.attempts);
+    }
+    detail
+}
+
+/// Writes the lifecycle columns of `record`.
+async fn save(conn: &mut AnyConnection, record: &Record, now: Timestamp) -> Result<()> {
+    let holder = record.lease.holder.as_ref();
+    sqlx::query(
+        "UPDATE workspaces SET generation = $2, state = $3, closed_at = $4, volume = $5, volume_state = $6, \
+         volume_removed_at = $7, volume_outcome = $8, lease_epoch = $9, lease_session = $10, lease_instance = $11, \
+         lease_expires = $12, delete_step = $13, attempts = $14, retry_at = $15, last_error = $16, \
+         claim_holder = $17, claim_until = $18, updated_at = $19 WHERE owner = $1",
+    )
+    .bind(record.owner.as_str())
+    .bind(record.generation.0 as i64)
+    .bind(record.state.as_str())
+    .bind(record.closed_at.map(|t| t.0))
+    .bind(record.volume.name.as_str())
+    .bind(record.volume.state.as_str())
+    .bind(record.volume.removed_at.map(|t| t.0))
+    .bind(record.volume.last_outcome.map(|o| o.as_str()))
+    .bind(record.lease.epoch.0 as i64)
+    .bind(holder.map(|h| h.session.to_string()))
+    .bind(holder.map(|h| h.instance.to_string()))
+    .bind(record.lease.expires.0)
+    .bind(record.delete_step.map(|s| s.as_str()))
+    .bind(record.cleanup.attempts as i64)
+    .bind(record.cleanup.retry_at.map(|t| t.0))
+    .bind(record.cleanup.last_error.clone())
+    .bind(record.claim.as_ref().map(|c| c.holder.clone()))
+    .bind(record.claim.as_ref().map(|c| c.until.0))
+    .bind(now.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Inserts `owner`'s first record unless a concurrent ensure did; returns whether this did.
+async fn insert(
+    conn: &mut AnyConnection,
+    record: &Record,
+    opts: Option<&EnsureOptions>,
+    now: Timestamp,
+) -> Result<bool> {
+    let opts = opts.ok_or_else(|| Error::Corrupt("a workspace was created without options".into()))?;
+    let n = sqlx::query(
+        "INSERT INTO workspaces (owner, id, generation, state, volume, volume_state, size_bytes, storage_class, \
+         access_mode, labels, repos, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) ON CONFLICT (owner) DO NOTHING",
+    )
+    .bind(record.owner.as_str())
+    .bind(format!("ws_{}", random_hex(16)))
+    .bind(record.generation.0 as i64)
+    .bind(record.state.as_str())
+    .bind(record.volume.name.as_str())
+    .bind(record.volume.state.as_str())
+    .bind(opts.size_bytes as i64)
+    .bind(opts.storage_class.clone())
+    .bind(opts.access_mode.as_str())
+    .bind(json_text(&opts.labels))
+    .bind(json_text(&opts.repos))
+    .bind(now.0)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// A new generation's id and options; its snapshot pointer starts empty.
+async fn start_generation(
+    conn: &mut AnyConnection,
+    owner: &WorkspaceId,
+    opts: Option<&EnsureOptions>,
+    now: Timestamp,
+) -> Result<()> {
+    let opts = opts.ok_or_else(|| Error::Corrupt("a generation was started without options".into()))?;
+    sqlx::query(
+        "UPDATE workspaces SET id = $2, size_bytes = $3, storage_class = $4, access_mode = $5, labels = $6, \
+         repos = $7, latest_snapshot = NULL, updated_at = $8 WHERE owner = $1",
+    )
+    .bind(owner.as_str())
+    .bind(format!("ws_{}", random_hex(16)))
+    .bind(opts.size_bytes as i64)
+    .bind(opts.storage_class.clone())
+    .bind(opts.access_mode.as_str())
+    .bind(json_text(&opts.labels))
+    .bind(json_text(&opts.repos))
+    .bind(now.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Retires the snapshot pointers of `record`'s generation; returns how many.
+async fn retire_snapshots(conn: &mut AnyConnection, record: &Record, now: Timestamp) -> Result<u64> {
+    let n =
+        sqlx::query("UPDATE snapshots SET retired_at = $3 WHERE owner = $1 AND generation = $2 AND retired_at IS NULL")
+            .bind(record.owner.as_str())
+            .bind(record.generation.0 as i64)
+            .bind(now.0)
+            .execute(conn)
+            .await?
+            .rows_affected();
+    Ok(n)
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    // Maps of strings and plain structs always serialise.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// The error for a refused lifecycle event on `owner`.
+pub(super) fn refused(owner: &WorkspaceId, refusal: Refusal, now: Timestamp) -> Error {
+    match refusal {
+        Refusal::Held(held) => Error::LeaseHeld(held),
+        Refusal::Collecting { until } => Error::Busy {
+            message: format!("workspace {owner} is closed and its volume is being garbage-collected"),
+            retry_after_secs: ((until.0 - now.0) / 1_000_000_000 + 1).max(1) as u64,
+        },
+        Refusal::VolumeNotReady => Error::WrongState(format!(
+            "the volume of workspace {owner} is not ready; ensure the workspace again, then attach"
+        )),
+        Refusal::WrongState(State::Deleting) => Error::WrongState(format!(
+            "workspace {owner} is being deleted; ensure it again once the deletion completes \
+             (GET /v1/workspaces/{owner} shows its progress)"
+        )),
+        Refusal::WrongState(State::Closed) => Error::WrongState(format!(
+            "workspace {owner} is closed; ensure it (PUT /v1/workspaces/{owner}) to reopen it, then attach"
+        )),
+        Refusal::WrongState(state) => Error::WrongState(format!("workspace {owner} is {state}")),
+    }
+}
+
 pub(super) fn not_found(owner: &WorkspaceId) -> Error {
     Error::NotFound(format!("workspace {owner} does not exist; create it with PUT /v1/workspaces/{owner}"))
 }
 
 /// Ends every open session of `owner` with `reason`.
 pub(super) async fn end_open_sessions(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut AnyConnection,
     owner: &WorkspaceId,
     now: Timestamp,
     reason: &str,
