@@ -12,7 +12,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
-use crate::control::{self, Control};
+use crate::control::{self, Control, LeaseView};
+use crate::creds::Creds;
 use crate::drain;
 use crate::error::AgentError;
 use crate::git::Git;
@@ -94,27 +95,44 @@ pub async fn prepare(cfg: &AgentConfig) -> Result<Prepared, AgentError> {
     Ok(Prepared { job, control, repo, locks })
 }
 
+/// Who hears about init as it goes (the command line: a person, or nobody when the logs say
+/// it all).
+pub trait Observer: Sync {
+    /// After each phase of init.
+    fn phase(&self, phase: &Phase);
+    /// Once init has ended, ready or not, before any agent command starts.
+    fn init_done(&self, report: &InitReport);
+}
+
+/// Runs init with heartbeats going (the lease must stay live while init works: a restore can
+/// outlast it) until `heartbeats` is cancelled; tells `observer`.
+async fn init_observed(
+    cfg: &AgentConfig,
+    prepared: &Prepared,
+    cancel: &CancellationToken,
+    heartbeats: &CancellationToken,
+    observer: &dyn Observer,
+) -> Result<(InitReport, Option<Creds>), init::InitError> {
+    if let Some(c) = &prepared.control {
+        tokio::spawn(c.clone().heartbeat_loop(heartbeats.clone()));
+    }
+    let store = prepared.repo.as_ref().map(Option::as_ref);
+    let result = init::init(cfg, &prepared.job, store, prepared.control.as_ref(), cancel, &|p| observer.phase(p)).await;
+    match &result {
+        Ok((report, _)) => observer.init_done(report),
+        Err(e) => observer.init_done(&e.report),
+    }
+    result
+}
+
 /// Runs init alone (`berth agent init`).
-pub async fn init_only(cfg: AgentConfig, signals: Signals, progress: &(dyn Fn(&Phase) + Sync)) -> Outcome {
+pub async fn init_only(cfg: AgentConfig, signals: Signals, observer: &dyn Observer) -> Outcome {
     let prepared = match prepare(&cfg).await {
         Ok(p) => p,
         Err(e) => return Outcome::failed(exit::FAILED, e, None),
     };
-    let cancel = any_of(&signals);
-    // The lease must stay live while init works (a restore can outlast it).
     let heartbeats = CancellationToken::new();
-    if let Some(c) = &prepared.control {
-        tokio::spawn(c.clone().heartbeat_loop(heartbeats.clone()));
-    }
-    let result = init::init(
-        &cfg,
-        &prepared.job,
-        prepared.repo.as_ref().map(Option::as_ref),
-        prepared.control.as_ref(),
-        &cancel,
-        progress,
-    )
-    .await;
+    let result = init_observed(&cfg, &prepared, &any_of(&signals), &heartbeats, observer).await;
     heartbeats.cancel();
     drop(prepared);
     match result {
@@ -181,146 +199,195 @@ fn serve_metrics(addr: SocketAddr, persister: Arc<Persister>, stop: Cancellation
 }
 
 /// Runs the agent: init, then persistence (and the agent command, if given) until it ends.
-pub async fn run(cfg: AgentConfig, argv: Vec<String>, signals: Signals, progress: &(dyn Fn(&Phase) + Sync)) -> Outcome {
+pub async fn run(cfg: AgentConfig, argv: Vec<String>, signals: Signals, observer: &dyn Observer) -> Outcome {
     let cfg = Arc::new(cfg);
     let prepared = match prepare(&cfg).await {
         Ok(p) => p,
         Err(e) => return Outcome::failed(exit::FAILED, e, None),
     };
-    let cancel = any_of(&signals);
+    // Everything this run starts stops with `stop`; heartbeats start before init.
     let stop = CancellationToken::new();
-    // Heartbeats start before init: the lease must stay live while init works.
-    if let Some(c) = &prepared.control {
-        tokio::spawn(c.clone().heartbeat_loop(stop.clone()));
-    }
-    let store = prepared.repo.as_ref().map(Option::as_ref);
-    let (report, creds) =
-        match init::init(&cfg, &prepared.job, store, prepared.control.as_ref(), &cancel, progress).await {
-            Ok(x) => x,
-            Err(e) => {
-                stop.cancel();
-                return Outcome::failed(failure_code(&signals), e.error, Some(*e.report));
-            }
-        };
-    let git = Git::new(creds.as_ref());
-    let repo = prepared.repo.as_ref().ok().cloned().flatten();
-    let persister = match Persister::new(cfg.clone(), repo, prepared.control.clone(), git.clone()) {
-        Ok(p) => Arc::new(p),
+    let (report, creds) = match init_observed(&cfg, &prepared, &any_of(&signals), &stop, observer).await {
+        Ok(x) => x,
         Err(e) => {
             stop.cancel();
-            return Outcome::failed(exit::FAILED, e, Some(report));
+            return Outcome::failed(failure_code(&signals), e.error, Some(*e.report));
         }
     };
-    if matches!(report.restore, Some(RestoreOutcome::Restored | RestoreOutcome::KeptLocal)) {
-        persister.durable_now();
-    }
-    if let Some(addr) = cfg.metrics_listen {
-        serve_metrics(addr, persister.clone(), stop.clone());
-    }
-    let persist_stop = stop.child_token();
-    let persist_task = {
-        let (p, s) = (persister.clone(), persist_stop.clone());
-        tokio::spawn(async move { p.run(s).await })
-    };
-    let mut child = None;
-    if !argv.is_empty() {
-        let env = creds.as_ref().map(|c| c.git_env()).unwrap_or_default();
-        match Child::spawn(&argv, &cfg.dir, &env) {
-            Ok(c) => child = Some(c),
-            Err(e) => {
-                stop.cancel();
-                let program = argv[0].clone();
-                return Outcome::failed(exit::FAILED, AgentError::Spawn { program, source: e }, Some(report));
-            }
+    let restored = matches!(report.restore, Some(RestoreOutcome::Restored | RestoreOutcome::KeptLocal));
+    let code = match Running::start(cfg.clone(), prepared, creds, &argv, restored, &stop) {
+        Ok(mut running) => {
+            let code = running.supervise(&signals).await;
+            // Background work stops before the job's paths and the locks go with `running`.
+            stop.cancel();
+            drop(running);
+            Ok(code)
         }
-    }
-    let mut view = prepared.control.as_ref().map(|c| c.view());
-    {
-        // How much work is at risk, in the log once a minute.
-        let (p, s) = (persister.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = s.cancelled() => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
-                }
-                match p.seconds_since_durable() {
-                    Some(secs) => tracing::info!(event = "status", seconds_since_snapshot = secs),
-                    None => tracing::info!(event = "status", seconds_since_snapshot = "never"),
-                }
-            }
-        });
-    }
-    let code = loop {
-        let changed = async {
-            match view.as_mut() {
-                Some(v) => v.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
-        let child_exit = async {
-            match child.as_mut() {
-                Some(c) => c.wait().await.ok(),
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = signals.int.cancelled() => {
-                tracing::warn!(event = "interrupted", hint = "SIGINT: stopping at once, no drain");
-                if let Some(c) = &child {
-                    c.kill();
-                }
-                break exit::INTERRUPTED;
-            }
-            _ = signals.term.cancelled() => {
-                let started = Instant::now();
-                tracing::info!(event = "drain_started", budget_secs = cfg.drain_budget_secs);
-                // Stop taking new work at once: no more scheduled snapshots.
-                persist_stop.cancel();
-                let _ = persist_task.await;
-                drain::drain(&cfg, &prepared.job.work, &persister, prepared.control.as_ref(), &git, child.as_mut(), started).await;
-                break exit::OK;
-            }
-            status = child_exit => {
-                let code = status.and_then(|s| s.code()).unwrap_or(exit::FAILED);
-                tracing::info!(event = "agent_exited", code);
-                persist_stop.cancel();
-                let _ = persist_task.await;
-                if let Err(e) = persister.snapshot("exit", GitMode::Now, None).await {
-                    tracing::warn!(event = "final_snapshot_failed", error = %e);
-                }
-                if let Some(c) = &prepared.control {
-                    c.detach(std::time::Duration::from_secs(5)).await;
-                }
-                break code;
-            }
-            ok = changed => {
-                if !ok {
-                    continue;
-                }
-                let v = view.as_ref().map(|v| v.borrow().clone()).unwrap_or_default();
-                if v.fenced {
-                    persister.stop_writing();
-                    if let Some(c) = &child {
-                        c.signal(rustix::process::Signal::TERM);
-                    }
-                    break exit::FENCED;
-                }
-                if v.draining {
-                    // The control plane drains this scope: save now, keep working until told to stop.
-                    let p = persister.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = p.snapshot("scope_draining", GitMode::Now, None).await {
-                            tracing::warn!(event = "snapshot_failed", reason = "scope_draining", error = %e);
-                        }
-                    });
-                }
-            }
-        }
+        Err(e) => Err(e),
     };
     stop.cancel();
-    let epoch = cfg.control.as_ref().map_or(Epoch::ZERO, |c| c.epoch);
-    let error = (code == exit::FENCED).then_some(AgentError::Fenced(Fenced { presented: epoch, current: None }));
-    drop(prepared);
-    Outcome { code, error, init: Some(report) }
+    match code {
+        Ok(code) if code == exit::FENCED => {
+            let presented = cfg.control.as_ref().map_or(Epoch::ZERO, |c| c.epoch);
+            Outcome::failed(code, Fenced { presented, current: None }.into(), Some(report))
+        }
+        Ok(code) => Outcome { code, error: None, init: Some(report) },
+        Err(e) => Outcome::failed(exit::FAILED, e, Some(report)),
+    }
+}
+
+/// A workspace being kept persisted, with the agent command under supervision.
+struct Running {
+    cfg: Arc<AgentConfig>,
+    prepared: Prepared,
+    git: Git,
+    persister: Arc<Persister>,
+    persist_stop: CancellationToken,
+    persist_task: Option<tokio::task::JoinHandle<()>>,
+    child: Option<Child>,
+}
+
+impl Running {
+    /// Starts persistence (and `/metrics`, the status line and the agent command).
+    fn start(
+        cfg: Arc<AgentConfig>,
+        prepared: Prepared,
+        creds: Option<Creds>,
+        argv: &[String],
+        restored: bool,
+        stop: &CancellationToken,
+    ) -> Result<Running, AgentError> {
+        let git = Git::new(creds.as_ref());
+        let repo = prepared.repo.as_ref().ok().cloned().flatten();
+        let persister = Arc::new(Persister::new(cfg.clone(), repo, prepared.control.clone(), git.clone())?);
+        if restored {
+            persister.durable_now();
+        }
+        if let Some(addr) = cfg.metrics_listen {
+            serve_metrics(addr, persister.clone(), stop.clone());
+        }
+        tokio::spawn(status_lines(persister.clone(), stop.clone()));
+        let persist_stop = stop.child_token();
+        let persist_task = Some(tokio::spawn({
+            let (p, s) = (persister.clone(), persist_stop.clone());
+            async move { p.run(s).await }
+        }));
+        let child = match argv.first() {
+            None => None,
+            Some(program) => {
+                let env = creds.as_ref().map(|c| c.git_env()).unwrap_or_default();
+                let spawned = Child::spawn(argv, &cfg.dir, &env);
+                Some(spawned.map_err(|source| AgentError::Spawn { program: program.clone(), source })?)
+            }
+        };
+        Ok(Running { cfg, prepared, git, persister, persist_stop, persist_task, child })
+    }
+
+    /// Stops scheduled snapshots and waits for one under way to be abandoned.
+    async fn stop_persisting(&mut self) {
+        self.persist_stop.cancel();
+        if let Some(task) = self.persist_task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits for what ends the run: SIGINT, SIGTERM (drain), the agent's exit, or fencing.
+    /// Returns the exit code.
+    async fn supervise(&mut self, signals: &Signals) -> i32 {
+        let mut view = self.prepared.control.as_ref().map(|c| c.view());
+        loop {
+            let changed = async {
+                match view.as_mut() {
+                    Some(v) => v.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let child = self.child.as_mut();
+            let child_exit = async {
+                match child {
+                    Some(c) => c.wait().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = signals.int.cancelled() => return self.interrupted(),
+                _ = signals.term.cancelled() => return self.drain().await,
+                status = child_exit => return self.agent_exited(status).await,
+                true = changed => {
+                    let v = view.as_ref().map(|v| v.borrow().clone()).unwrap_or_default();
+                    if let Some(code) = self.lease_changed(&v) {
+                        return code;
+                    }
+                }
+            }
+        }
+    }
+
+    fn interrupted(&self) -> i32 {
+        tracing::warn!(event = "interrupted", hint = "SIGINT: stopping at once, no drain");
+        if let Some(c) = &self.child {
+            c.kill();
+        }
+        exit::INTERRUPTED
+    }
+
+    /// SIGTERM: stop taking new work at once (no more scheduled snapshots), then drain.
+    async fn drain(&mut self) -> i32 {
+        let started = Instant::now();
+        tracing::info!(event = "drain_started", budget_secs = self.cfg.drain_budget_secs);
+        self.stop_persisting().await;
+        let control = self.prepared.control.as_ref();
+        let scratch = &self.prepared.job.work;
+        drain::drain(&self.cfg, scratch, &self.persister, control, &self.git, self.child.as_mut(), started).await;
+        exit::OK
+    }
+
+    /// The agent command ended: a final snapshot, then detach; its exit code is the run's.
+    async fn agent_exited(&mut self, status: Option<std::process::ExitStatus>) -> i32 {
+        let code = status.and_then(|s| s.code()).unwrap_or(exit::FAILED);
+        tracing::info!(event = "agent_exited", code);
+        self.stop_persisting().await;
+        if let Err(e) = self.persister.snapshot("exit", GitMode::Now, None).await {
+            tracing::warn!(event = "final_snapshot_failed", error = %e);
+        }
+        if let Some(c) = &self.prepared.control {
+            c.detach(std::time::Duration::from_secs(5)).await;
+        }
+        code
+    }
+
+    /// What the heartbeats learned: fenced ends the run; a draining scope saves now and works on
+    /// until told to stop.
+    fn lease_changed(&self, view: &LeaseView) -> Option<i32> {
+        if view.fenced {
+            self.persister.stop_writing();
+            if let Some(c) = &self.child {
+                c.signal(rustix::process::Signal::TERM);
+            }
+            return Some(exit::FENCED);
+        }
+        if view.draining {
+            let p = self.persister.clone();
+            tokio::spawn(async move {
+                if let Err(e) = p.snapshot("scope_draining", GitMode::Now, None).await {
+                    tracing::warn!(event = "snapshot_failed", reason = "scope_draining", error = %e);
+                }
+            });
+        }
+        None
+    }
+}
+
+/// How much work is at risk, in the log once a minute until `stop`.
+async fn status_lines(persister: Arc<Persister>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+        match persister.seconds_since_durable() {
+            Some(secs) => tracing::info!(event = "status", seconds_since_snapshot = secs),
+            None => tracing::info!(event = "status", seconds_since_snapshot = "never"),
+        }
+    }
 }

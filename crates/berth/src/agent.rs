@@ -2,13 +2,14 @@
 //! and the spec file (in that order of precedence), wires SIGTERM and SIGINT, and prints the
 //! result as a summary or, with `--json`, as JSON.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use berth_agent::config::{default_base, defaults, AgentConfig, Flags};
 use berth_agent::init::{InitReport, Phase};
-use berth_agent::run::{self, Outcome, Signals};
+use berth_agent::run::{self, Observer, Outcome, Signals};
 use berth_core::units::{format_duration, format_size};
 use clap::{Args, Subcommand};
 
@@ -216,52 +217,77 @@ fn signals() -> Signals {
     s
 }
 
-fn print_phase(p: &Phase) {
-    eprintln!("init: {:<12} {:<8} {:>6} ms  {}", p.name, p.outcome, p.ms, p.detail);
+/// The log filter when `BERTH_LOG` is unset. A person at a terminal reads the agent's own
+/// lines (each init phase, one summary) and, from the log, only warnings and errors: init's own
+/// events are what that summary says, so they are off. A log collector (stderr not a terminal)
+/// gets every event of init and run instead of the phase lines.
+pub fn log_filter(cmd: &Command) -> &'static str {
+    if std::io::stderr().is_terminal() {
+        "warn,berth_agent::init=off"
+    } else if matches!(cmd, Command::Init(_) | Command::Run { .. }) {
+        "info,sqlx=warn"
+    } else {
+        "warn"
+    }
 }
 
-fn print_summary(r: &InitReport) {
-    let restore = r.restore.map_or("", |x| x.as_str()).replace('_', " ");
-    println!(
-        "workspace {} (generation {}): {}{}",
-        r.workspace,
-        r.generation,
-        if r.ready { "ready" } else { "NOT ready" },
-        r.snapshot.map(|s| format!(", {restore} {s}")).unwrap_or_else(|| format!(", {restore}"))
-    );
+/// What a person reads: each init phase as it ends (unless the log says it already) and one
+/// summary once init has ended; with `--json`, stdout holds only the JSON report.
+#[derive(Debug)]
+struct ForPeople {
+    json: bool,
+}
+
+impl Observer for ForPeople {
+    fn phase(&self, p: &Phase) {
+        if !tracing::enabled!(target: "berth_agent::init", tracing::Level::INFO) {
+            eprintln!("init: {:<12} {:<8} {:>6} ms  {}", p.name, p.outcome, p.ms, p.detail);
+        }
+    }
+
+    fn init_done(&self, report: &InitReport) {
+        if !self.json {
+            print!("{}", summary(report));
+        }
+    }
+}
+
+/// The summary of an init report, for people.
+fn summary(r: &InitReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let state = if r.ready { "ready" } else { "NOT ready" };
+    let restore = r.restore.map(|x| format!(", {}", x.as_str().replace('_', " "))).unwrap_or_default();
+    let snapshot = r.snapshot.map(|s| format!(" {s}")).unwrap_or_default();
+    let _ = writeln!(out, "workspace {} (generation {}): {state}{restore}{snapshot}", r.workspace, r.generation);
     for repo in &r.repos {
-        let why = repo
-            .error
-            .as_deref()
-            .map(|e| format!(" ({}: {e})", repo.failure.map(|f| format!("{f:?}").to_lowercase()).unwrap_or_default()))
-            .unwrap_or_default();
-        println!("  repo {:<24} {:<14} {}{why}", repo.path, repo.outcome, repo.url);
+        let failure = repo.failure.map(|f| format!("{f:?}").to_lowercase()).unwrap_or_default();
+        let why = repo.error.as_deref().map(|e| format!(" ({failure}: {e})")).unwrap_or_default();
+        let _ = writeln!(out, "  repo {:<24} {:<14} {}{why}", repo.path, repo.outcome, repo.url);
     }
     for g in &r.git {
-        match (&g.restore, &g.error) {
+        let _ = match (&g.restore, &g.error) {
             (Some(x), _) if !x.head_matches => {
-                println!("  git  {:<24} HEAD mismatch: expected {:?}, found {:?}", g.path, x.expected_head, x.head)
+                let (expected, found) = (x.expected_head.as_deref().unwrap_or("-"), x.head.as_deref().unwrap_or("-"));
+                writeln!(out, "  git  {:<24} HEAD mismatch: expected {expected}, found {found}", g.path)
             }
-            (Some(x), _) => println!(
-                "  git  {:<24} restored (HEAD {}, {} index entries refreshed)",
-                g.path,
-                x.head.as_deref().unwrap_or("-"),
-                x.index_refreshed
-            ),
-            (None, Some(e)) => println!("  git  {:<24} failed: {e}", g.path),
-            _ => {}
-        }
+            (Some(x), _) => {
+                let head = x.head.as_deref().unwrap_or("-");
+                let n = x.index_refreshed;
+                writeln!(out, "  git  {:<24} restored (HEAD {head}, {n} index entries refreshed)", g.path)
+            }
+            (None, Some(e)) => writeln!(out, "  git  {:<24} failed: {e}", g.path),
+            (None, None) => Ok(()),
+        };
     }
-    println!("  took {} ms", r.ms);
+    let _ = writeln!(out, "  took {} ms", r.ms);
+    out
 }
 
+/// Prints the JSON report (with `--json`) and the error, if any; returns the exit code.
 fn finish(outcome: Outcome, json: bool) -> Result<i32> {
-    if json {
-        if let Some(r) = &outcome.init {
-            println!("{}", serde_json::to_string_pretty(r)?);
-        }
-    } else if let Some(r) = &outcome.init {
-        print_summary(r);
+    if let (true, Some(r)) = (json, &outcome.init) {
+        println!("{}", serde_json::to_string_pretty(r)?);
     }
     if let Some(e) = &outcome.error {
         eprintln!("error: {e}");
@@ -273,25 +299,14 @@ fn finish(outcome: Outcome, json: bool) -> Result<i32> {
 pub async fn run(cmd: Command) -> Result<i32> {
     match cmd {
         Command::Init(args) => {
-            let json = args.json;
+            let people = ForPeople { json: args.json };
             let cfg = AgentConfig::resolve(args.flags())?;
-            let outcome = run::init_only(cfg, signals(), &print_phase).await;
-            finish(outcome, json)
+            finish(run::init_only(cfg, signals(), &people).await, people.json)
         }
         Command::Run { args, command } => {
-            let json = args.json;
+            let people = ForPeople { json: args.json };
             let cfg = AgentConfig::resolve(args.flags())?;
-            let outcome = run::run(cfg, command, signals(), &print_phase).await;
-            // The init summary was printed phase by phase already; print only failures.
-            if let Some(e) = &outcome.error {
-                eprintln!("error: {e}");
-            }
-            if json {
-                if let Some(r) = &outcome.init {
-                    println!("{}", serde_json::to_string_pretty(r)?);
-                }
-            }
-            Ok(outcome.code)
+            finish(run::run(cfg, command, signals(), &people).await, people.json)
         }
         Command::Sweep { base, ttl, dry_run, json } => {
             let base = base.unwrap_or_else(default_base);
@@ -316,5 +331,79 @@ pub async fn run(cmd: Command) -> Result<i32> {
             }
             Ok(if report.failed > 0 { 1 } else { 0 })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_agent::git::GitRestore;
+    use berth_agent::init::{GitReport, RepoReport};
+    use berth_core::init::{RepoOutcome, RestoreOutcome};
+    use berth_core::repo::FailureKind;
+
+    use super::*;
+
+    fn repo(path: &str, outcome: RepoOutcome, failure: Option<(FailureKind, &str)>) -> RepoReport {
+        RepoReport {
+            path: path.into(),
+            url: format!("https://git.example.test/org/{path}.git"),
+            outcome,
+            failure: failure.map(|f| f.0),
+            error: failure.map(|f| f.1.to_string()),
+            attempts: 1,
+            ms: 5,
+        }
+    }
+
+    fn git(path: &str, head: &str, expected: &str, error: Option<&str>) -> GitReport {
+        let restore = GitRestore {
+            expected_head: Some(expected.into()),
+            head: Some(head.into()),
+            head_matches: head == expected,
+            rebuilt_from_bundle: false,
+            index_refreshed: 12,
+        };
+        GitReport { path: path.into(), restore: error.is_none().then_some(restore), error: error.map(Into::into) }
+    }
+
+    #[test]
+    fn the_summary_says_each_repo_and_git_state_once() {
+        let report = InitReport {
+            ready: true,
+            workspace: "agent:42".into(),
+            generation: 3,
+            phases: Vec::new(),
+            repos: vec![
+                repo("app", RepoOutcome::FromSnapshot, None),
+                repo("libs/lib", RepoOutcome::Cloned, None),
+                repo("private", RepoOutcome::Failed, Some((FailureKind::Auth, "authentication failed"))),
+            ],
+            restore: Some(RestoreOutcome::Restored),
+            snapshot: Some(berth_core::id::SnapshotId::of(b"s")),
+            git: vec![
+                git("app", "c0ffee", "c0ffee", None),
+                git("old", "c0ffee", "beef", None),
+                git("broken", "", "", Some("git restore: state.json is unreadable")),
+            ],
+            sqlite: vec!["memory.db".into()],
+            error: None,
+            ms: 840,
+        };
+        insta::assert_snapshot!(summary(&report), @r#"
+        workspace agent:42 (generation 3): ready, restored 3d1d92230feb6db469532f26d9e2d7ab2b9a7982924c2706ac5a89679756e6bf
+          repo app                      from_snapshot  https://git.example.test/org/app.git
+          repo libs/lib                 cloned         https://git.example.test/org/libs/lib.git
+          repo private                  failed         https://git.example.test/org/private.git (auth: authentication failed)
+          git  app                      restored (HEAD c0ffee, 12 index entries refreshed)
+          git  old                      HEAD mismatch: expected beef, found c0ffee
+          git  broken                   failed: git restore: state.json is unreadable
+          took 840 ms
+        "#);
+        let failed =
+            InitReport { ready: false, restore: None, snapshot: None, repos: Vec::new(), git: Vec::new(), ..report };
+        insta::assert_snapshot!(summary(&failed), @r"
+        workspace agent:42 (generation 3): NOT ready
+          took 840 ms
+        ");
     }
 }

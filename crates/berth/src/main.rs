@@ -67,7 +67,8 @@ impl std::error::Error for Exit {}
 fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if std::env::var("BERTH_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
@@ -78,12 +79,11 @@ fn init_logging(default: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A server says what it does; a command-line tool speaks only when something is wrong.
-    let long_running = match &cli.command {
-        Command::Serve(_) => true,
-        Command::Agent(a) => matches!(**a, agent::Command::Run { .. }),
-        _ => false,
-    };
-    init_logging(if long_running { "info,sqlx=warn" } else { "warn" });
+    init_logging(match &cli.command {
+        Command::Serve(_) => "info,sqlx=warn",
+        Command::Agent(a) => agent::log_filter(a),
+        _ => "warn",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

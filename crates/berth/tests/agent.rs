@@ -729,3 +729,40 @@ fn the_sweep_judges_each_leftover_on_its_own_and_spares_live_jobs() {
     assert!(out.json()["unreadable"].is_string(), "{out:?}");
     assert!(out.stderr.contains("sweep_base_unreadable"), "{out:?}");
 }
+
+#[test]
+fn people_and_log_collectors_each_read_every_phase_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let (store, jobs) = (format!("file://{}", root.join("store").display()), root.join("jobs"));
+    let init = |dir: &str| {
+        let mut c = berth();
+        c.env_remove("BERTH_LOG").env_remove("BERTH_LOG_FORMAT");
+        c.args(["agent", "init", "--store", &store, "--workspace", "agent:out"]).args([
+            "--dir",
+            root.join(dir).to_str().unwrap(),
+            "--base",
+            jobs.to_str().unwrap(),
+        ]);
+        c
+    };
+    // A log collector (stderr is not a terminal): init's events in the log, no phase lines; the
+    // summary once on stdout.
+    let out = Run::of(init("piped")).ok();
+    assert_eq!(out.stderr.matches("init_phase").count(), 6, "{out:?}");
+    assert!(!out.stderr.lines().any(|l| l.starts_with("init: ")) && !out.stderr.contains('\x1b'), "{out:?}");
+    assert_eq!(out.stdout.matches("workspace agent:out (generation 1): ready").count(), 1, "{out:?}");
+    // A person at a terminal (script(1) gives the command one): each phase line, the summary,
+    // and none of init's log events.
+    let cmd = init("tty");
+    let line =
+        std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy()).collect::<Vec<_>>();
+    let mut script = Command::new("script");
+    script.args(["-qec", &line.join(" "), "/dev/null"]).env_remove("BERTH_LOG").env_remove("BERTH_LOG_FORMAT");
+    let out = Run::of(script).ok();
+    for phase in ["sweep", "credentials", "clone", "restore", "git", "ready"] {
+        assert_eq!(out.stdout.matches(&format!("init: {phase} ")).count(), 1, "{phase}: {out:?}");
+    }
+    assert_eq!(out.stdout.matches("(generation 1): ready").count(), 1, "{out:?}");
+    assert!(!out.stdout.contains("init_phase"), "{out:?}");
+}
