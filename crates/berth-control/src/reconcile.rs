@@ -39,75 +39,63 @@ const DELETE_CONCURRENCY: usize = 3;
 
 /// Starts every reconciler loop on `tracker`; they stop when `shutdown` is cancelled.
 pub fn spawn(app: &Arc<App>, tracker: &TaskTracker, shutdown: CancellationToken) {
-    let every = |secs: u64| Duration::from_secs(secs.max(1));
-    {
-        let (app, stop) = (app.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            loop {
-                if let Err(e) = run_deletions(&app).await {
-                    tracing::warn!(event = "deletion_round_failed", error = %e);
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = app.wake_delete.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
+    let gc = &app.config.gc;
+    // Deletions run at once, when asked for (`wake_delete`), and every 2 s for retries.
+    let (deleter, stop) = (app.clone(), shutdown.clone());
+    tracker.spawn(async move {
+        loop {
+            if let Err(e) = run_deletions(&deleter).await {
+                tracing::warn!(event = "deletion_round_failed", error = %e);
             }
-        });
-    }
-    {
-        let (app, stop) = (app.clone(), shutdown.clone());
-        let period = every(app.config.gc.interval_secs);
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(period) => {}
-                }
-                if let Err(e) = gc_sweep(&app, false, false).await {
-                    tracing::warn!(event = "gc_sweep_failed", error = %e);
-                }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = deleter.wake_delete.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
-        });
-    }
-    {
-        let (app, stop) = (app.clone(), shutdown.clone());
-        let period = every(app.config.gc.orphan_interval_secs);
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(period) => {}
-                }
-                if let Err(e) = orphan_sweep(&app, false).await {
-                    tracing::warn!(event = "orphan_sweep_failed", error = %e);
-                }
+        }
+    });
+    every(tracker, app, &shutdown, gc.interval_secs, |app| async move {
+        if let Err(e) = gc_sweep(&app, false, false).await {
+            tracing::warn!(event = "gc_sweep_failed", error = %e);
+        }
+    });
+    every(tracker, app, &shutdown, gc.orphan_interval_secs, |app| async move {
+        if let Err(e) = orphan_sweep(&app, false).await {
+            tracing::warn!(event = "orphan_sweep_failed", error = %e);
+        }
+    });
+    every(tracker, app, &shutdown, app.config.expiry_interval_secs, |app| async move {
+        let t = now();
+        match app.meta.expire_drains(t).await {
+            Ok(0) => {}
+            Ok(n) => metrics::counter!("berth_drains_cleared_total", "by" => "timeout").increment(n),
+            Err(e) => tracing::warn!(event = "drain_expiry_failed", error = %e),
+        }
+        match app.meta.expire_leases(t).await {
+            Ok(0) => {}
+            Ok(n) => metrics::counter!("berth_leases_expired_total").increment(n),
+            Err(e) => tracing::warn!(event = "lease_expiry_failed", error = %e),
+        }
+    });
+}
+
+/// Runs `round` every `secs` seconds (at least 1) on `tracker` until `stop`.
+fn every<F, Fut>(tracker: &TaskTracker, app: &Arc<App>, stop: &CancellationToken, secs: u64, round: F)
+where
+    F: Fn(Arc<App>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (app, stop) = (app.clone(), stop.clone());
+    let period = Duration::from_secs(secs.max(1));
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(period) => {}
             }
-        });
-    }
-    {
-        let (app, stop) = (app.clone(), shutdown);
-        let period = every(app.config.expiry_interval_secs);
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(period) => {}
-                }
-                let t = now();
-                match app.meta.expire_drains(t).await {
-                    Ok(0) => {}
-                    Ok(n) => metrics::counter!("berth_drains_cleared_total", "by" => "timeout").increment(n),
-                    Err(e) => tracing::warn!(event = "drain_expiry_failed", error = %e),
-                }
-                match app.meta.expire_leases(t).await {
-                    Ok(0) => {}
-                    Ok(n) => metrics::counter!("berth_leases_expired_total").increment(n),
-                    Err(e) => tracing::warn!(event = "lease_expiry_failed", error = %e),
-                }
-            }
-        });
-    }
+            round(app.clone()).await;
+        }
+    });
 }
 
 /// Claims deleting workspaces and carries each through its remaining steps.

@@ -1,5 +1,5 @@
 //! Every endpoint answers 401 without a valid token, 403 for another owner's resources or an
-//! admin-only action, 400 for a malformed body, 404 for an unknown resource (REQUIREMENTS 34).
+//! admin-only action, 400 for a malformed body, 404 for an unknown resource.
 
 mod common;
 

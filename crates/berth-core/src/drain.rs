@@ -1,6 +1,6 @@
 //! The drain of a scope (a node, a pool, one workspace): set by an eviction, cleared only by
 //! the replacement's acknowledgement with the matching nonce, a heartbeat from a new instance,
-//! or a hard timeout (REQUIREMENTS 33). A late heartbeat from the old instance never clears it.
+//! or a hard timeout. A late heartbeat from the old instance never clears it.
 //!
 //! `step(state, event, now) -> (state, outcome)`: the shell stores the state and records the
 //! outcome in the audit log.

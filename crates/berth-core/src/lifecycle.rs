@@ -360,31 +360,7 @@ pub fn step(record: &Record, event: Event, now: Timestamp) -> Result<Transition,
     let unchanged = || Ok((record.clone(), Vec::new()));
     let mut next = record.clone();
     let effects = match (record.state, event) {
-        (State::Active, Event::Ensure) => Vec::new(),
-        (State::Closed, Event::Ensure) => {
-            if let Some(claim) = record.claim.as_ref().filter(|c| c.until > now) {
-                return Err(Refusal::Collecting { until: claim.until });
-            }
-            next.state = State::Active;
-            next.closed_at = None;
-            if next.volume.state == VolumeState::Removed {
-                next.volume.state = VolumeState::Pending;
-            }
-            next.volume.removed_at = None;
-            next.cleanup = Cleanup::default();
-            vec![Effect::Audit(Audit::Reopened)]
-        }
-        (State::Deleted, Event::Ensure) => {
-            // The generation was bumped when the deletion completed.
-            next.state = State::Active;
-            next.closed_at = None;
-            next.volume = Volume::pending(&record.owner, record.generation);
-            next.lease = Lease { holder: None, expires: Timestamp(0), ..record.lease.clone() };
-            next.delete_step = None;
-            next.cleanup = Cleanup::default();
-            next.claim = None;
-            vec![Effect::StartGeneration, Effect::Audit(Audit::Ensured)]
-        }
+        (State::Active | State::Closed | State::Deleted, Event::Ensure) => ensure(&mut next, now)?,
         (State::Active, Event::VolumeCreated { generation })
             if generation == record.generation && record.volume.state == VolumeState::Pending =>
         {
@@ -449,6 +425,38 @@ pub fn step(record: &Record, event: Event, now: Timestamp) -> Result<Transition,
         }
     };
     Ok((next, effects))
+}
+
+/// Ensure on an existing record (`next`, not deleting): active stays, closed reopens unless a
+/// GC sweep holds it, deleted starts the next generation.
+fn ensure(next: &mut Record, now: Timestamp) -> Result<Vec<Effect>, Refusal> {
+    match next.state {
+        State::Closed => {
+            if let Some(claim) = next.claim.as_ref().filter(|c| c.until > now) {
+                return Err(Refusal::Collecting { until: claim.until });
+            }
+            next.state = State::Active;
+            next.closed_at = None;
+            if next.volume.state == VolumeState::Removed {
+                next.volume.state = VolumeState::Pending;
+            }
+            next.volume.removed_at = None;
+            next.cleanup = Cleanup::default();
+            Ok(vec![Effect::Audit(Audit::Reopened)])
+        }
+        State::Deleted => {
+            // The generation was bumped when the deletion completed.
+            next.state = State::Active;
+            next.closed_at = None;
+            next.volume = Volume::pending(&next.owner, next.generation);
+            next.lease = Lease { holder: None, expires: Timestamp(0), ..next.lease.clone() };
+            next.delete_step = None;
+            next.cleanup = Cleanup::default();
+            next.claim = None;
+            Ok(vec![Effect::StartGeneration, Effect::Audit(Audit::Ensured)])
+        }
+        State::Active | State::Deleting => Ok(Vec::new()),
+    }
 }
 
 /// Returns whether `holder` holds the claim on `record` and it is still of `generation`.

@@ -273,42 +273,8 @@ fn show_workspace(w: &Workspace) {
 /// Runs `berth workspace ...`.
 pub async fn workspace(cmd: WorkspaceCmd) -> Result<()> {
     match cmd {
-        WorkspaceCmd::Ls { state, labels, limit, server } => {
-            let client = server.client()?;
-            let mut items = Vec::new();
-            let mut after = None;
-            loop {
-                let page_limit = limit.map(|l| (l - items.len()).min(1000)).unwrap_or(1000) as u32;
-                let q = WorkspaceQuery {
-                    state,
-                    labels: labels.clone(),
-                    after: after.clone(),
-                    limit: Some(page_limit.max(1)),
-                };
-                let page = client.workspaces(&q).await?;
-                items.extend(page.items);
-                match page.next {
-                    Some(n) if limit.is_none_or(|l| items.len() < l) => after = Some(n),
-                    _ => break,
-                }
-            }
-            if server.json {
-                return print_json(&items);
-            }
-            println!("{:<32} {:>4} {:<16} {:<28} {:<28} SNAPSHOT", "OWNER", "GEN", "STATE", "VOLUME", "LEASE");
-            for w in &items {
-                println!("{}", workspace_row(w));
-            }
-            Ok(())
-        }
-        WorkspaceCmd::Show { owner, server } => {
-            let w = server.client()?.workspace(&owner).await?;
-            if server.json {
-                return print_json(&w);
-            }
-            show_workspace(&w);
-            Ok(())
-        }
+        WorkspaceCmd::Ls { state, labels, limit, server } => ls(state, labels, limit, &server).await,
+        WorkspaceCmd::Show { owner, server } => show(&owner, &server).await,
         WorkspaceCmd::Ensure { owner, size, storage_class, labels, repos, server } => {
             let body = EnsureWorkspace {
                 size_bytes: size.flatten(),
@@ -317,93 +283,131 @@ pub async fn workspace(cmd: WorkspaceCmd) -> Result<()> {
                 labels: labels.into_iter().collect(),
                 repos: repos.into_iter().map(|url| RepoSpec { url, branch: None, depth: None, path: None }).collect(),
             };
-            let (w, created) = server.client()?.ensure(&owner, &body).await?;
-            if server.json {
-                return print_json(&w);
-            }
-            println!(
-                "{} workspace {} (generation {}, volume {})",
-                if created { "created" } else { "ensured" },
-                w.owner,
-                w.generation,
-                w.volume.name
-            );
-            Ok(())
+            ensure(&owner, &body, &server).await
         }
         WorkspaceCmd::Attach { owner, instance, node, pool, spec_out, server } => {
-            let session =
-                server.client()?.attach(&owner, &berth_api::Attach { instance_id: instance, node, pool }).await?;
-            match spec_out {
-                Some(path) => {
-                    use std::io::Write;
-                    use std::os::unix::fs::OpenOptionsExt;
-                    let spec = serde_json::json!({"session": session, "server": server.server});
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&path)
-                        .with_context(|| format!("cannot write the spec file {}", path.display()))?;
-                    f.write_all(serde_json::to_string_pretty(&spec)?.as_bytes())?;
-                    if server.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"session_id": session.session_id, "epoch": session.epoch, "spec": path})
-                        );
-                    } else {
-                        println!(
-                            "attached session {} (epoch {}) to {owner}; run: berth agent run --spec {} -- AGENT COMMAND",
-                            session.session_id,
-                            session.epoch,
-                            path.display()
-                        );
-                    }
-                }
-                None => print_json(&session)?,
-            }
-            Ok(())
+            attach(&owner, berth_api::Attach { instance_id: instance, node, pool }, spec_out, &server).await
         }
-        WorkspaceCmd::Close { owner, server } => {
-            let w = server.client()?.close(&owner).await?;
-            if server.json {
-                return print_json(&w);
-            }
-            println!("closed workspace {}", w.owner);
-            Ok(())
-        }
-        WorkspaceCmd::Rm { owner, wait, timeout, server } => {
-            let client = server.client()?;
-            let mut w = client.delete(&owner).await?;
-            if wait {
-                let deadline = std::time::Instant::now() + Duration::from_secs(timeout.max(1) as u64);
-                while w.state != WorkspaceState::Deleted {
-                    if std::time::Instant::now() > deadline {
-                        let why = w
-                            .deletion
-                            .as_ref()
-                            .and_then(|d| d.error.clone())
-                            .unwrap_or_else(|| "still in progress".into());
-                        bail!("deletion of {owner} did not complete within {timeout} s: {why}; it keeps retrying in the background");
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    w = client.workspace(&owner).await?;
-                }
-            }
-            if server.json {
-                return print_json(&w);
-            }
-            match w.state {
-                WorkspaceState::Deleted => {
-                    println!("deleted workspace {owner}; the next ensure starts generation {}", w.generation)
-                }
-                _ => println!(
-                    "deletion of {owner} requested; it completes in the background (berth workspace show {owner})"
-                ),
-            }
-            Ok(())
+        WorkspaceCmd::Close { owner, server } => close(&owner, &server).await,
+        WorkspaceCmd::Rm { owner, wait, timeout, server } => rm(&owner, wait, timeout, &server).await,
+    }
+}
+
+/// `berth workspace ls`: every page, up to `limit`.
+async fn ls(
+    state: Option<WorkspaceState>,
+    labels: Vec<(String, String)>,
+    limit: Option<usize>,
+    server: &ServerArgs,
+) -> Result<()> {
+    let client = server.client()?;
+    let mut items = Vec::new();
+    let mut after = None;
+    loop {
+        let page_limit = limit.map(|l| (l - items.len()).min(1000)).unwrap_or(1000) as u32;
+        let q = WorkspaceQuery { state, labels: labels.clone(), after: after.clone(), limit: Some(page_limit.max(1)) };
+        let page = client.workspaces(&q).await?;
+        items.extend(page.items);
+        match page.next {
+            Some(n) if limit.is_none_or(|l| items.len() < l) => after = Some(n),
+            _ => break,
         }
     }
+    if server.json {
+        return print_json(&items);
+    }
+    println!("{:<32} {:>4} {:<16} {:<28} {:<28} SNAPSHOT", "OWNER", "GEN", "STATE", "VOLUME", "LEASE");
+    for w in &items {
+        println!("{}", workspace_row(w));
+    }
+    Ok(())
+}
+
+/// `berth workspace show`.
+async fn show(owner: &str, server: &ServerArgs) -> Result<()> {
+    let w = server.client()?.workspace(owner).await?;
+    if server.json {
+        return print_json(&w);
+    }
+    show_workspace(&w);
+    Ok(())
+}
+
+/// `berth workspace ensure`.
+async fn ensure(owner: &str, body: &EnsureWorkspace, server: &ServerArgs) -> Result<()> {
+    let (w, created) = server.client()?.ensure(owner, body).await?;
+    if server.json {
+        return print_json(&w);
+    }
+    let verb = if created { "created" } else { "ensured" };
+    println!("{verb} workspace {} (generation {}, volume {})", w.owner, w.generation, w.volume.name);
+    Ok(())
+}
+
+/// `berth workspace attach`: the session goes to the spec file (0600), or to stdout.
+async fn attach(owner: &str, body: berth_api::Attach, spec_out: Option<PathBuf>, server: &ServerArgs) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let session = server.client()?.attach(owner, &body).await?;
+    let Some(path) = spec_out else { return print_json(&session) };
+    let spec = serde_json::json!({"session": session, "server": server.server});
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write the spec file {}", path.display()))?;
+    f.write_all(serde_json::to_string_pretty(&spec)?.as_bytes())?;
+    if server.json {
+        println!("{}", serde_json::json!({"session_id": session.session_id, "epoch": session.epoch, "spec": path}));
+    } else {
+        println!(
+            "attached session {} (epoch {}) to {owner}; run: berth agent run --spec {} -- AGENT COMMAND",
+            session.session_id,
+            session.epoch,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `berth workspace close`.
+async fn close(owner: &str, server: &ServerArgs) -> Result<()> {
+    let w = server.client()?.close(owner).await?;
+    if server.json {
+        return print_json(&w);
+    }
+    println!("closed workspace {}", w.owner);
+    Ok(())
+}
+
+/// `berth workspace rm`: asks for the deletion; with `wait`, polls until it completes.
+async fn rm(owner: &str, wait: bool, timeout: i64, server: &ServerArgs) -> Result<()> {
+    let client = server.client()?;
+    let mut w = client.delete(owner).await?;
+    if wait {
+        let deadline = std::time::Instant::now() + Duration::from_secs(timeout.max(1) as u64);
+        while w.state != WorkspaceState::Deleted {
+            if std::time::Instant::now() > deadline {
+                let why =
+                    w.deletion.as_ref().and_then(|d| d.error.clone()).unwrap_or_else(|| "still in progress".into());
+                bail!("deletion of {owner} did not complete within {timeout} s: {why}; it keeps retrying in the background");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            w = client.workspace(owner).await?;
+        }
+    }
+    if server.json {
+        return print_json(&w);
+    }
+    match w.state {
+        WorkspaceState::Deleted => {
+            println!("deleted workspace {owner}; the next ensure starts generation {}", w.generation)
+        }
+        _ => println!("deletion of {owner} requested; it completes in the background (berth workspace show {owner})"),
+    }
+    Ok(())
 }
 
 fn drain_line(d: &berth_api::DrainInfo) -> String {
@@ -432,46 +436,54 @@ fn drain_line(d: &berth_api::DrainInfo) -> String {
 pub async fn drain(cmd: DrainCmd) -> Result<()> {
     match cmd {
         DrainCmd::Start { scope, instance, reason, server } => {
-            let d = server.client()?.start_drain(&StartDrain { scope, instance_id: instance, reason }).await?;
-            if server.json {
-                return print_json(&d);
-            }
-            println!("{}", drain_line(&d));
-            if let Some(n) = &d.nonce {
-                println!("nonce: {n}");
-            }
-            Ok(())
+            drain_start(StartDrain { scope, instance_id: instance, reason }, &server).await
         }
-        DrainCmd::Status { scope, server } => {
-            let client = server.client()?;
-            let items = match scope {
-                Some(s) => vec![client.drain(&s).await?],
-                None => client.drains().await?.items,
-            };
-            if server.json {
-                return print_json(&items);
-            }
-            for d in &items {
-                println!("{}", drain_line(d));
-            }
-            Ok(())
-        }
-        DrainCmd::Ack { scope, nonce, server } => {
-            let r = server.client()?.ready(&scope, &Ready { nonce, epoch: None }).await?;
-            if server.json {
-                return print_json(&r);
-            }
-            println!(
-                "{}",
-                if r.cleared {
-                    format!("{scope}: drain cleared")
-                } else {
-                    format!("{scope}: was not draining; nothing to do")
-                }
-            );
-            Ok(())
-        }
+        DrainCmd::Status { scope, server } => drain_status(scope.as_deref(), &server).await,
+        DrainCmd::Ack { scope, nonce, server } => drain_ack(&scope, nonce, &server).await,
     }
+}
+
+/// `berth drain start`: prints the drain and its nonce.
+async fn drain_start(body: StartDrain, server: &ServerArgs) -> Result<()> {
+    let d = server.client()?.start_drain(&body).await?;
+    if server.json {
+        return print_json(&d);
+    }
+    println!("{}", drain_line(&d));
+    if let Some(n) = &d.nonce {
+        println!("nonce: {n}");
+    }
+    Ok(())
+}
+
+/// `berth drain status`: one scope, or every scope with a drain record.
+async fn drain_status(scope: Option<&str>, server: &ServerArgs) -> Result<()> {
+    let client = server.client()?;
+    let items = match scope {
+        Some(s) => vec![client.drain(s).await?],
+        None => client.drains().await?.items,
+    };
+    if server.json {
+        return print_json(&items);
+    }
+    for d in &items {
+        println!("{}", drain_line(d));
+    }
+    Ok(())
+}
+
+/// `berth drain ack`.
+async fn drain_ack(scope: &str, nonce: String, server: &ServerArgs) -> Result<()> {
+    let r = server.client()?.ready(scope, &Ready { nonce, epoch: None }).await?;
+    if server.json {
+        return print_json(&r);
+    }
+    if r.cleared {
+        println!("{scope}: drain cleared");
+    } else {
+        println!("{scope}: was not draining; nothing to do");
+    }
+    Ok(())
 }
 
 /// Runs `berth gc ...`.

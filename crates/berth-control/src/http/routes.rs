@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -45,6 +46,19 @@ fn scope_param(s: &str) -> Result<Scope> {
 
 fn instance_param(s: String) -> Result<InstanceId> {
     InstanceId::new(s).map_err(|e| Error::BadRequest(format!("instance_id: {e}")))
+}
+
+fn query_param<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
+    query.map(|Query(q)| q).map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))
+}
+
+/// A page size: 1-1000, 100 when not given.
+fn limit_param(limit: Option<u32>) -> Result<u32> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::BadRequest(format!("limit {limit} is out of range: use 1-1000")));
+    }
+    Ok(limit)
 }
 
 fn place(field: &str, v: Option<String>) -> Result<Option<PlaceName>> {
@@ -115,7 +129,7 @@ pub struct ListQuery {
     /// Start after this owner (the `next` of the previous page).
     after: Option<String>,
     /// Page size, 1-1000 (default 100).
-    limit: Option<usize>,
+    limit: Option<u32>,
 }
 
 /// Lists workspaces by owner, one page at a time.
@@ -124,10 +138,10 @@ pub struct ListQuery {
 pub async fn list_workspaces(
     principal: Principal,
     State(app): State<Arc<App>>,
-    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: std::result::Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<api::WorkspaceList>> {
     principal.admin()?;
-    let Query(q) = query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let q = query_param(query)?;
     let state = match q.state.as_deref() {
         None => None,
         Some("active") => Some(WsState::Active),
@@ -138,13 +152,10 @@ pub async fn list_workspaces(
             return Err(Error::BadRequest(format!("state '{other}' is not one of active, closed, deleting, deleted")))
         }
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Error::BadRequest(format!("limit {limit} is out of range: use 1-1000")));
-    }
+    let limit = limit_param(q.limit)?;
     let after = q.after.as_deref().map(owner_param).transpose()?;
     let filter = ListFilter { state, labels: dto::label_selector(q.label.as_deref())? };
-    let (rows, more) = app.meta.workspaces(&filter, after.as_ref(), limit).await?;
+    let (rows, more) = app.meta.workspaces(&filter, after.as_ref(), limit as usize).await?;
     let t = now();
     let next = if more { rows.last().map(|w| w.record.owner.to_string()) } else { None };
     let items = rows.iter().map(|w| dto::workspace(w, t)).collect();
@@ -396,14 +407,11 @@ pub struct EventQuery {
 pub async fn events(
     principal: Principal,
     State(app): State<Arc<App>>,
-    query: std::result::Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+    query: std::result::Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<api::EventList>> {
     principal.admin()?;
-    let Query(q) = query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Error::BadRequest(format!("limit {limit} is out of range: use 1-1000")));
-    }
+    let q = query_param(query)?;
+    let limit = limit_param(q.limit)?;
     let owner = q.owner.as_deref().map(owner_param).transpose()?;
     let rows = app.meta.events(q.after.unwrap_or(0), owner.as_ref(), q.kind.as_deref(), limit).await?;
     Ok(Json(api::EventList { items: rows.into_iter().map(dto::event).collect() }))

@@ -3,7 +3,7 @@
 
 use berth_core::drain::{self, Drain};
 use berth_core::id::SnapshotId;
-use berth_core::lease::{Acquired, Epoch, Holder};
+use berth_core::lease::{Acquired, Epoch, Holder, Lease};
 use berth_core::lifecycle::{self, Event};
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, PlaceName, SessionId};
@@ -146,77 +146,13 @@ impl Meta {
         let mut tx = begin(&mut conn).await?;
         let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
         lifecycle::step(&ws.record, Event::Attach, now).map_err(|r| refused(owner, r, now))?;
-        let lease = &ws.record.lease;
-        let mut scopes = vec![Scope::Workspace(owner.clone())];
-        scopes.extend(node.cloned().map(Scope::Node));
-        scopes.extend(pool.cloned().map(Scope::Pool));
-        let mut handover = None;
-        for row in self.drains_for_update(&mut tx, &scopes).await? {
-            let (state, _) = self.apply_drain(&mut tx, &row, drain::Event::Tick, now).await?;
-            let Drain::Draining { nonce, .. } = state else { continue };
-            match &row.scope {
-                Scope::Workspace(_) if !lease.is_live(now) => handover = Some(nonce),
-                Scope::Workspace(_) => {
-                    return Err(Error::Draining { scope: row.scope.clone(), retry_after_secs: HANDOVER_RETRY_SECS })
-                }
-                _ => return Err(Error::Draining { scope: row.scope.clone(), retry_after_secs: PLACE_RETRY_SECS }),
-            }
-        }
-        let session_id =
-            SessionId::new(format!("ses_{}", random_hex(16))).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let holder = Holder { session: session_id.clone(), instance: instance.clone() };
-        let previous = lease.holder.clone();
-        let generation = ws.record.generation;
-        let (lease, how) = lease.acquire(holder, now, self.rules.lease_ttl_secs)?;
-        let token = format!("bst_{}", random_hex(32));
-        sqlx::query(
-            "INSERT INTO sessions (id, owner, generation, epoch, instance, node, pool, token_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(session_id.as_str())
-        .bind(owner.as_str())
-        .bind(generation.0 as i64)
-        .bind(lease.epoch.0 as i64)
-        .bind(instance.as_str())
-        .bind(node.map(|n| n.to_string()))
-        .bind(pool.map(|p| p.to_string()))
-        .bind(token_hash(&token))
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE workspaces SET lease_epoch = $2, lease_session = $3, lease_instance = $4, lease_expires = $5, \
-             updated_at = $6 WHERE owner = $1",
-        )
-        .bind(owner.as_str())
-        .bind(lease.epoch.0 as i64)
-        .bind(session_id.as_str())
-        .bind(instance.as_str())
-        .bind(lease.expires.0)
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await?;
-        if let (Acquired::TakenOver, Some(old)) = (how, previous) {
-            sqlx::query(
-                "UPDATE sessions SET ended_at = $2, end_reason = 'taken_over' WHERE id = $1 AND ended_at IS NULL",
-            )
-            .bind(old.session.as_str())
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?;
-            let detail = json!({"previous_session": old.session.as_str(), "previous_instance": old.instance.as_str(),
-                "previous_epoch": ws.record.lease.epoch, "epoch": lease.epoch});
-            let ev = NewEvent::of("lease_taken_over", owner, generation).session(&session_id).detail(detail);
-            record(&mut tx, now, ev).await?;
-        }
-        let detail = json!({"epoch": lease.epoch, "instance": instance.as_str(),
-            "node": node.map(|n| n.as_str()), "pool": pool.map(|p| p.as_str()), "handover": handover.is_some()});
-        let ev = NewEvent::of("session_attached", owner, generation).session(&session_id).detail(detail);
-        record(&mut tx, now, ev).await?;
-        let workspace = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
-        tx.commit().await?;
+        let (before, generation) = (&ws.record.lease, ws.record.generation);
+        let handover = self.handover(&mut tx, owner, node, pool, before.is_live(now), now).await?;
+        let session = SessionId::new(format!("ses_{}", random_hex(16))).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let holder = Holder { session: session.clone(), instance: instance.clone() };
+        let (lease, how) = before.acquire(holder, now, self.rules.lease_ttl_secs)?;
         let session = SessionRow {
-            id: session_id,
+            id: session,
             owner: owner.clone(),
             generation,
             epoch: lease.epoch,
@@ -225,7 +161,55 @@ impl Meta {
             pool: pool.cloned(),
             ended_at: None,
         };
+        let token = format!("bst_{}", random_hex(32));
+        insert_session(&mut tx, &session, &token_hash(&token), now).await?;
+        write_lease(&mut tx, owner, &lease, now).await?;
+        if let (Acquired::TakenOver, Some(old)) = (how, &before.holder) {
+            end_session(&mut tx, &old.session, "taken_over", now).await?;
+            let detail = json!({"previous_session": old.session.as_str(), "previous_instance": old.instance.as_str(),
+                "previous_epoch": before.epoch, "epoch": lease.epoch});
+            let ev = NewEvent::of("lease_taken_over", owner, generation).session(&session.id).detail(detail);
+            record(&mut tx, now, ev).await?;
+        }
+        let detail = json!({"epoch": lease.epoch, "instance": instance.as_str(),
+            "node": node.map(|n| n.as_str()), "pool": pool.map(|p| p.as_str()), "handover": handover.is_some()});
+        let ev = NewEvent::of("session_attached", owner, generation).session(&session.id).detail(detail);
+        record(&mut tx, now, ev).await?;
+        let workspace = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
+        tx.commit().await?;
         Ok(Attached { session, workspace, token, expires: lease.expires, handover })
+    }
+
+    /// Checks the drains an attach of `owner` on `node` and `pool` would land in: a draining node
+    /// or pool refuses it, and so does the workspace's own drain while the drained sandbox still
+    /// holds a live lease; once it has let go, returns the drain's nonce for the handover.
+    async fn handover(
+        &self,
+        conn: &mut AnyConnection,
+        owner: &WorkspaceId,
+        node: Option<&PlaceName>,
+        pool: Option<&PlaceName>,
+        lease_live: bool,
+        now: Timestamp,
+    ) -> Result<Option<String>> {
+        let mut scopes = vec![Scope::Workspace(owner.clone())];
+        scopes.extend(node.cloned().map(Scope::Node));
+        scopes.extend(pool.cloned().map(Scope::Pool));
+        let mut handover = None;
+        for row in self.drains_for_update(conn, &scopes).await? {
+            let (state, _) = self.apply_drain(conn, &row, drain::Event::Tick, now).await?;
+            let Drain::Draining { nonce, .. } = state else { continue };
+            let retry_after_secs = match &row.scope {
+                Scope::Workspace(_) if !lease_live => {
+                    handover = Some(nonce);
+                    continue;
+                }
+                Scope::Workspace(_) => HANDOVER_RETRY_SECS,
+                _ => PLACE_RETRY_SECS,
+            };
+            return Err(Error::Draining { scope: row.scope.clone(), retry_after_secs });
+        }
+        Ok(handover)
     }
 
     /// Detaches a session: ends it and releases its lease if it still holds it. Idempotent.
@@ -237,21 +221,11 @@ impl Meta {
             return Ok(s);
         }
         let ws = self.ws_for_update(&mut tx, &s.owner).await?.ok_or_else(|| not_found(&s.owner))?;
-        if ws.record.lease.holder.as_ref().is_some_and(|h| h.session == s.id) {
-            sqlx::query(
-                "UPDATE workspaces SET lease_session = NULL, lease_instance = NULL, lease_expires = 0, updated_at = $2 \
-                 WHERE owner = $1",
-            )
-            .bind(s.owner.as_str())
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?;
+        let lease = &ws.record.lease;
+        if lease.holder.as_ref().is_some_and(|h| h.session == s.id) {
+            write_lease(&mut tx, &s.owner, &lease.release(lease.epoch)?, now).await?;
         }
-        sqlx::query("UPDATE sessions SET ended_at = $2, end_reason = 'detached' WHERE id = $1")
-            .bind(s.id.as_str())
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?;
+        end_session(&mut tx, &s.id, "detached", now).await?;
         let ev =
             NewEvent::of("session_detached", &s.owner, s.generation).session(&s.id).detail(json!({"epoch": s.epoch}));
         record(&mut tx, now, ev).await?;
@@ -298,17 +272,8 @@ impl Meta {
             let Some(ws) = self.ws_for_update(&mut tx, &owner).await? else { continue };
             let lease = &ws.record.lease;
             let Some(holder) = lease.holder.clone().filter(|_| !lease.is_live(now)) else { continue };
-            sqlx::query(
-                "UPDATE workspaces SET lease_session = NULL, lease_instance = NULL, lease_expires = 0 WHERE owner = $1",
-            )
-            .bind(owner.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE sessions SET ended_at = $2, end_reason = 'expired' WHERE id = $1 AND ended_at IS NULL")
-                .bind(holder.session.as_str())
-                .bind(now.0)
-                .execute(&mut *tx)
-                .await?;
+            write_lease(&mut tx, &owner, &lease.release(lease.epoch)?, now).await?;
+            end_session(&mut tx, &holder.session, "expired", now).await?;
             let detail = json!({"epoch": lease.epoch, "instance": holder.instance.as_str(), "expired_at": lease.expires.to_string()});
             let ev =
                 NewEvent::of("lease_expired", &owner, ws.record.generation).session(&holder.session).detail(detail);
@@ -403,4 +368,58 @@ impl Meta {
             .collect::<Result<Vec<_>>>()?;
         Ok((ws, snaps))
     }
+}
+
+/// Records a new session with its token's hash.
+async fn insert_session(conn: &mut AnyConnection, s: &SessionRow, token_hash: &str, now: Timestamp) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sessions (id, owner, generation, epoch, instance, node, pool, token_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(s.id.as_str())
+    .bind(s.owner.as_str())
+    .bind(s.generation.0 as i64)
+    .bind(s.epoch.0 as i64)
+    .bind(s.instance.as_str())
+    .bind(s.node.as_ref().map(|n| n.to_string()))
+    .bind(s.pool.as_ref().map(|p| p.to_string()))
+    .bind(token_hash)
+    .bind(now.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes `owner`'s lease as the core decided it (taken, renewed or released).
+pub(super) async fn write_lease(
+    conn: &mut AnyConnection,
+    owner: &WorkspaceId,
+    lease: &Lease,
+    now: Timestamp,
+) -> Result<()> {
+    let holder = lease.holder.as_ref();
+    sqlx::query(
+        "UPDATE workspaces SET lease_epoch = $2, lease_session = $3, lease_instance = $4, lease_expires = $5, \
+         updated_at = $6 WHERE owner = $1",
+    )
+    .bind(owner.as_str())
+    .bind(lease.epoch.0 as i64)
+    .bind(holder.map(|h| h.session.to_string()))
+    .bind(holder.map(|h| h.instance.to_string()))
+    .bind(lease.expires.0)
+    .bind(now.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends `session` with `reason`, unless it has ended already.
+async fn end_session(conn: &mut AnyConnection, session: &SessionId, reason: &str, now: Timestamp) -> Result<()> {
+    sqlx::query("UPDATE sessions SET ended_at = $2, end_reason = $3 WHERE id = $1 AND ended_at IS NULL")
+        .bind(session.as_str())
+        .bind(now.0)
+        .bind(reason)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

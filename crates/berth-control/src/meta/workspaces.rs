@@ -296,10 +296,10 @@ async fn insert(
     now: Timestamp,
 ) -> Result<bool> {
     let opts = opts.ok_or_else(|| Error::Corrupt("a workspace was created without options".into()))?;
-    let n = sqlx::query(
-        "INSERT INTO workspaces (owner, id, generation, state, volume, volume_state, size_bytes, storage_class, \
-         access_mode, labels, repos, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) ON CONFLICT (owner) DO NOTHING",
+    let query = sqlx::query(
+        "INSERT INTO workspaces (owner, id, generation, state, volume, volume_state, created_at, updated_at, \
+         size_bytes, storage_class, access_mode, labels, repos) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12) ON CONFLICT (owner) DO NOTHING",
     )
     .bind(record.owner.as_str())
     .bind(format!("ws_{}", random_hex(16)))
@@ -307,15 +307,8 @@ async fn insert(
     .bind(record.state.as_str())
     .bind(record.volume.name.as_str())
     .bind(record.volume.state.as_str())
-    .bind(opts.size_bytes as i64)
-    .bind(opts.storage_class.clone())
-    .bind(opts.access_mode.as_str())
-    .bind(json_text(&opts.labels))
-    .bind(json_text(&opts.repos))
-    .bind(now.0)
-    .execute(conn)
-    .await?
-    .rows_affected();
+    .bind(now.0);
+    let n = bind_options(query, opts).execute(conn).await?.rows_affected();
     Ok(n == 1)
 }
 
@@ -327,22 +320,29 @@ async fn start_generation(
     now: Timestamp,
 ) -> Result<()> {
     let opts = opts.ok_or_else(|| Error::Corrupt("a generation was started without options".into()))?;
-    sqlx::query(
-        "UPDATE workspaces SET id = $2, size_bytes = $3, storage_class = $4, access_mode = $5, labels = $6, \
-         repos = $7, latest_snapshot = NULL, updated_at = $8 WHERE owner = $1",
+    let query = sqlx::query(
+        "UPDATE workspaces SET id = $2, latest_snapshot = NULL, updated_at = $3, size_bytes = $4, \
+         storage_class = $5, access_mode = $6, labels = $7, repos = $8 WHERE owner = $1",
     )
     .bind(owner.as_str())
     .bind(format!("ws_{}", random_hex(16)))
-    .bind(opts.size_bytes as i64)
-    .bind(opts.storage_class.clone())
-    .bind(opts.access_mode.as_str())
-    .bind(json_text(&opts.labels))
-    .bind(json_text(&opts.repos))
-    .bind(now.0)
-    .execute(conn)
-    .await?;
+    .bind(now.0);
+    bind_options(query, opts).execute(conn).await?;
     Ok(())
 }
+
+/// Binds an ensure's options, in the order size, storage class, access mode, labels, repos, to
+/// the next five placeholders of `query`.
+fn bind_options<'q>(query: AnyQuery<'q>, opts: &EnsureOptions) -> AnyQuery<'q> {
+    query
+        .bind(opts.size_bytes as i64)
+        .bind(opts.storage_class.clone())
+        .bind(opts.access_mode.as_str())
+        .bind(json_text(&opts.labels))
+        .bind(json_text(&opts.repos))
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 /// Retires the snapshot pointers of `record`'s generation; returns how many.
 async fn retire_snapshots(conn: &mut AnyConnection, record: &Record, now: Timestamp) -> Result<u64> {
