@@ -27,3 +27,47 @@ fn every_rust_file_starts_with_a_module_doc() {
         .collect();
     assert!(missing.is_empty(), "these files do not start with a `//!` line saying what they are for: {missing:#?}");
 }
+
+/// Each library crate, the berth crates it may depend on, and heavy crates it must not pull in
+/// (the "architecture invariant" lines of ARCHITECTURE.md).
+const LAYERS: &[(&str, &[&str], &[&str])] = &[
+    ("berth-core", &[], &["tokio", "sqlx", "axum", "reqwest", "object_store", "bollard"]),
+    ("berth-api", &["berth-core"], &["sqlx", "axum", "object_store", "bollard"]),
+    ("berth-substrate", &["berth-core"], &["sqlx", "axum", "reqwest", "object_store"]),
+    ("berth-engine", &["berth-core"], &["sqlx", "axum", "bollard"]),
+    ("berth-docker", &["berth-core", "berth-substrate"], &["sqlx", "axum", "object_store"]),
+    ("berth-control", &["berth-core", "berth-api", "berth-engine", "berth-substrate", "berth-docker"], &[]),
+    ("berth-agent", &["berth-core", "berth-api", "berth-engine"], &["bollard"]),
+];
+
+#[test]
+fn crates_depend_only_on_what_their_invariant_allows() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(&root)
+        .output()
+        .expect("run cargo metadata");
+    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+    let mut broken = Vec::new();
+    for package in meta["packages"].as_array().expect("packages") {
+        let name = package["name"].as_str().unwrap_or_default();
+        if name == "berth" {
+            continue;
+        }
+        let Some((_, allowed, forbidden)) = LAYERS.iter().find(|(n, _, _)| *n == name) else {
+            broken.push(format!("{name} is not in tidy.rs LAYERS: add it with the crates it may depend on"));
+            continue;
+        };
+        let deps = package["dependencies"].as_array().expect("dependencies");
+        // Normal dependencies only: tests may use anything.
+        for dep in deps.iter().filter(|d| d["kind"].is_null()) {
+            let dep = dep["name"].as_str().unwrap_or_default();
+            if (dep.starts_with("berth") && !allowed.contains(&dep)) || forbidden.contains(&dep) {
+                broken.push(format!("{name} depends on {dep}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "crate layering broken (see ARCHITECTURE.md): {broken:#?}");
+}
