@@ -11,16 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_core::gc::{Candidate, DeleteStep, Outcome};
-use berth_core::lease::{Epoch, Holder, Lease};
 use berth_core::lifecycle::{Event, VolumeState};
-use berth_core::session::{InstanceId, SessionId};
 use berth_core::time::Timestamp;
 use berth_core::volume::VolumeName;
 use berth_core::workspace::{Generation, WorkspaceId};
 use serde_json::json;
 use sqlx::Row;
 
-use super::{begin, record, Meta, NewEvent};
+use super::{begin, lease_from_row, record, Meta, NewEvent};
 use crate::error::{Error, Result};
 
 /// A workspace a reconciler claimed (or, in a dry run, would).
@@ -30,8 +28,6 @@ pub struct Claimed {
     pub candidate: Candidate,
     /// The next deletion step, for a deleting workspace.
     pub step: Option<DeleteStep>,
-    /// Failed attempts so far.
-    pub attempts: u64,
     /// Whether its volume is already marked removed.
     pub volume_removed: bool,
 }
@@ -46,41 +42,26 @@ pub struct OrphanRow {
 }
 
 const CLAIM_COLS: &str = "owner, generation, volume, volume_state, lease_epoch, lease_session, lease_instance, \
-    lease_expires, delete_step, attempts";
+    lease_expires, delete_step";
 
 const GC_WHERE: &str = "state IN ('closed', 'deleted') AND volume_state <> 'removed' AND closed_at <= $3 \
     AND (retry_at IS NULL OR retry_at <= $4) AND (claim_until IS NULL OR claim_until < $4)";
 
 fn claimed_from_row(row: &sqlx::any::AnyRow) -> Result<Claimed> {
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
-    let owner = WorkspaceId::new(row.try_get::<String, _>("owner")?).map_err(|e| corrupt(&e))?;
-    let holder =
-        match (row.try_get::<Option<String>, _>("lease_session")?, row.try_get::<Option<String>, _>("lease_instance")?)
-        {
-            (Some(s), Some(i)) => Some(Holder {
-                session: SessionId::new(s).map_err(|e| corrupt(&e))?,
-                instance: InstanceId::new(i).map_err(|e| corrupt(&e))?,
-            }),
-            _ => None,
-        };
     let step = match row.try_get::<Option<String>, _>("delete_step")? {
         Some(s) => Some(DeleteStep::parse(&s).ok_or_else(|| Error::Corrupt(format!("delete step '{s}'")))?),
         None => None,
     };
     Ok(Claimed {
         candidate: Candidate {
-            owner,
+            owner: WorkspaceId::new(row.try_get::<String, _>("owner")?).map_err(|e| corrupt(&e))?,
             generation: Generation(row.try_get::<i64, _>("generation")? as u64),
             volume: VolumeName::new(row.try_get::<String, _>("volume")?).map_err(|e| corrupt(&e))?,
-            lease: Lease {
-                epoch: Epoch(row.try_get::<i64, _>("lease_epoch")? as u64),
-                holder,
-                expires: Timestamp(row.try_get("lease_expires")?),
-            },
+            lease: lease_from_row(row)?,
         },
         step,
-        attempts: row.try_get::<i64, _>("attempts")? as u64,
-        volume_removed: row.try_get::<String, _>("volume_state")? == "removed",
+        volume_removed: row.try_get::<String, _>("volume_state")? == VolumeState::Removed.as_str(),
     })
 }
 

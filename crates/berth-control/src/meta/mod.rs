@@ -129,13 +129,6 @@ fn ws_from_row(row: &AnyRow, rules: Rules) -> Result<WorkspaceRow> {
     let int = |c: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(c)?) };
     let opt_ts = |c: &str| -> Result<Option<Timestamp>> { Ok(row.try_get::<Option<i64>, _>(c)?.map(Timestamp)) };
     let owner = WorkspaceId::new(text("owner")?).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let holder = match (opt_text("lease_session")?, opt_text("lease_instance")?) {
-        (Some(s), Some(i)) => Some(Holder {
-            session: SessionId::new(s).map_err(|e| Error::Corrupt(e.to_string()))?,
-            instance: InstanceId::new(i).map_err(|e| Error::Corrupt(e.to_string()))?,
-        }),
-        _ => None,
-    };
     let state = text("state")?;
     let volume_state = text("volume_state")?;
     let access_mode = text("access_mode")?;
@@ -154,7 +147,7 @@ fn ws_from_row(row: &AnyRow, rules: Rules) -> Result<WorkspaceRow> {
         state: State::parse(&state).ok_or_else(|| corrupt("workspace state", &state))?,
         closed_at: opt_ts("closed_at")?,
         volume,
-        lease: Lease { epoch: Epoch(int("lease_epoch")? as u64), holder, expires: Timestamp(int("lease_expires")?) },
+        lease: lease_from_row(row)?,
         delete_step: opt_text("delete_step")?
             .map(|s| DeleteStep::parse(&s).ok_or_else(|| corrupt("delete step", &s)))
             .transpose()?,
@@ -181,6 +174,25 @@ fn ws_from_row(row: &AnyRow, rules: Rules) -> Result<WorkspaceRow> {
         created_at: Timestamp(int("created_at")?),
         updated_at: Timestamp(int("updated_at")?),
         draining_until: opt_ts("draining_since")?.map(|since| since.plus_secs(rules.drain_timeout_secs)),
+    })
+}
+
+/// Reads the lease columns of a workspace row.
+fn lease_from_row(row: &AnyRow) -> Result<Lease> {
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
+    let holder =
+        match (row.try_get::<Option<String>, _>("lease_session")?, row.try_get::<Option<String>, _>("lease_instance")?)
+        {
+            (Some(s), Some(i)) => Some(Holder {
+                session: SessionId::new(s).map_err(|e| corrupt(&e))?,
+                instance: InstanceId::new(i).map_err(|e| corrupt(&e))?,
+            }),
+            _ => None,
+        };
+    Ok(Lease {
+        epoch: Epoch(row.try_get::<i64, _>("lease_epoch")? as u64),
+        holder,
+        expires: Timestamp(row.try_get("lease_expires")?),
     })
 }
 
