@@ -43,3 +43,26 @@ struct ApiDoc;
 pub async fn spec() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_are_integers_on_the_wire() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for (schema, field) in [
+            ("Heartbeat", "epoch"),
+            ("Session", "epoch"),
+            ("ErrorDetail", "current_epoch"),
+            ("ErrorDetail", "presented_epoch"),
+        ] {
+            let ty = &schemas[schema]["properties"][field]["type"];
+            assert!(
+                ty == "integer" || ty.as_array().is_some_and(|t| t.contains(&"integer".into())),
+                "{schema}.{field}: {ty}"
+            );
+        }
+    }
+}
