@@ -22,7 +22,7 @@ use crate::layout;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseView {
     /// The epoch was rejected: another sandbox owns the workspace; stop writing.
-    pub fenced: bool,
+    pub fenced: Option<Fenced>,
     /// A scope of this session is draining.
     pub draining: bool,
 }
@@ -58,14 +58,14 @@ impl Control {
 
     /// Returns whether the epoch was rejected.
     pub fn fenced(&self) -> bool {
-        self.view.borrow().fenced
+        self.view.borrow().fenced.is_some()
     }
 
-    fn fence(&self, why: &str) {
+    fn fence(&self, fenced: Fenced, why: &str) {
         if !self.fenced() {
             tracing::error!(event = "fenced", session = %self.cfg.session, epoch = %self.cfg.epoch, reason = why);
+            self.view.send_modify(|v| v.fenced = Some(fenced));
         }
-        self.view.send_modify(|v| v.fenced = true);
     }
 
     /// Sends one heartbeat. A stale epoch, or a session the server no longer knows, fences
@@ -82,8 +82,9 @@ impl Control {
                 Ok(())
             }
             Err(e) if e.status() == Some(404) => {
-                self.fence(&e.to_string());
-                Err(Fenced { presented: self.cfg.epoch, current: None }.into())
+                let fenced = Fenced { presented: self.cfg.epoch, current: None };
+                self.fence(fenced, &e.to_string());
+                Err(fenced.into())
             }
             Err(e) => Err(self.refused(e)),
         }
@@ -92,9 +93,9 @@ impl Control {
     /// Maps a control-plane error, fencing this sandbox when it is a stale epoch.
     fn refused(&self, e: ClientError) -> AgentError {
         let why = e.to_string();
-        let e = AgentError::from_control(e, self.cfg.epoch);
-        if e.fenced().is_some() {
-            self.fence(&why);
+        let e = AgentError::from_control(e);
+        if let Some(fenced) = e.fenced() {
+            self.fence(fenced, &why);
         }
         e
     }
@@ -154,7 +155,7 @@ impl Control {
         match self.client.ready(&handover.scope, &body).await {
             Ok(r) => Ok(r.cleared),
             // A refused ack does not fence: the heartbeats and publishes decide that.
-            Err(e) => Err(AgentError::from_control(e, self.cfg.epoch)),
+            Err(e) => Err(AgentError::from_control(e)),
         }
     }
 

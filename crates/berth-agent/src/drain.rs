@@ -1,4 +1,4 @@
-//! The drain on SIGTERM (REQUIREMENTS 28-33), in order of value, each step bounded by what is
+//! The drain on SIGTERM, in order of value, each step bounded by what is
 //! left of the budget: tell the control plane, nudge the agent to commit and push, wait for it,
 //! stop what is left, commit work in progress, push it, take the final snapshot, hand over.
 //!
@@ -6,12 +6,13 @@
 //! - It never fails past its caller: every step's failure is logged and the next step runs.
 //! - It finishes within the budget: a step that would overrun is cut off or skipped.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Nudge};
 use crate::control::Control;
 use crate::git::{find_repos, Git, Pushed};
 use crate::layout;
@@ -40,13 +41,19 @@ pub struct DrainReport {
     pub ms: u64,
 }
 
-struct Clock {
+/// A drain under way: what it works with, its deadline, and the steps so far.
+struct Drain<'a> {
+    cfg: &'a AgentConfig,
+    control: Option<&'a Arc<Control>>,
+    git: &'a Git,
     started: Instant,
     deadline: Instant,
+    /// Held back for commit, push and the final snapshot.
+    reserve: Duration,
     steps: Vec<Step>,
 }
 
-impl Clock {
+impl Drain<'_> {
     fn left(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
@@ -56,13 +63,115 @@ impl Clock {
         tracing::info!(event = "drain_step", step = name, detail = %s.detail, ms = s.ms, left_ms = self.left().as_millis() as u64);
         self.steps.push(s);
     }
+
+    /// Tells the control plane (10 s at most); returns the drain's nonce for the replacement.
+    async fn notify(&mut self) -> Option<String> {
+        let ctl = self.control?;
+        let t = Instant::now();
+        let nonce = ctl.evict("SIGTERM", self.left().min(Duration::from_secs(10))).await;
+        let detail =
+            if nonce.is_some() { "control plane recorded the drain" } else { "control plane not told (see log)" };
+        self.step("notify", detail.into(), t);
+        nonce
+    }
+
+    /// Nudges the agent to commit and push, waits for it, and stops what is left of it.
+    async fn stop_agent(&mut self, child: Option<&mut Child>) {
+        let Some(ch) = child else {
+            if self.cfg.nudge != Nudge::Signal {
+                let t = Instant::now();
+                supervise::nudge(&self.cfg.nudge, None, &self.cfg.dir, self.left().saturating_sub(self.reserve)).await;
+                self.step("nudge", format!("{:?}", self.cfg.nudge), t);
+            }
+            return;
+        };
+        let t = Instant::now();
+        supervise::nudge(&self.cfg.nudge, Some(ch), &self.cfg.dir, self.left().saturating_sub(self.reserve)).await;
+        self.step("nudge", format!("{:?}", self.cfg.nudge), t);
+        let t = Instant::now();
+        let wait = self.left().saturating_sub(self.reserve);
+        let exited = ch.wait_for(wait).await;
+        let detail = match exited {
+            Some(s) => format!("the agent exited ({s})"),
+            None => format!("the agent did not exit within {} ms", wait.as_millis()),
+        };
+        self.step("wait", detail, t);
+        if exited.is_none() || ch.group_alive() {
+            let t = Instant::now();
+            // Freeze first so nothing changes, then stop the tree, which also releases any
+            // git lock a straggler held.
+            ch.freeze();
+            ch.kill();
+            let _ = ch.wait_for(Duration::from_secs(1).min(self.left())).await;
+            self.step("freeze", "stopped the agent's process tree".into(), t);
+        }
+    }
+
+    /// Commits work in progress in every repo and pushes it, while the budget lasts.
+    async fn commit_and_push(&mut self, scratch: &Path) {
+        let message = format!("berth: work in progress of {} (drain of {})", self.cfg.workspace, self.cfg.instance);
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let suffix = since_epoch.map(|d| d.as_secs()).unwrap_or(0).to_string();
+        for repo in find_repos(&self.cfg.dir, 3) {
+            if self.left() < Duration::from_millis(500) {
+                break;
+            }
+            if repo == self.cfg.dir {
+                // berth's own directory is never part of the work.
+                crate::git::ignore_berth_dir(&repo);
+            }
+            self.commit_and_push_repo(&repo, scratch, &message, &suffix).await;
+        }
+    }
+
+    async fn commit_and_push_repo(&mut self, repo: &Path, scratch: &Path, message: &str, suffix: &str) {
+        let t = Instant::now();
+        let shown = repo.strip_prefix(&self.cfg.dir).map(|p| p.display().to_string()).unwrap_or_default();
+        let committed =
+            tokio::time::timeout(self.left(), self.git.wip_commit(repo, scratch, &self.cfg.author, message)).await;
+        let commit = match committed {
+            Ok(Ok(Some(commit))) => commit,
+            Ok(Ok(None)) => return self.step("commit", format!("{shown}: nothing to commit"), t),
+            Ok(Err(e)) => return self.step("commit", format!("{shown}: failed: {e}"), t),
+            Err(_) => return self.step("commit", format!("{shown}: timed out"), t),
+        };
+        self.step("commit", format!("{shown}: {commit}"), t);
+        // Leave time for the final snapshot.
+        let push_time = self.left().saturating_sub(self.reserve / 2);
+        let t = Instant::now();
+        let detail = match tokio::time::timeout(push_time, self.git.push(repo, &commit, suffix)).await {
+            Ok(Ok(Pushed::To(r))) => format!("{shown}: pushed to origin {r}"),
+            Ok(Ok(Pushed::Local(r))) => format!("{shown}: no origin, kept as local branch {r}"),
+            Ok(Err(e)) => format!("{shown}: failed: {e}"),
+            Err(_) => format!("{shown}: timed out"),
+        };
+        self.step("push", detail, t);
+    }
+
+    /// Takes the final snapshot with what is left of the budget.
+    async fn final_snapshot(&mut self, persister: &Persister) {
+        let t = Instant::now();
+        if persister.ephemeral() {
+            return self.step("snapshot", "ephemeral workspace: nothing to save".into(), t);
+        }
+        let deadline = self.deadline;
+        let detail =
+            match tokio::time::timeout(self.left(), persister.snapshot("drain", GitMode::Now, Some(deadline))).await {
+                Ok(Ok(Some(s))) => {
+                    format!("snapshot {} (seq {}){}", s.snapshot, s.seq, if s.published { ", published" } else { "" })
+                }
+                Ok(Ok(None)) => "not written: this sandbox no longer owns the workspace".into(),
+                Ok(Err(e)) => format!("failed: {e}"),
+                Err(_) => "cut off by the budget; the previous snapshot stays the latest".into(),
+            };
+        self.step("snapshot", detail, t);
+    }
 }
 
 /// Drains: runs every step within `cfg.drain_budget_secs` from `started` (the SIGTERM).
-#[allow(clippy::too_many_arguments)]
 pub async fn drain(
     cfg: &AgentConfig,
-    scratch: &std::path::Path,
+    scratch: &Path,
     persister: &Arc<Persister>,
     control: Option<&Arc<Control>>,
     git: &Git,
@@ -70,128 +179,24 @@ pub async fn drain(
     started: Instant,
 ) -> DrainReport {
     let budget = Duration::from_secs(cfg.drain_budget_secs);
-    let mut c = Clock { started, deadline: started + budget, steps: Vec::new() };
     // Held back for commit, push and the final snapshot: 40% of the budget, 2 s at least.
     let reserve = (budget * 2 / 5).max(Duration::from_secs(2)).min(budget);
-
-    let t = Instant::now();
-    let nonce = match control {
-        Some(ctl) => {
-            let nonce = ctl.evict("SIGTERM", c.left().min(Duration::from_secs(10))).await;
-            c.step(
-                "notify",
-                if nonce.is_some() {
-                    "control plane recorded the drain".into()
-                } else {
-                    "control plane not told (see log)".into()
-                },
-                t,
-            );
-            nonce
-        }
-        None => None,
-    };
-
-    if let Some(ch) = child {
-        let t = Instant::now();
-        let wait = c.left().saturating_sub(reserve);
-        supervise::nudge(&cfg.nudge, Some(ch), &cfg.dir, wait).await;
-        c.step("nudge", format!("{:?}", cfg.nudge), t);
-        let t = Instant::now();
-        let wait = c.left().saturating_sub(reserve);
-        let exited = ch.wait_for(wait).await;
-        c.step(
-            "wait",
-            match exited {
-                Some(s) => format!("the agent exited ({s})"),
-                None => format!("the agent did not exit within {} ms", wait.as_millis()),
-            },
-            t,
-        );
-        if exited.is_none() || ch.group_alive() {
-            let t = Instant::now();
-            // Freeze first so nothing changes, then stop the tree, which also releases any
-            // git lock a straggler held.
-            ch.freeze();
-            ch.kill();
-            let _ = ch.wait_for(Duration::from_secs(1).min(c.left())).await;
-            c.step("freeze", "stopped the agent's process tree".into(), t);
-        }
-    } else if cfg.nudge != crate::config::Nudge::Signal {
-        let t = Instant::now();
-        let wait = c.left().saturating_sub(reserve);
-        supervise::nudge(&cfg.nudge, None, &cfg.dir, wait).await;
-        c.step("nudge", format!("{:?}", cfg.nudge), t);
-    }
-
-    {
-        let message = format!("berth: work in progress of {} (drain of {})", cfg.workspace, cfg.instance);
-        let suffix = format!(
-            "{}",
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-        );
-        for repo in find_repos(&cfg.dir, 3) {
-            if c.left() < Duration::from_millis(500) {
-                break;
-            }
-            let t = Instant::now();
-            let shown = repo.strip_prefix(&cfg.dir).map(|p| p.display().to_string()).unwrap_or_default();
-            if repo == cfg.dir {
-                // berth's own directory is never part of the work.
-                crate::git::ignore_berth_dir(&repo);
-            }
-            let committed = tokio::time::timeout(c.left(), git.wip_commit(&repo, scratch, &cfg.author, &message)).await;
-            match committed {
-                Ok(Ok(Some(commit))) => {
-                    c.step("commit", format!("{shown}: {commit}"), t);
-                    // Leave time for the final snapshot.
-                    let push_time = c.left().saturating_sub(reserve / 2);
-                    let t = Instant::now();
-                    match tokio::time::timeout(push_time, git.push(&repo, &commit, &suffix)).await {
-                        Ok(Ok(Pushed::To(r))) => c.step("push", format!("{shown}: pushed to origin {r}"), t),
-                        Ok(Ok(Pushed::Local(r))) => {
-                            c.step("push", format!("{shown}: no origin, kept as local branch {r}"), t)
-                        }
-                        Ok(Err(e)) => c.step("push", format!("{shown}: failed: {e}"), t),
-                        Err(_) => c.step("push", format!("{shown}: timed out"), t),
-                    }
-                }
-                Ok(Ok(None)) => c.step("commit", format!("{shown}: nothing to commit"), t),
-                Ok(Err(e)) => c.step("commit", format!("{shown}: failed: {e}"), t),
-                Err(_) => c.step("commit", format!("{shown}: timed out"), t),
-            }
-        }
-    }
-
+    let mut d = Drain { cfg, control, git, started, deadline: started + budget, reserve, steps: Vec::new() };
+    let nonce = d.notify().await;
+    d.stop_agent(child).await;
+    d.commit_and_push(scratch).await;
     if let (Some(n), Some(_)) = (&nonce, control) {
         let h = berth_api::Handover { scope: format!("workspace:{}", cfg.workspace), nonce: n.clone() };
         let _ = layout::write_atomic(&layout::handover(&cfg.dir), &serde_json::to_vec(&h).unwrap_or_default());
     }
-
-    let t = Instant::now();
-    if persister.ephemeral() {
-        c.step("snapshot", "ephemeral workspace: nothing to save".into(), t);
-    } else {
-        let deadline = c.deadline;
-        match tokio::time::timeout(c.left(), persister.snapshot("drain", GitMode::Now, Some(deadline))).await {
-            Ok(Ok(Some(s))) => c.step(
-                "snapshot",
-                format!("snapshot {} (seq {}){}", s.snapshot, s.seq, if s.published { ", published" } else { "" }),
-                t,
-            ),
-            Ok(Ok(None)) => c.step("snapshot", "not written: this sandbox no longer owns the workspace".into(), t),
-            Ok(Err(e)) => c.step("snapshot", format!("failed: {e}"), t),
-            Err(_) => c.step("snapshot", "cut off by the budget; the previous snapshot stays the latest".into(), t),
-        }
-    }
-
+    d.final_snapshot(persister).await;
     if let Some(ctl) = control {
         let t = Instant::now();
-        ctl.detach(c.left().min(Duration::from_secs(5))).await;
-        c.step("detach", "released the lease for the replacement".into(), t);
+        ctl.detach(d.left().min(Duration::from_secs(5))).await;
+        d.step("detach", "released the lease for the replacement".into(), t);
     }
     let report =
-        DrainReport { budget_secs: cfg.drain_budget_secs, steps: c.steps, ms: c.started.elapsed().as_millis() as u64 };
+        DrainReport { budget_secs: cfg.drain_budget_secs, steps: d.steps, ms: d.started.elapsed().as_millis() as u64 };
     tracing::info!(event = "drain_done", ms = report.ms, budget_secs = report.budget_secs);
     report
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use berth_api::ClientError;
 use berth_core::excludes::ExcludeError;
 use berth_core::id::SnapshotId;
-use berth_core::lease::{Epoch, Fenced};
+use berth_core::lease::Fenced;
 use berth_core::workspace::{Generation, WorkspaceId};
 use berth_engine::error::EngineError;
 
@@ -156,13 +156,12 @@ impl AgentError {
         AgentError::Io { op, path: path.into(), source }
     }
 
-    /// Maps a control-plane error: a stale epoch is the one fencing error; anything else stays a
-    /// control-plane error.
-    pub fn from_control(e: ClientError, epoch: Epoch) -> AgentError {
-        if e.code() == Some("stale_epoch") {
-            AgentError::Fenced(Fenced { presented: epoch, current: None })
-        } else {
-            AgentError::Control(e)
+    /// Maps a control-plane error: the server's stale-epoch refusal is the one fencing error;
+    /// anything else stays a control-plane error.
+    pub fn from_control(e: ClientError) -> AgentError {
+        match e.fenced() {
+            Some(fenced) => AgentError::Fenced(fenced),
+            None => AgentError::Control(e),
         }
     }
 
@@ -213,7 +212,7 @@ mod tests {
         assert!(io(io::ErrorKind::TimedOut).is_temporary());
         assert!(!io(io::ErrorKind::PermissionDenied).is_temporary());
         assert!(!AgentError::Interrupted.is_temporary());
-        let fenced = AgentError::Fenced(Fenced { presented: Epoch(3), current: None });
+        let fenced = AgentError::Fenced(Fenced { presented: berth_core::lease::Epoch(3), current: None });
         assert!(!fenced.is_temporary() && fenced.fenced().is_some());
         assert!(AgentError::StoreUnreadable { reason: "timed out".into(), temporary: true }.is_temporary());
         assert!(AgentError::Credentials(CredError::Unavailable { reason: "502".into() }).is_temporary());

@@ -163,6 +163,11 @@ impl Git {
         Ok(String::from_utf8_lossy(&self.run(dir, args).await?).trim().to_string())
     }
 
+    /// The trimmed output of `git ARGS`; `None` when it fails or says nothing.
+    async fn value<S: AsRef<OsStr>>(&self, dir: &Path, args: &[S]) -> Option<String> {
+        self.text(dir, args).await.ok().filter(|s| !s.is_empty())
+    }
+
     /// Clones `spec` into `dest` (which must not exist), through a temporary directory in
     /// `scratch` so a failed clone leaves nothing behind. Transient failures are retried with
     /// backoff until `deadline`; authentication and not-found failures are final.
@@ -263,25 +268,12 @@ impl Git {
             std::iter::once("--no-optional-locks").chain(args.iter().copied()).map(String::from).collect()
         };
         let mut state = GitState {
-            head: self
-                .text(repo, &no_locks(&["rev-parse", "--verify", "-q", "HEAD"]))
-                .await
-                .ok()
-                .filter(|s| !s.is_empty()),
-            branch: self
-                .text(repo, &no_locks(&["symbolic-ref", "-q", "--short", "HEAD"]))
-                .await
-                .ok()
-                .filter(|s| !s.is_empty()),
-            upstream: self
-                .text(repo, &no_locks(&["rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{u}"]))
-                .await
-                .ok()
-                .filter(|s| !s.is_empty()),
+            head: self.value(repo, &no_locks(&["rev-parse", "--verify", "-q", "HEAD"])).await,
+            branch: self.value(repo, &no_locks(&["symbolic-ref", "-q", "--short", "HEAD"])).await,
+            upstream: self.value(repo, &no_locks(&["rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{u}"])).await,
             remote_url: self
-                .text(repo, &no_locks(&["remote", "get-url", "origin"]))
+                .value(repo, &no_locks(&["remote", "get-url", "origin"]))
                 .await
-                .ok()
                 .map(|u| strip_credentials(&u)),
             operation: Git::operation(repo),
             ..Default::default()
@@ -342,8 +334,7 @@ impl Git {
             report.rebuilt_from_bundle = true;
         }
         if is_repo(repo) {
-            report.head =
-                self.text(repo, &["rev-parse", "--verify", "-q", "HEAD"]).await.ok().filter(|s| !s.is_empty());
+            report.head = self.value(repo, &["rev-parse", "--verify", "-q", "HEAD"]).await;
             report.index_refreshed = refresh_index(repo).unwrap_or_else(|e| {
                 tracing::warn!(event = "index_refresh_skipped", repo = %repo.display(), reason = %e.message);
                 0
@@ -404,7 +395,7 @@ impl Git {
             let env = [("GIT_INDEX_FILE", index_s.as_str())];
             self.run_env(repo, &["add", "-A"], &env).await?;
             let tree = String::from_utf8_lossy(&self.run_env(repo, &["write-tree"], &env).await?).trim().to_string();
-            let head = self.text(repo, &["rev-parse", "--verify", "-q", "HEAD"]).await.ok().filter(|h| !h.is_empty());
+            let head = self.value(repo, &["rev-parse", "--verify", "-q", "HEAD"]).await;
             let head_tree = match &head {
                 Some(h) => self.text(repo, &["rev-parse", &format!("{h}^{{tree}}")]).await.ok(),
                 None => None,
@@ -436,7 +427,7 @@ impl Git {
     /// the remote branch moved on or HEAD is detached. Without an origin, keeps it locally as the
     /// branch `berth/wip/<branch>-<suffix>`.
     pub async fn push(&self, repo: &Path, commit: &str, suffix: &str) -> Result<Pushed, GitError> {
-        let branch = self.text(repo, &["symbolic-ref", "-q", "--short", "HEAD"]).await.ok().filter(|b| !b.is_empty());
+        let branch = self.value(repo, &["symbolic-ref", "-q", "--short", "HEAD"]).await;
         let side = format!("berth/wip/{}-{suffix}", branch.as_deref().unwrap_or("detached"));
         if self.run(repo, &["remote", "get-url", "origin"]).await.is_err() {
             self.run(repo, &["update-ref", &format!("refs/heads/{side}"), commit]).await?;

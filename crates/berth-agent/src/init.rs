@@ -175,12 +175,12 @@ fn inspect(cfg: &AgentConfig) -> DirState {
 /// What the store says about this workspace and generation, within [`LATEST_TIMEOUT`].
 async fn read_latest(cfg: &AgentConfig, store: Result<Option<&SnapshotStore>, &EngineError>) -> Latest {
     let unreadable = |e: &EngineError| Latest::Unreadable { reason: e.to_string(), temporary: e.is_temporary() };
-    let repo = match store {
+    let store = match store {
         Err(e) => return unreadable(e),
         Ok(None) => return Latest::NoStore,
-        Ok(Some(repo)) => repo,
+        Ok(Some(store)) => store,
     };
-    match tokio::time::timeout(LATEST_TIMEOUT, repo.latest(&cfg.workspace, cfg.generation)).await {
+    match tokio::time::timeout(LATEST_TIMEOUT, store.latest(&cfg.workspace, cfg.generation)).await {
         Ok(Ok(Some(s))) => {
             let (seq, host, manifest) = (s.record.seq, s.record.host, s.record.manifest);
             Latest::Snapshot(LatestSnapshot { id: s.id, seq, host, manifest })
@@ -256,6 +256,17 @@ impl<'a> Init<'a> {
         })
     }
 
+    /// The store a restore reads; the plan restores only what a readable store named.
+    fn readable<'s>(
+        &mut self,
+        store: Result<Option<&'s SnapshotStore>, &EngineError>,
+    ) -> Result<&'s SnapshotStore, InitError> {
+        match store {
+            Ok(Some(store)) => Ok(store),
+            _ => Err(self.fail(AgentError::Config("internal: a snapshot to restore without a store".into()))),
+        }
+    }
+
     /// Fails when SIGTERM or SIGINT arrived.
     fn checkpoint(&mut self) -> Result<(), InitError> {
         if self.cancel.is_cancelled() {
@@ -301,11 +312,8 @@ impl<'a> Init<'a> {
         plan: &RestorePlan,
     ) -> Result<Option<Manifest>, InitError> {
         let RestorePlan::Restore(s) = plan else { return Ok(None) };
-        let Ok(Some(repo)) = store else {
-            // The plan restores only what a readable store named.
-            return Err(self.fail(AgentError::Config("internal: a snapshot without a store".into())));
-        };
-        repo.manifest(&s.manifest).await.map(Some).map_err(|e| {
+        let store = self.readable(store)?;
+        store.manifest(&s.manifest).await.map(Some).map_err(|e| {
             let workspace = self.cfg.workspace.clone();
             self.fail(AgentError::SnapshotUnreadable { snapshot: s.id, workspace, source: Box::new(e) })
         })
@@ -433,10 +441,7 @@ impl<'a> Init<'a> {
         s: &LatestSnapshot,
         fresh: &[String],
     ) -> Result<RestoreSummary, InitError> {
-        let Ok(Some(repo)) = store else {
-            // The plan restores only what a readable store named.
-            return Err(self.fail(AgentError::Config("internal: a snapshot without a store".into())));
-        };
+        let store = self.readable(store)?;
         let mut keep = self.cfg.excludes.clone();
         keep.extend(fresh.iter().map(|p| format!("/{p}")));
         let excludes = Excludes::new(&keep, self.cfg.default_excludes).map_err(|e| self.fail(e.into()))?;
@@ -451,7 +456,7 @@ impl<'a> Init<'a> {
         };
         let progress = Arc::new(Progress::default());
         let restored = tokio::select! {
-            x = restore::restore(repo, &opts, &progress) => x,
+            x = restore::restore(store, &opts, &progress) => x,
             _ = self.cancel.cancelled() => return Err(self.fail(AgentError::Interrupted)),
         };
         let sum = restored.map_err(|e| {

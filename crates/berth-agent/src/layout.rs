@@ -59,22 +59,34 @@ pub fn git_state(dir: &Path, repo: &Path) -> Option<PathBuf> {
 /// Every repository with captured git state: (repository, its state directory).
 pub fn git_states(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
     let base = state_dir(dir).join("git");
+    let mut out: Vec<_> = files_under(&base)
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == "state.json"))
+        .filter_map(|f| {
+            let state_dir = f.parent()?.to_path_buf();
+            let rel = state_dir.strip_prefix(&base).ok()?;
+            let repo = if rel == Path::new(ROOT_KEY) { dir.to_path_buf() } else { dir.join(rel) };
+            Some((repo, state_dir))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every file beneath `root` (not following links to directories); none when it is missing.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut stack = vec![base.clone()];
+    let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if e.file_name() == "state.json" {
-                let Ok(rel) = d.strip_prefix(&base) else { continue };
-                let repo = if rel == Path::new(ROOT_KEY) { dir.to_path_buf() } else { dir.join(rel) };
-                out.push((repo, d.clone()));
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
             }
         }
     }
-    out.sort();
     out
 }
 

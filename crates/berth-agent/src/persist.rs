@@ -79,7 +79,7 @@ struct Inner {
 /// Keeps one workspace persisted.
 pub struct Persister {
     cfg: Arc<AgentConfig>,
-    repo: Option<SnapshotStore>,
+    store: Option<SnapshotStore>,
     control: Option<Arc<Control>>,
     git: Git,
     excludes: Excludes,
@@ -90,29 +90,29 @@ pub struct Persister {
 
 impl std::fmt::Debug for Persister {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Persister").field("dir", &self.cfg.dir).field("ephemeral", &self.repo.is_none()).finish()
+        f.debug_struct("Persister").field("dir", &self.cfg.dir).field("ephemeral", &self.store.is_none()).finish()
     }
 }
 
 /// Opens the store of `cfg`, if it has one.
-pub async fn open_repo(cfg: &AgentConfig) -> Result<Option<SnapshotStore>, EngineError> {
+pub async fn open_store(cfg: &AgentConfig) -> Result<Option<SnapshotStore>, EngineError> {
     let Some(url) = &cfg.store else { return Ok(None) };
     let store = berth_engine::store::open(url)?;
     Ok(Some(SnapshotStore::open_or_init(store).await?))
 }
 
 impl Persister {
-    /// Builds a persister; `repo` `None` means the workspace is ephemeral.
+    /// Builds a persister; `store` `None` means the workspace is ephemeral.
     pub fn new(
         cfg: Arc<AgentConfig>,
-        repo: Option<SnapshotStore>,
+        store: Option<SnapshotStore>,
         control: Option<Arc<Control>>,
         git: Git,
     ) -> Result<Persister, AgentError> {
         let excludes = Excludes::new(&cfg.excludes, cfg.default_excludes)?;
         Ok(Persister {
             cfg,
-            repo,
+            store,
             control,
             git,
             excludes,
@@ -130,7 +130,7 @@ impl Persister {
 
     /// Whether there is no store (nothing is ever saved).
     pub fn ephemeral(&self) -> bool {
-        self.repo.is_none()
+        self.store.is_none()
     }
 
     /// Stops all writing (the epoch was rejected).
@@ -162,7 +162,7 @@ impl Persister {
     fn repos(&self) -> Vec<PathBuf> {
         let mut repos = find_repos(&self.cfg.dir, REPO_DEPTH);
         for r in &self.cfg.repos {
-            if let Ok(rel) = berth_core::repo::target(&r.url, r.branch.as_deref(), r.depth, r.path.as_deref()) {
+            if let Ok(rel) = r.target() {
                 let p = self.cfg.dir.join(String::from_utf8_lossy(rel.as_bytes()).as_ref());
                 if p.join(".git").is_dir() && !repos.contains(&p) {
                     repos.push(p);
@@ -210,55 +210,21 @@ impl Persister {
         git: GitMode,
         deadline: Option<Instant>,
     ) -> Result<Option<Saved>, AgentError> {
-        let Some(repo) = &self.repo else { return Ok(None) };
+        let Some(store) = &self.store else { return Ok(None) };
         if !self.writing() {
             return Ok(None);
         }
         let started = Instant::now();
+        // Held to the end: never two snapshot runs at once.
         let mut inner = self.inner.lock().await;
-        if inner.dbs_at.is_none_or(|t| t.elapsed() >= SQLITE_RESCAN) || git == GitMode::Now {
-            let (dir, ex) = (self.cfg.dir.clone(), self.excludes.clone());
-            inner.dbs = tokio::task::spawn_blocking(move || sqlite::discover(&dir, &ex)).await.unwrap_or_default();
-            inner.dbs_at = Some(Instant::now());
-        }
-        let dbs = inner.dbs.clone();
-        let copied = inner.sqlite.capture(&self.cfg.dir, &dbs).await;
-        self.capture_git(&mut inner, git, deadline).await;
-        let mut patterns = self.cfg.excludes.clone();
-        patterns.extend(sqlite::exclude_patterns(&copied));
-        let excludes = Excludes::new(&patterns, self.cfg.default_excludes)?;
-        let opts = CreateOptions {
-            workspace: self.cfg.workspace.clone(),
-            generation: self.cfg.generation,
-            dir: self.cfg.dir.clone(),
-            excludes,
-            budget: self.cfg.budget,
-            cache_dir: self.cfg.cache_dir.clone(),
-            host: self.cfg.instance.to_string(),
-            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-        };
+        let opts = self.capture(&mut inner, git, deadline).await?;
         if !self.writing() {
             return Ok(None);
         }
         let marker = layout::read_marker(&self.cfg.dir).unwrap_or_else(|| self.fresh_marker());
         let pending = Some((marker.seq + 1, self.cfg.instance.to_string()));
         layout::write_marker(&self.cfg.dir, &VolumeMarker { pending, ..marker });
-        let summary = match create::create(repo, &opts, &Arc::new(Progress::default())).await {
-            Ok(s) => s,
-            Err(e @ EngineError::Conflict(_)) => {
-                // Another writer published in this workspace: this sandbox lost it.
-                tracing::error!(event = "fenced", reason = %e);
-                self.stop_writing();
-                return Err(e.into());
-            }
-            Err(e) => {
-                metrics::counter!("berth_agent_snapshots_total", "outcome" => "error").increment(1);
-                return Err(e.into());
-            }
-        };
-        for p in &summary.skipped_for_budget {
-            tracing::warn!(event = "skipped_for_budget", path = %p);
-        }
+        let summary = self.create(store, &opts).await?;
         let mut saved = Saved {
             snapshot: summary.snapshot,
             seq: summary.seq,
@@ -268,27 +234,96 @@ impl Persister {
             published: false,
         };
         if !summary.unchanged {
-            if let Some(c) = &self.control {
-                let stats = SnapshotStats {
-                    files: Some(summary.files_scanned),
-                    bytes: Some(summary.bytes_scanned),
-                    bytes_uploaded: Some(summary.bytes_uploaded),
-                    duration_ms: Some((summary.duration_secs * 1000.0) as u64),
-                };
-                match c.publish(&saved.snapshot, stats).await {
-                    Ok(()) => saved.published = true,
-                    Err(e) if e.fenced().is_some() => {
-                        self.stop_writing();
-                        return Err(e);
-                    }
-                    Err(e) => tracing::warn!(event = "publish_failed", snapshot = %saved.snapshot, error = %e),
+            saved.published = self.publish(&summary).await?;
+        }
+        self.durable(reason, &saved);
+        Ok(Some(saved))
+    }
+
+    /// Copies the SQLite databases (searched for again now and then) and captures git state
+    /// when due; returns the options of the snapshot that saves them, with the live database
+    /// files left out.
+    async fn capture(
+        &self,
+        inner: &mut Inner,
+        git: GitMode,
+        deadline: Option<Instant>,
+    ) -> Result<CreateOptions, AgentError> {
+        if inner.dbs_at.is_none_or(|t| t.elapsed() >= SQLITE_RESCAN) || git == GitMode::Now {
+            let (dir, ex) = (self.cfg.dir.clone(), self.excludes.clone());
+            inner.dbs = tokio::task::spawn_blocking(move || sqlite::discover(&dir, &ex)).await.unwrap_or_default();
+            inner.dbs_at = Some(Instant::now());
+        }
+        let dbs = inner.dbs.clone();
+        let copied = inner.sqlite.capture(&self.cfg.dir, &dbs).await;
+        self.capture_git(inner, git, deadline).await;
+        let mut patterns = self.cfg.excludes.clone();
+        patterns.extend(sqlite::exclude_patterns(&copied));
+        Ok(CreateOptions {
+            workspace: self.cfg.workspace.clone(),
+            generation: self.cfg.generation,
+            dir: self.cfg.dir.clone(),
+            excludes: Excludes::new(&patterns, self.cfg.default_excludes)?,
+            budget: self.cfg.budget,
+            cache_dir: self.cfg.cache_dir.clone(),
+            host: self.cfg.instance.to_string(),
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        })
+    }
+
+    /// Runs the engine; another writer's publish in this workspace stops all writing.
+    async fn create(&self, store: &SnapshotStore, opts: &CreateOptions) -> Result<create::CreateSummary, AgentError> {
+        match create::create(store, opts, &Arc::new(Progress::default())).await {
+            Ok(summary) => {
+                for p in &summary.skipped_for_budget {
+                    tracing::warn!(event = "skipped_for_budget", path = %p);
                 }
+                Ok(summary)
+            }
+            Err(e @ EngineError::Conflict(_)) => {
+                // Another writer published in this workspace: this sandbox lost it.
+                tracing::error!(event = "fenced", reason = %e);
+                self.stop_writing();
+                Err(e.into())
+            }
+            Err(e) => {
+                metrics::counter!("berth_agent_snapshots_total", "outcome" => "error").increment(1);
+                Err(e.into())
             }
         }
+    }
+
+    /// Records the snapshot with the control plane, if there is one; returns whether it did. A
+    /// stale epoch stops all writing; any other failure is logged (the snapshot is durable in
+    /// the store regardless).
+    async fn publish(&self, summary: &create::CreateSummary) -> Result<bool, AgentError> {
+        let Some(c) = &self.control else { return Ok(false) };
+        let stats = SnapshotStats {
+            files: Some(summary.files_scanned),
+            bytes: Some(summary.bytes_scanned),
+            bytes_uploaded: Some(summary.bytes_uploaded),
+            duration_ms: Some((summary.duration_secs * 1000.0) as u64),
+        };
+        match c.publish(&summary.snapshot, stats).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.fenced().is_some() => {
+                self.stop_writing();
+                Err(e)
+            }
+            Err(e) => {
+                tracing::warn!(event = "publish_failed", snapshot = %summary.snapshot, error = %e);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Marks the directory as holding `saved`, durable now, and says so in metrics and the log.
+    fn durable(&self, reason: &str, saved: &Saved) {
         let marker = VolumeMarker { snapshot: Some(saved.snapshot), seq: saved.seq, ..self.fresh_marker() };
         layout::write_marker(&self.cfg.dir, &marker);
         self.durable_now();
-        metrics::counter!("berth_agent_snapshots_total", "outcome" => if saved.unchanged { "unchanged" } else { "published" }).increment(1);
+        let outcome = if saved.unchanged { "unchanged" } else { "published" };
+        metrics::counter!("berth_agent_snapshots_total", "outcome" => outcome).increment(1);
         metrics::counter!("berth_agent_bytes_uploaded_total").increment(saved.bytes_uploaded);
         metrics::histogram!("berth_agent_snapshot_duration_seconds").record(saved.secs);
         tracing::info!(
@@ -301,7 +336,6 @@ impl Persister {
             bytes_uploaded = saved.bytes_uploaded,
             published = saved.published,
         );
-        Ok(Some(saved))
     }
 
     /// Whether a changed path matters (not berth's own state, not excluded).

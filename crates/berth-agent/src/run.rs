@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use berth_core::init::RestoreOutcome;
-use berth_core::lease::{Epoch, Fenced};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -69,7 +68,7 @@ pub struct Prepared {
     /// The control-plane session.
     pub control: Option<Arc<Control>>,
     /// The store (`None`: ephemeral), or why it cannot be opened.
-    pub repo: Result<Option<berth_engine::snapshot_store::SnapshotStore>, berth_engine::error::EngineError>,
+    pub store: Result<Option<berth_engine::snapshot_store::SnapshotStore>, berth_engine::error::EngineError>,
     /// The workspace locks.
     pub locks: control::Locks,
 }
@@ -91,8 +90,8 @@ pub async fn prepare(cfg: &AgentConfig) -> Result<Prepared, AgentError> {
     };
     let mount_lock = cfg.control.as_ref().and_then(|c| c.mount_lock.clone());
     let locks = control::lock_workspace(&cfg.dir, mount_lock.as_deref())?;
-    let repo = persist::open_repo(cfg).await;
-    Ok(Prepared { job, control, repo, locks })
+    let store = persist::open_store(cfg).await;
+    Ok(Prepared { job, control, store, locks })
 }
 
 /// Who hears about init as it goes (the command line: a person, or nobody when the logs say
@@ -116,7 +115,7 @@ async fn init_observed(
     if let Some(c) = &prepared.control {
         tokio::spawn(c.clone().heartbeat_loop(heartbeats.clone()));
     }
-    let store = prepared.repo.as_ref().map(Option::as_ref);
+    let store = prepared.store.as_ref().map(Option::as_ref);
     let result = init::init(cfg, &prepared.job, store, prepared.control.as_ref(), cancel, &|p| observer.phase(p)).await;
     match &result {
         Ok((report, _)) => observer.init_done(report),
@@ -215,23 +214,20 @@ pub async fn run(cfg: AgentConfig, argv: Vec<String>, signals: Signals, observer
         }
     };
     let restored = matches!(report.restore, Some(RestoreOutcome::Restored | RestoreOutcome::KeptLocal));
-    let code = match Running::start(cfg.clone(), prepared, creds, &argv, restored, &stop) {
+    let ended = match Running::start(cfg.clone(), prepared, creds, &argv, restored, &stop) {
         Ok(mut running) => {
-            let code = running.supervise(&signals).await;
+            let ended = running.supervise(&signals).await;
             // Background work stops before the job's paths and the locks go with `running`.
             stop.cancel();
             drop(running);
-            Ok(code)
+            ended
         }
         Err(e) => Err(e),
     };
     stop.cancel();
-    match code {
-        Ok(code) if code == exit::FENCED => {
-            let presented = cfg.control.as_ref().map_or(Epoch::ZERO, |c| c.epoch);
-            Outcome::failed(code, Fenced { presented, current: None }.into(), Some(report))
-        }
+    match ended {
         Ok(code) => Outcome { code, error: None, init: Some(report) },
+        Err(e @ AgentError::Fenced(_)) => Outcome::failed(exit::FENCED, e, Some(report)),
         Err(e) => Outcome::failed(exit::FAILED, e, Some(report)),
     }
 }
@@ -258,8 +254,8 @@ impl Running {
         stop: &CancellationToken,
     ) -> Result<Running, AgentError> {
         let git = Git::new(creds.as_ref());
-        let repo = prepared.repo.as_ref().ok().cloned().flatten();
-        let persister = Arc::new(Persister::new(cfg.clone(), repo, prepared.control.clone(), git.clone())?);
+        let store = prepared.store.as_ref().ok().cloned().flatten();
+        let persister = Arc::new(Persister::new(cfg.clone(), store, prepared.control.clone(), git.clone())?);
         if restored {
             persister.durable_now();
         }
@@ -292,8 +288,8 @@ impl Running {
     }
 
     /// Waits for what ends the run: SIGINT, SIGTERM (drain), the agent's exit, or fencing.
-    /// Returns the exit code.
-    async fn supervise(&mut self, signals: &Signals) -> i32 {
+    /// Returns the exit code, or the fencing error.
+    async fn supervise(&mut self, signals: &Signals) -> Result<i32, AgentError> {
         let mut view = self.prepared.control.as_ref().map(|c| c.view());
         loop {
             let changed = async {
@@ -310,14 +306,12 @@ impl Running {
                 }
             };
             tokio::select! {
-                _ = signals.int.cancelled() => return self.interrupted(),
-                _ = signals.term.cancelled() => return self.drain().await,
-                status = child_exit => return self.agent_exited(status).await,
+                _ = signals.int.cancelled() => return Ok(self.interrupted()),
+                _ = signals.term.cancelled() => return Ok(self.drain().await),
+                status = child_exit => return Ok(self.agent_exited(status).await),
                 true = changed => {
                     let v = view.as_ref().map(|v| v.borrow().clone()).unwrap_or_default();
-                    if let Some(code) = self.lease_changed(&v) {
-                        return code;
-                    }
+                    self.lease_changed(&v)?;
                 }
             }
         }
@@ -358,13 +352,13 @@ impl Running {
 
     /// What the heartbeats learned: fenced ends the run; a draining scope saves now and works on
     /// until told to stop.
-    fn lease_changed(&self, view: &LeaseView) -> Option<i32> {
-        if view.fenced {
+    fn lease_changed(&self, view: &LeaseView) -> Result<(), AgentError> {
+        if let Some(fenced) = view.fenced {
             self.persister.stop_writing();
             if let Some(c) = &self.child {
                 c.signal(rustix::process::Signal::TERM);
             }
-            return Some(exit::FENCED);
+            return Err(fenced.into());
         }
         if view.draining {
             let p = self.persister.clone();
@@ -374,7 +368,7 @@ impl Running {
                 }
             });
         }
-        None
+        Ok(())
     }
 }
 

@@ -1,4 +1,4 @@
-//! Consistent capture of SQLite databases in the workspace (REQUIREMENTS D23): before a
+//! Consistent capture of SQLite databases in the workspace: before a
 //! snapshot, each database is copied with `VACUUM INTO` (a consistent, single-file copy made
 //! inside one read transaction, whatever the writers do) to `.berth/state/sqlite/<path>`; the
 //! live file and its `-wal`, `-shm` and `-journal` are left out of the snapshot. Init puts the
@@ -156,33 +156,24 @@ async fn copy_consistent(live: &Path, copy: &Path) -> Result<(), String> {
 pub fn restore(dir: &Path) -> Vec<RelPath> {
     let root = layout::state_dir(dir).join("sqlite");
     let mut out = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
+    for path in layout::files_under(&root) {
+        let Ok(rel) = path.strip_prefix(&root) else { continue };
+        let Ok(rel) = RelPath::new(rel.as_os_str().as_bytes().to_vec()) else { continue };
+        if rel.file_name().starts_with(b".") && rel.file_name().ends_with(b".tmp") {
+            continue;
+        }
+        let live = dir.join(std::ffi::OsStr::from_bytes(rel.as_bytes()));
+        let placed = live.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|_| {
+            for s in SUFFIXES {
+                let mut side = live.as_os_str().to_owned();
+                side.push(s);
+                let _ = std::fs::remove_file(Path::new(&side));
             }
-            let Ok(rel) = path.strip_prefix(&root) else { continue };
-            let Ok(rel) = RelPath::new(rel.as_os_str().as_bytes().to_vec()) else { continue };
-            if rel.file_name().starts_with(b".") && rel.file_name().ends_with(b".tmp") {
-                continue;
-            }
-            let live = dir.join(std::ffi::OsStr::from_bytes(rel.as_bytes()));
-            let placed = live.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|_| {
-                for s in SUFFIXES {
-                    let mut side = live.as_os_str().to_owned();
-                    side.push(s);
-                    let _ = std::fs::remove_file(Path::new(&side));
-                }
-                std::fs::copy(&path, &live).map(drop)
-            });
-            match placed {
-                Ok(()) => out.push(rel),
-                Err(e) => tracing::warn!(event = "sqlite_restore_failed", db = %live.display(), error = %e),
-            }
+            std::fs::copy(&path, &live).map(drop)
+        });
+        match placed {
+            Ok(()) => out.push(rel),
+            Err(e) => tracing::warn!(event = "sqlite_restore_failed", db = %live.display(), error = %e),
         }
     }
     out.sort();

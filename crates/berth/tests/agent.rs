@@ -48,6 +48,12 @@ fn agent_cmd(args: &[&str]) -> Run {
     Run::of(c)
 }
 
+/// Runs `berth agent init --json` of `workspace` from `store` into `dir`, which must succeed.
+fn init_from_store(dir: &Path, store: &str, workspace: &str, jobs: &Path) -> Run {
+    let (dir, jobs) = (dir.to_str().unwrap(), jobs.to_str().unwrap());
+    agent_cmd(&["init", "--json", "--dir", dir, "--store", store, "--workspace", workspace, "--base", jobs]).ok()
+}
+
 /// A running `berth agent run`.
 struct Agent {
     child: Child,
@@ -160,14 +166,23 @@ fn git_picture(repo: &Path) -> BTreeMap<&'static str, String> {
     .into()
 }
 
-fn write_spec(path: &Path, session: &Session, server: &str) {
-    let spec = serde_json::json!({"session": session, "server": server});
-    fs::write(path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+/// The real control plane on `root`, recording snapshots of `store`, and its admin client.
+fn control_plane(root: &Path, store: &str) -> (Server, Client) {
+    let data = root.join("data");
+    let args = ["--data-dir", data.to_str().unwrap(), "--store", store];
+    let server = Server::start(root, &root.join("serve.log"), &args, &[("BERTH_ADMIN_TOKEN", ADMIN)]);
+    let admin = server.client(ADMIN);
+    (server, admin)
 }
 
-fn attach(c: &Client, owner: &str, instance: &str) -> Session {
-    rt().block_on(c.attach(owner, &Attach { instance_id: instance.into(), node: None, pool: None })).expect("attach")
+/// Attaches `instance` to `owner` and writes the agent's spec file (0600) at `path`.
+fn attach(server: &Server, admin: &Client, owner: &str, instance: &str, path: &Path) -> Session {
+    let body = Attach { instance_id: instance.into(), node: None, pool: None };
+    let session = rt().block_on(admin.attach(owner, &body)).expect("attach");
+    let spec = serde_json::json!({"session": session, "server": server.url});
+    fs::write(path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    session
 }
 
 /// Every file under `dir`, with its content.
@@ -209,13 +224,7 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
     bare_repo(&http_root, "lib");
     let gh = GitHttp::start(&http_root, &root.join("githttp"), GIT_TOKEN);
 
-    let server = Server::start(
-        &root,
-        &root.join("serve.log"),
-        &["--data-dir", root.join("data").to_str().unwrap(), "--store", &store],
-        &[("BERTH_ADMIN_TOKEN", ADMIN)],
-    );
-    let admin = server.client(ADMIN);
+    let (server, admin) = control_plane(&root, &store);
     let repos = vec![
         RepoSpec { url: format!("file://{}", app.display()), branch: None, depth: None, path: None },
         RepoSpec {
@@ -226,9 +235,8 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
         },
     ];
     rt().block_on(admin.ensure("agent:e2e", &EnsureWorkspace { repos, ..Default::default() })).unwrap();
-    let session = attach(&admin, "agent:e2e", "pod-a");
     let spec = root.join("spec-a.json");
-    write_spec(&spec, &session, &server.url);
+    let session = attach(&server, &admin, "agent:e2e", "pod-a", &spec);
     let ws = match &session.mount {
         berth_api::Mount::Local { path, .. } => PathBuf::from(path),
         other => panic!("local mount expected, got {other:?}"),
@@ -309,10 +317,9 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
     assert!(agent.log().contains(&final_snapshot[..16]), "the final snapshot is the drain's");
 
     // The replacement attaches (the handover nonce comes with it) and initialises a fresh dir.
-    let replacement = attach(&admin, "agent:e2e", "pod-b");
-    assert!(replacement.handover.is_some(), "the attach carries the handover");
     let spec_b = root.join("spec-b.json");
-    write_spec(&spec_b, &replacement, &server.url);
+    let replacement = attach(&server, &admin, "agent:e2e", "pod-b", &spec_b);
+    assert!(replacement.handover.is_some(), "the attach carries the handover");
     let fresh = root.join("fresh");
     let mut init = berth();
     init.args(["agent", "init", "--json", "--spec", spec_b.to_str().unwrap(), "--dir", fresh.to_str().unwrap()])
@@ -404,20 +411,7 @@ fn a_stubborn_agent_still_gets_a_pushed_wip_commit_within_the_budget() {
     assert!(git(&remote, &["log", "-1", "--format=%s", "main"]).starts_with("berth: work in progress"));
     // The final snapshot holds the state the stubborn agent left.
     let restored = root.join("restored");
-    let jobs = root.join("jobs");
-    let out = agent_cmd(&[
-        "init",
-        "--json",
-        "--dir",
-        restored.to_str().unwrap(),
-        "--store",
-        &store,
-        "--workspace",
-        "agent:stubborn",
-        "--base",
-        jobs.to_str().unwrap(),
-    ])
-    .ok();
+    let out = init_from_store(&restored, &store, "agent:stubborn", &root.join("jobs"));
     assert_eq!(out.json()["restore"], "restored");
     assert_eq!(fs::read_to_string(restored.join("app/untracked.txt")).unwrap(), "untracked\n");
 }
@@ -484,20 +478,7 @@ fn sigkill_at_random_moments_never_restores_a_torn_snapshot() {
         let _ = Command::new("pkill").args(["-KILL", "-f", writer.to_str().unwrap()]).status();
         // The next sandbox starts in a fresh directory (the volume is gone) and restores.
         let next = root.join(format!("round-{}", round + 1));
-        let jobs = root.join("jobs");
-        let out = agent_cmd(&[
-            "init",
-            "--json",
-            "--dir",
-            next.to_str().unwrap(),
-            "--store",
-            &store,
-            "--workspace",
-            "agent:crash",
-            "--base",
-            jobs.to_str().unwrap(),
-        ])
-        .ok();
+        let out = init_from_store(&next, &store, "agent:crash", &root.join("jobs"));
         let report = out.json();
         assert!(report["ready"].as_bool().unwrap(), "round {round}: {out:?}");
         if report["restore"] != "restored" {
@@ -549,17 +530,10 @@ fn a_reused_owner_name_restores_nothing_of_the_old_generation() {
     let root = fs::canonicalize(tmp.path()).unwrap();
     let jobs = root.join("jobs");
     let store = format!("file://{}", root.join("store").display());
-    let server = Server::start(
-        &root,
-        &root.join("serve.log"),
-        &["--data-dir", root.join("data").to_str().unwrap(), "--store", &store],
-        &[("BERTH_ADMIN_TOKEN", ADMIN)],
-    );
-    let admin = server.client(ADMIN);
+    let (server, admin) = control_plane(&root, &store);
     rt().block_on(admin.ensure("thread:reused", &EnsureWorkspace::default())).unwrap();
-    let s1 = attach(&admin, "thread:reused", "pod-1");
     let spec = root.join("spec1.json");
-    write_spec(&spec, &s1, &server.url);
+    attach(&server, &admin, "thread:reused", "pod-1", &spec);
     let ws1 = root.join("ws1");
     let mut agent = Agent::start(
         &[
@@ -597,10 +571,9 @@ fn a_reused_owner_name_restores_nothing_of_the_old_generation() {
         admin.ensure("thread:reused", &EnsureWorkspace::default()).await.unwrap();
     });
     assert_eq!(records(&store), 0, "the deletion forgot the old generation's snapshots in the store");
-    let s2 = attach(&admin, "thread:reused", "pod-2");
-    assert_eq!(s2.generation, 2);
     let spec2 = root.join("spec2.json");
-    write_spec(&spec2, &s2, &server.url);
+    let s2 = attach(&server, &admin, "thread:reused", "pod-2", &spec2);
+    assert_eq!(s2.generation, 2);
     let ws2 = root.join("ws2");
     let jobs = root.join("jobs");
     let (spec2_s, jobs_s) = (spec2.to_str().unwrap(), jobs.to_str().unwrap());
