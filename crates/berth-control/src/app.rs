@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use berth_core::session::ReplicaId;
 use berth_core::time::Timestamp;
 use berth_core::volume::AccessMode;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -139,7 +140,7 @@ pub struct App {
     /// This installation's id (a label on every volume).
     pub install: String,
     /// This process's id among replicas (claims and locks carry it).
-    pub replica: String,
+    pub replica: ReplicaId,
     /// Who a bearer token is: the admin, or a sandbox's session.
     pub tokens: Tokens,
     /// Wakes the deletion reconciler.
@@ -246,7 +247,7 @@ impl App {
             meta,
             volumes,
             install,
-            replica: format!("replica_{}", random_hex(8)),
+            replica: ReplicaId::new(format!("replica_{}", random_hex(8))).map_err(|e| Error::Config(e.to_string()))?,
             tokens,
             wake_delete: Notify::new(),
             gc_running: tokio::sync::Mutex::new(()),

@@ -22,6 +22,7 @@ use std::fmt;
 
 use crate::gc::{self, DeleteStep, Outcome};
 use crate::lease::{Held, Lease};
+use crate::session::ReplicaId;
 use crate::time::Timestamp;
 use crate::volume::VolumeName;
 use crate::workspace::{Generation, WorkspaceId};
@@ -135,7 +136,7 @@ pub struct Cleanup {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
     /// The replica holding it.
-    pub holder: String,
+    pub holder: ReplicaId,
     /// Until when.
     pub until: Timestamp,
 }
@@ -185,7 +186,7 @@ pub enum Event {
     /// the substrate's outcome (removed or not found; `None`: it was already marked removed).
     StepDone {
         /// The claim holder.
-        holder: String,
+        holder: ReplicaId,
         /// The generation being deleted.
         generation: Generation,
         /// The step done.
@@ -196,7 +197,7 @@ pub enum Event {
     /// The claim `holder` failed a deletion step of `generation` (referenced or error).
     StepFailed {
         /// The claim holder.
-        holder: String,
+        holder: ReplicaId,
         /// The generation being deleted.
         generation: Generation,
         /// Referenced or error.
@@ -207,7 +208,7 @@ pub enum Event {
     /// A GC attempt by claim `holder` on the volume of `generation` came to `outcome`.
     Collected {
         /// The claim holder.
-        holder: String,
+        holder: ReplicaId,
         /// The generation the volume belongs to.
         generation: Generation,
         /// What the attempt came to.
@@ -460,8 +461,8 @@ fn ensure(next: &mut Record, now: Timestamp) -> Result<Vec<Effect>, Refusal> {
 }
 
 /// Returns whether `holder` holds the claim on `record` and it is still of `generation`.
-fn holds(record: &Record, holder: &str, generation: Generation) -> bool {
-    record.generation == generation && record.claim.as_ref().is_some_and(|c| c.holder == holder)
+fn holds(record: &Record, holder: &ReplicaId, generation: Generation) -> bool {
+    record.generation == generation && record.claim.as_ref().is_some_and(|c| c.holder == *holder)
 }
 
 /// The bookkeeping of one finished deletion step on `next` (its step already advanced).
@@ -514,7 +515,9 @@ mod tests {
     use crate::session::{InstanceId, SessionId};
 
     const T0: Timestamp = Timestamp(1_000 * 1_000_000_000);
-    const ME: &str = "replica_a";
+    fn me() -> ReplicaId {
+        ReplicaId::new("replica_a").unwrap()
+    }
 
     fn owner() -> WorkspaceId {
         WorkspaceId::new("agent:42").unwrap()
@@ -540,7 +543,7 @@ mod tests {
     }
 
     fn claimed(mut r: Record, until: Timestamp) -> Record {
-        r.claim = Some(Claim { holder: ME.into(), until });
+        r.claim = Some(Claim { holder: me(), until });
         r
     }
 
@@ -560,11 +563,11 @@ mod tests {
     }
 
     fn done(step: DeleteStep, volume: Option<Outcome>) -> Event {
-        Event::StepDone { holder: ME.into(), generation: Generation(3), step, volume }
+        Event::StepDone { holder: me(), generation: Generation(3), step, volume }
     }
 
     fn collected(outcome: Outcome) -> Event {
-        Event::Collected { holder: ME.into(), generation: Generation(3), outcome, error: None }
+        Event::Collected { holder: me(), generation: Generation(3), outcome, error: None }
     }
 
     #[test]
@@ -647,8 +650,12 @@ mod tests {
         assert_eq!((r.delete_step, r.lease.holder.is_none(), r.lease.epoch), (Some(DeleteVolume), true, Epoch(7)));
         // A step that already ran, another holder's, or another generation's changes nothing.
         check(r.clone(), done(EndSessions, None), Ok((Deleting, Present, 3, vec![])));
-        let other =
-            Event::StepDone { holder: "replica_b".into(), generation: Generation(3), step: DeleteVolume, volume: None };
+        let other = Event::StepDone {
+            holder: ReplicaId::new("replica_b").unwrap(),
+            generation: Generation(3),
+            step: DeleteVolume,
+            volume: None,
+        };
         check(r.clone(), other, Ok((Deleting, Present, 3, vec![])));
         let (r, effects) = step(&r, done(DeleteVolume, Some(Outcome::NotFound)), T0).unwrap();
         assert_eq!(effects, [audit(Audit::Volume(Outcome::NotFound, By::Delete))]);
@@ -671,7 +678,7 @@ mod tests {
         let mut r = claimed(rec(Deleting), T0.plus_secs(60));
         r.delete_step = Some(DeleteStep::DeleteVolume);
         let failed = Event::StepFailed {
-            holder: ME.into(),
+            holder: me(),
             generation: Generation(3),
             outcome: Outcome::Referenced,
             error: "in use".into(),
@@ -696,8 +703,7 @@ mod tests {
             check(marked, collected(Outcome::Removed), Ok((Closed, Removed, 3, vec![])));
         }
         check(rec(Active), collected(Outcome::Removed), Ok((Active, Present, 3, vec![])));
-        let old =
-            Event::Collected { holder: ME.into(), generation: Generation(2), outcome: Outcome::Removed, error: None };
+        let old = Event::Collected { holder: me(), generation: Generation(2), outcome: Outcome::Removed, error: None };
         check(claimed(rec(Deleted), T0), old, Ok((Deleted, Present, 3, vec![])));
     }
 }

@@ -96,6 +96,14 @@ name_type!(
     253,
     "use 1-253 characters from A-Z a-z 0-9 . _ : @ + = -, starting with a letter or digit"
 );
+name_type!(
+    /// A control-plane replica (`replica_` and 16 hex digits, new at every start): reconciler
+    /// claims and named locks carry it.
+    ReplicaId,
+    "replica id",
+    128,
+    "use the id a replica gives itself"
+);
 
 #[cfg(test)]
 mod tests {

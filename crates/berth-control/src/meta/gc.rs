@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use berth_core::gc::{Candidate, DeleteStep, Outcome};
 use berth_core::lifecycle::{Event, VolumeState};
+use berth_core::session::ReplicaId;
 use berth_core::time::Timestamp;
 use berth_core::volume::VolumeName;
 use berth_core::workspace::{Generation, WorkspaceId};
@@ -67,13 +68,13 @@ fn claimed_from_row(row: &sqlx::any::AnyRow) -> Result<Claimed> {
 
 impl Meta {
     /// Takes (or renews) the named lock for `ttl_secs`; returns whether this holder has it.
-    pub async fn try_lock(&self, name: &str, holder: &str, now: Timestamp, ttl_secs: i64) -> Result<bool> {
+    pub async fn try_lock(&self, name: &str, holder: &ReplicaId, now: Timestamp, ttl_secs: i64) -> Result<bool> {
         let n = sqlx::query(
             "INSERT INTO locks (name, holder, until) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE \
              SET holder = excluded.holder, until = excluded.until WHERE locks.until < $4 OR locks.holder = $2",
         )
         .bind(name)
-        .bind(holder)
+        .bind(holder.as_str())
         .bind(now.plus_secs(ttl_secs).0)
         .bind(now.0)
         .execute(&self.write)
@@ -83,10 +84,10 @@ impl Meta {
     }
 
     /// Releases the named lock if this holder has it.
-    pub async fn unlock(&self, name: &str, holder: &str) -> Result<()> {
+    pub async fn unlock(&self, name: &str, holder: &ReplicaId) -> Result<()> {
         sqlx::query("DELETE FROM locks WHERE name = $1 AND holder = $2")
             .bind(name)
-            .bind(holder)
+            .bind(holder.as_str())
             .execute(&self.write)
             .await?;
         Ok(())
@@ -97,7 +98,7 @@ impl Meta {
     /// With `dry_run`, only reads them.
     pub async fn claim_gc(
         &self,
-        holder: &str,
+        holder: &ReplicaId,
         now: Timestamp,
         cooldown_secs: i64,
         until: Timestamp,
@@ -119,7 +120,7 @@ impl Meta {
             (sql, &self.write)
         };
         let rows = sqlx::query(&sql)
-            .bind(holder)
+            .bind(holder.as_str())
             .bind(until.0)
             .bind(now.plus_secs(-cooldown_secs).0)
             .bind(now.0)
@@ -161,14 +162,14 @@ impl Meta {
     pub async fn record_gc(
         &self,
         claimed: &Claimed,
-        holder: &str,
+        holder: &ReplicaId,
         outcome: Outcome,
         error: Option<&str>,
         now: Timestamp,
     ) -> Result<bool> {
         let c = &claimed.candidate;
         let event = Event::Collected {
-            holder: holder.to_string(),
+            holder: holder.clone(),
             generation: c.generation,
             outcome,
             error: error.map(String::from),
@@ -180,7 +181,7 @@ impl Meta {
     /// Claims up to `limit` deleting workspaces that are not backing off or claimed.
     pub async fn claim_deleting(
         &self,
-        holder: &str,
+        holder: &ReplicaId,
         now: Timestamp,
         until: Timestamp,
         limit: u32,
@@ -192,7 +193,7 @@ impl Meta {
             self.skip_locked()
         );
         let rows = sqlx::query(&sql)
-            .bind(holder)
+            .bind(holder.as_str())
             .bind(until.0)
             .bind(now.0)
             .bind(i64::from(limit))
@@ -207,13 +208,13 @@ impl Meta {
     pub async fn delete_step_done(
         &self,
         claimed: &Claimed,
-        holder: &str,
+        holder: &ReplicaId,
         step: DeleteStep,
         volume: Option<Outcome>,
         now: Timestamp,
     ) -> Result<bool> {
         let c = &claimed.candidate;
-        let event = Event::StepDone { holder: holder.to_string(), generation: c.generation, step, volume };
+        let event = Event::StepDone { holder: holder.clone(), generation: c.generation, step, volume };
         let (before, after) = self.transition(&c.owner, event, now).await?;
         Ok(before != after)
     }
@@ -223,24 +224,24 @@ impl Meta {
     pub async fn delete_step_failed(
         &self,
         claimed: &Claimed,
-        holder: &str,
+        holder: &ReplicaId,
         outcome: Outcome,
         error: &str,
         now: Timestamp,
     ) -> Result<()> {
         let c = &claimed.candidate;
         let event =
-            Event::StepFailed { holder: holder.to_string(), generation: c.generation, outcome, error: error.into() };
+            Event::StepFailed { holder: holder.clone(), generation: c.generation, outcome, error: error.into() };
         self.transition(&c.owner, event, now).await.map(|_| ())
     }
 
     /// Releases a claim without recording anything (the work was cut short).
-    pub async fn release_claim(&self, owner: &WorkspaceId, holder: &str) -> Result<()> {
+    pub async fn release_claim(&self, owner: &WorkspaceId, holder: &ReplicaId) -> Result<()> {
         sqlx::query(
             "UPDATE workspaces SET claim_holder = NULL, claim_until = NULL WHERE owner = $1 AND claim_holder = $2",
         )
         .bind(owner.as_str())
-        .bind(holder)
+        .bind(holder.as_str())
         .execute(&self.write)
         .await?;
         Ok(())

@@ -26,7 +26,7 @@ use berth_core::lease::{Epoch, Holder, Lease};
 use berth_core::lifecycle::{Claim, Cleanup, Record, Volume};
 use berth_core::repo::RepoSpec;
 use berth_core::scope::Scope;
-use berth_core::session::{InstanceId, SessionId};
+use berth_core::session::{InstanceId, ReplicaId, SessionId};
 use berth_core::time::Timestamp;
 use berth_core::volume::{AccessMode, VolumeName};
 use berth_core::workspace::{Generation, WorkspaceId};
@@ -139,7 +139,9 @@ fn ws_from_row(row: &AnyRow, rules: Rules) -> Result<WorkspaceRow> {
         last_outcome: opt_text("volume_outcome")?.map(|o| parse_outcome(&o)).transpose()?,
     };
     let claim = match (opt_text("claim_holder")?, opt_ts("claim_until")?) {
-        (Some(holder), Some(until)) => Some(Claim { holder, until }),
+        (Some(holder), Some(until)) => {
+            Some(Claim { holder: ReplicaId::new(holder).map_err(|e| Error::Corrupt(e.to_string()))?, until })
+        }
         _ => None,
     };
     let record = Record {

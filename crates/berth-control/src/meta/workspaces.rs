@@ -280,7 +280,7 @@ async fn save(conn: &mut AnyConnection, record: &Record, now: Timestamp) -> Resu
     .bind(record.cleanup.attempts as i64)
     .bind(record.cleanup.retry_at.map(|t| t.0))
     .bind(record.cleanup.last_error.clone())
-    .bind(record.claim.as_ref().map(|c| c.holder.clone()))
+    .bind(record.claim.as_ref().map(|c| c.holder.to_string()))
     .bind(record.claim.as_ref().map(|c| c.until.0))
     .bind(now.0)
     .execute(conn)
