@@ -191,12 +191,5 @@ pub(crate) fn status_error(what: &str, failure: Failure) -> VolumeError {
 
 /// Cuts a message from the engine to a length fit for an error.
 pub(crate) fn bounded(s: &str) -> String {
-    if s.len() <= MESSAGE_MAX {
-        return s.to_string();
-    }
-    let mut end = MESSAGE_MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    berth_substrate::bounded(s, MESSAGE_MAX)
 }

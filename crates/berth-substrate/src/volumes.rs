@@ -15,6 +15,8 @@ pub const LABEL_MANAGED: &str = "berth.managed";
 pub const LABEL_INSTALL: &str = "berth.install";
 /// Label naming the owner key.
 pub const LABEL_OWNER: &str = "berth.owner";
+/// Longest label value repeated in an error.
+const LABEL_VALUE_MAX: usize = 80;
 /// Label naming the generation.
 pub const LABEL_GENERATION: &str = "berth.generation";
 
@@ -146,8 +148,8 @@ pub fn check_ours(
             return Err(VolumeError::foreign(format!(
                 "volume {name} belongs to another berth workspace ({key}={}, expected {}); berth never \
                  adopts it: remove it with the installation that created it",
-                bounded(&have),
-                bounded(&want)
+                bounded(&have, LABEL_VALUE_MAX),
+                bounded(&want, LABEL_VALUE_MAX)
             )));
         }
     }
@@ -160,13 +162,13 @@ pub fn is_install(labels: &BTreeMap<String, String>, install: &str) -> bool {
         && labels.get(LABEL_INSTALL).map(String::as_str) == Some(install)
 }
 
-/// Cuts a value read from a substrate to a length fit for an error message.
-fn bounded(s: &str) -> String {
-    const MAX: usize = 80;
-    if s.len() <= MAX {
+/// Cuts text read from a substrate (a label, an engine's message) to at most `max` bytes, so an
+/// error never repeats unbounded input.
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_string();
     }
-    let mut end = MAX;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
