@@ -150,6 +150,9 @@ impl LocalVolumes {
             None => {
                 if fs::symlink_metadata(&dir).is_ok() {
                     tracing::warn!(event = "volume_delete_foreign_skipped", volume = %name, path = %dir.display());
+                } else {
+                    // A delete killed between removing the labels and the lock left the lock.
+                    self.remove_stale_lock(name, &lock_path);
                 }
                 return Ok(Removal::NotFound);
             }
@@ -182,6 +185,18 @@ impl LocalVolumes {
         drop(lock);
         self.purge_trash();
         Ok(Removal::Removed)
+    }
+
+    /// Removes the lock file of a volume whose labels and directory are both gone, unless a
+    /// process holds it or an ensure has published the labels again meanwhile.
+    fn remove_stale_lock(&self, name: &VolumeName, lock_path: &Path) {
+        let Ok(lock) = fs::File::open(lock_path) else { return };
+        if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return;
+        }
+        if matches!(self.read_labels(name), Ok(None)) {
+            let _ = fs::remove_file(lock_path);
+        }
     }
 
     /// Removes what earlier deletes moved to the trash; failures are retried next time.
@@ -355,5 +370,21 @@ mod tests {
         assert_eq!(vols.delete(&a.name).await.unwrap(), Removal::NotFound);
         assert!(vols.list(&install_selector("inst")).await.unwrap().is_empty());
         assert_eq!(fs::read_dir(tmp.path().join("volumes/.trash")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn delete_killed_before_the_lock_went_removes_the_stale_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vols = LocalVolumes::new(tmp.path().join("volumes"), "inst", None).unwrap();
+        let a = spec("agent:1");
+        vols.ensure(&a).await.unwrap();
+        // What a SIGKILL between removing the labels and the lock leaves: the lock alone.
+        let MountSpec::Local { path, lock } = vols.mount(&a.name) else { panic!("local mount") };
+        fs::remove_dir_all(&path).unwrap();
+        fs::remove_file(vols.labels_path(&a.name)).unwrap();
+        assert!(Path::new(&lock).exists());
+
+        assert_eq!(vols.delete(&a.name).await.unwrap(), Removal::NotFound);
+        assert_eq!(fs::read_dir(tmp.path().join("volumes/.meta")).unwrap().count(), 0);
     }
 }
