@@ -279,6 +279,26 @@ pub struct AgentConfig {
     pub clone_retry_secs: u64,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// What the settings asked for that the agent does otherwise; logged when it starts.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// A setting the agent does not follow as given, and what it does instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigWarning {
+    /// `--grace` asks for a drain longer than the platform's grace period allows.
+    #[error(
+        "--grace {asked} asks for more than the platform's grace period allows: the drain gets {budget} s \
+         (--platform-grace {platform_grace} minus a safety margin), so it ends before the platform kills the sandbox"
+    )]
+    GraceCapped {
+        /// The budget asked for, in seconds.
+        asked: u64,
+        /// The budget the drain gets, in seconds.
+        budget: u64,
+        /// The platform's grace period, in seconds.
+        platform_grace: u64,
+    },
 }
 
 impl AgentConfig {
@@ -308,6 +328,7 @@ impl AgentConfig {
             ttl_secs: defaults::TTL_SECS,
             clone_retry_secs: defaults::CLONE_TIMEOUT_SECS as u64,
             metrics_listen: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -426,8 +447,16 @@ fn snapshots(cfg: &mut AgentConfig, flags: &Flags, spec: &Spec) -> Result<(), Ag
 /// The drain budget, the nudge and the author of work-in-progress commits.
 fn drain(cfg: &mut AgentConfig, flags: &Flags, spec: &Spec) -> Result<(), AgentError> {
     let platform = flags.platform_grace.or(spec.platform_grace_secs).unwrap_or(defaults::PLATFORM_GRACE_SECS);
-    cfg.drain_budget_secs =
-        berth_core::drain::budget_secs(flags.grace.or(spec.grace_secs), platform.max(flags.grace.unwrap_or(0)));
+    let asked = flags.grace.or(spec.grace_secs);
+    // Never past the platform's kill, whatever --grace asks for.
+    cfg.drain_budget_secs = berth_core::drain::budget_secs(asked, platform);
+    if let Some(asked) = asked.filter(|a| *a > cfg.drain_budget_secs) {
+        cfg.warnings.push(ConfigWarning::GraceCapped {
+            asked,
+            budget: cfg.drain_budget_secs,
+            platform_grace: platform,
+        });
+    }
     cfg.nudge = match (
         flags.nudge_cmd.clone().or(spec.nudge_command.clone()),
         flags.nudge_url.clone().or(spec.nudge_url.clone()),
@@ -579,6 +608,26 @@ mod tests {
         assert!(err(Flags { repos: Some("https://u:t@h.test/x.git".into()), ..flags("a") }).contains("credentials"));
         let (res, _tmp) = with_spec(flags("a"), serde_json::json!({"bogus": 1}));
         assert!(res.unwrap_err().to_string().contains("is not valid"));
+    }
+
+    #[test]
+    fn the_drain_budget_never_outlasts_the_platform_grace() {
+        let budget = |grace: Option<u64>, platform: Option<u64>| {
+            let cfg = AgentConfig::resolve(Flags { grace, platform_grace: platform, ..flags("a") }).unwrap();
+            (cfg.drain_budget_secs, cfg.warnings)
+        };
+        let capped = |asked, budget| ConfigWarning::GraceCapped { asked, budget, platform_grace: 30 };
+        assert_eq!(budget(Some(60), Some(30)), (27, vec![capped(60, 27)]));
+        assert_eq!(budget(Some(28), Some(30)), (27, vec![capped(28, 27)]));
+        assert_eq!(budget(Some(27), Some(30)), (27, vec![]));
+        assert_eq!(budget(Some(10), Some(30)), (10, vec![]));
+        assert_eq!(budget(None, Some(30)), (27, vec![]));
+        assert_eq!(budget(None, None), (27, vec![]), "the default platform grace is 30 s");
+        assert_eq!(budget(Some(600), Some(900)), (600, vec![]));
+        let (_, warnings) = budget(Some(60), None);
+        assert!(warnings[0].to_string().contains("the drain gets 27 s"), "{}", warnings[0]);
+        let (cfg, _tmp) = with_spec(flags("a"), serde_json::json!({"grace_secs": 60, "platform_grace_secs": 30}));
+        assert_eq!(cfg.unwrap().drain_budget_secs, 27, "the spec's settings obey the same rule");
     }
 
     #[test]

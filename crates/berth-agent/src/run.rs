@@ -82,6 +82,9 @@ impl std::fmt::Debug for Prepared {
 /// Creates the job's paths, connects to the control plane, opens the store and locks the
 /// workspace.
 pub async fn prepare(cfg: &AgentConfig) -> Result<Prepared, AgentError> {
+    for w in &cfg.warnings {
+        tracing::warn!(event = "config_warning", warning = %w);
+    }
     std::fs::create_dir_all(&cfg.dir).map_err(|e| AgentError::io("create the workspace directory", &cfg.dir, e))?;
     let job = Job::create(&cfg.base).map_err(|e| AgentError::io("create the job's paths under", &cfg.base, e))?;
     let control = match &cfg.control {

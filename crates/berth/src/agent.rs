@@ -72,7 +72,8 @@ pub struct AgentArgs {
     debounce: Option<u64>,
     #[arg(long, help = with_default("Seconds between git state captures", defaults::GIT_INTERVAL_SECS))]
     git_interval: Option<u64>,
-    /// Drain budget in seconds [default: the platform grace period minus a margin].
+    /// Drain budget in seconds, never more than the platform grace period minus a margin
+    /// [default: that much].
     #[arg(long, env = "BERTH_GRACE")]
     grace: Option<u64>,
     #[arg(long, env = "BERTH_PLATFORM_GRACE", help = with_default(
