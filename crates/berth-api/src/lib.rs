@@ -356,6 +356,10 @@ pub struct PublishSnapshot {
     /// Statistics.
     #[serde(default)]
     pub stats: SnapshotStats,
+    /// Whether this is the session's final snapshot: taken after the agent stopped, covering the
+    /// volume's last write. A session that detaches after a final publish ended clean.
+    #[serde(default, rename = "final", skip_serializing_if = "std::ops::Not::not")]
+    pub final_snapshot: bool,
 }
 
 /// A recorded snapshot.
