@@ -268,6 +268,7 @@ impl Persister {
             cache_dir: self.cfg.cache_dir.clone(),
             host: self.cfg.instance.to_string(),
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            epoch: berth_core::lease::Epoch::ZERO,
         })
     }
 
@@ -280,7 +281,7 @@ impl Persister {
                 }
                 Ok(summary)
             }
-            Err(e @ EngineError::Conflict(_)) => {
+            Err(e @ (EngineError::Conflict(_) | EngineError::Fenced { .. })) => {
                 // Another writer published in this workspace: this sandbox lost it.
                 tracing::error!(event = "fenced", reason = %e);
                 self.stop_writing();

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::SnapshotId;
+use crate::lease::Epoch;
 use crate::time::Timestamp;
 
 /// How many snapshots to keep of each kind.
@@ -35,6 +36,8 @@ pub struct Candidate {
     pub id: SnapshotId,
     /// Its position in the workspace history.
     pub seq: u64,
+    /// The epoch of its writer: the newest is the greatest by (epoch, seq).
+    pub epoch: Epoch,
     /// When it was taken.
     pub time: Timestamp,
 }
@@ -54,11 +57,11 @@ pub struct Decision {
     pub reasons: Vec<&'static str>,
 }
 
-/// Decides which snapshots to keep. The latest is always kept, whatever the policy says.
-/// Returns decisions newest first.
+/// Decides which snapshots to keep. The latest (the greatest by (epoch, seq)) is always kept,
+/// whatever the policy says. Returns decisions newest first.
 pub fn plan(candidates: &[Candidate], policy: &Policy) -> Vec<Decision> {
     let mut sorted: Vec<&Candidate> = candidates.iter().collect();
-    sorted.sort_by_key(|c| std::cmp::Reverse(c.seq));
+    sorted.sort_by_key(|c| std::cmp::Reverse((c.epoch, c.seq)));
     type BucketFn = fn(&Timestamp) -> i64;
     let rules: [(&'static str, u32, BucketFn); 4] = [
         ("hourly", policy.hourly, |t| t.secs().div_euclid(3600)),
@@ -106,7 +109,12 @@ mod tests {
         hours
             .iter()
             .enumerate()
-            .map(|(i, h)| Candidate { id: SnapshotId::of(&i.to_le_bytes()), seq: i as u64 + 1, time: Timestamp(h * H) })
+            .map(|(i, h)| Candidate {
+                id: SnapshotId::of(&i.to_le_bytes()),
+                seq: i as u64 + 1,
+                epoch: Epoch::ZERO,
+                time: Timestamp(h * H),
+            })
             .collect()
     }
 
@@ -127,5 +135,19 @@ mod tests {
         check(&[0, 12, 24, 36, 48, 60], Policy { daily: 10, ..none }, &[6, 4, 2]);
         let d = plan(&candidates(&[0, 1]), &Policy::default());
         assert_eq!(d[0].reasons, vec!["latest", "last", "hourly", "daily", "weekly"]);
+    }
+
+    /// The latest kept is the greatest by (epoch, seq): a higher epoch's record at a lower seq
+    /// survives an empty policy, and the zombie's higher seq does not.
+    #[test]
+    fn latest_is_by_epoch_then_seq() {
+        let none = Policy { last: 0, hourly: 0, daily: 0, weekly: 0, monthly: 0 };
+        let mut c = candidates(&[0, 1]);
+        c[0].seq = 5;
+        c[0].epoch = Epoch(2);
+        c[1].seq = 9;
+        c[1].epoch = Epoch(1);
+        let kept: Vec<u64> = plan(&c, &none).iter().filter(|d| d.keep).map(|d| d.seq).collect();
+        assert_eq!(kept, vec![5]);
     }
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ManifestId, SnapshotId, TreeId};
+use crate::lease::Epoch;
 use crate::manifest::Totals;
 use crate::time::Timestamp;
 use crate::workspace::{Generation, WorkspaceId};
@@ -23,8 +24,13 @@ pub struct SnapshotRecord {
     pub workspace: WorkspaceId,
     /// The workspace generation it belongs to.
     pub generation: Generation,
-    /// Position in the workspace's history; the highest is the latest.
+    /// Position in the workspace's history: one more than the highest seq of the generation
+    /// when it was written (records are keyed by it, written create-if-absent).
     pub seq: u64,
+    /// The lease epoch of the writer that published it; records written before epochs existed
+    /// read as epoch 0. The latest record of a generation is the greatest by (epoch, seq).
+    #[serde(default)]
+    pub epoch: Epoch,
     /// When it was taken.
     pub time: Timestamp,
     /// The manifest object holding the tree.
@@ -43,6 +49,12 @@ pub struct SnapshotRecord {
 }
 
 impl SnapshotRecord {
+    /// The record's place in its generation's order: a higher epoch always supersedes, and
+    /// within one epoch the higher seq is newer.
+    pub fn order(&self) -> (Epoch, u64) {
+        (self.epoch, self.seq)
+    }
+
     /// Encodes the record as JSON; returns the snapshot id and the stored bytes.
     pub fn encode(&self) -> (SnapshotId, Vec<u8>) {
         // Serializing plain structs into a Vec cannot fail.
@@ -79,6 +91,7 @@ mod tests {
             workspace: WorkspaceId::new("agent:1").unwrap(),
             generation: Generation(2),
             seq: 7,
+            epoch: Epoch(3),
             time: Timestamp(5),
             manifest: ManifestId::of(b"m"),
             tree: TreeId::of(b"t"),
@@ -88,8 +101,34 @@ mod tests {
             skipped_for_budget: vec![],
         };
         let (id, bytes) = r.encode();
-        assert_eq!(SnapshotRecord::decode("k", &bytes).unwrap(), (id, r));
+        assert_eq!(SnapshotRecord::decode("k", &bytes).unwrap(), (id, r.clone()));
         assert!(SnapshotRecord::decode("k", b"{}").is_err());
         assert!(SnapshotRecord::decode("k", b"\xff").is_err());
+        // A higher epoch supersedes whatever the seqs say.
+        let old = SnapshotRecord { epoch: Epoch(1), seq: 9, ..r.clone() };
+        let new = SnapshotRecord { epoch: Epoch(2), seq: 5, ..r };
+        assert!(new.order() > old.order());
     }
+
+    /// A record written before epochs existed (no `epoch` field) still decodes, as epoch 0.
+    #[test]
+    fn record_without_epoch_reads_as_epoch_zero() {
+        let (_, record) = SnapshotRecord::decode("k", OLD_FORMAT_RECORD.as_bytes()).unwrap();
+        assert_eq!((record.epoch, record.seq, record.host.as_str()), (Epoch::ZERO, 3, "old-host"));
+    }
+
+    /// A record as berth wrote it before epochs were added.
+    const OLD_FORMAT_RECORD: &str = r#"{
+  "version": 1,
+  "workspace": "agent:old",
+  "generation": 1,
+  "seq": 3,
+  "time": 1700000000000000000,
+  "manifest": "0000000000000000000000000000000000000000000000000000000000000001",
+  "tree": "0000000000000000000000000000000000000000000000000000000000000002",
+  "parent": null,
+  "host": "old-host",
+  "totals": {"files": 1, "dirs": 1, "symlinks": 0, "hardlinks": 0, "bytes": 5},
+  "skipped_for_budget": []
+}"#;
 }

@@ -6,8 +6,16 @@
 //!   the manifest before the snapshot record. The record is the only thing that makes a
 //!   snapshot visible, so a crash or Ctrl-C at any point leaves the previous snapshot the
 //!   latest, complete and restorable; what was uploaded is reused by the next run or pruned.
-//! - The record is written create-if-absent at `parent seq + 1`: a concurrent writer on the
-//!   same workspace makes one of the two fail with `Conflict`, never both succeed.
+//! - The record is written create-if-absent at one more than the highest seq of the generation
+//!   when the run started: a concurrent writer on the same workspace makes one of the two fail
+//!   with `Conflict`, never both succeed.
+//! - Fencing: the run carries its writer's lease epoch. When the generation's latest record
+//!   (the greatest by (epoch, seq)) has a higher epoch, the run writes nothing and fails with
+//!   `Fenced`; a record that wins the seq race under a higher epoch fences it too. So a writer
+//!   never publishes into a lineage where a higher epoch has written, and a zombie's record,
+//!   whatever its seq, never becomes the latest over the lease holder's.
+//! - A run under a higher epoch than the latest record's publishes a record even when the tree
+//!   is unchanged, so the new epoch owns the lineage from its first run.
 //!
 //! # Assumptions
 //! - A run takes less than the prune grace period (see `berth_core::prune`).
@@ -27,6 +35,7 @@ use berth_core::excludes::Excludes;
 use berth_core::id::{ChunkId, SnapshotId};
 use berth_core::index::{Index, IndexFile, IndexedPack};
 use berth_core::layout;
+use berth_core::lease::{Epoch, Fenced};
 use berth_core::manifest::{ChunkRef, Entry, EntryKind, Manifest};
 use berth_core::pack::{PackBuilder, SealedPack};
 use berth_core::path::RelPath;
@@ -43,7 +52,7 @@ use crate::cache::{self, CachedFile, FileCache};
 use crate::error::{EngineError, Result};
 use crate::progress::Progress;
 use crate::scan::{self, FileStat};
-use crate::snapshot_store::{Snapshot, SnapshotStore};
+use crate::snapshot_store::{Head, Snapshot, SnapshotStore};
 use crate::store::{DynStore, Put};
 
 /// Pack uploads in flight at once.
@@ -68,6 +77,9 @@ pub struct CreateOptions {
     pub host: String,
     /// Worker threads for reading, chunking and compressing.
     pub threads: usize,
+    /// The writer's lease epoch (0 without a control plane). A run is refused when a higher
+    /// epoch has written the workspace generation.
+    pub epoch: Epoch,
 }
 
 /// What a snapshot run did.
@@ -171,7 +183,7 @@ pub async fn create(store: &SnapshotStore, opts: &CreateOptions, progress: &Arc<
     let mark = Instant::now();
     // Every file matched the cache and none went away: the cache on disk is already right.
     let cache_current = n_jobs == 0 && built.cache.files.len() == cached_files;
-    let published = publish(store, opts, start.parent.as_ref(), &built, nonce).await?;
+    let published = publish(store, opts, &start.head, &built, nonce).await?;
     if !cache_current {
         save_cache(start.cache_file.as_deref(), &built.cache);
     }
@@ -188,8 +200,8 @@ struct Start {
     dir: PathBuf,
     /// The store's index.
     index: Index,
-    /// The latest snapshot, which this run's builds on.
-    parent: Option<Snapshot>,
+    /// The latest snapshot, which this run's builds on, and the highest seq in use.
+    head: Head,
     /// Where the file cache of this directory lives, when there is a cache.
     cache_file: Option<PathBuf>,
     /// The file cache as loaded.
@@ -198,12 +210,15 @@ struct Start {
 
 async fn load(store: &SnapshotStore, opts: &CreateOptions) -> Result<Start> {
     let dir = std::fs::canonicalize(&opts.dir).map_err(|e| EngineError::io("opening directory", &opts.dir, e))?;
+    let head = store.head(&opts.workspace, opts.generation).await?;
+    if let Some(latest) = head.latest.as_ref().filter(|l| l.record.epoch > opts.epoch) {
+        return Err(fenced(opts, latest));
+    }
     let loaded = store.load_index(opts.cache_dir.as_deref()).await?;
-    let parent = store.latest(&opts.workspace, opts.generation).await?;
     let url = store.objects().url();
     let cache_file = opts.cache_dir.as_ref().map(|d| cache::path(d, url, &opts.workspace, opts.generation, &dir));
     let cache = cache_file.as_deref().map(FileCache::load).unwrap_or_default();
-    Ok(Start { dir, index: loaded.index, parent, cache_file, cache })
+    Ok(Start { dir, index: loaded.index, head, cache_file, cache })
 }
 
 /// The scan and what it leaves to read.
@@ -387,16 +402,18 @@ struct Published {
     bytes_uploaded: u64,
 }
 
-/// Publishes in durability order: packs (already uploaded), index, manifest, record. An
-/// unchanged tree writes the index only (so the packs are found) and no record.
+/// Publishes in durability order: packs (already uploaded), index, manifest, record. A tree
+/// unchanged since a record of the same epoch writes the index only (so the packs are found)
+/// and no record.
 async fn publish(
     store: &SnapshotStore,
     opts: &CreateOptions,
-    parent: Option<&Snapshot>,
+    head: &Head,
     built: &Built,
     nonce: [u8; 16],
 ) -> Result<Published> {
     let objects = store.objects();
+    let parent = head.latest.as_ref();
     let mut bytes_uploaded = 0;
     if !built.packs.is_empty() {
         let (index_id, bytes) = IndexFile { packs: built.packs.clone() }.encode();
@@ -404,18 +421,19 @@ async fn publish(
         objects.put_if_absent(&layout::index(&index_id), Bytes::from(bytes)).await?;
     }
     let tree = built.manifest.tree_id();
-    if let Some(p) = parent.filter(|p| p.record.tree == tree) {
+    if let Some(p) = parent.filter(|p| p.record.tree == tree && p.record.epoch == opts.epoch) {
         return Ok(Published { snapshot: p.id, seq: p.record.seq, unchanged: true, bytes_uploaded });
     }
     let (manifest_id, manifest_bytes) = built.manifest.encode_with(nonce);
     bytes_uploaded += manifest_bytes.len() as u64;
     objects.put_if_absent(&layout::manifest(&manifest_id), Bytes::from(manifest_bytes)).await?;
-    let seq = parent.map_or(1, |p| p.record.seq + 1);
+    let seq = head.max_seq + 1;
     let record = SnapshotRecord {
         version: RECORD_VERSION,
         workspace: opts.workspace.clone(),
         generation: opts.generation,
         seq,
+        epoch: opts.epoch,
         time: now(),
         manifest: manifest_id,
         tree,
@@ -428,13 +446,39 @@ async fn publish(
     bytes_uploaded += record_bytes.len() as u64;
     let key = layout::snapshot(&opts.workspace, opts.generation, seq);
     if objects.put_if_absent(&key, Bytes::from(record_bytes)).await? == Put::AlreadyExists {
-        return Err(EngineError::Conflict(format!(
+        return Err(lost_race(store, opts, &key, seq).await);
+    }
+    Ok(Published { snapshot: snapshot_id, seq, unchanged: false, bytes_uploaded })
+}
+
+/// The error of a run whose record key was taken by another writer: `Fenced` when that writer
+/// has a higher epoch, `Conflict` otherwise.
+async fn lost_race(store: &SnapshotStore, opts: &CreateOptions, key: &str, seq: u64) -> EngineError {
+    match store.record_at(key).await {
+        Ok(Some(winner)) if winner.record.epoch > opts.epoch => fenced(opts, &winner),
+        _ => EngineError::Conflict(format!(
             "another writer published snapshot {seq} of workspace {} (generation {}) while this one ran; \
              nothing of this run is visible. Make sure one sandbox writes a workspace at a time, then rerun",
             opts.workspace, opts.generation
-        )));
+        )),
     }
-    Ok(Published { snapshot: snapshot_id, seq, unchanged: false, bytes_uploaded })
+}
+
+/// The refusal of a run under `opts.epoch` because `latest` was written under a higher one.
+fn fenced(opts: &CreateOptions, latest: &Snapshot) -> EngineError {
+    EngineError::Fenced {
+        fenced: Fenced { presented: opts.epoch, current: Some(latest.record.epoch) },
+        detail: format!(
+            "snapshot {} (seq {}) of workspace {} (generation {}) was published under epoch {}; \
+             nothing of this run is visible. Only the workspace's current lease holder may write it \
+             (`berth snapshot create --epoch` sets the epoch of a run)",
+            latest.id.short(),
+            latest.record.seq,
+            opts.workspace,
+            opts.generation,
+            latest.record.epoch
+        ),
+    }
 }
 
 /// Saves the new file cache; a cache that cannot be saved costs a full read next time, no more.

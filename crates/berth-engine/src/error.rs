@@ -3,6 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use berth_core::lease::Fenced;
 use berth_core::FormatError;
 
 use crate::store::{StoreError, UrlError};
@@ -40,6 +41,15 @@ pub enum EngineError {
     /// Another writer published first; this run's work is not visible.
     #[error("{0}")]
     Conflict(String),
+    /// A writer with a higher epoch has published into this workspace generation: this writer
+    /// lost the workspace and must stop writing. Nothing of this run is visible.
+    #[error("{fenced}: {detail}")]
+    Fenced {
+        /// The refusal, with the epochs.
+        fenced: Fenced,
+        /// Where the higher epoch was seen, and what to do.
+        detail: String,
+    },
     /// A restore would write outside its target or through a link; nothing was written there.
     #[error("refusing to restore {path}: {reason}")]
     Unsafe {
@@ -57,6 +67,14 @@ impl EngineError {
     /// Wraps an I/O error with what was being done and where.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         EngineError::Io { op, path: path.into(), source }
+    }
+
+    /// Returns the fencing refusal, when a higher epoch has written the workspace.
+    pub fn fenced(&self) -> Option<Fenced> {
+        match self {
+            EngineError::Fenced { fenced, .. } => Some(*fenced),
+            _ => None,
+        }
     }
 
     /// Returns whether rerunning the operation may succeed.

@@ -166,6 +166,7 @@ pub fn forget_plan(snapshots: &[Snapshot], policy: &Policy) -> Vec<ForgetGroup> 
         groups.entry((s.record.workspace.clone(), s.record.generation)).or_default().push(Candidate {
             id: s.id,
             seq: s.record.seq,
+            epoch: s.record.epoch,
             time: s.record.time,
         });
     }

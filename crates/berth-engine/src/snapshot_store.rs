@@ -44,6 +44,16 @@ pub struct LoadedIndex {
     pub marks: Vec<(MarkId, Mark)>,
 }
 
+/// The state of one workspace generation's lineage.
+#[derive(Clone, Debug, Default)]
+pub struct Head {
+    /// The latest snapshot: the greatest by (epoch, seq).
+    pub latest: Option<Snapshot>,
+    /// The highest seq of any record (0 when there is none); the next record is written at
+    /// one more.
+    pub max_seq: u64,
+}
+
 /// berth's snapshot store inside an object store.
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
@@ -179,24 +189,36 @@ impl SnapshotStore {
             .collect();
         let mut snaps = self.read_records(keys).await?;
         snaps.sort_by(|a, b| {
-            (&a.record.workspace, a.record.generation, a.record.seq).cmp(&(
+            (&a.record.workspace, a.record.generation, a.record.order()).cmp(&(
                 &b.record.workspace,
                 b.record.generation,
-                b.record.seq,
+                b.record.order(),
             ))
         });
         Ok(snaps)
     }
 
-    /// Returns the latest snapshot of a workspace generation, if any.
+    /// Returns the latest snapshot of a workspace generation (the greatest by (epoch, seq)),
+    /// if any.
     pub async fn latest(&self, workspace: &WorkspaceId, generation: Generation) -> Result<Option<Snapshot>> {
-        let objects = self.objects.list(&layout::snapshots_of(workspace, generation)).await?;
-        let Some(last) =
-            objects.into_iter().filter_map(|o| layout::parse_snapshot(&o.key).map(|k| (k.seq, o.key))).max()
-        else {
-            return Ok(None);
-        };
-        Ok(self.read_records(vec![last.1]).await?.pop())
+        Ok(self.head(workspace, generation).await?.latest)
+    }
+
+    /// Returns the latest snapshot of a workspace generation and the highest seq in use there.
+    /// Every record is read: a record's epoch is in its content, not in its key.
+    pub async fn head(&self, workspace: &WorkspaceId, generation: Generation) -> Result<Head> {
+        let snaps = self.list(Some(workspace), Some(generation)).await?;
+        let max_seq = snaps.iter().map(|s| s.record.seq).max().unwrap_or(0);
+        Ok(Head { latest: snaps.into_iter().last(), max_seq })
+    }
+
+    /// Reads the record under `key`, if there is one.
+    pub async fn record_at(&self, key: &str) -> Result<Option<Snapshot>> {
+        match self.read_records(vec![key.to_string()]).await {
+            Ok(mut found) => Ok(found.pop()),
+            Err(EngineError::Store(StoreError::NotFound { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Finds a snapshot by `latest` or by a unique prefix of its id (at least 4 hex digits).
@@ -259,8 +281,8 @@ impl SnapshotStore {
     }
 }
 
-/// Keeps the latest snapshot of each workspace generation of a listing sorted as
-/// `SnapshotStore::list` sorts it.
+/// Keeps the latest snapshot (the greatest by (epoch, seq)) of each workspace generation of a
+/// listing sorted as `SnapshotStore::list` sorts it.
 pub fn latest_of_each(snapshots: Vec<Snapshot>) -> Vec<Snapshot> {
     let mut latest: Vec<Snapshot> = Vec::new();
     for s in snapshots {

@@ -132,6 +132,7 @@ fn create_opts(ws: &Path, cache: Option<&Path>) -> CreateOptions {
         host: "crash-test".into(),
         // One reader: packs are filled in path order, so the op sequence is the same every run.
         threads: 1,
+        epoch: berth_core::lease::Epoch::ZERO,
     }
 }
 

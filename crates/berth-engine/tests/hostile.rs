@@ -164,6 +164,7 @@ fn record(workspace: WorkspaceId, seq: u64, manifest: ManifestId) -> SnapshotRec
         workspace,
         generation: Generation(1),
         seq,
+        epoch: berth_core::lease::Epoch::ZERO,
         time: Timestamp(1_700_000_000_000_000_000),
         manifest,
         tree: TreeId::of(manifest.0.as_slice()),

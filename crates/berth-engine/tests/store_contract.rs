@@ -317,6 +317,7 @@ async fn s3_snapshot_restore_verify_end_to_end() {
         cache_dir: Some(tmp.path().join("cache")),
         host: "e2e".into(),
         threads: 2,
+        epoch: berth_core::lease::Epoch::ZERO,
     };
     let snapshots = SnapshotStore::open_or_init(store.clone()).await.expect("init");
     let first = create(&snapshots, &copts, &progress).await.expect("first snapshot");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use berth_core::diff::ChangeKind;
 use berth_core::excludes::Excludes;
+use berth_core::lease::Epoch;
 use berth_core::retention::Policy;
 use berth_core::workspace::{Generation, WorkspaceId};
 use berth_engine::create::{self, CreateOptions};
@@ -100,6 +101,10 @@ pub struct CreateArgs {
     /// Worker threads [default: the number of cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// The writer's lease epoch: the run is refused (exit 1, nothing written) when the
+    /// workspace's latest snapshot was published under a higher one.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    epoch: u64,
     #[command(flatten)]
     out: Output,
     /// The directory to snapshot.
@@ -272,7 +277,7 @@ pub async fn run(cmd: Command) -> Result<()> {
 }
 
 async fn create(args: CreateArgs) -> Result<()> {
-    let CreateArgs { store, ws, cache, exclude, budget, threads: t, out, dir } = args;
+    let CreateArgs { store, ws, cache, exclude, budget, threads: t, epoch, out, dir } = args;
     let (workspace, generation) = ws.parse()?;
     // Check the directory before a new store is initialised for nothing.
     if !dir.is_dir() {
@@ -288,6 +293,7 @@ async fn create(args: CreateArgs) -> Result<()> {
         cache_dir: cache.resolve(),
         host: berth_engine::host_name(),
         threads: threads(t),
+        epoch: Epoch(epoch),
     };
     let progress = Arc::new(Progress::default());
     let bar = Bar::start(&progress, out.json);
@@ -379,16 +385,17 @@ async fn ls(args: LsArgs) -> Result<()> {
         return print_json(&rows);
     }
     println!(
-        "{:<14} {:<24} {:>4} {:>6}  {:<20}  {:>8}  {:>10}",
-        "ID", "WORKSPACE", "GEN", "SEQ", "TIME", "FILES", "SIZE"
+        "{:<14} {:<24} {:>4} {:>5} {:>6}  {:<20}  {:>8}  {:>10}",
+        "ID", "WORKSPACE", "GEN", "EPOCH", "SEQ", "TIME", "FILES", "SIZE"
     );
     for s in &listed {
         let r = &s.record;
         println!(
-            "{:<14} {:<24} {:>4} {:>6}  {:<20}  {:>8}  {:>10}",
+            "{:<14} {:<24} {:>4} {:>5} {:>6}  {:<20}  {:>8}  {:>10}",
             s.id.short(),
             r.workspace.as_str(),
             r.generation.0,
+            r.epoch.0,
             r.seq,
             r.time.to_string(),
             r.totals.files,

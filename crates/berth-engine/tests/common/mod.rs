@@ -59,6 +59,7 @@ pub fn create_opts(dir: &Path, cache_dir: Option<&Path>) -> CreateOptions {
         cache_dir: cache_dir.map(Path::to_path_buf),
         host: "test-host".into(),
         threads: 2,
+        epoch: berth_core::lease::Epoch::ZERO,
     }
 }
 
