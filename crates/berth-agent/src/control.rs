@@ -121,7 +121,8 @@ impl Control {
     /// A stale epoch fences this sandbox; any other failure leaves the snapshot durable in the
     /// store regardless.
     pub async fn publish(&self, snapshot: &SnapshotId, stats: SnapshotStats) -> Result<(), AgentError> {
-        let body = PublishSnapshot { epoch: self.cfg.epoch, snapshot_id: snapshot.to_string(), stats, final_snapshot: false };
+        let body =
+            PublishSnapshot { epoch: self.cfg.epoch, snapshot_id: snapshot.to_string(), stats, final_snapshot: false };
         match self.client.publish_snapshot(&self.owner, &body).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.refused(e)),

@@ -40,7 +40,12 @@ fn hb(epoch: Epoch, instance: &str) -> Heartbeat {
 }
 
 fn snap(epoch: Epoch, n: u8) -> PublishSnapshot {
-    PublishSnapshot { epoch, snapshot_id: format!("{:02x}", n).repeat(32), stats: SnapshotStats::default(), final_snapshot: false }
+    PublishSnapshot {
+        epoch,
+        snapshot_id: format!("{:02x}", n).repeat(32),
+        stats: SnapshotStats::default(),
+        final_snapshot: false,
+    }
 }
 
 fn attach_body(instance: &str) -> Attach {
