@@ -341,7 +341,10 @@ impl Running {
 
     /// The agent command ended: a final snapshot, then detach; its exit code is the run's.
     async fn agent_exited(&mut self, status: Option<std::process::ExitStatus>) -> i32 {
-        let code = status.and_then(|s| s.code()).unwrap_or(exit::FAILED);
+        // Killed by a signal (an OOM kill is SIGKILL): 128 + its number, as a shell says it.
+        let code = status
+            .and_then(|s| s.code().or(std::os::unix::process::ExitStatusExt::signal(&s).map(|sig| 128 + sig)))
+            .unwrap_or(exit::FAILED);
         tracing::info!(event = "agent_exited", code);
         self.stop_persisting().await;
         if let Err(e) = self.persister.snapshot("exit", GitMode::Now, None).await {

@@ -12,6 +12,9 @@ use crate::config::Nudge;
 
 /// Environment variables berth reads that the agent process must never see.
 const SECRET_ENV: [&str; 4] = ["BERTH_TOKEN", "BERTH_GIT_TOKEN", "BERTH_ADMIN_TOKEN", "BERTH_AGENT_SPEC"];
+/// Names, comma-separated, of more variables the agent process must not see (the control
+/// plane puts a sandbox's S3 settings in its environment for berth alone).
+pub const SUPERVISOR_ONLY_ENV: &str = "BERTH_SUPERVISOR_ONLY_ENV";
 
 /// The supervised agent process.
 #[derive(Debug)]
@@ -28,6 +31,12 @@ impl Child {
         c.args(args).current_dir(dir).process_group(0).stdin(Stdio::inherit()).kill_on_drop(false);
         for k in SECRET_ENV {
             c.env_remove(k);
+        }
+        // Settings meant for berth alone (a sandbox's S3 credentials), named by whoever started it.
+        if let Ok(list) = std::env::var(SUPERVISOR_ONLY_ENV) {
+            for k in list.split(',').filter(|k| !k.is_empty()) {
+                c.env_remove(k);
+            }
         }
         c.env("BERTH_DIR", dir).env("GIT_TERMINAL_PROMPT", "0");
         for (k, v) in env {

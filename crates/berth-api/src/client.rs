@@ -157,7 +157,7 @@ impl Client {
         Client { http, ..self.clone() }
     }
 
-    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+    pub(crate) fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
         let mut url = self.base.clone();
         {
             // `cannot_be_a_base` was refused in `new`, so segments exist.
@@ -171,7 +171,7 @@ impl Client {
         url
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         url: Url,

@@ -6,6 +6,7 @@
 //! `Fenced` error every layer uses.
 
 pub mod client;
+mod sandbox;
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub use client::{Client, ClientError};
+pub use sandbox::*;
 
 /// How a volume may be mounted (Kubernetes access modes; other substrates record it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

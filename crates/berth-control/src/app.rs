@@ -93,6 +93,8 @@ pub struct Config {
     pub volume_opts: std::collections::BTreeMap<String, String>,
     /// Volume GC.
     pub gc: GcConfig,
+    /// How sandboxes run (docker substrate).
+    pub sandbox: crate::sandboxes::SandboxConfig,
     /// Seconds between lease and drain expiry checks.
     pub expiry_interval_secs: u64,
 }
@@ -116,6 +118,7 @@ impl Config {
             substrate: Substrate::Local,
             volume_opts: Default::default(),
             gc: GcConfig::default(),
+            sandbox: Default::default(),
             expiry_interval_secs: 2,
         }
     }
@@ -135,6 +138,8 @@ pub struct App {
     pub meta: Meta,
     /// The substrate.
     pub volumes: Arc<dyn Volumes>,
+    /// Where sandboxes run (`None`: this substrate runs none).
+    pub sandboxes: Option<Arc<dyn crate::volumes::Sandboxes>>,
     /// Configuration.
     pub config: Config,
     /// This installation's id (a label on every volume).
@@ -242,10 +247,12 @@ impl App {
         }
         let install = meta.install_id().await?;
         let volumes = crate::volumes::open(&config, &install)?;
+        let sandboxes = crate::sandboxes::open(&config)?;
         let tokens = Tokens::new(&admin_token(&config)?);
         Ok(Arc::new(App {
             meta,
             volumes,
+            sandboxes,
             install,
             replica: ReplicaId::new(format!("replica_{}", random_hex(8))).map_err(|e| Error::Config(e.to_string()))?,
             tokens,

@@ -27,11 +27,11 @@ pub struct ServerArgs {
     data_dir: PathBuf,
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl ServerArgs {
-    fn client(&self) -> Result<Client> {
+    pub(crate) fn client(&self) -> Result<Client> {
         let token = match &self.token {
             Some(t) => t.clone(),
             None => {
@@ -48,7 +48,7 @@ impl ServerArgs {
     }
 }
 
-fn print_json<T: Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -5,6 +5,7 @@
 mod agent;
 mod control;
 mod progress_bar;
+mod sandbox;
 mod serve;
 mod snapshot;
 mod units;
@@ -42,6 +43,9 @@ enum Command {
     /// Start, inspect and acknowledge drains.
     #[command(subcommand)]
     Drain(control::DrainCmd),
+    /// Start, stop, list and read sandboxes (docker substrate).
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCmd),
     /// Run volume garbage collection.
     #[command(subcommand)]
     Gc(control::GcCmd),
@@ -99,6 +103,11 @@ fn main() -> ExitCode {
             Command::Workspace(cmd) => control::workspace(cmd).await,
             Command::Drain(cmd) => control::drain(cmd).await,
             Command::Gc(cmd) => control::gc(cmd).await,
+            Command::Sandbox(cmd) => match sandbox::run(cmd).await {
+                Ok(0) => Ok(()),
+                Ok(code) => Err(Exit(code).into()),
+                Err(e) => Err(e),
+            },
             Command::Events(cmd) => control::events(cmd).await,
             Command::Agent(cmd) => match agent::run(*cmd).await {
                 Ok(0) => Ok(()),

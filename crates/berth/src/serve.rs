@@ -93,6 +93,16 @@ pub struct Serve {
     /// Time between lease and drain expiry checks.
     #[arg(long, default_value = "2s", value_parser = units::parse_duration)]
     expiry_interval: i64,
+    /// Network sandbox containers join (docker): host, bridge or a network's name [default:
+    /// the engine's]. With host, sandboxes reach a control plane listening on 127.0.0.1.
+    #[arg(long, value_name = "NAME")]
+    sandbox_network: Option<String>,
+    /// The control plane's URL as sandboxes reach it [default: http:// and --listen].
+    #[arg(long, value_name = "URL")]
+    sandbox_server_url: Option<String>,
+    /// The user sandboxes run as, UID:GID [default: 1000:1000].
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner)]
+    sandbox_user: Option<(u32, u32)>,
     /// PostgreSQL connection pool size.
     #[arg(long, default_value_t = 16)]
     db_max_connections: u32,
@@ -149,6 +159,12 @@ impl Serve {
         config.substrate = self.substrate;
         config.volume_opts = self.volume_opts.into_iter().collect();
         config.expiry_interval_secs = secs(self.expiry_interval);
+        config.sandbox = berth_control::sandboxes::SandboxConfig {
+            network: self.sandbox_network,
+            server_url: self.sandbox_server_url,
+            user: self.sandbox_user,
+            berth_binary: None,
+        };
         config.gc = GcConfig {
             interval_secs: secs(self.gc_interval),
             cooldown_secs: self.gc_cooldown.max(0),

@@ -287,3 +287,172 @@ fn an_unreachable_engine_fails_readyz_and_skips_gc_without_crashing() {
     assert!(log.contains("substrate unhealthy"), "no skipped sweep logged");
     server.terminate(10);
 }
+
+/// A test of sandboxes: a server on the machine's engine with a `file://` store the sandbox
+/// user can write, sandboxes on the host network.
+struct Sandboxed {
+    run: TestRun,
+    tmp: tempfile::TempDir,
+    store: std::path::PathBuf,
+    server: Server,
+    image: String,
+}
+
+impl Sandboxed {
+    fn new(extra: &[&str]) -> Sandboxed {
+        use std::os::unix::fs::PermissionsExt;
+        let run = TestRun::new();
+        let image = berth_docker::testing::image();
+        let tmp = tempfile::tempdir().unwrap();
+        // The sandbox user (uid 1000) reaches the store through the temporary directory.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = tmp.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::os::unix::fs::chown(&store, Some(1000), Some(1000)).unwrap();
+        let store_url = format!("file://{}", store.display());
+        let mut args = vec!["--gc-interval", "3600s", "--store", &store_url, "--sandbox-network", "host"];
+        args.extend(extra);
+        let server = start(tmp.path(), "serve.log", &args, &[]);
+        Sandboxed { run, tmp, store, server, image }
+    }
+
+    /// `berth ARGS` against the server; returns the finished command's output.
+    fn berth(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .env("BERTH_SERVER", &self.server.url)
+            .env("BERTH_TOKEN", ADMIN)
+            .env("HOME", self.tmp.path())
+            .output()
+            .unwrap()
+    }
+
+    /// `berth sandbox start OWNER --image IMG FLAGS -- sh -c SCRIPT`, labelled with the run.
+    fn start_sandbox(&self, owner: &str, flags: &[&str], script: &str) {
+        let label = self.run.label();
+        let mut args = vec!["sandbox", "start", owner, "--image", &self.image, "--label", &label];
+        args.extend(flags);
+        args.extend(["--", "sh", "-c", script]);
+        let out = self.berth(&args);
+        assert!(out.status.success(), "sandbox start failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The host path of `owner`'s volume (the engine runs on this machine).
+    fn volume_path(&self, owner: &str) -> std::path::PathBuf {
+        let name = VolumeName::derive(&WorkspaceId::new(owner).unwrap(), Generation(1)).to_string();
+        self.run.docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", &name]).into()
+    }
+
+    /// The latest snapshot of `owner`, restored into a fresh directory.
+    fn restore_latest(&self, owner: &str, name: &str) -> std::path::PathBuf {
+        let dir = self.tmp.path().join(name);
+        let store = format!("file://{}", self.store.display());
+        let out = self.berth(&["snapshot", "restore", "--store", &store, "--workspace", owner, dir.to_str().unwrap()]);
+        assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    }
+
+    /// The container ids of `owner`'s sandboxes.
+    fn containers(&self, owner: &str) -> Vec<String> {
+        let filter = format!("label=berth.owner={owner}");
+        self.run.docker(&["ps", "-aq", "--filter", &filter]).lines().map(str::to_string).collect()
+    }
+}
+
+/// The tree below `root` without berth's own `.berth` directory.
+fn work_tree(root: &Path) -> BTreeMap<String, util::Node> {
+    util::read_tree(root).into_iter().filter(|(p, _)| !p.starts_with(".berth")).collect()
+}
+
+fn read_counter(path: &Path) -> u64 {
+    std::fs::read_to_string(path.join("counter")).unwrap_or_default().trim().parse().unwrap_or(0)
+}
+
+const COUNTER: &str =
+    "echo hello > /workspace/hello; i=0; while :; do i=$((i+1)); echo $i > /workspace/counter; sleep 0.2; done";
+
+#[test]
+fn sandbox_snapshots_drains_on_stop_and_comes_back_after_kill_and_volume_loss() {
+    let t = Sandboxed::new(&[]);
+    let owner = format!("agent:{}", t.run.id());
+    let c = t.server.client(ADMIN);
+    let rt = rt();
+
+    // Start: the command runs under the supervisor and snapshots are published.
+    t.start_sandbox(&owner, &["--interval", "1s", "--grace", "10s"], COUNTER);
+    rt.block_on(wait_until("a snapshot published", 60, || async {
+        c.snapshots(&owner).await.map(|s| s.items.len() >= 2).unwrap_or(false)
+    }));
+    let ls: serde_json::Value = serde_json::from_slice(&t.berth(&["sandbox", "ls", "--json"]).stdout).unwrap();
+    let mine: Vec<_> = ls["items"].as_array().unwrap().iter().filter(|s| s["owner"] == owner.as_str()).collect();
+    assert_eq!(mine.len(), 1, "{ls}");
+    assert_eq!(mine[0]["state"], "running");
+
+    // Stop drains within the grace, exits 0, and the final snapshot is the volume.
+    let started = Instant::now();
+    let out = t.berth(&["sandbox", "stop", &owner]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "stop: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("exit 0"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(took < Duration::from_secs(10), "the drain took {took:?}, past its 10 s grace");
+    eprintln!("sandbox stop (drain) took {took:?}");
+    assert!(t.containers(&owner).is_empty(), "the stopped container was not removed");
+    let restored = t.restore_latest(&owner, "after-stop");
+    let volume = t.volume_path(&owner);
+    util::assert_same_tree(&work_tree(&volume), &work_tree(&restored));
+    assert_eq!(std::fs::read_to_string(restored.join("hello")).unwrap(), "hello\n");
+
+    // docker kill, then the volume is lost (a dead node): the next start brings the work back.
+    t.start_sandbox(&owner, &["--interval", "1s"], COUNTER);
+    let before = read_counter(&volume);
+    rt.block_on(wait_until("the counter moved on", 60, || async { read_counter(&volume) > before + 15 }));
+    let ids = t.containers(&owner);
+    assert_eq!(ids.len(), 1);
+    t.run.docker(&["kill", &ids[0]]);
+    let killed_at = read_counter(&volume);
+    rt.block_on(wait_until("the session ended and the container removed", 30, || async {
+        c.workspace(&owner).await.unwrap().lease.is_none() && t.containers(&owner).is_empty()
+    }));
+    let name = VolumeName::derive(&WorkspaceId::new(&owner).unwrap(), Generation(1)).to_string();
+    t.run.docker(&["volume", "rm", &name]);
+    t.start_sandbox(&owner, &[], "sleep 600");
+    let volume = t.volume_path(&owner);
+    rt.block_on(wait_until("the workspace restored", 60, || async { volume.join(".berth/run/ready").exists() }));
+    let back = read_counter(&volume);
+    assert_eq!(std::fs::read_to_string(volume.join("hello")).unwrap(), "hello\n");
+    // One step is 0.2 s; the loss bound is the interval plus the debounce (1.5 s) plus a
+    // snapshot's own time.
+    let lost = killed_at.saturating_sub(back);
+    eprintln!("killed at counter {killed_at}, restored {back}: lost {lost} steps of 0.2 s");
+    assert!(back > 0 && lost <= 12, "lost {lost} steps (killed at {killed_at}, restored {back})");
+    let out = t.berth(&["sandbox", "stop", &owner]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = std::fs::read_to_string(&t.server.log).unwrap();
+    assert!(log.contains("\"exit_code\":137"), "the kill was not seen as a death");
+}
+
+#[test]
+fn an_oom_killed_agent_leaves_a_final_snapshot() {
+    let t = Sandboxed::new(&[]);
+    let owner = format!("agent:{}", t.run.id());
+    let c = t.server.client(ADMIN);
+    let rt = rt();
+    // No interval snapshot comes before the kill; the marker is written right before it.
+    let script = "echo marker > /workspace/marker; head -c 2000000000 /dev/zero | sort > /dev/null";
+    t.start_sandbox(&owner, &["--memory", "96MiB", "--interval", "3600s"], script);
+    rt.block_on(wait_until("the sandbox died", 60, || async {
+        std::fs::read_to_string(&t.server.log).unwrap().contains("\"event\":\"sandbox_died\"")
+    }));
+    let log = std::fs::read_to_string(&t.server.log).unwrap();
+    let died = log.lines().find(|l| l.contains("\"event\":\"sandbox_died\"")).unwrap();
+    assert!(died.contains("\"oom_killed\":true") && died.contains("\"exit_code\":137"), "{died}");
+    rt.block_on(async {
+        let snaps = c.snapshots(&owner).await.unwrap().items;
+        assert!(!snaps.is_empty(), "no snapshot after the OOM kill");
+        let detached = events(&c, "session_detached").await;
+        assert!(detached.iter().any(|e| e.owner.as_deref() == Some(owner.as_str())), "the session did not end");
+    });
+    let restored = t.restore_latest(&owner, "after-oom");
+    assert_eq!(std::fs::read_to_string(restored.join("marker")).unwrap(), "marker\n");
+    rt.block_on(wait_until("the container removed", 30, || async { t.containers(&owner).is_empty() }));
+}

@@ -6,6 +6,7 @@ pub mod dto;
 mod error;
 mod openapi;
 mod routes;
+mod sandboxes;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +33,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/drains", get(list_drains).post(start_drain))
         .route("/v1/drains/{scope}", get(get_drain))
         .route("/v1/drains/{scope}/ready", post(ready))
+        .route("/v1/workspaces/{owner}/sandboxes", post(sandboxes::start_sandbox).delete(sandboxes::stop_sandbox))
+        .route("/v1/workspaces/{owner}/sandboxes/logs", get(sandboxes::sandbox_logs))
+        .route("/v1/sandboxes", get(sandboxes::list_sandboxes))
         .route("/v1/events", get(events))
         .route("/v1/gc/run", post(gc_run))
         .route("/healthz", get(healthz))

@@ -41,7 +41,9 @@ struct ApiDoc;
 
 /// Serves the OpenAPI document.
 pub async fn spec() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(super::sandboxes::SandboxDoc::openapi());
+    Json(doc)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use super::dto::{self, parse_body};
 use super::App;
 use crate::app::now;
 use crate::error::{Error, Result};
-use crate::meta::{Ensured, ListFilter, State as WsState, VolumeState};
+use crate::meta::{Attached, Ensured, ListFilter, State as WsState, VolumeState, WorkspaceRow};
 use crate::reconcile;
 use crate::volumes::{volume_labels, VolumeSpec};
 
@@ -81,8 +81,18 @@ pub async fn ensure_workspace(
     principal.admin()?;
     let owner = owner_param(&owner)?;
     let opts = dto::ensure_options(parse_body(&body)?, &app.config)?;
-    let (mut ws, how) = app.meta.ensure_workspace(&owner, &opts, now()).await?;
-    if ws.record.volume.state != VolumeState::Present {
+    let (ws, how) = app.meta.ensure_workspace(&owner, &opts, now()).await?;
+    let ws = ensure_volume(&app, ws, false).await?;
+    let status = if how == Ensured::Created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(dto::workspace(&ws, now()))))
+}
+
+/// Creates the workspace's volume unless it is marked present (`always`: whatever the record
+/// says, e.g. after the volume was lost); returns the workspace as it is now.
+pub(crate) async fn ensure_volume(app: &App, mut ws: WorkspaceRow, always: bool) -> Result<WorkspaceRow> {
+    let owner = ws.record.owner.clone();
+    let present = ws.record.volume.state == VolumeState::Present;
+    if !present || always {
         // The record exists first, so the substrate never holds a volume berth does not know.
         let spec = VolumeSpec {
             name: ws.record.volume.name.clone(),
@@ -92,11 +102,12 @@ pub async fn ensure_workspace(
             access_mode: ws.access_mode,
         };
         app.volumes.ensure(&spec).await?;
+    }
+    if !present {
         app.meta.mark_volume_present(&owner, ws.record.generation, now()).await?;
         ws = app.meta.workspace(&owner).await?.ok_or_else(|| Error::NotFound(owner.to_string()))?;
     }
-    let status = if how == Ensured::Created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(dto::workspace(&ws, now()))))
+    Ok(ws)
 }
 
 /// Reads a workspace.
@@ -211,10 +222,16 @@ pub async fn attach(
     let instance = instance_param(body.instance_id)?;
     let node = place("node", body.node)?;
     let pool = place("pool", body.pool)?;
-    let cfg = &app.config;
     let a = app.meta.attach(&owner, &instance, node.as_ref(), pool.as_ref(), now()).await?;
     metrics::counter!("berth_attaches_total").increment(1);
-    let session = api::Session {
+    Ok((StatusCode::CREATED, Json(session_reply(&app, a))))
+}
+
+/// The answer of an attach: the session with its token, mount and init spec.
+pub(crate) fn session_reply(app: &App, a: Attached) -> api::Session {
+    let cfg = &app.config;
+    let owner = a.session.owner.clone();
+    api::Session {
         session_id: a.session.id.to_string(),
         owner: owner.to_string(),
         generation: a.session.generation.0,
@@ -232,8 +249,7 @@ pub async fn attach(
             latest_snapshot: a.workspace.latest_snapshot.map(|id| id.to_hex()),
         },
         handover: a.handover.map(|nonce| api::Handover { scope: Scope::Workspace(owner.clone()).to_string(), nonce }),
-    };
-    Ok((StatusCode::CREATED, Json(session)))
+    }
 }
 
 /// Renews a session's lease; returns the drain state of its scopes from the same transaction.

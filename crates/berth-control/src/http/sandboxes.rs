@@ -1,0 +1,337 @@
+//! Sandbox routes: start a sandbox for a workspace, stop it (a drain), list them, read a
+//! sandbox's output. A sandbox is a container of the substrate running berth's supervisor
+//! (`berth agent run --spec FILE -- CMD`), bind-mounted read-only from this server's binary.
+//!
+//! The supervisor's spec holds the sandbox token: it goes into the container as a file owned
+//! by the sandbox's user, mode 0400, never into its environment or command line.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use berth_api as api;
+use berth_core::session::InstanceId;
+use berth_core::workspace::WorkspaceId;
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+use super::auth::Principal;
+use super::dto::{self, parse_body};
+use super::routes;
+use super::App;
+use crate::app::now;
+use crate::error::{Error, Result};
+use crate::meta::{random_hex, WorkspaceRow};
+use crate::sandboxes::{self as sb, LABEL_STOP_TIMEOUT};
+use crate::volumes::{
+    PrivateFile, SandboxInfo, SandboxKind, SandboxSpec, LABEL_GENERATION, LABEL_OWNER, LABEL_SANDBOX, LABEL_SESSION,
+    WORKSPACE_PATH,
+};
+
+/// Where the supervisor's spec is inside a sandbox.
+pub const SPEC_PATH: &str = "/berth/spec.json";
+/// Where berth's binary is bind-mounted inside a sandbox.
+pub const BERTH_PATH: &str = "/berth/bin/berth";
+/// Drain budget of a sandbox that names none, in seconds.
+pub const DEFAULT_GRACE_SECS: u64 = 30;
+/// Most log lines one call returns.
+const LOG_TAIL_MAX: usize = 100_000;
+/// The S3 settings handed to the supervisor (it removes them from the agent's environment).
+const S3_ENV: [&str; 8] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT",
+    "AWS_ALLOW_HTTP",
+];
+
+/// The OpenAPI description of these routes, merged into the API's.
+#[derive(OpenApi)]
+#[openapi(
+    paths(start_sandbox, stop_sandbox, list_sandboxes, sandbox_logs),
+    components(schemas(api::StartSandbox, api::Sandbox, api::SandboxList, api::StopReply, api::StoppedSandbox))
+)]
+pub struct SandboxDoc;
+
+/// The stop timeout that gives a drain `grace_secs`: the platform grace whose drain budget
+/// (grace minus its margin) is at least that.
+pub fn stop_timeout_secs(grace_secs: u64) -> u64 {
+    let mut t = grace_secs + 2;
+    while berth_core::drain::budget_secs(Some(grace_secs), t) < grace_secs {
+        t += 1;
+    }
+    t
+}
+
+fn owner_param(s: &str) -> Result<WorkspaceId> {
+    WorkspaceId::new(s).map_err(|e| Error::BadRequest(e.to_string()))
+}
+
+/// The labels of `owner`'s workspace sandboxes.
+fn owner_labels(app: &App, owner: &WorkspaceId) -> BTreeMap<String, String> {
+    let mut labels = sb::install_labels(app);
+    labels.insert(LABEL_SANDBOX.into(), SandboxKind::Workspace.as_str().into());
+    labels.insert(LABEL_OWNER.into(), owner.to_string());
+    labels
+}
+
+/// Checks a start request; the error names the field.
+fn validate(body: &api::StartSandbox) -> Result<()> {
+    let bad = |m: String| Err(Error::BadRequest(m));
+    if body.image.trim().is_empty() {
+        return bad("image: name the sandbox's image".into());
+    }
+    if body.command.is_empty() || body.command[0].is_empty() {
+        return bad("command: give the agent command to run (argv, at least the program)".into());
+    }
+    for k in body.env.keys() {
+        if k.is_empty() || k.contains(['=', '\0']) || k.starts_with("BERTH_") {
+            return bad(format!("env: '{k}' is not a usable variable name (BERTH_* are berth's own)"));
+        }
+    }
+    if body.cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
+        return bad("cpus: use a positive number of CPUs, e.g. 1.5".into());
+    }
+    if body.memory_bytes.is_some_and(|m| m < 6 << 20) {
+        return bad("memory_bytes: the engine needs at least 6 MiB".into());
+    }
+    if body.grace_secs.is_some_and(|g| g == 0 || g > 3600) || body.interval_secs == Some(0) {
+        return bad("grace_secs and interval_secs: use 1 s or more (grace at most 1 h)".into());
+    }
+    Ok(())
+}
+
+/// The wire view of a sandbox.
+fn sandbox_dto(s: &SandboxInfo) -> api::Sandbox {
+    api::Sandbox {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        kind: s.labels.get(LABEL_SANDBOX).cloned().unwrap_or_default(),
+        owner: s.labels.get(LABEL_OWNER).cloned(),
+        session_id: s.labels.get(LABEL_SESSION).cloned(),
+        image: s.image.clone(),
+        state: s.state.clone(),
+        status: s.status.clone(),
+        created_at: dto::ts(berth_core::time::Timestamp(s.created_secs.saturating_mul(1_000_000_000))),
+        warm: s.labels.get(LABEL_SANDBOX).map(String::as_str) == Some(SandboxKind::Warm.as_str()),
+    }
+}
+
+/// The supervisor's spec: the session, where the control plane is, and the run's settings.
+fn agent_spec(app: &App, name: &str, body: &api::StartSandbox, session: api::Session) -> Result<Vec<u8>> {
+    let grace = body.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
+    let mut spec = serde_json::json!({
+        "session": session,
+        "server": app.config.sandbox.server_url(&app.config),
+        "dir": WORKSPACE_PATH,
+        "instance_id": name,
+        "grace_secs": grace,
+        "platform_grace_secs": stop_timeout_secs(grace),
+    });
+    if let Some(i) = body.interval_secs {
+        spec["interval_secs"] = i.into();
+        spec["first_after_secs"] = i.into();
+    }
+    if let Some(repos) = &body.repos {
+        spec["repos"] = serde_json::to_value(repos).map_err(|e| Error::BadRequest(format!("repos: {e}")))?;
+    }
+    serde_json::to_vec(&spec).map_err(|e| Error::Corrupt(format!("agent spec: {e}")))
+}
+
+/// The binds of every sandbox: berth's binary, and a `file://` store at its own path.
+pub(crate) fn binds(app: &App) -> Result<Vec<(String, String, bool)>> {
+    let berth = app.config.sandbox.berth_binary()?;
+    let mut binds = vec![(berth.display().to_string(), BERTH_PATH.to_string(), true)];
+    if let Some(path) = app.config.store.as_deref().and_then(|s| s.strip_prefix("file://")) {
+        binds.push((path.to_string(), path.to_string(), false));
+    }
+    Ok(binds)
+}
+
+/// The environment of every sandbox's supervisor: the S3 settings when the store is S3.
+pub(crate) fn store_env(app: &App) -> Vec<String> {
+    if !app.config.store.as_deref().is_some_and(|s| s.starts_with("s3://")) {
+        return Vec::new();
+    }
+    let mut env: Vec<String> =
+        S3_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}"))).collect();
+    // The supervisor keeps them from the agent's environment.
+    env.push(format!("BERTH_SUPERVISOR_ONLY_ENV={}", S3_ENV.join(",")));
+    env
+}
+
+/// Everything the substrate needs to start `owner`'s sandbox.
+fn sandbox_spec(
+    app: &App,
+    ws: &WorkspaceRow,
+    name: &str,
+    body: &api::StartSandbox,
+    session: api::Session,
+) -> Result<SandboxSpec> {
+    let grace = body.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
+    let stop_timeout = stop_timeout_secs(grace);
+    let mut labels = body.labels.clone();
+    labels.extend(owner_labels(app, &ws.record.owner));
+    labels.insert(LABEL_GENERATION.into(), ws.record.generation.to_string());
+    labels.insert(LABEL_SESSION.into(), session.session_id.clone());
+    labels.insert(LABEL_STOP_TIMEOUT.into(), stop_timeout.to_string());
+    let mut env: Vec<String> = body.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.extend(store_env(app));
+    let mut command = vec![BERTH_PATH.to_string(), "agent".into(), "run".into(), "--spec".into(), SPEC_PATH.into()];
+    command.push("--".into());
+    command.extend(body.command.iter().cloned());
+    Ok(SandboxSpec {
+        name: name.to_string(),
+        image: body.image.clone(),
+        command,
+        env,
+        volume: Some(ws.record.volume.name.clone()),
+        binds: binds(app)?,
+        private_file: Some(PrivateFile { path: SPEC_PATH.into(), content: agent_spec(app, name, body, session)? }),
+        user: app.config.sandbox.user(),
+        memory_bytes: body.memory_bytes,
+        cpus: body.cpus,
+        stop_timeout_secs: stop_timeout,
+        network: app.config.sandbox.network.clone(),
+        labels,
+    })
+}
+
+/// Starts a sandbox for the workspace: ensures the workspace and its volume, attaches a
+/// session, and starts a container running the agent command under berth's supervisor.
+#[utoipa::path(post, path = "/v1/workspaces/{owner}/sandboxes", tag = "sandboxes",
+    params(("owner" = String, Path)), request_body = api::StartSandbox,
+    responses((status = 201, body = api::Sandbox), (status = 400, body = api::ErrorBody),
+        (status = 409, body = api::ErrorBody, description = "a sandbox runs already, the lease is held, or this substrate runs no sandboxes"),
+        (status = 503, body = api::ErrorBody, description = "draining, or the engine failed")))]
+pub async fn start_sandbox(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse> {
+    principal.admin()?;
+    let owner = owner_param(&owner)?;
+    let body: api::StartSandbox = parse_body(&body)?;
+    validate(&body)?;
+    let sandboxes = sb::of(&app)?.clone();
+    for s in sandboxes.list(&owner_labels(&app, &owner)).await? {
+        if s.state == "running" || s.state == "created" || s.state == "restarting" {
+            return Err(Error::WrongState(format!(
+                "a sandbox of {owner} is {} already (container {}): stop it first (berth sandbox stop {owner})",
+                s.state, s.name
+            )));
+        }
+        // A dead one the watcher has not removed yet holds the volume.
+        sandboxes.remove(&s.id).await?;
+    }
+    let ensure = api::EnsureWorkspace {
+        labels: body.labels.clone(),
+        repos: body.repos.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let (ws, _) = app.meta.ensure_workspace(&owner, &dto::ensure_options(ensure, &app.config)?, now()).await?;
+    // Always: a volume lost with its node is made again, and the agent restores into it.
+    let ws = routes::ensure_volume(&app, ws, true).await?;
+    let suffix = ws.record.volume.name.as_str().trim_start_matches("ws-").to_string();
+    let name = format!("sb-{suffix}-{}", random_hex(3));
+    let instance = InstanceId::new(name.clone()).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let attached = app.meta.attach(&owner, &instance, None, None, now()).await?;
+    metrics::counter!("berth_attaches_total").increment(1);
+    let session_id = attached.session.id.clone();
+    let spec = sandbox_spec(&app, &ws, &name, &body, routes::session_reply(&app, attached));
+    let started = match spec {
+        Ok(spec) => sandboxes.start(&spec).await.map_err(Error::from),
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(info) => {
+            tracing::info!(event = "sandbox_started", owner = %owner, container = %info.name, session = %session_id);
+            Ok((StatusCode::CREATED, Json(sandbox_dto(&info))))
+        }
+        Err(e) => {
+            // No container runs the session: end it now rather than at lease expiry.
+            if let Err(d) = app.meta.detach(&session_id, now()).await {
+                tracing::warn!(event = "detach_failed", session = %session_id, error = %d);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Stops the workspace's sandbox: the stop signal drains it (work in progress pushed, final
+/// snapshot published) within its grace, after which the engine kills it; then it is removed.
+#[utoipa::path(delete, path = "/v1/workspaces/{owner}/sandboxes", tag = "sandboxes",
+    params(("owner" = String, Path)),
+    responses((status = 200, body = api::StopReply), (status = 404, body = api::ErrorBody, description = "no sandbox")))]
+pub async fn stop_sandbox(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+) -> Result<Json<api::StopReply>> {
+    principal.admin()?;
+    let owner = owner_param(&owner)?;
+    let sandboxes = sb::of(&app)?.clone();
+    let found = sandboxes.list(&owner_labels(&app, &owner)).await?;
+    if found.is_empty() {
+        return Err(Error::NotFound(format!("no sandbox of {owner} exists")));
+    }
+    let mut stopped = Vec::new();
+    for s in found {
+        let timeout = s
+            .labels
+            .get(LABEL_STOP_TIMEOUT)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(stop_timeout_secs(DEFAULT_GRACE_SECS));
+        if let Some(ended) = sandboxes.stop(&s.id, timeout).await? {
+            tracing::info!(event = "sandbox_stopped", owner = %owner, container = %s.name,
+                exit_code = ended.exit_code.unwrap_or(-1));
+            stopped.push(api::StoppedSandbox { id: s.id, exit_code: ended.exit_code, oom_killed: ended.oom_killed });
+        }
+    }
+    Ok(Json(api::StopReply { stopped }))
+}
+
+/// Lists this installation's sandboxes (workspace and warm), oldest first.
+#[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", responses((status = 200, body = api::SandboxList)))]
+pub async fn list_sandboxes(principal: Principal, State(app): State<Arc<App>>) -> Result<Json<api::SandboxList>> {
+    principal.admin()?;
+    let found = sb::of(&app)?.list(&sb::install_labels(&app)).await?;
+    Ok(Json(api::SandboxList { items: found.iter().map(sandbox_dto).collect() }))
+}
+
+/// Query of the sandbox logs.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Last lines, 1-100000 (default 200).
+    tail: Option<usize>,
+}
+
+/// The last lines of the workspace's sandbox's output (supervisor and agent), as a JSON string.
+#[utoipa::path(get, path = "/v1/workspaces/{owner}/sandboxes/logs", tag = "sandboxes",
+    params(("owner" = String, Path), LogsQuery),
+    responses((status = 200, body = String), (status = 404, body = api::ErrorBody, description = "no sandbox")))]
+pub async fn sandbox_logs(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+    query: std::result::Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Json<String>> {
+    principal.admin()?;
+    let owner = owner_param(&owner)?;
+    let q = query.map(|Query(q)| q).map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let tail = q.tail.unwrap_or(200).clamp(1, LOG_TAIL_MAX);
+    let sandboxes = sb::of(&app)?;
+    let found = sandboxes.list(&owner_labels(&app, &owner)).await?;
+    let latest = found.last().ok_or_else(|| Error::NotFound(format!("no sandbox of {owner} exists")))?;
+    Ok(Json(sandboxes.logs(&latest.id, tail).await?))
+}
