@@ -335,3 +335,19 @@ pub async fn sandbox_logs(
     let latest = found.last().ok_or_else(|| Error::NotFound(format!("no sandbox of {owner} exists")))?;
     Ok(Json(sandboxes.logs(&latest.id, tail).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stop_timeout_leaves_the_drain_its_whole_grace() {
+        for grace in [1, 3, 10, 30, 60, 299, 300, 301, 3600] {
+            let t = stop_timeout_secs(grace);
+            assert!(berth_core::drain::budget_secs(Some(grace), t) >= grace, "grace {grace}: {t}");
+            assert!(berth_core::drain::budget_secs(Some(grace), t - 1) < grace || t == grace + 2, "{grace}: {t}");
+        }
+        assert_eq!(stop_timeout_secs(30), 33);
+        assert_eq!(stop_timeout_secs(10), 12);
+    }
+}
