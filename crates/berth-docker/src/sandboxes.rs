@@ -21,6 +21,9 @@ use crate::engine::{status_error, Engine, Failure};
 
 /// Pause between two attempts to watch the engine's events.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
+/// How often, and how many times, a removal someone else began is checked for its end.
+const REMOVAL_POLL: Duration = Duration::from_millis(50);
+const REMOVAL_POLLS: u32 = 200;
 /// Seconds added to the stop timeout before a stop call gives up waiting.
 const STOP_SLACK_SECS: u64 = 30;
 
@@ -255,8 +258,17 @@ impl Sandboxes for DockerSandboxes {
         match docker.remove_container(id, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) => match self.engine.failure(&what, e) {
-                // 404: gone; 409: its removal is already under way.
-                Failure::Status(404 | 409, _) => Ok(()),
+                Failure::Status(404, _) => Ok(()),
+                // Its removal is under way (the death watcher's): done when it is gone.
+                Failure::Status(409, message) => {
+                    for _ in 0..REMOVAL_POLLS {
+                        if self.ended(id).await?.is_none() {
+                            return Ok(());
+                        }
+                        tokio::time::sleep(REMOVAL_POLL).await;
+                    }
+                    Err(VolumeError::temporary(format!("{what}: still there after its removal began: {message}")))
+                }
                 other => Err(status_error(&what, other)),
             },
         }
