@@ -182,8 +182,8 @@ async fn read_latest(cfg: &AgentConfig, store: Result<Option<&SnapshotStore>, &E
     };
     match tokio::time::timeout(LATEST_TIMEOUT, store.latest(&cfg.workspace, cfg.generation)).await {
         Ok(Ok(Some(s))) => {
-            let (seq, host, manifest) = (s.record.seq, s.record.host, s.record.manifest);
-            Latest::Snapshot(LatestSnapshot { id: s.id, seq, host, manifest })
+            let (seq, host, contents) = (s.record.seq, s.record.host, s.record.contents);
+            Latest::Snapshot(LatestSnapshot { id: s.id, seq, host, contents })
         }
         Ok(Ok(None)) => Latest::Never,
         Ok(Err(e)) => unreadable(&e),
@@ -313,7 +313,7 @@ impl<'a> Init<'a> {
     ) -> Result<Option<Manifest>, InitError> {
         let RestorePlan::Restore(s) = plan else { return Ok(None) };
         let store = self.readable(store)?;
-        store.manifest(&s.manifest).await.map(Some).map_err(|e| {
+        store.tree(&s.contents, None).await.map(Some).map_err(|e| {
             let workspace = self.cfg.workspace.clone();
             self.fail(AgentError::SnapshotUnreadable { snapshot: s.id, workspace, source: Box::new(e) })
         })

@@ -10,10 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ManifestId, SnapshotId};
+use crate::id::SnapshotId;
 use crate::manifest::{EntryKind, Manifest};
 use crate::path::RelPath;
 use crate::repo::{RepoError, RepoSpec};
+use crate::snapshot::Contents;
 use crate::workspace::{Generation, WorkspaceId};
 
 /// What a workspace directory holds, as berth records it (`.berth/run/volume.json`) at init and
@@ -105,8 +106,8 @@ pub struct LatestSnapshot {
     pub seq: u64,
     /// The instance that wrote it.
     pub host: String,
-    /// Its tree.
-    pub manifest: ManifestId,
+    /// Where its tree is stored.
+    pub contents: Contents,
 }
 
 /// What the object store says about this workspace and generation.
@@ -360,6 +361,7 @@ impl RepoAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::ChunkId;
     use crate::manifest::Entry;
 
     fn ws(s: &str) -> WorkspaceId {
@@ -379,7 +381,12 @@ mod tests {
     }
 
     fn snap(seq: u64, host: &str) -> Latest {
-        Latest::Snapshot(LatestSnapshot { id: sid(seq as u8), seq, host: host.into(), manifest: ManifestId::of(&[]) })
+        Latest::Snapshot(LatestSnapshot {
+            id: sid(seq as u8),
+            seq,
+            host: host.into(),
+            contents: Contents::Root(ChunkId::of(&[])),
+        })
     }
 
     fn unreadable() -> Latest {
@@ -503,7 +510,7 @@ mod tests {
                 id: sid(1),
                 seq: 1,
                 host: "h".into(),
-                manifest: ManifestId::of(&[])
+                contents: Contents::Root(ChunkId::of(&[]))
             })
             .outcome(),
             Some(RestoreOutcome::Restored)

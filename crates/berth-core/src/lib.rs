@@ -51,6 +51,7 @@ pub mod snapshot;
 pub mod sweep;
 pub mod sync;
 pub mod time;
+pub mod tree;
 pub mod units;
 pub mod volume;
 pub mod workspace;

@@ -1,17 +1,30 @@
-//! Snapshot records: the small immutable object that makes a manifest a snapshot of a
+//! Snapshot records: the small immutable object that makes a tree a snapshot of a
 //! workspace. Writing it is the act that publishes the snapshot.
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ManifestId, SnapshotId, TreeId};
+use crate::id::{ChunkId, ManifestId, SnapshotId, TreeId};
 use crate::lease::Epoch;
 use crate::manifest::Totals;
 use crate::time::Timestamp;
 use crate::workspace::{Generation, WorkspaceId};
 use crate::FormatError;
 
-/// Format version of snapshot records.
-pub const RECORD_VERSION: u32 = 1;
+/// Format version of the records berth writes: the tree is stored as tree objects.
+pub const RECORD_VERSION: u32 = 2;
+/// Format version of records whose tree is one manifest object (written by berth before tree
+/// objects; still read).
+pub const RECORD_VERSION_MANIFEST: u32 = 1;
+
+/// Where a snapshot's tree is stored: the record's `manifest` or `root` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Contents {
+    /// One manifest object holding the whole tree (records of version 1).
+    Manifest(ManifestId),
+    /// The root tree object (records of version 2): one object per directory, in packs.
+    Root(ChunkId),
+}
 /// Largest snapshot record berth parses.
 pub const MAX_RECORD: usize = 1 << 20;
 
@@ -33,9 +46,11 @@ pub struct SnapshotRecord {
     pub epoch: Epoch,
     /// When it was taken.
     pub time: Timestamp,
-    /// The manifest object holding the tree.
-    pub manifest: ManifestId,
+    /// Where the tree is stored (`"manifest": id` or `"root": id` in the record).
+    #[serde(flatten)]
+    pub contents: Contents,
     /// The tree's id: equal trees have equal ids (used to skip publishing an unchanged tree).
+    /// For a tree stored as tree objects it is the root object's id.
     pub tree: TreeId,
     /// The snapshot it was taken on top of, if any.
     pub parent: Option<SnapshotId>,
@@ -70,11 +85,16 @@ impl SnapshotRecord {
         }
         let record: SnapshotRecord =
             serde_json::from_slice(bytes).map_err(|e| FormatError::new(&what, e.to_string()))?;
-        if record.version != RECORD_VERSION {
-            return Err(FormatError::new(
-                what,
-                format!("format version {} is not supported by this berth", record.version),
-            ));
+        let expected = match record.contents {
+            Contents::Manifest(_) => RECORD_VERSION_MANIFEST,
+            Contents::Root(_) => RECORD_VERSION,
+        };
+        if record.version != expected {
+            let reason = match record.version {
+                RECORD_VERSION_MANIFEST | RECORD_VERSION => "its version does not match how it stores its tree".into(),
+                v => format!("format version {v} is not supported by this berth; upgrade berth to read it"),
+            };
+            return Err(FormatError::new(what, reason));
         }
         Ok((SnapshotId::of(bytes), record))
     }
@@ -93,7 +113,7 @@ mod tests {
             seq: 7,
             epoch: Epoch(3),
             time: Timestamp(5),
-            manifest: ManifestId::of(b"m"),
+            contents: Contents::Root(ChunkId::of(b"r")),
             tree: TreeId::of(b"t"),
             parent: None,
             host: "h".into(),
@@ -101,7 +121,20 @@ mod tests {
             skipped_for_budget: vec![],
         };
         let (id, bytes) = r.encode();
+        assert!(String::from_utf8_lossy(&bytes).contains(&format!("\"root\": \"{}\"", ChunkId::of(b"r"))));
         assert_eq!(SnapshotRecord::decode("k", &bytes).unwrap(), (id, r.clone()));
+        let old = SnapshotRecord {
+            version: RECORD_VERSION_MANIFEST,
+            contents: Contents::Manifest(ManifestId::of(b"m")),
+            ..r.clone()
+        };
+        let (_, bytes) = old.encode();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"manifest\":"));
+        assert_eq!(SnapshotRecord::decode("k", &bytes).unwrap().1, old);
+        let mismatched = SnapshotRecord { version: RECORD_VERSION_MANIFEST, ..r.clone() };
+        assert!(SnapshotRecord::decode("k", &mismatched.encode().1).unwrap_err().reason.contains("does not match"));
+        let future = SnapshotRecord { version: 9, ..r.clone() };
+        assert!(SnapshotRecord::decode("k", &future.encode().1).unwrap_err().reason.contains("upgrade"));
         assert!(SnapshotRecord::decode("k", b"{}").is_err());
         assert!(SnapshotRecord::decode("k", b"\xff").is_err());
         // A higher epoch supersedes whatever the seqs say.

@@ -2,8 +2,8 @@
 //! publish in durability order.
 //!
 //! # Guarantees
-//! - Packs are durable before the index object naming them, the index before the manifest,
-//!   the manifest before the snapshot record. The record is the only thing that makes a
+//! - Packs (of data and of tree objects) are durable before the index object naming them, the
+//!   index before the snapshot record. The record is the only thing that makes a
 //!   snapshot visible, so a crash or Ctrl-C at any point leaves the previous snapshot the
 //!   latest, complete and restorable; what was uploaded is reused by the next run or pruned.
 //! - The record is written create-if-absent at one more than the highest seq of the generation
@@ -32,14 +32,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use berth_core::chunker::ChunkerParams;
 use berth_core::codec::Codecs;
 use berth_core::excludes::Excludes;
-use berth_core::id::{ChunkId, SnapshotId};
+use berth_core::id::{ChunkId, SnapshotId, TreeId};
 use berth_core::index::{Index, IndexFile, IndexedPack};
 use berth_core::layout;
 use berth_core::lease::{Epoch, Fenced};
 use berth_core::manifest::{ChunkRef, Entry, EntryKind, Manifest};
 use berth_core::pack::{PackBuilder, SealedPack};
 use berth_core::path::RelPath;
-use berth_core::snapshot::{SnapshotRecord, RECORD_VERSION};
+use berth_core::snapshot::{Contents, SnapshotRecord, RECORD_VERSION};
 use berth_core::sync;
 use berth_core::time::Timestamp;
 use berth_core::workspace::{Generation, WorkspaceId};
@@ -54,6 +54,7 @@ use crate::progress::Progress;
 use crate::scan::{self, FileStat};
 use crate::snapshot_store::{Head, Snapshot, SnapshotStore};
 use crate::store::{DynStore, Put};
+use crate::trees;
 
 /// Pack uploads in flight at once.
 const UPLOADS_IN_FLIGHT: usize = 4;
@@ -105,7 +106,7 @@ pub struct CreateSummary {
     pub chunks_new: u64,
     /// Uncompressed bytes of those chunks.
     pub bytes_new: u64,
-    /// Bytes written to the store (packs, index, manifest, record).
+    /// Bytes written to the store (packs of data and tree objects, index, record).
     pub bytes_uploaded: u64,
     /// Packs written.
     pub packs_uploaded: u64,
@@ -130,7 +131,7 @@ pub struct PhaseSecs {
     pub scan: f64,
     /// Reading, chunking, compressing and uploading changed files.
     pub read: f64,
-    /// Index, manifest and record.
+    /// Tree objects, index and record.
     pub publish: f64,
 }
 
@@ -176,14 +177,18 @@ pub async fn create(store: &SnapshotStore, opts: &CreateOptions, progress: &Arc<
 
     let mark = Instant::now();
     let (cached_files, n_jobs) = (start.cache.files.len(), planned.jobs.len());
-    let read = read_and_upload(store, opts, start.index, &mut planned, nonce, progress).await?;
-    let built = build(planned, read);
+    let mut read = read_and_upload(store, opts, start.index, &mut planned, nonce, progress).await?;
+    let index = std::mem::take(&mut read.index);
+    let mut built = build(planned, read);
     phases.read = mark.elapsed().as_secs_f64();
 
     let mark = Instant::now();
     // Every file matched the cache and none went away: the cache on disk is already right.
     let cache_current = n_jobs == 0 && built.cache.files.len() == cached_files;
-    let published = publish(store, opts, &start.head, &built, nonce).await?;
+    let written = trees::write(store.objects(), &built.manifest, &index, nonce).await?;
+    built.packs.extend(written.packs);
+    built.bytes_uploaded += written.bytes_uploaded;
+    let published = publish(store, opts, &start.head, &built, written.root).await?;
     if !cache_current {
         save_cache(start.cache_file.as_deref(), &built.cache);
     }
@@ -276,6 +281,8 @@ struct ReadOutcome {
     packs: Vec<IndexedPack>,
     /// Bytes of those packs the store did not have.
     bytes_uploaded: u64,
+    /// The store's index as the run loaded it (this run's packs not included).
+    index: Index,
 }
 
 /// Reads, chunks and packs the planned files on worker threads, uploading packs as they fill.
@@ -312,7 +319,10 @@ async fn read_and_upload(
     // An upload error explains a reader that stopped because the uploader hung up.
     let (packs, bytes_uploaded) = upload_result?;
     let (done, stats) = read_result?;
-    Ok(ReadOutcome { done, stats, packs, bytes_uploaded })
+    // The readers are done, so this is the last reference; were it not, every tree object
+    // would be uploaded again, which costs bytes, never correctness.
+    let index = Arc::try_unwrap(ctx).map(|c| c.index).unwrap_or_default();
+    Ok(ReadOutcome { done, stats, packs, bytes_uploaded, index })
 }
 
 /// The manifest of a run, with what its summary and the cache need.
@@ -398,19 +408,19 @@ struct Published {
     seq: u64,
     /// Whether the tree equalled the parent's, so no record was written.
     unchanged: bool,
-    /// Bytes of the index, manifest and record written.
+    /// Bytes of the index and record written.
     bytes_uploaded: u64,
 }
 
-/// Publishes in durability order: packs (already uploaded), index, manifest, record. A tree
-/// unchanged since a record of the same epoch writes the index only (so the packs are found)
-/// and no record.
+/// Publishes in durability order: packs of data and of tree objects (already uploaded), index,
+/// record. A tree unchanged since a record of the same epoch writes the index only (so the
+/// packs are found) and no record.
 async fn publish(
     store: &SnapshotStore,
     opts: &CreateOptions,
     head: &Head,
     built: &Built,
-    nonce: [u8; 16],
+    root: ChunkId,
 ) -> Result<Published> {
     let objects = store.objects();
     let parent = head.latest.as_ref();
@@ -420,13 +430,11 @@ async fn publish(
         bytes_uploaded += bytes.len() as u64;
         objects.put_if_absent(&layout::index(&index_id), Bytes::from(bytes)).await?;
     }
-    let tree = built.manifest.tree_id();
+    // The root object's id names the whole tree.
+    let tree = TreeId(root.0);
     if let Some(p) = parent.filter(|p| p.record.tree == tree && p.record.epoch == opts.epoch) {
         return Ok(Published { snapshot: p.id, seq: p.record.seq, unchanged: true, bytes_uploaded });
     }
-    let (manifest_id, manifest_bytes) = built.manifest.encode_with(nonce);
-    bytes_uploaded += manifest_bytes.len() as u64;
-    objects.put_if_absent(&layout::manifest(&manifest_id), Bytes::from(manifest_bytes)).await?;
     let seq = head.max_seq + 1;
     let record = SnapshotRecord {
         version: RECORD_VERSION,
@@ -435,7 +443,7 @@ async fn publish(
         seq,
         epoch: opts.epoch,
         time: now(),
-        manifest: manifest_id,
+        contents: Contents::Root(root),
         tree,
         parent: parent.map(|p| p.id),
         host: opts.host.clone(),
@@ -532,7 +540,7 @@ struct ReadCtx {
     index: Index,
     /// Chunks already packed by this run.
     claimed: Mutex<HashSet<ChunkId>>,
-    /// This run's random nonce, carried by its packs and manifest.
+    /// This run's random nonce, carried by its packs.
     nonce: [u8; 16],
     stop: AtomicBool,
     /// The next batch to take.

@@ -11,6 +11,7 @@ pub mod restore;
 pub mod scan;
 pub mod snapshot_store;
 pub mod store;
+pub mod trees;
 
 pub use error::{EngineError, Result};
 

@@ -5,10 +5,13 @@ use std::collections::{HashMap, HashSet};
 
 use berth_core::diff::{self, Change};
 use berth_core::id::{ChunkId, IndexId, ManifestId, PackId};
-use berth_core::index::{IndexFile, IndexedPack, Location};
+use berth_core::index::{Index, IndexFile, IndexedPack, Location};
 use berth_core::layout;
+use berth_core::manifest::Manifest;
 use berth_core::prune::{self, PackObject, PruneInput, PrunePlan};
 use berth_core::retention::{self, Candidate, Decision, Policy};
+use berth_core::snapshot::Contents;
+use berth_core::tree;
 use berth_core::workspace::{Generation, WorkspaceId};
 use berth_core::{codec, pack};
 use bytes::Bytes;
@@ -19,6 +22,7 @@ use crate::create::now;
 use crate::error::{EngineError, Result};
 use crate::snapshot_store::{Snapshot, SnapshotStore};
 use crate::store::Deleted;
+use crate::trees;
 
 const CONCURRENCY: usize = 8;
 
@@ -44,9 +48,11 @@ pub async fn verify(store: &SnapshotStore, snapshots: &[Snapshot], read_data: bo
     let loaded = store.load_index(None).await?;
     let listed: HashMap<String, u64> =
         store.objects().list(layout::PACKS).await?.into_iter().map(|o| (o.key, o.size)).collect();
-    let mut needed: HashSet<ChunkId> = HashSet::new();
-    for s in snapshots {
-        match store.manifest(&s.record.manifest).await {
+    let (tree_objects, manifests) = read_trees(store, &loaded.index, snapshots).await;
+    // Tree objects are blobs in packs like chunks: their packs are checked the same way.
+    let mut needed: HashSet<ChunkId> = tree_objects;
+    for (s, manifest) in manifests {
+        match manifest {
             Ok(m) => needed.extend(m.chunk_ids().copied()),
             Err(e) => report.errors.push(format!("snapshot {} (seq {}): {e}", s.id.short(), s.record.seq)),
         }
@@ -105,6 +111,53 @@ pub async fn verify(store: &SnapshotStore, snapshots: &[Snapshot], read_data: bo
     Ok(report)
 }
 
+/// Reads and validates the trees of `snapshots`, in either form: the tree objects read, and
+/// each snapshot's manifest or why it cannot be read. Directories shared by several snapshots
+/// are read once.
+async fn read_trees<'a>(
+    store: &SnapshotStore,
+    index: &Index,
+    snapshots: &'a [Snapshot],
+) -> (HashSet<ChunkId>, Vec<(&'a Snapshot, Result<Manifest>)>) {
+    let roots: Vec<ChunkId> = snapshots.iter().filter_map(|s| as_root(&s.record.contents)).collect();
+    let mut failed: HashMap<ChunkId, EngineError> = HashMap::new();
+    let nodes = match trees::load(store.objects(), index, roots.iter().copied(), None).await {
+        Ok(nodes) => nodes,
+        // Some tree is unreadable: read each on its own, so each snapshot gets its own verdict.
+        Err(_) => {
+            let mut nodes = trees::Nodes::new();
+            for root in &roots {
+                match trees::load(store.objects(), index, [*root], None).await {
+                    Ok(n) => nodes.extend(n),
+                    Err(e) => {
+                        failed.insert(*root, e);
+                    }
+                }
+            }
+            nodes
+        }
+    };
+    let mut out = Vec::with_capacity(snapshots.len());
+    for s in snapshots {
+        let manifest = match &s.record.contents {
+            Contents::Manifest(id) => store.manifest(id).await,
+            Contents::Root(root) => match failed.remove(root) {
+                Some(e) => Err(e),
+                None => tree::flatten(root, &nodes).map_err(EngineError::from),
+            },
+        };
+        out.push((s, manifest));
+    }
+    (nodes.into_keys().collect(), out)
+}
+
+fn as_root(contents: &Contents) -> Option<ChunkId> {
+    match contents {
+        Contents::Root(root) => Some(*root),
+        Contents::Manifest(_) => None,
+    }
+}
+
 /// Parses a pack and decodes every blob, returning what is wrong.
 fn check_pack(id: PackId, bytes: &[u8]) -> Vec<String> {
     let what = format!("pack {}", id.short());
@@ -144,7 +197,12 @@ fn check_locations(id: PackId, bytes: &[u8], needed: &[(ChunkId, Location)]) -> 
 
 /// Lists the changes between two snapshots.
 pub async fn diff(store: &SnapshotStore, old: &Snapshot, new: &Snapshot) -> Result<Vec<Change>> {
-    let (a, b) = (store.manifest(&old.record.manifest).await?, store.manifest(&new.record.manifest).await?);
+    let index = match (&old.record.contents, &new.record.contents) {
+        (Contents::Manifest(_), Contents::Manifest(_)) => None,
+        _ => Some(store.load_index(None).await?.index),
+    };
+    let a = store.tree(&old.record.contents, index.as_ref()).await?;
+    let b = store.tree(&new.record.contents, index.as_ref()).await?;
     Ok(diff::diff(&a, &b))
 }
 
@@ -223,13 +281,27 @@ pub async fn prune_plan(store: &SnapshotStore, grace_secs: i64) -> Result<Prune>
     let pack_objects = objects.list(layout::PACKS).await?;
     let manifest_objects = objects.list(layout::MANIFESTS).await?;
     let snapshots = store.list(None, None).await?;
-    let referenced_manifests: HashSet<ManifestId> = snapshots.iter().map(|s| s.record.manifest).collect();
+    let referenced_manifests: HashSet<ManifestId> = snapshots
+        .iter()
+        .filter_map(|s| match s.record.contents {
+            Contents::Manifest(id) => Some(id),
+            Contents::Root(_) => None,
+        })
+        .collect();
     let manifests: Vec<_> = futures::stream::iter(referenced_manifests.iter().copied())
         .map(|id| async move { store.manifest(&id).await })
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
-    let referenced_chunks: HashSet<ChunkId> = manifests.iter().flat_map(|m| m.chunk_ids().copied()).collect();
+    let mut referenced_chunks: HashSet<ChunkId> = manifests.iter().flat_map(|m| m.chunk_ids().copied()).collect();
+    // Tree objects reachable from any snapshot are kept like the chunks they list; an
+    // unreadable tree stops the prune (it cannot know what that tree references).
+    let roots = snapshots.iter().filter_map(|s| as_root(&s.record.contents));
+    let nodes = trees::load(objects, &loaded.index, roots, None).await?;
+    for (id, node) in &nodes {
+        referenced_chunks.insert(*id);
+        referenced_chunks.extend(node.chunk_ids().copied());
+    }
     let mut by_pack: HashMap<PackId, Vec<(ChunkId, u32)>> = HashMap::new();
     for (_, f) in &loaded.files {
         for p in &f.packs {

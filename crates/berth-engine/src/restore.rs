@@ -116,8 +116,8 @@ struct Target {
 pub async fn restore(store: &SnapshotStore, opts: &RestoreOptions, progress: &Arc<Progress>) -> Result<RestoreSummary> {
     let started = Instant::now();
     let snapshot = store.resolve(&opts.workspace, opts.generation, &opts.snapshot).await?;
-    let manifest = Arc::new(store.manifest(&snapshot.record.manifest).await?);
     let loaded = store.load_index(opts.cache_dir.as_deref()).await?;
+    let manifest = Arc::new(store.tree(&snapshot.record.contents, Some(&loaded.index)).await?);
     let work = plan_packs(&manifest, &loaded.index)?;
 
     std::fs::create_dir_all(&opts.dir).map_err(|e| EngineError::io("creating", &opts.dir, e))?;

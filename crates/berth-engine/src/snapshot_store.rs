@@ -10,7 +10,7 @@ use berth_core::index::{Index, IndexFile};
 use berth_core::layout;
 use berth_core::manifest::Manifest;
 use berth_core::mark::Mark;
-use berth_core::snapshot::SnapshotRecord;
+use berth_core::snapshot::{Contents, SnapshotRecord};
 use berth_core::workspace::{Generation, WorkspaceId};
 use berth_core::FormatError;
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{EngineError, Result};
 use crate::store::{DynStore, Put, StoreError};
+use crate::trees;
 
 /// How many small objects are fetched at once.
 const FETCH_CONCURRENCY: usize = 16;
@@ -274,10 +275,22 @@ impl SnapshotStore {
         Ok(snapshots)
     }
 
-    /// Reads and validates a manifest.
+    /// Reads and validates a manifest (the tree of a record of the single-manifest form).
     pub async fn manifest(&self, id: &ManifestId) -> Result<Manifest> {
         let bytes = self.objects.get(&layout::manifest(id)).await?;
         Ok(Manifest::decode(id, &bytes)?)
+    }
+
+    /// Reads and validates a snapshot's tree, in either form. Tree objects are found through
+    /// `index` (loaded here when `None`).
+    pub async fn tree(&self, contents: &Contents, index: Option<&Index>) -> Result<Manifest> {
+        match contents {
+            Contents::Manifest(id) => self.manifest(id).await,
+            Contents::Root(root) => match index {
+                Some(index) => trees::manifest(&self.objects, index, root, None).await,
+                None => trees::manifest(&self.objects, &self.load_index(None).await?.index, root, None).await,
+            },
+        }
     }
 }
 

@@ -18,8 +18,9 @@ use berth_core::layout;
 use berth_core::manifest::{ChunkRef, Entry, EntryKind, Manifest, Totals};
 use berth_core::pack::{BlobEntry, PackBuilder, SealedPack};
 use berth_core::path::RelPath;
-use berth_core::snapshot::{SnapshotRecord, RECORD_VERSION};
+use berth_core::snapshot::{Contents, SnapshotRecord, RECORD_VERSION, RECORD_VERSION_MANIFEST};
 use berth_core::time::Timestamp;
+use berth_core::tree::{NodeKind, TreeEntry, TreeNode};
 use berth_core::workspace::{Generation, WorkspaceId};
 use berth_engine::beneath::{self, Root};
 use berth_engine::maintain::{self, VerifyReport};
@@ -160,13 +161,13 @@ impl Hostile {
 
 fn record(workspace: WorkspaceId, seq: u64, manifest: ManifestId) -> SnapshotRecord {
     SnapshotRecord {
-        version: RECORD_VERSION,
+        version: RECORD_VERSION_MANIFEST,
         workspace,
         generation: Generation(1),
         seq,
         epoch: berth_core::lease::Epoch::ZERO,
         time: Timestamp(1_700_000_000_000_000_000),
-        manifest,
+        contents: Contents::Manifest(manifest),
         tree: TreeId::of(manifest.0.as_slice()),
         parent: None,
         host: "hostile".into(),
@@ -502,6 +503,99 @@ fn a_missing_chunk_or_manifest_is_refused() {
     h.publish(ManifestId::of(b"never stored"));
     assert_mentions(&h.restore_fails(), &["not found", "manifests/"]);
     h.verify_finds("not found");
+}
+
+impl Hostile {
+    /// Stores tree objects as blobs of one pack (with its index) and publishes seq 1 of the
+    /// test workspace with `root` as its tree, in the tree-object form.
+    fn publish_tree(&self, objects: &[&TreeNode], root: ChunkId) {
+        let mut codecs = Codecs::new();
+        let mut b = PackBuilder::default();
+        for node in objects {
+            let (id, plain) = node.encode();
+            b.add_chunk(&mut codecs, id, &plain);
+        }
+        let pack = b.seal(&mut codecs);
+        self.put_pack(&pack, pack.entries.clone());
+        let mut r = record(workspace(), 1, ManifestId::of(b"none"));
+        (r.version, r.contents, r.tree) = (RECORD_VERSION, Contents::Root(root), TreeId(root.0));
+        self.put(&layout::snapshot(&workspace(), Generation(1), 1), r.encode().1);
+    }
+}
+
+fn tree_entry(name: &[u8], kind: NodeKind) -> TreeEntry {
+    TreeEntry { name: name.to_vec(), mode: 0o644, mtime_ns: 0, kind }
+}
+
+#[test]
+fn hostile_tree_objects_are_refused() {
+    let sym = |t: &[u8]| NodeKind::Symlink { target: t.to_vec() };
+    // Names that escape or are not one component, at the top and below.
+    for evil in [&b".."[..], b"a/../../x", b"/etc", b"."] {
+        let h = Hostile::new();
+        let node = TreeNode { entries: vec![tree_entry(evil, sym(b"x"))], next: None };
+        let (id, _) = node.encode();
+        let sub = TreeNode { entries: vec![tree_entry(b"d", NodeKind::Dir { tree: id })], next: None };
+        let (sub_id, _) = sub.encode();
+        h.publish_tree(&[&node, &sub], sub_id);
+        assert_mentions(&h.restore_fails(), &["not allowed"]);
+        h.verify_finds("tree");
+    }
+    // A child directory the store does not have.
+    let h = Hostile::new();
+    let lost = NodeKind::Dir { tree: ChunkId::of(b"never stored") };
+    let node = TreeNode { entries: vec![tree_entry(b"d", lost)], next: None };
+    h.publish_tree(&[&node], node.encode().0);
+    assert_mentions(&h.restore_fails(), &["in no index"]);
+    h.verify_finds("in no index");
+    // A root the store does not have, and a tree object stored under another id.
+    let h = Hostile::new();
+    let honest = TreeNode { entries: vec![tree_entry(b"f", sym(b"x"))], next: None };
+    h.publish_tree(&[&honest], ChunkId::of(b"a different tree"));
+    assert_mentions(&h.restore_fails(), &["in no index"]);
+    let h = Hostile::new();
+    let (_, plain) = honest.encode();
+    let claimed = ChunkId::of(b"claimed");
+    let mut codecs = Codecs::new();
+    let mut b = PackBuilder::default();
+    b.add_chunk(&mut codecs, claimed, &plain);
+    let pack = b.seal(&mut codecs);
+    h.put_pack(&pack, pack.entries.clone());
+    let mut r = record(workspace(), 1, ManifestId::of(b"none"));
+    (r.version, r.contents, r.tree) = (RECORD_VERSION, Contents::Root(claimed), TreeId(claimed.0));
+    h.put(&layout::snapshot(&workspace(), Generation(1), 1), r.encode().1);
+    assert_mentions(&h.restore_fails(), &["does not match"]);
+    h.verify_finds("match");
+    assert!(!h.target().exists());
+}
+
+/// A store written before tree objects (records of version 1, one manifest per snapshot) still
+/// restores, verifies and diffs; a new snapshot on top of it is written as tree objects, and a
+/// prune keeps what both forms reference.
+#[test]
+fn a_store_of_single_manifests_still_restores_and_takes_tree_snapshots() {
+    let h = Hostile::new();
+    let a = h.chunk(b"written by an older berth");
+    let old = Manifest { entries: vec![dir("d"), file("d/a", vec![a]), link("l", b"d/a")] };
+    h.publish(h.put_manifest(&old));
+    h.restore(&[]).expect("the old snapshot restores");
+    assert_eq!(fs::read(h.target().join("d/a")).unwrap(), b"written by an older berth");
+    assert!(h.verify().unwrap().errors.is_empty());
+
+    // A new snapshot of the restored tree plus one file: tree objects, parent the old record.
+    fs::write(h.target().join("d/b"), b"new").unwrap();
+    let summary = h.rt.block_on(common::snapshot(&h.snapshots, &h.target(), None));
+    assert_eq!(summary.seq, 2);
+    let snaps = h.rt.block_on(h.snapshots.list(None, None)).unwrap();
+    assert!(matches!(snaps[0].record.contents, Contents::Manifest(_)));
+    assert!(matches!(snaps[1].record.contents, Contents::Root(_)));
+    assert_eq!(snaps[1].record.version, RECORD_VERSION);
+    let changes = h.rt.block_on(maintain::diff(&h.snapshots, &snaps[0], &snaps[1])).unwrap();
+    assert_eq!(changes.len(), 1, "d/b added: {changes:?}");
+    let report = h.verify().unwrap();
+    assert!(report.errors.is_empty() && report.snapshots == 2, "{report:?}");
+    let prune = h.rt.block_on(maintain::prune_plan(&h.snapshots, 0)).unwrap();
+    assert!(prune.plan.new_mark.is_none(), "nothing is garbage: {:?}", prune.plan);
 }
 
 #[test]

@@ -1,0 +1,387 @@
+//! Tree objects: a snapshot's tree stored as one content-addressed object per directory (its
+//! entries, with each child directory referenced by the id of its own object), so a directory
+//! that did not change between two snapshots is referenced again, not written again.
+//!
+//! A tree object is stored like a data chunk: as a blob in a pack, found through the index, its
+//! id the BLAKE3 digest of its encoding (`TREE_MAGIC | postcard(TreeNode)`), checked when it is
+//! read. The root's id names the whole tree (equal trees have equal roots). A directory whose
+//! encoding would exceed `MAX_PART` bytes is stored as several parts, each naming the next.
+//!
+//! **Invariant:** a tree read back is validated as a whole (`flatten` builds the `Manifest`
+//! and runs its checks), so a hostile store cannot smuggle anything past what a single-manifest
+//! snapshot is checked for; shared subtrees cannot inflate it past `MAX_ENTRIES`.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::ChunkId;
+use crate::manifest::{ChunkRef, Entry, EntryKind, Manifest};
+use crate::path::{serde_bytes_vec, RelPath};
+use crate::FormatError;
+
+/// The first bytes of every encoded tree object.
+pub const TREE_MAGIC: &[u8; 8] = b"berthtr1";
+/// A directory's object is split into parts of about this many bytes at most.
+pub const MAX_PART: usize = 1024 * 1024;
+/// Most entries a tree may hold once flattened.
+pub const MAX_ENTRIES: usize = 1 << 25;
+
+/// What a tree entry is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeKind {
+    /// A directory, and the object listing it.
+    Dir {
+        /// The directory's tree object.
+        tree: ChunkId,
+    },
+    /// A regular file and its content.
+    File {
+        /// Size in bytes: the sum of its chunk lengths.
+        size: u64,
+        /// The content, in order.
+        chunks: Vec<ChunkRef>,
+    },
+    /// A symbolic link, never followed.
+    Symlink {
+        /// The link target, as raw bytes.
+        #[serde(with = "bytes")]
+        target: Vec<u8>,
+    },
+    /// A hard link to a regular file that comes earlier in path order.
+    Hardlink {
+        /// The first path of the linked file, from the root.
+        target: RelPath,
+    },
+}
+
+/// One name in a directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeEntry {
+    /// The name (one path component).
+    #[serde(with = "bytes")]
+    pub name: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+    /// What it is.
+    pub kind: NodeKind,
+}
+
+/// One directory's object (or one part of it): entries sorted by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeNode {
+    /// Entries, strictly sorted by name bytes.
+    pub entries: Vec<TreeEntry>,
+    /// The next part of the same directory, for a directory too large for one object.
+    pub next: Option<ChunkId>,
+}
+
+mod bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        super::serde_bytes_vec(d)
+    }
+}
+
+impl TreeNode {
+    /// Encodes the object; returns its id and its bytes (stored as a blob, compressed by the pack).
+    pub fn encode(&self) -> (ChunkId, Vec<u8>) {
+        let mut plain = TREE_MAGIC.to_vec();
+        // Serializing plain structs into a Vec cannot fail.
+        plain.extend(postcard::to_allocvec(self).unwrap_or_default());
+        (ChunkId::of(&plain), plain)
+    }
+
+    /// Decodes a tree object read as a blob, checking it against its id.
+    pub fn decode(id: &ChunkId, plain: &[u8]) -> Result<Self, FormatError> {
+        let what = format!("tree object {}", id.short());
+        if ChunkId::of(plain) != *id {
+            return Err(FormatError::new(what, "content does not match its id"));
+        }
+        let Some(body) = plain.strip_prefix(TREE_MAGIC) else {
+            return Err(FormatError::new(what, "not a tree object"));
+        };
+        postcard::from_bytes(body).map_err(|e| FormatError::new(what, format!("cannot be decoded: {e}")))
+    }
+
+    /// Returns the objects this one references: child directories and the next part.
+    pub fn children(&self) -> impl Iterator<Item = &ChunkId> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                NodeKind::Dir { tree } => Some(tree),
+                _ => None,
+            })
+            .chain(self.next.as_ref())
+    }
+
+    /// Returns the chunks of the files this object lists.
+    pub fn chunk_ids(&self) -> impl Iterator<Item = &ChunkId> {
+        self.entries
+            .iter()
+            .flat_map(|e| match &e.kind {
+                NodeKind::File { chunks, .. } => chunks.as_slice(),
+                _ => &[],
+            })
+            .map(|c| &c.id)
+    }
+}
+
+/// A manifest turned into tree objects.
+#[derive(Debug)]
+pub struct Trees {
+    /// The root directory's object.
+    pub root: ChunkId,
+    /// Every object of the tree, each once, children before their parents.
+    pub objects: Vec<(ChunkId, Vec<u8>)>,
+}
+
+/// Builds the tree objects of a valid manifest (sorted, parents listed before children).
+pub fn build(manifest: &Manifest) -> Trees {
+    // Children of each directory, in name order (the manifest's order among siblings).
+    let mut children: HashMap<Option<&RelPath>, Vec<usize>> = HashMap::new();
+    let parents: Vec<Option<RelPath>> = manifest.entries.iter().map(|e| e.path.parent()).collect();
+    for (i, parent) in parents.iter().enumerate() {
+        children.entry(parent.as_ref()).or_default().push(i);
+    }
+    // Deepest directories first, so every child's id is known before its parent is encoded.
+    let mut dirs: Vec<usize> =
+        (0..manifest.entries.len()).filter(|i| matches!(manifest.entries[*i].kind, EntryKind::Dir)).collect();
+    dirs.sort_by_key(|i| std::cmp::Reverse(manifest.entries[*i].path.depth()));
+    let mut ids: HashMap<&RelPath, ChunkId> = HashMap::new();
+    let mut out = Trees { root: ChunkId([0; 32]), objects: Vec::new() };
+    let mut seen = HashSet::new();
+    let mut node_of = |dir: Option<&RelPath>, ids: &HashMap<&RelPath, ChunkId>, out: &mut Trees| {
+        let entries = children.get(&dir).map(Vec::as_slice).unwrap_or_default();
+        let entries = entries.iter().map(|i| tree_entry(&manifest.entries[*i], ids)).collect();
+        encode_parts(entries, out, &mut seen)
+    };
+    for i in dirs {
+        let path = &manifest.entries[i].path;
+        let id = node_of(Some(path), &ids, &mut out);
+        ids.insert(path, id);
+    }
+    out.root = node_of(None, &ids, &mut out);
+    out
+}
+
+fn tree_entry(e: &Entry, ids: &HashMap<&RelPath, ChunkId>) -> TreeEntry {
+    let kind = match &e.kind {
+        // Directories are encoded deepest first, so the child's id is there.
+        EntryKind::Dir => NodeKind::Dir { tree: ids.get(&e.path).copied().unwrap_or(ChunkId([0; 32])) },
+        EntryKind::File { size, chunks } => NodeKind::File { size: *size, chunks: chunks.clone() },
+        EntryKind::Symlink { target } => NodeKind::Symlink { target: target.clone() },
+        EntryKind::Hardlink { target } => NodeKind::Hardlink { target: target.clone() },
+    };
+    TreeEntry { name: e.path.file_name().to_vec(), mode: e.mode, mtime_ns: e.mtime_ns, kind }
+}
+
+/// Encodes one directory, split into parts when large; returns the id of its first part.
+fn encode_parts(entries: Vec<TreeEntry>, out: &mut Trees, seen: &mut HashSet<ChunkId>) -> ChunkId {
+    let mut push = |node: TreeNode, out: &mut Trees| {
+        let (id, plain) = node.encode();
+        if seen.insert(id) {
+            out.objects.push((id, plain));
+        }
+        id
+    };
+    let whole = TreeNode { entries, next: None };
+    if whole.encode().1.len() <= MAX_PART {
+        return push(whole, out);
+    }
+    // Parts of at most MAX_PART bytes (at least one entry each), written last part first.
+    let mut parts: Vec<Vec<TreeEntry>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for e in whole.entries {
+        let n = postcard::to_allocvec(&e).map_or(0, |v| v.len());
+        if bytes + n > MAX_PART && parts.last().is_some_and(|p| !p.is_empty()) {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += n;
+        if let Some(part) = parts.last_mut() {
+            part.push(e);
+        }
+    }
+    let mut next = None;
+    for entries in parts.into_iter().rev() {
+        next = Some(push(TreeNode { entries, next }, out));
+    }
+    next.unwrap_or(ChunkId([0; 32]))
+}
+
+/// Rebuilds the manifest of the tree under `root` from its objects (`nodes`, every object
+/// reachable from `root`), and validates it as a manifest is validated.
+pub fn flatten(root: &ChunkId, nodes: &HashMap<ChunkId, TreeNode>) -> Result<Manifest, FormatError> {
+    let what = format!("tree {}", root.short());
+    let fail = |reason: String| FormatError::new(&what, reason);
+    let mut manifest = Manifest::default();
+    let mut stack: Vec<(Option<RelPath>, ChunkId)> = vec![(None, *root)];
+    while let Some((dir, mut id)) = stack.pop() {
+        let mut prev: Option<&[u8]> = None;
+        loop {
+            let node = nodes.get(&id).ok_or_else(|| fail(format!("tree object {} is missing", id.short())))?;
+            for e in &node.entries {
+                if prev.is_some_and(|p| p >= e.name.as_slice()) {
+                    return Err(fail(format!("names are not sorted or repeat in tree object {}", id.short())));
+                }
+                prev = Some(&e.name);
+                let path = match &dir {
+                    // `join` refuses a '/' in a name; at the top, so must this.
+                    None if e.name.contains(&b'/') => {
+                        return Err(fail(format!("a name contains '/' in tree object {}", id.short())));
+                    }
+                    None => RelPath::new(e.name.clone()),
+                    Some(d) => d.join(&e.name),
+                }
+                .map_err(|err| fail(err.to_string()))?;
+                let kind = match &e.kind {
+                    NodeKind::Dir { tree } => {
+                        stack.push((Some(path.clone()), *tree));
+                        EntryKind::Dir
+                    }
+                    NodeKind::File { size, chunks } => EntryKind::File { size: *size, chunks: chunks.clone() },
+                    NodeKind::Symlink { target } => EntryKind::Symlink { target: target.clone() },
+                    NodeKind::Hardlink { target } => EntryKind::Hardlink { target: target.clone() },
+                };
+                manifest.entries.push(Entry { path, mode: e.mode, mtime_ns: e.mtime_ns, kind });
+                if manifest.entries.len() > MAX_ENTRIES {
+                    return Err(fail(format!("holds more than {MAX_ENTRIES} entries")));
+                }
+            }
+            match node.next {
+                Some(next) => id = next,
+                None => break,
+            }
+        }
+    }
+    manifest.sort();
+    manifest.validate().map_err(fail)?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    fn entry(path: &str, kind: EntryKind) -> Entry {
+        Entry { path: p(path), mode: 0o644, mtime_ns: 7, kind }
+    }
+
+    fn file(path: &str, data: &[u8]) -> Entry {
+        let chunks = vec![ChunkRef { id: ChunkId::of(data), len: data.len() as u32 }];
+        entry(path, EntryKind::File { size: data.len() as u64, chunks })
+    }
+
+    fn nodes(trees: &Trees) -> HashMap<ChunkId, TreeNode> {
+        trees.objects.iter().map(|(id, plain)| (*id, TreeNode::decode(id, plain).unwrap())).collect()
+    }
+
+    fn sample() -> Manifest {
+        let mut m = Manifest {
+            entries: vec![
+                entry("a", EntryKind::Dir),
+                file("a/x", b"x"),
+                entry("a/b", EntryKind::Dir),
+                file("a/b/y", b"y"),
+                file("a.txt", b"top"),
+                entry("e", EntryKind::Dir),
+                entry("l", EntryKind::Symlink { target: b"a/x".to_vec() }),
+                entry("h", EntryKind::Hardlink { target: p("a.txt") }),
+                entry("same1", EntryKind::Dir),
+                file("same1/f", b"s"),
+                entry("same2", EntryKind::Dir),
+                file("same2/f", b"s"),
+            ],
+        };
+        m.sort();
+        m.validate().unwrap();
+        m
+    }
+
+    #[test]
+    fn round_trip_and_sharing() {
+        let m = sample();
+        let trees = build(&m);
+        assert_eq!(flatten(&trees.root, &nodes(&trees)).unwrap(), m);
+        // Root, a, a/b, e (empty), and one object for the two equal directories.
+        assert_eq!(trees.objects.len(), 5);
+        assert_eq!(trees.objects.last().unwrap().0, trees.root, "the root comes last");
+
+        // A change deep down changes only the objects on its path.
+        let mut changed = m.clone();
+        let at = changed.entries.iter().position(|e| e.path == p("a/b/y")).unwrap();
+        changed.entries[at] = file("a/b/y", b"yy");
+        let after = build(&changed);
+        let before: HashSet<ChunkId> = trees.objects.iter().map(|o| o.0).collect();
+        let new: Vec<_> = after.objects.iter().filter(|o| !before.contains(&o.0)).collect();
+        assert_eq!(new.len(), 3, "a/b, a and the root");
+        assert_eq!(build(&Manifest::default()).objects.len(), 1, "an empty tree is one empty root");
+    }
+
+    #[test]
+    fn large_directories_are_split_into_parts() {
+        let mut m = Manifest { entries: vec![entry("big", EntryKind::Dir)] };
+        for i in 0..40_000 {
+            m.entries.push(file(&format!("big/file-{i:06}-with-a-long-name"), format!("{i}").as_bytes()));
+        }
+        m.sort();
+        let trees = build(&m);
+        assert!(trees.objects.len() > 3, "{} objects", trees.objects.len());
+        assert!(trees.objects.iter().all(|(_, plain)| plain.len() <= MAX_PART + 1024));
+        assert_eq!(flatten(&trees.root, &nodes(&trees)).unwrap(), m);
+    }
+
+    #[test]
+    fn hostile_trees_are_rejected() {
+        let trees = build(&sample());
+        let (id, plain) = &trees.objects[0];
+        assert!(TreeNode::decode(&ChunkId::of(b"other"), plain).unwrap_err().reason.contains("match"));
+        assert!(TreeNode::decode(&ChunkId::of(b"xx"), b"xx").is_err());
+        assert!(TreeNode::decode(id, plain).is_ok());
+
+        let check = |node: TreeNode| {
+            let (id, _) = node.encode();
+            flatten(&id, &HashMap::from([(id, node)])).unwrap_err().reason
+        };
+        let e = |name: &[u8], kind: NodeKind| TreeEntry { name: name.to_vec(), mode: 0o644, mtime_ns: 0, kind };
+        let sym = |t: &[u8]| NodeKind::Symlink { target: t.to_vec() };
+        for evil in [&b".."[..], b"a/b", b"", b"."] {
+            let reason = check(TreeNode { entries: vec![e(evil, sym(b"x"))], next: None });
+            assert!(reason.contains("not allowed") || reason.contains("'/'"), "{reason}");
+        }
+        let reason = check(TreeNode { entries: vec![e(b"b", sym(b"x")), e(b"a", sym(b"x"))], next: None });
+        assert!(reason.contains("sorted"), "{reason}");
+        let reason =
+            check(TreeNode { entries: vec![e(b"d", NodeKind::Dir { tree: ChunkId::of(b"gone") })], next: None });
+        assert!(reason.contains("missing"), "{reason}");
+        let link = NodeKind::Hardlink { target: p("nothing") };
+        assert!(check(TreeNode { entries: vec![e(b"h", link)], next: None }).contains("links to"));
+
+        // A directory shared 2^k times cannot inflate past the entry limit unnoticed: the
+        // tree is flattened (and counted), never trusted by its size on the store.
+        let leaf = TreeNode { entries: vec![e(b"f", sym(b"x"))], next: None };
+        let (mut id, _) = leaf.encode();
+        let mut all = HashMap::from([(id, leaf)]);
+        for _ in 0..4 {
+            let node = TreeNode {
+                entries: vec![e(b"a", NodeKind::Dir { tree: id }), e(b"b", NodeKind::Dir { tree: id })],
+                next: None,
+            };
+            id = node.encode().0;
+            all.insert(id, node);
+        }
+        assert_eq!(flatten(&id, &all).unwrap().entries.len(), (2 + 4 + 8 + 16) + 16);
+    }
+}

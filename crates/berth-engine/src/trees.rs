@@ -1,0 +1,155 @@
+//! Reading and writing tree objects (see `berth_core::tree`): a snapshot's directories, one
+//! object each, packed in packs of their own and found through the index.
+//!
+//! # Guarantees
+//! - Every tree object is checked against its id before it is used, and a tree is validated as
+//!   a whole once read (`berth_core::tree::flatten`).
+//! - Objects shared by several trees (unchanged directories) are read once per call.
+//! - A writer uploads only the tree objects the index does not already hold in a live pack, in
+//!   packs written (with the run's nonce) before the index object that names them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use berth_core::codec::{Codecs, FrameCache};
+use berth_core::id::{ChunkId, PackId};
+use berth_core::index::{Index, IndexedPack, Location};
+use berth_core::layout;
+use berth_core::manifest::Manifest;
+use berth_core::pack::PackBuilder;
+use berth_core::tree::{self, TreeNode};
+use berth_core::FormatError;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::error::Result;
+use crate::snapshot_store::write_atomic;
+use crate::store::{DynStore, Put};
+
+/// Tree packs fetched at once.
+const FETCHES_IN_FLIGHT: usize = 8;
+
+/// Tree objects by id.
+pub type Nodes = HashMap<ChunkId, TreeNode>;
+
+/// Reads every tree object reachable from `roots`, level by level; each pack is fetched once
+/// (from `cache_dir/trees/` when it holds a copy: tree packs are immutable).
+pub async fn load(
+    objects: &DynStore,
+    index: &Index,
+    roots: impl IntoIterator<Item = ChunkId>,
+    cache_dir: Option<&Path>,
+) -> Result<Nodes> {
+    let cache = cache_dir.map(|d| d.join("trees"));
+    let mut nodes = Nodes::new();
+    let mut packs: HashMap<PackId, Bytes> = HashMap::new();
+    let mut frontier: Vec<ChunkId> = roots.into_iter().collect::<HashSet<_>>().into_iter().collect();
+    while !frontier.is_empty() {
+        let mut wanted: Vec<(ChunkId, Location)> = Vec::with_capacity(frontier.len());
+        for id in frontier.drain(..) {
+            let loc = index.get(&id).ok_or_else(|| {
+                FormatError::new(format!("tree object {}", id.short()), "is in no index: the store lost it")
+            })?;
+            wanted.push((id, *loc));
+        }
+        let missing: HashSet<PackId> = wanted.iter().map(|(_, l)| l.pack).filter(|p| !packs.contains_key(p)).collect();
+        let fetched: Vec<(PackId, Bytes)> = futures::stream::iter(missing)
+            .map(|p| fetch(objects, p, cache.as_deref()))
+            .buffer_unordered(FETCHES_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        packs.extend(fetched);
+        wanted.sort_by_key(|(_, l)| (l.pack, l.blob.offset, l.blob.inner));
+        let decoded = decode(&packs, wanted)?;
+        for (id, node) in decoded {
+            frontier.extend(node.children().filter(|c| !nodes.contains_key(*c)).copied());
+            nodes.insert(id, node);
+        }
+        frontier.sort();
+        frontier.dedup();
+        frontier.retain(|c| !nodes.contains_key(c));
+    }
+    Ok(nodes)
+}
+
+async fn fetch(objects: &DynStore, pack: PackId, cache: Option<&Path>) -> Result<(PackId, Bytes)> {
+    let cached = cache.map(|d| d.join(pack.to_hex()));
+    if let Some(bytes) = cached.as_deref().and_then(|f| std::fs::read(f).ok()) {
+        if PackId::of(&bytes) == pack {
+            return Ok((pack, Bytes::from(bytes)));
+        }
+    }
+    let bytes = objects.get(&layout::pack(&pack)).await?;
+    if let Some(file) = &cached {
+        // The cache is an optimisation: failing to fill it is not an error.
+        let _ = file.parent().map(std::fs::create_dir_all);
+        let _ = write_atomic(file, &bytes);
+    }
+    Ok((pack, bytes))
+}
+
+/// Decodes the wanted objects (sorted by pack and position, so a shared frame decodes once).
+fn decode(packs: &HashMap<PackId, Bytes>, wanted: Vec<(ChunkId, Location)>) -> Result<Vec<(ChunkId, TreeNode)>> {
+    let mut codecs = Codecs::new();
+    let mut frame = FrameCache::default();
+    let mut last_pack = None;
+    let mut out = Vec::with_capacity(wanted.len());
+    for (id, loc) in wanted {
+        if last_pack != Some(loc.pack) {
+            frame = FrameCache::default();
+            last_pack = Some(loc.pack);
+        }
+        // Every wanted pack was fetched above.
+        let Some(bytes) = packs.get(&loc.pack) else { continue };
+        let plain = codecs.blob(&mut frame, bytes, &loc.blob)?;
+        out.push((id, TreeNode::decode(&id, plain)?));
+    }
+    Ok(out)
+}
+
+/// Reads the tree under `root` and returns it as a validated manifest.
+pub async fn manifest(objects: &DynStore, index: &Index, root: &ChunkId, cache_dir: Option<&Path>) -> Result<Manifest> {
+    let nodes = load(objects, index, [*root], cache_dir).await?;
+    Ok(tree::flatten(root, &nodes)?)
+}
+
+/// What writing a tree did.
+#[derive(Debug)]
+pub struct Written {
+    /// The root object.
+    pub root: ChunkId,
+    /// The packs of new tree objects, for the index.
+    pub packs: Vec<IndexedPack>,
+    /// Tree objects the store did not have.
+    pub objects_new: u64,
+    /// Bytes uploaded.
+    pub bytes_uploaded: u64,
+}
+
+/// Turns `manifest` into tree objects and uploads, in packs of their own, those that `index`
+/// does not hold in a live pack.
+pub async fn write(objects: &DynStore, manifest: &Manifest, index: &Index, nonce: [u8; 16]) -> Result<Written> {
+    let trees = tree::build(manifest);
+    let new: Vec<&(ChunkId, Vec<u8>)> = trees.objects.iter().filter(|(id, _)| !index.is_reusable(id)).collect();
+    let mut out = Written { root: trees.root, packs: Vec::new(), objects_new: new.len() as u64, bytes_uploaded: 0 };
+    let mut codecs = Codecs::new();
+    let mut builder = PackBuilder::new(nonce);
+    let mut sealed = Vec::new();
+    for (id, plain) in new {
+        builder.add_chunk(&mut codecs, *id, plain);
+        if builder.is_full() {
+            sealed.push(builder.seal(&mut codecs));
+        }
+    }
+    if !builder.is_empty() {
+        sealed.push(builder.seal(&mut codecs));
+    }
+    for pack in sealed {
+        let size = pack.bytes.len() as u64;
+        if objects.put_if_absent(&layout::pack(&pack.id), Bytes::from(pack.bytes)).await? == Put::Created {
+            out.bytes_uploaded += size;
+        }
+        out.packs.push(IndexedPack { id: pack.id, size, blobs: pack.entries });
+    }
+    Ok(out)
+}
