@@ -16,6 +16,7 @@ pub mod run;
 pub mod sqlite;
 pub mod supervise;
 pub mod sweep;
+pub mod wait;
 
 pub use config::{AgentConfig, Flags, Nudge, Spec};
 pub use error::AgentError;

@@ -9,18 +9,62 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use berth_core::session::SessionId;
+use std::time::Duration;
+
+use berth_core::session::{InstanceId, ReplicaId, SessionId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{now, App, Config};
 use crate::error::{Error, Result};
-use crate::volumes::{Death, Sandboxes, Substrate, LABEL_INSTALL, LABEL_MANAGED, LABEL_SANDBOX, LABEL_SESSION};
+use crate::meta::random_hex;
+use crate::volumes::{
+    Death, SandboxInfo, SandboxKind, SandboxSpec, Sandboxes, Substrate, LABEL_INSTALL, LABEL_MANAGED, LABEL_POOL,
+    LABEL_SANDBOX, LABEL_SESSION,
+};
 
 /// The UID:GID sandboxes run as unless configured.
 pub const DEFAULT_USER: (u32, u32) = (1000, 1000);
 /// Label holding a sandbox's stop timeout in seconds.
 pub const LABEL_STOP_TIMEOUT: &str = "berth.stop-timeout";
+/// Where the supervisor's spec is inside a sandbox.
+pub const SPEC_PATH: &str = "/berth/spec.json";
+/// Where a claimed warm sandbox finds its claim.
+pub const CLAIM_PATH: &str = "/berth/claim.json";
+/// Where berth's binary is bind-mounted inside a sandbox.
+pub const BERTH_PATH: &str = "/berth/bin/berth";
+/// Drain budget of a sandbox that names none, in seconds.
+pub const DEFAULT_GRACE_SECS: u64 = 30;
+/// Name prefix of idle warm containers (a claimed one is renamed like a workspace's sandbox).
+pub const WARM_PREFIX: &str = "warm-";
+/// Name prefix of a workspace's sandbox.
+pub const SANDBOX_PREFIX: &str = "sb-";
+/// Seconds between two checks of the warm pools.
+const REFILL_INTERVAL: Duration = Duration::from_secs(1);
+/// Seconds a claim of a warm container is held in the database: the claimed container is
+/// renamed at once, so it never shows up as idle again.
+const CLAIM_TTL_SECS: i64 = 24 * 3600;
+/// The S3 settings handed to the supervisor (it removes them from the agent's environment).
+const S3_ENV: [&str; 8] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT",
+    "AWS_ALLOW_HTTP",
+];
+
+/// The stop timeout that gives a drain `grace_secs`: the platform grace whose drain budget
+/// (grace minus its margin) is at least that.
+pub fn stop_timeout_secs(grace_secs: u64) -> u64 {
+    let mut t = grace_secs + 2;
+    while berth_core::drain::budget_secs(Some(grace_secs), t) < grace_secs {
+        t += 1;
+    }
+    t
+}
 
 /// How `berth serve` runs sandboxes.
 #[derive(Clone, Debug, Default)]
@@ -34,6 +78,10 @@ pub struct SandboxConfig {
     pub user: Option<(u32, u32)>,
     /// The berth binary bind-mounted into sandboxes; `None`: this process's executable.
     pub berth_binary: Option<PathBuf>,
+    /// Warm pools: idle containers kept per image.
+    pub warm_pools: Vec<(String, usize)>,
+    /// Labels put on every sandbox container (berth's own win over them).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl SandboxConfig {
@@ -91,10 +139,138 @@ pub fn install_labels(app: &App) -> BTreeMap<String, String> {
     [(LABEL_MANAGED.to_string(), "true".to_string()), (LABEL_INSTALL.to_string(), app.install.clone())].into()
 }
 
-/// Starts the death watcher: every sandbox of this installation that dies ends its session
-/// and is removed.
+/// The binds of every sandbox: berth's binary, and a `file://` store at its own path.
+pub fn binds(app: &App) -> Result<Vec<(String, String, bool)>> {
+    let berth = app.config.sandbox.berth_binary()?;
+    let mut binds = vec![(berth.display().to_string(), BERTH_PATH.to_string(), true)];
+    if let Some(path) = app.config.store.as_deref().and_then(|s| s.strip_prefix("file://")) {
+        binds.push((path.to_string(), path.to_string(), false));
+    }
+    Ok(binds)
+}
+
+/// The environment of every sandbox's supervisor: the S3 settings when the store is S3.
+pub fn store_env(app: &App) -> Vec<String> {
+    if !app.config.store.as_deref().is_some_and(|s| s.starts_with("s3://")) {
+        return Vec::new();
+    }
+    let mut env: Vec<String> =
+        S3_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}"))).collect();
+    // The supervisor keeps them from the agent's environment.
+    env.push(format!("BERTH_SUPERVISOR_ONLY_ENV={}", S3_ENV.join(",")));
+    env
+}
+
+/// The labels of `image`'s warm containers.
+pub fn warm_labels(app: &App, image: &str) -> BTreeMap<String, String> {
+    let mut labels = install_labels(app);
+    labels.insert(LABEL_SANDBOX.into(), SandboxKind::Warm.as_str().into());
+    labels.insert(LABEL_POOL.into(), image.into());
+    labels
+}
+
+/// A warm container's labels: the configured ones, then the pool's.
+fn new_warm_labels(app: &App, image: &str) -> BTreeMap<String, String> {
+    let mut labels = app.config.sandbox.labels.clone();
+    labels.extend(warm_labels(app, image));
+    labels
+}
+
+/// Whether a sandbox of the listing is an idle warm one.
+fn idle_warm(s: &SandboxInfo) -> bool {
+    s.name.starts_with(WARM_PREFIX) && matches!(s.state.as_str(), "created" | "running")
+}
+
+/// A warm container of `image`: berth's supervisor waiting for a claim, no workspace volume.
+fn warm_spec(app: &App, image: &str) -> Result<SandboxSpec> {
+    let stop_timeout = stop_timeout_secs(DEFAULT_GRACE_SECS);
+    let mut labels = new_warm_labels(app, image);
+    labels.insert(LABEL_STOP_TIMEOUT.into(), stop_timeout.to_string());
+    let pool: String = blake3::hash(image.as_bytes()).to_hex().chars().take(8).collect();
+    Ok(SandboxSpec {
+        name: format!("{WARM_PREFIX}{pool}-{}", random_hex(4)),
+        image: image.to_string(),
+        command: vec![BERTH_PATH.into(), "agent".into(), "wait".into(), "--claim".into(), CLAIM_PATH.into()],
+        env: store_env(app),
+        volume: None,
+        binds: binds(app)?,
+        private_file: None,
+        user: app.config.sandbox.user(),
+        memory_bytes: None,
+        cpus: None,
+        stop_timeout_secs: stop_timeout,
+        network: app.config.sandbox.network.clone(),
+        labels,
+    })
+}
+
+/// Starts the warm containers each pool lacks. One replica at a time fills a pool (a lock in
+/// the database), so replicas never overfill it.
+pub async fn refill(app: &App, sandboxes: &dyn Sandboxes) -> Result<usize> {
+    let mut started = 0;
+    for (image, want) in &app.config.sandbox.warm_pools {
+        let lock = format!("warm-fill:{image}");
+        if !app.meta.try_lock(&lock, &app.replica, now(), 60).await? {
+            continue;
+        }
+        let filled = async {
+            let idle = sandboxes.list(&warm_labels(app, image)).await?.iter().filter(|s| idle_warm(s)).count();
+            for _ in idle..*want {
+                let info = sandboxes.start(&warm_spec(app, image)?).await?;
+                tracing::info!(event = "warm_started", image = %image, container = %info.name);
+                started += 1;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        app.meta.unlock(&lock, &app.replica).await?;
+        filled?;
+    }
+    Ok(started)
+}
+
+/// Claims an idle warm container of `image` and renames it `name`; `None` when the pool is
+/// empty. The claim is a lock row in the database taken by this call alone, so two starts
+/// (of any replicas) never claim one container.
+pub async fn claim_warm(app: &App, sandboxes: &dyn Sandboxes, image: &str, name: &str) -> Result<Option<SandboxInfo>> {
+    if !app.config.sandbox.warm_pools.iter().any(|(i, n)| i == image && *n > 0) {
+        return Ok(None);
+    }
+    let holder = ReplicaId::new(format!("claim_{}", random_hex(8))).map_err(|e| Error::Corrupt(e.to_string()))?;
+    for candidate in sandboxes.list(&warm_labels(app, image)).await? {
+        if candidate.state != "running" || !candidate.name.starts_with(WARM_PREFIX) {
+            continue;
+        }
+        if !app.meta.try_lock(&format!("warm:{}", candidate.id), &holder, now(), CLAIM_TTL_SECS).await? {
+            continue;
+        }
+        match sandboxes.rename(&candidate.id, name).await {
+            Ok(()) => return Ok(Some(SandboxInfo { name: name.to_string(), ..candidate })),
+            // Gone meanwhile (died, removed): the next one.
+            Err(e) => tracing::warn!(event = "warm_claim_failed", container = %candidate.id, error = %e),
+        }
+    }
+    Ok(None)
+}
+
+/// Starts the death watcher (every sandbox of this installation that dies ends its session
+/// and is removed) and the warm pools' refill.
 pub fn spawn(app: &Arc<App>, tracker: &TaskTracker, shutdown: CancellationToken) {
     let Some(sandboxes) = app.sandboxes.clone() else { return };
+    if !app.config.sandbox.warm_pools.is_empty() {
+        let (app, sandboxes, shutdown) = (app.clone(), sandboxes.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                if let Err(e) = refill(&app, sandboxes.as_ref()).await {
+                    tracing::warn!(event = "warm_refill_failed", error = %e);
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(REFILL_INTERVAL) => {}
+                }
+            }
+        });
+    }
     let app = app.clone();
     tracker.spawn(async move {
         let mut deaths = sandboxes.deaths(install_labels(&app));
@@ -115,7 +291,13 @@ pub fn spawn(app: &Arc<App>, tracker: &TaskTracker, shutdown: CancellationToken)
 
 /// Ends the dead sandbox's session (a no-op when it detached already) and removes it.
 async fn on_death(app: &App, sandboxes: &dyn Sandboxes, death: &Death) -> Result<()> {
-    let session = death.labels.get(LABEL_SESSION).and_then(|s| SessionId::new(s.clone()).ok());
+    let mut session = death.labels.get(LABEL_SESSION).and_then(|s| SessionId::new(s.clone()).ok());
+    if session.is_none() && death.name.starts_with(SANDBOX_PREFIX) {
+        // A claimed warm container: its session is the one attached under its name.
+        if let Ok(instance) = InstanceId::new(death.name.clone()) {
+            session = app.meta.live_session_of(&instance).await?.map(|s| s.id);
+        }
+    }
     tracing::info!(
         event = "sandbox_died",
         container = %death.id,

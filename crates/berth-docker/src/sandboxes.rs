@@ -172,7 +172,7 @@ impl DockerSandboxes {
         filters.insert("status".into(), vec!["exited".into(), "dead".into()]);
         for c in self.list_filtered(filters).await? {
             let ended = self.ended(&c.id).await?.unwrap_or(Ended { exit_code: None, oom_killed: false });
-            let _ = tx.send(Death { id: c.id, labels: c.labels, ended }).await;
+            let _ = tx.send(Death { id: c.id, name: c.name, labels: c.labels, ended }).await;
         }
         let mut filters: HashMap<String, Vec<String>> = [("label".to_string(), labels.to_vec())].into();
         filters.insert("type".into(), vec!["container".into()]);
@@ -189,8 +189,9 @@ impl DockerSandboxes {
                 _ => Ended { exit_code, oom_killed: false },
             };
             // The event's attributes carry the container's labels (and its name and image).
+            let name = attributes.get("name").cloned().unwrap_or_default();
             let labels = attributes.into_iter().collect();
-            if tx.send(Death { id, labels, ended }).await.is_err() {
+            if tx.send(Death { id, name, labels, ended }).await.is_err() {
                 return Ok(());
             }
         }

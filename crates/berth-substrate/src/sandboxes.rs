@@ -121,6 +121,8 @@ pub struct Ended {
 pub struct Death {
     /// The container id.
     pub id: String,
+    /// Its name.
+    pub name: String,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
     /// How it ended.

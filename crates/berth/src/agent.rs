@@ -134,6 +134,13 @@ pub enum Command {
         #[arg(last = true, value_name = "AGENT COMMAND")]
         command: Vec<String>,
     },
+    /// A warm sandbox's first process: wait until the control plane claims it (puts FILE in
+    /// place), then become `berth agent run` with the claim's spec and command.
+    Wait {
+        /// The claim file to wait for.
+        #[arg(long, value_name = "FILE")]
+        claim: PathBuf,
+    },
     /// Remove per-job leftovers older than the TTL; a live job's files are never touched.
     Sweep {
         /// Base directory of per-job paths.
@@ -309,6 +316,7 @@ pub async fn run(cmd: Command) -> Result<i32> {
             let cfg = AgentConfig::resolve(args.flags())?;
             finish(run::run(cfg, command, signals(), &people).await, people.json)
         }
+        Command::Wait { claim } => wait_for_claim(&claim).await,
         Command::Sweep { base, ttl, dry_run, json } => {
             let base = base.unwrap_or_else(default_base);
             let report = berth_agent::sweep::sweep(&base, ttl.unwrap_or(defaults::TTL_SECS), dry_run);
@@ -331,6 +339,35 @@ pub async fn run(cmd: Command) -> Result<i32> {
                 );
             }
             Ok(if report.failed > 0 { 1 } else { 0 })
+        }
+    }
+}
+
+/// `berth agent wait`: polls for the claim (a stat every few milliseconds costs nothing) until
+/// it comes, or exits 0 on SIGTERM or SIGINT.
+async fn wait_for_claim(path: &std::path::Path) -> Result<i32> {
+    // The claim is written while the supervisor looks: a read that fails is tried again for
+    // a moment before it counts.
+    const PATIENCE: u32 = 200;
+    let signals = signals();
+    let mut failed = 0;
+    loop {
+        match berth_agent::wait::read_claim(path) {
+            Ok(Some(claim)) => {
+                tracing::info!(event = "claimed", spec = %claim.spec.display());
+                return Err(berth_agent::wait::exec_run(&claim).into());
+            }
+            Ok(None) => failed = 0,
+            Err(e) if failed < PATIENCE => {
+                failed += 1;
+                tracing::debug!(event = "claim_unreadable", error = %e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = signals.term.cancelled() => return Ok(0),
+            _ = signals.int.cancelled() => return Ok(0),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
         }
     }
 }

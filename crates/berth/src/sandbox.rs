@@ -25,7 +25,7 @@ fn parse_memory(s: &str) -> Result<u64, String> {
     units::parse_size(s)?.ok_or_else(|| "a memory limit needs a size, e.g. 2GiB".to_string())
 }
 
-/// `berth sandbox ...`
+/// `berth sandbox ...` (in `ls`, a workspace sandbox that was a warm container is `workspace*`)
 #[derive(Debug, Subcommand)]
 pub enum SandboxCmd {
     /// Start a sandbox for a workspace: its volume at /workspace, the command under berth's
@@ -164,7 +164,7 @@ fn print_table(items: &[Sandbox]) {
         println!(
             "{:<14} {:<10} {:<24} {:<30} {:<10} {}",
             short(&s.id),
-            if s.warm && s.owner.is_none() { "warm" } else { s.kind.as_str() },
+            if s.warm && s.kind == "workspace" { "workspace*" } else { s.kind.as_str() },
             s.owner.as_deref().unwrap_or("-"),
             s.name,
             s.state,

@@ -103,6 +103,14 @@ pub struct Serve {
     /// The user sandboxes run as, UID:GID [default: 1000:1000].
     #[arg(long, value_name = "UID:GID", value_parser = parse_owner)]
     sandbox_user: Option<(u32, u32)>,
+    /// Keep N idle containers of IMAGE (repeatable): a `berth sandbox start` of that image
+    /// claims one and restores the workspace into it from the store, instead of creating a
+    /// container with the workspace volume.
+    #[arg(long = "warm-pool", value_name = "IMAGE=N", value_parser = parse_warm_pool)]
+    warm_pools: Vec<(String, usize)>,
+    /// A label of every sandbox container, as KEY=VALUE (repeatable).
+    #[arg(long = "sandbox-label", value_name = "KEY=VALUE", value_parser = parse_volume_opt)]
+    sandbox_labels: Vec<(String, String)>,
     /// PostgreSQL connection pool size.
     #[arg(long, default_value_t = 16)]
     db_max_connections: u32,
@@ -121,6 +129,15 @@ fn parse_volume_opt(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("'{s}' is not KEY=VALUE")),
     }
+}
+
+fn parse_warm_pool(s: &str) -> Result<(String, usize), String> {
+    let (image, n) = s.rsplit_once('=').ok_or_else(|| format!("'{s}' is not IMAGE=N"))?;
+    let n = n.parse().map_err(|_| format!("'{n}' is not a number of containers"))?;
+    if image.is_empty() || n > 1000 {
+        return Err(format!("'{s}' is not IMAGE=N with N at most 1000"));
+    }
+    Ok((image.to_string(), n))
 }
 
 fn parse_owner(s: &str) -> Result<(u32, u32), String> {
@@ -164,6 +181,8 @@ impl Serve {
             server_url: self.sandbox_server_url,
             user: self.sandbox_user,
             berth_binary: None,
+            warm_pools: self.warm_pools,
+            labels: self.sandbox_labels.into_iter().collect(),
         };
         config.gc = GcConfig {
             interval_secs: secs(self.gc_interval),

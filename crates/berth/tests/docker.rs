@@ -291,10 +291,12 @@ fn an_unreachable_engine_fails_readyz_and_skips_gc_without_crashing() {
 /// A test of sandboxes: a server on the machine's engine with a `file://` store the sandbox
 /// user can write, sandboxes on the host network.
 struct Sandboxed {
+    // Fields drop in order: the server stops before the run removes its containers (a warm
+    // pool would refill after them).
+    server: Server,
     run: TestRun,
     tmp: tempfile::TempDir,
     store: std::path::PathBuf,
-    server: Server,
     image: String,
 }
 
@@ -313,7 +315,7 @@ impl Sandboxed {
         let mut args = vec!["--gc-interval", "3600s", "--store", &store_url, "--sandbox-network", "host"];
         args.extend(extra);
         let server = start(tmp.path(), "serve.log", &args, &[]);
-        Sandboxed { run, tmp, store, server, image }
+        Sandboxed { server, run, tmp, store, image }
     }
 
     /// `berth ARGS` against the server; returns the finished command's output.
@@ -455,4 +457,92 @@ fn an_oom_killed_agent_leaves_a_final_snapshot() {
     let restored = t.restore_latest(&owner, "after-oom");
     assert_eq!(std::fs::read_to_string(restored.join("marker")).unwrap(), "marker\n");
     rt.block_on(wait_until("the container removed", 30, || async { t.containers(&owner).is_empty() }));
+}
+
+impl Sandboxed {
+    /// `berth sandbox ls --json`'s items.
+    fn sandboxes(&self) -> Vec<serde_json::Value> {
+        let out = self.berth(&["sandbox", "ls", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["items"].as_array().unwrap().clone()
+    }
+
+    /// Idle warm containers.
+    fn idle_warm(&self) -> usize {
+        self.sandboxes().iter().filter(|s| s["kind"] == "warm" && s["state"] == "running").count()
+    }
+
+    fn logs(&self, owner: &str) -> String {
+        String::from_utf8_lossy(&self.berth(&["sandbox", "logs", owner]).stdout).into_owned()
+    }
+
+    /// The container id of `owner`'s sandbox, from `berth sandbox start --json`.
+    fn start_json(&self, owner: &str, flags: &[&str], script: &str) -> serde_json::Value {
+        let label = self.run.label();
+        let mut args = vec!["sandbox", "start", owner, "--image", &self.image, "--label", &label, "--json"];
+        args.extend(flags);
+        args.extend(["--", "sh", "-c", script]);
+        let out = self.berth(&args);
+        assert!(out.status.success(), "sandbox start failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[test]
+fn warm_pool_claims_restore_run_never_share_and_refill() {
+    let image = berth_docker::testing::image();
+    let pool = format!("{image}=2");
+    let run_label = TestRun::new();
+    let label = run_label.label();
+    let t = Sandboxed::new(&["--warm-pool", &pool, "--sandbox-label", &label]);
+    let rt = rt();
+    // The warm containers carry the run's label, so the run removes them.
+    let t = Sandboxed { run: run_label, ..t };
+    let owner = format!("agent:{}", t.run.id());
+    rt.block_on(wait_until("two warm containers", 120, || async { t.idle_warm() == 2 }));
+
+    // A cold sandbox (limits skip the pool) leaves work in the store.
+    t.start_sandbox(&owner, &["--memory", "256MiB"], "echo seeded > seed; sleep 600");
+    rt.block_on(wait_until("the seed snapshotted", 60, || async {
+        t.server.client(ADMIN).snapshots(&owner).await.map(|s| !s.items.is_empty()).unwrap_or(false)
+    }));
+    assert!(t.berth(&["sandbox", "stop", &owner]).status.success());
+
+    // A warm claim: the workspace comes back from the store, then the command runs.
+    let started = Instant::now();
+    let s = t.start_json(&owner, &["--interval", "1s"], "cat seed; echo command-running; sleep 600");
+    assert_eq!((s["warm"].as_bool(), s["kind"].as_str()), (Some(true), Some("workspace")), "{s}");
+    rt.block_on(wait_until("the command running", 60, || async { t.logs(&owner).contains("command-running") }));
+    eprintln!("warm claim to command running: {:?}", started.elapsed());
+    let logs = t.logs(&owner);
+    assert!(logs.contains("seeded"), "the workspace was not restored into the warm container:\n{logs}");
+    let stop = t.berth(&["sandbox", "stop", &owner]);
+    assert!(String::from_utf8_lossy(&stop.stdout).contains("exit 0"), "{}", String::from_utf8_lossy(&stop.stdout));
+
+    // Three concurrent starts on a pool of two: no container is claimed twice.
+    rt.block_on(wait_until("the pool refilled", 120, || async { t.idle_warm() == 2 }));
+    let owners: Vec<String> = (0..3).map(|i| format!("{owner}-{i}")).collect();
+    let ids: Vec<(String, bool)> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            owners.iter().map(|o| scope.spawn(|| t.start_json(o, &[], "echo command-running; sleep 600"))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let s = h.join().unwrap();
+                (s["id"].as_str().unwrap().to_string(), s["warm"].as_bool().unwrap())
+            })
+            .collect()
+    });
+    let distinct: std::collections::BTreeSet<_> = ids.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(distinct.len(), 3, "a container was claimed twice: {ids:?}");
+    assert!(ids.iter().filter(|(_, warm)| *warm).count() <= 2, "{ids:?}");
+    for o in &owners {
+        rt.block_on(wait_until("each command running", 60, || async { t.logs(o).contains("command-running") }));
+    }
+    // The pool refills in the background.
+    rt.block_on(wait_until("the pool refilled again", 120, || async { t.idle_warm() == 2 }));
+    for o in &owners {
+        assert!(t.berth(&["sandbox", "stop", o]).status.success());
+    }
 }

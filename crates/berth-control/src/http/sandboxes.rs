@@ -27,31 +27,17 @@ use super::App;
 use crate::app::now;
 use crate::error::{Error, Result};
 use crate::meta::{random_hex, WorkspaceRow};
-use crate::sandboxes::{self as sb, LABEL_STOP_TIMEOUT};
+use crate::sandboxes::{
+    self as sb, stop_timeout_secs, BERTH_PATH, CLAIM_PATH, DEFAULT_GRACE_SECS, LABEL_STOP_TIMEOUT, SANDBOX_PREFIX,
+    SPEC_PATH,
+};
 use crate::volumes::{
-    PrivateFile, SandboxInfo, SandboxKind, SandboxSpec, LABEL_GENERATION, LABEL_OWNER, LABEL_SANDBOX, LABEL_SESSION,
-    WORKSPACE_PATH,
+    PrivateFile, SandboxInfo, SandboxKind, SandboxSpec, Sandboxes, LABEL_GENERATION, LABEL_OWNER, LABEL_SANDBOX,
+    LABEL_SESSION, WORKSPACE_PATH,
 };
 
-/// Where the supervisor's spec is inside a sandbox.
-pub const SPEC_PATH: &str = "/berth/spec.json";
-/// Where berth's binary is bind-mounted inside a sandbox.
-pub const BERTH_PATH: &str = "/berth/bin/berth";
-/// Drain budget of a sandbox that names none, in seconds.
-pub const DEFAULT_GRACE_SECS: u64 = 30;
 /// Most log lines one call returns.
 const LOG_TAIL_MAX: usize = 100_000;
-/// The S3 settings handed to the supervisor (it removes them from the agent's environment).
-const S3_ENV: [&str; 8] = [
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT",
-    "AWS_ALLOW_HTTP",
-];
 
 /// The OpenAPI description of these routes, merged into the API's.
 #[derive(OpenApi)]
@@ -60,16 +46,6 @@ const S3_ENV: [&str; 8] = [
     components(schemas(api::StartSandbox, api::Sandbox, api::SandboxList, api::StopReply, api::StoppedSandbox))
 )]
 pub struct SandboxDoc;
-
-/// The stop timeout that gives a drain `grace_secs`: the platform grace whose drain budget
-/// (grace minus its margin) is at least that.
-pub fn stop_timeout_secs(grace_secs: u64) -> u64 {
-    let mut t = grace_secs + 2;
-    while berth_core::drain::budget_secs(Some(grace_secs), t) < grace_secs {
-        t += 1;
-    }
-    t
-}
 
 fn owner_param(s: &str) -> Result<WorkspaceId> {
     WorkspaceId::new(s).map_err(|e| Error::BadRequest(e.to_string()))
@@ -81,6 +57,20 @@ fn owner_labels(app: &App, owner: &WorkspaceId) -> BTreeMap<String, String> {
     labels.insert(LABEL_SANDBOX.into(), SandboxKind::Workspace.as_str().into());
     labels.insert(LABEL_OWNER.into(), owner.to_string());
     labels
+}
+
+/// The name prefix of the sandboxes of the workspace whose volume is `ws`'s (a claimed warm
+/// container carries no owner label, only this name).
+fn name_prefix(ws: &WorkspaceRow) -> String {
+    format!("{SANDBOX_PREFIX}{}-", ws.record.volume.name.as_str().trim_start_matches("ws-"))
+}
+
+/// `owner`'s sandboxes (cold and claimed warm ones), oldest first.
+async fn owner_sandboxes(app: &App, sandboxes: &dyn Sandboxes, owner: &WorkspaceId) -> Result<Vec<SandboxInfo>> {
+    let Some(ws) = app.meta.workspace(owner).await? else { return Ok(Vec::new()) };
+    let prefix = name_prefix(&ws);
+    let all = sandboxes.list(&sb::install_labels(app)).await?;
+    Ok(all.into_iter().filter(|s| s.name.starts_with(&prefix)).collect())
 }
 
 /// Checks a start request; the error names the field.
@@ -114,7 +104,9 @@ fn sandbox_dto(s: &SandboxInfo) -> api::Sandbox {
     api::Sandbox {
         id: s.id.clone(),
         name: s.name.clone(),
-        kind: s.labels.get(LABEL_SANDBOX).cloned().unwrap_or_default(),
+        kind: if s.name.starts_with(SANDBOX_PREFIX) { SandboxKind::Workspace } else { SandboxKind::Warm }
+            .as_str()
+            .to_string(),
         owner: s.labels.get(LABEL_OWNER).cloned(),
         session_id: s.labels.get(LABEL_SESSION).cloned(),
         image: s.image.clone(),
@@ -126,7 +118,14 @@ fn sandbox_dto(s: &SandboxInfo) -> api::Sandbox {
 }
 
 /// The supervisor's spec: the session, where the control plane is, and the run's settings.
-fn agent_spec(app: &App, name: &str, body: &api::StartSandbox, session: api::Session) -> Result<Vec<u8>> {
+/// `platform_grace` is the sandbox's stop timeout (the drain is cut to fit in it).
+fn agent_spec(
+    app: &App,
+    name: &str,
+    body: &api::StartSandbox,
+    session: api::Session,
+    platform_grace: u64,
+) -> Result<Vec<u8>> {
     let grace = body.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
     let mut spec = serde_json::json!({
         "session": session,
@@ -134,7 +133,7 @@ fn agent_spec(app: &App, name: &str, body: &api::StartSandbox, session: api::Ses
         "dir": WORKSPACE_PATH,
         "instance_id": name,
         "grace_secs": grace,
-        "platform_grace_secs": stop_timeout_secs(grace),
+        "platform_grace_secs": platform_grace,
     });
     if let Some(i) = body.interval_secs {
         spec["interval_secs"] = i.into();
@@ -144,28 +143,6 @@ fn agent_spec(app: &App, name: &str, body: &api::StartSandbox, session: api::Ses
         spec["repos"] = serde_json::to_value(repos).map_err(|e| Error::BadRequest(format!("repos: {e}")))?;
     }
     serde_json::to_vec(&spec).map_err(|e| Error::Corrupt(format!("agent spec: {e}")))
-}
-
-/// The binds of every sandbox: berth's binary, and a `file://` store at its own path.
-pub(crate) fn binds(app: &App) -> Result<Vec<(String, String, bool)>> {
-    let berth = app.config.sandbox.berth_binary()?;
-    let mut binds = vec![(berth.display().to_string(), BERTH_PATH.to_string(), true)];
-    if let Some(path) = app.config.store.as_deref().and_then(|s| s.strip_prefix("file://")) {
-        binds.push((path.to_string(), path.to_string(), false));
-    }
-    Ok(binds)
-}
-
-/// The environment of every sandbox's supervisor: the S3 settings when the store is S3.
-pub(crate) fn store_env(app: &App) -> Vec<String> {
-    if !app.config.store.as_deref().is_some_and(|s| s.starts_with("s3://")) {
-        return Vec::new();
-    }
-    let mut env: Vec<String> =
-        S3_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}"))).collect();
-    // The supervisor keeps them from the agent's environment.
-    env.push(format!("BERTH_SUPERVISOR_ONLY_ENV={}", S3_ENV.join(",")));
-    env
 }
 
 /// Everything the substrate needs to start `owner`'s sandbox.
@@ -178,13 +155,14 @@ fn sandbox_spec(
 ) -> Result<SandboxSpec> {
     let grace = body.grace_secs.unwrap_or(DEFAULT_GRACE_SECS);
     let stop_timeout = stop_timeout_secs(grace);
-    let mut labels = body.labels.clone();
+    let mut labels = app.config.sandbox.labels.clone();
+    labels.extend(body.labels.clone());
     labels.extend(owner_labels(app, &ws.record.owner));
     labels.insert(LABEL_GENERATION.into(), ws.record.generation.to_string());
     labels.insert(LABEL_SESSION.into(), session.session_id.clone());
     labels.insert(LABEL_STOP_TIMEOUT.into(), stop_timeout.to_string());
     let mut env: Vec<String> = body.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    env.extend(store_env(app));
+    env.extend(sb::store_env(app));
     let mut command = vec![BERTH_PATH.to_string(), "agent".into(), "run".into(), "--spec".into(), SPEC_PATH.into()];
     command.push("--".into());
     command.extend(body.command.iter().cloned());
@@ -194,8 +172,11 @@ fn sandbox_spec(
         command,
         env,
         volume: Some(ws.record.volume.name.clone()),
-        binds: binds(app)?,
-        private_file: Some(PrivateFile { path: SPEC_PATH.into(), content: agent_spec(app, name, body, session)? }),
+        binds: sb::binds(app)?,
+        private_file: Some(PrivateFile {
+            path: SPEC_PATH.into(),
+            content: agent_spec(app, name, body, session, stop_timeout)?,
+        }),
         user: app.config.sandbox.user(),
         memory_bytes: body.memory_bytes,
         cpus: body.cpus,
@@ -223,8 +204,14 @@ pub async fn start_sandbox(
     let body: api::StartSandbox = parse_body(&body)?;
     validate(&body)?;
     let sandboxes = sb::of(&app)?.clone();
-    for s in sandboxes.list(&owner_labels(&app, &owner)).await? {
-        if s.state == "running" || s.state == "created" || s.state == "restarting" {
+    let ensure = api::EnsureWorkspace {
+        labels: body.labels.clone(),
+        repos: body.repos.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let (ws, _) = app.meta.ensure_workspace(&owner, &dto::ensure_options(ensure, &app.config)?, now()).await?;
+    for s in owner_sandboxes(&app, sandboxes.as_ref(), &owner).await? {
+        if matches!(s.state.as_str(), "running" | "created" | "restarting") {
             return Err(Error::WrongState(format!(
                 "a sandbox of {owner} is {} already (container {}): stop it first (berth sandbox stop {owner})",
                 s.state, s.name
@@ -233,28 +220,19 @@ pub async fn start_sandbox(
         // A dead one the watcher has not removed yet holds the volume.
         sandboxes.remove(&s.id).await?;
     }
-    let ensure = api::EnsureWorkspace {
-        labels: body.labels.clone(),
-        repos: body.repos.clone().unwrap_or_default(),
-        ..Default::default()
-    };
-    let (ws, _) = app.meta.ensure_workspace(&owner, &dto::ensure_options(ensure, &app.config)?, now()).await?;
-    // Always: a volume lost with its node is made again, and the agent restores into it.
-    let ws = routes::ensure_volume(&app, ws, true).await?;
-    let suffix = ws.record.volume.name.as_str().trim_start_matches("ws-").to_string();
-    let name = format!("sb-{suffix}-{}", random_hex(3));
+    // The lease needs the volume's record present, even for a warm container that never
+    // mounts it.
+    let ws = routes::ensure_volume(&app, ws, false).await?;
+    let name = format!("{}{}", name_prefix(&ws), random_hex(3));
     let instance = InstanceId::new(name.clone()).map_err(|e| Error::Corrupt(e.to_string()))?;
     let attached = app.meta.attach(&owner, &instance, None, None, now()).await?;
     metrics::counter!("berth_attaches_total").increment(1);
     let session_id = attached.session.id.clone();
-    let spec = sandbox_spec(&app, &ws, &name, &body, routes::session_reply(&app, attached));
-    let started = match spec {
-        Ok(spec) => sandboxes.start(&spec).await.map_err(Error::from),
-        Err(e) => Err(e),
-    };
-    match started {
+    let session = routes::session_reply(&app, attached);
+    match start_with_session(&app, sandboxes.as_ref(), ws, &name, &body, session).await {
         Ok(info) => {
-            tracing::info!(event = "sandbox_started", owner = %owner, container = %info.name, session = %session_id);
+            let warm = info.labels.get(LABEL_SANDBOX).map(String::as_str) == Some(SandboxKind::Warm.as_str());
+            tracing::info!(event = "sandbox_started", owner = %owner, container = %info.name, session = %session_id, warm);
             Ok((StatusCode::CREATED, Json(sandbox_dto(&info))))
         }
         Err(e) => {
@@ -265,6 +243,46 @@ pub async fn start_sandbox(
             Err(e)
         }
     }
+}
+
+/// Runs the attached session: in a claimed warm container of the image when its pool has one
+/// (and no limits are asked for: a warm container was made without them), else in a new
+/// container with the workspace volume.
+async fn start_with_session(
+    app: &App,
+    sandboxes: &dyn Sandboxes,
+    ws: WorkspaceRow,
+    name: &str,
+    body: &api::StartSandbox,
+    session: api::Session,
+) -> Result<SandboxInfo> {
+    let limits = body.memory_bytes.is_some() || body.cpus.is_some();
+    let warm = if limits { None } else { sb::claim_warm(app, sandboxes, &body.image, name).await? };
+    if let Some(info) = warm {
+        let stop_timeout = info
+            .labels
+            .get(LABEL_STOP_TIMEOUT)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(stop_timeout_secs(DEFAULT_GRACE_SECS));
+        let spec = PrivateFile { path: SPEC_PATH.into(), content: agent_spec(app, name, body, session, stop_timeout)? };
+        let claim = serde_json::json!({"spec": SPEC_PATH, "command": body.command, "env": body.env});
+        let claim = PrivateFile { path: CLAIM_PATH.into(), content: claim.to_string().into_bytes() };
+        let user = app.config.sandbox.user();
+        // The spec first: the claim is what the waiting supervisor looks for.
+        let put = async {
+            sandboxes.put_file(&info.id, &spec, user).await?;
+            sandboxes.put_file(&info.id, &claim, user).await
+        };
+        if let Err(e) = put.await {
+            let _ = sandboxes.remove(&info.id).await;
+            return Err(e.into());
+        }
+        return Ok(info);
+    }
+    // Always: a volume lost with its node is made again, and the agent restores into it.
+    let ws = routes::ensure_volume(app, ws, true).await?;
+    let spec = sandbox_spec(app, &ws, name, body, session)?;
+    Ok(sandboxes.start(&spec).await?)
 }
 
 /// Stops the workspace's sandbox: the stop signal drains it (work in progress pushed, final
@@ -280,7 +298,7 @@ pub async fn stop_sandbox(
     principal.admin()?;
     let owner = owner_param(&owner)?;
     let sandboxes = sb::of(&app)?.clone();
-    let found = sandboxes.list(&owner_labels(&app, &owner)).await?;
+    let found = owner_sandboxes(&app, sandboxes.as_ref(), &owner).await?;
     if found.is_empty() {
         return Err(Error::NotFound(format!("no sandbox of {owner} exists")));
     }
@@ -331,7 +349,7 @@ pub async fn sandbox_logs(
     let q = query.map(|Query(q)| q).map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
     let tail = q.tail.unwrap_or(200).clamp(1, LOG_TAIL_MAX);
     let sandboxes = sb::of(&app)?;
-    let found = sandboxes.list(&owner_labels(&app, &owner)).await?;
+    let found = owner_sandboxes(&app, sandboxes.as_ref(), &owner).await?;
     let latest = found.last().ok_or_else(|| Error::NotFound(format!("no sandbox of {owner} exists")))?;
     Ok(Json(sandboxes.logs(&latest.id, tail).await?))
 }

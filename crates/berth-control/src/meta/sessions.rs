@@ -248,6 +248,14 @@ impl Meta {
         self.session_in(&mut conn, session).await
     }
 
+    /// The live session of a sandbox instance (a warm container claimed after it was made
+    /// carries no session label), if any.
+    pub async fn live_session_of(&self, instance: &InstanceId) -> Result<Option<SessionRow>> {
+        let sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE instance = $1 AND ended_at IS NULL");
+        let row = sqlx::query(&sql).bind(instance.as_str()).fetch_optional(&self.read).await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
     /// Finds the session a sandbox token belongs to.
     pub async fn session_by_token(&self, hash: &str) -> Result<Option<SessionRow>> {
         let sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE token_hash = $1");
