@@ -39,8 +39,14 @@ pub mod defaults {
     pub const AUTHOR_EMAIL: &str = "berth@localhost";
     /// Username git presents with the token.
     pub const GIT_USERNAME: &str = "x-access-token";
-    /// Lease time to live assumed for a session given by flags (the attach response has it).
+    /// Lease time to live assumed for a session given by flags (the attach response has it);
+    /// `berth serve`'s default.
     pub const LEASE_TTL_SECS: u64 = 60;
+    /// The margin before the lease could expire at which writing stops when renewals fail:
+    /// [`berth_core::renewal::default_margin_secs`] of the TTL (a quarter).
+    pub fn lease_margin_secs(ttl_secs: u64) -> u64 {
+        berth_core::renewal::default_margin_secs(ttl_secs)
+    }
 }
 
 /// The spec file: everything optional; `session` is the control plane's attach response.
@@ -81,6 +87,8 @@ pub struct Spec {
     pub git_interval_secs: Option<u64>,
     /// The drain budget.
     pub grace_secs: Option<u64>,
+    /// Seconds before the lease could expire at which writing stops when renewals fail.
+    pub lease_margin_secs: Option<u64>,
     /// The platform's grace period between SIGTERM and SIGKILL.
     pub platform_grace_secs: Option<u64>,
     /// Command (run by `sh -c`) that asks the agent to commit and push.
@@ -135,6 +143,10 @@ pub struct Flags {
     pub session: Option<String>,
     /// Lease epoch of the session.
     pub epoch: Option<u64>,
+    /// Lease time to live of a session given by flags, in seconds.
+    pub lease_ttl: Option<u64>,
+    /// Seconds before the lease could expire at which writing stops when renewals fail.
+    pub lease_margin: Option<u64>,
     /// This sandbox's instance id.
     pub instance: Option<String>,
     /// Repositories: a JSON list, a single URL, or `@FILE`.
@@ -207,8 +219,10 @@ pub struct ControlConfig {
     pub session: SessionId,
     /// Its fencing epoch.
     pub epoch: Epoch,
-    /// Lease time to live, for the heartbeat period.
+    /// Lease time to live, for the heartbeat period and the write deadline.
     pub lease_ttl_secs: u64,
+    /// Writing stops this long before the lease could expire, when renewals fail.
+    pub lease_margin_secs: u64,
     /// A pending drain handover to acknowledge once ready.
     pub handover: Option<Handover>,
     /// The lock file of a local volume (held shared while the agent uses it).
@@ -396,7 +410,8 @@ fn control(flags: &Flags, spec: &Spec, session: Option<&Session>) -> Result<Opti
     let server = flags.server.clone().or(spec.server.clone());
     let missing = |what: &str| AgentError::Config(what.to_string());
     let invalid = |e: berth_core::session::NameError| AgentError::Config(e.to_string());
-    Ok(match (session, &flags.session, &flags.token) {
+    let margin = flags.lease_margin.or(spec.lease_margin_secs);
+    let mut control = match (session, &flags.session, &flags.token) {
         (Some(s), _, token) => Some(ControlConfig {
             server: server.ok_or_else(|| {
                 missing("the spec has a session but no server: pass --server URL (or BERTH_SERVER, or \"server\" in the spec)")
@@ -405,6 +420,7 @@ fn control(flags: &Flags, spec: &Spec, session: Option<&Session>) -> Result<Opti
             session: SessionId::new(s.session_id.clone()).map_err(invalid)?,
             epoch: flags.epoch.map_or(s.epoch, Epoch),
             lease_ttl_secs: s.lease_ttl_secs,
+            lease_margin_secs: 0,
             handover: s.handover.clone(),
             mount_lock: match &s.mount {
                 Mount::Local { lock, .. } => Some(PathBuf::from(lock)),
@@ -416,13 +432,27 @@ fn control(flags: &Flags, spec: &Spec, session: Option<&Session>) -> Result<Opti
             token: token.clone(),
             session: SessionId::new(id.clone()).map_err(invalid)?,
             epoch: Epoch(flags.epoch.ok_or_else(|| missing("--session needs --epoch N (the lease epoch of the attach)"))?),
-            lease_ttl_secs: defaults::LEASE_TTL_SECS,
+            lease_ttl_secs: flags.lease_ttl.unwrap_or(defaults::LEASE_TTL_SECS).max(1),
+            lease_margin_secs: 0,
             handover: None,
             mount_lock: None,
         }),
         (None, Some(_), None) => return Err(missing("--session needs the sandbox token: set BERTH_TOKEN (or --token)")),
         (None, None, _) => None,
-    })
+    };
+    if let Some(c) = &mut control {
+        c.lease_margin_secs = margin.unwrap_or_else(|| defaults::lease_margin_secs(c.lease_ttl_secs));
+        if c.lease_margin_secs * 2 > c.lease_ttl_secs {
+            return Err(AgentError::Config(format!(
+                "--lease-margin {} is more than half the lease's {} s TTL: one late heartbeat would stop all \
+                 writing; use at most {}",
+                c.lease_margin_secs,
+                c.lease_ttl_secs,
+                c.lease_ttl_secs / 2
+            )));
+        }
+    }
+    Ok(control)
 }
 
 /// What snapshots leave out and how often they run.

@@ -1,15 +1,24 @@
 //! The sandbox's side of the control plane: heartbeats under the lease epoch, snapshot
 //! publishes, the eviction notice, the ready-ack of a handover and the detach; or, with no
 //! control plane, a local-only lease (an exclusive lock on the workspace directory).
+//!
+//! # Guarantees
+//! - The sandbox writes (snapshots, pushes) only while it holds its lease by its own monotonic
+//!   clock: until the last successful renewal's send time plus the TTL, less a margin
+//!   (`berth_core::renewal`). Past that it pauses (`event=lease_lapsed`), keeps heartbeating,
+//!   and resumes only when a renewal succeeds (`event=lease_resumed`).
+//! - A refused epoch, or a session the control plane no longer knows, fences it for good
+//!   (`event=fenced`).
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use berth_api::{Client, ClientError, Handover, Heartbeat, PublishSnapshot, Ready, SnapshotStats, StartDrain};
 use berth_core::id::SnapshotId;
 use berth_core::lease::Fenced;
+use berth_core::renewal::LeaseClock;
 use rustix::fs::FlockOperation;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +34,8 @@ pub struct LeaseView {
     pub fenced: Option<Fenced>,
     /// A scope of this session is draining.
     pub draining: bool,
+    /// The lease could not be renewed in time: writing is paused until a renewal succeeds.
+    pub lapsed: bool,
 }
 
 /// A session with the control plane.
@@ -35,6 +46,8 @@ pub struct Control {
     owner: String,
     instance: String,
     view: watch::Sender<LeaseView>,
+    clock: Mutex<LeaseClock>,
+    origin: Instant,
 }
 
 impl Control {
@@ -42,13 +55,89 @@ impl Control {
     pub fn new(agent: &AgentConfig, cfg: &ControlConfig) -> Result<Arc<Control>, ClientError> {
         let client = Client::new(&cfg.server, cfg.token.clone())?.with_timeout(Duration::from_secs(10));
         let (view, _) = watch::channel(LeaseView::default());
+        let clock = LeaseClock::new(cfg.lease_ttl_secs * 1000, cfg.lease_margin_secs * 1000);
         Ok(Arc::new(Control {
             client,
             cfg: cfg.clone(),
             owner: agent.workspace.to_string(),
             instance: agent.instance.to_string(),
             view,
+            clock: Mutex::new(clock),
+            origin: Instant::now(),
         }))
+    }
+
+    /// Monotonic milliseconds since this session started.
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    fn clock(&self) -> LeaseClock {
+        // A poisoned lock only means a panic elsewhere; the clock itself is plain data.
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns whether this sandbox may write now: not fenced, and its lease renewed recently
+    /// enough that it cannot have expired.
+    pub fn holds(&self) -> bool {
+        !self.fenced() && self.clock().holds(self.now_ms())
+    }
+
+    /// Resolves once this sandbox may no longer write (its write deadline passed, or it was
+    /// fenced); at once if it may not now.
+    pub async fn lapsed(&self) {
+        let mut view = self.view.subscribe();
+        loop {
+            if !self.holds() {
+                return;
+            }
+            let left = self.clock().deadline().unwrap_or(0).saturating_sub(self.now_ms());
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(left)) => {}
+                _ = view.changed() => {}
+            }
+        }
+    }
+
+    /// Resolves once this sandbox holds its lease again, or is fenced (then it never will).
+    pub async fn held(&self) {
+        let mut view = self.view.subscribe();
+        while !self.holds() && !self.fenced() {
+            if view.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Says when the write deadline passes, and marks the view lapsed, until `stop`.
+    async fn watch_lapses(self: Arc<Control>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.held() => {}
+            }
+            if self.fenced() {
+                return;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.lapsed() => {}
+            }
+            if self.fenced() {
+                return;
+            }
+            let clock = self.clock();
+            let since = clock.deadline().map_or(0, |d| self.now_ms().saturating_sub(d));
+            tracing::warn!(
+                event = "lease_lapsed",
+                session = %self.cfg.session,
+                epoch = %self.cfg.epoch,
+                margin_ms = clock.margin_ms(),
+                late_ms = since,
+                hint = "no renewal within the lease's TTL less the margin: no snapshot or push until one succeeds"
+            );
+            self.view.send_modify(|v| v.lapsed = true);
+        }
     }
 
     /// Watches what the heartbeats learn.
@@ -68,20 +157,36 @@ impl Control {
         }
     }
 
-    /// Sends one heartbeat. A stale epoch, or a session the server no longer knows, fences
-    /// this sandbox.
+    /// Sends one heartbeat. A success renews the write deadline from the moment it was sent.
+    /// A stale epoch, or a session the server no longer knows (404, or 401: its token died
+    /// with it), fences this sandbox.
     pub async fn heartbeat(&self) -> Result<(), AgentError> {
         let body = Heartbeat { epoch: self.cfg.epoch, instance_id: self.instance.clone() };
+        let sent = self.now_ms();
         match self.client.heartbeat(self.cfg.session.as_str(), &body).await {
             Ok(reply) => {
+                if self.fenced() {
+                    return Ok(());
+                }
+                let was_holding = self.holds();
+                self.clock.lock().unwrap_or_else(|p| p.into_inner()).renewed(sent);
                 if reply.draining && !self.view.borrow().draining {
                     let scopes: Vec<_> = reply.drains.iter().map(|d| d.scope.clone()).collect();
                     tracing::warn!(event = "scope_draining", scopes = ?scopes);
                 }
-                self.view.send_modify(|v| v.draining = reply.draining);
+                if self.view.borrow().lapsed && self.holds() {
+                    tracing::info!(event = "lease_resumed", session = %self.cfg.session, epoch = %self.cfg.epoch);
+                }
+                let holds = self.holds();
+                // Watchers hear of a change, and of the lease held again.
+                self.view.send_if_modified(|v| {
+                    let changed = (v.draining, v.lapsed) != (reply.draining, !holds) || (holds && !was_holding);
+                    (v.draining, v.lapsed) = (reply.draining, !holds);
+                    changed
+                });
                 Ok(())
             }
-            Err(e) if e.status() == Some(404) => {
+            Err(e) if matches!(e.status(), Some(404 | 401)) => {
                 let fenced = Fenced { presented: self.cfg.epoch, current: None };
                 self.fence(fenced, &e.to_string());
                 Err(fenced.into())
@@ -100,21 +205,37 @@ impl Control {
         e
     }
 
-    /// Heartbeats every third of the lease until `stop`, or until fenced.
+    /// Heartbeats every third of the lease (a failed one is retried after a quarter of that),
+    /// each bounded by the period, until `stop`, or until fenced; says when the write deadline
+    /// passes.
     pub async fn heartbeat_loop(self: Arc<Control>, stop: CancellationToken) {
-        let period = Duration::from_secs((self.cfg.lease_ttl_secs / 3).max(1));
+        let period = Duration::from_millis((self.cfg.lease_ttl_secs * 1000 / 3).max(250));
+        let watcher = tokio::spawn(self.clone().watch_lapses(stop.clone()));
         loop {
-            if let Err(e) = self.heartbeat().await {
-                if self.fenced() {
-                    return;
+            let sent = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = tokio::time::timeout(period.min(Duration::from_secs(10)), self.heartbeat()) => r,
+            };
+            let wait = match sent {
+                Ok(Ok(())) => period,
+                Ok(Err(e)) => {
+                    if self.fenced() {
+                        break;
+                    }
+                    tracing::warn!(event = "heartbeat_failed", error = %e);
+                    period / 4
                 }
-                tracing::warn!(event = "heartbeat_failed", error = %e);
-            }
+                Err(_) => {
+                    tracing::warn!(event = "heartbeat_failed", error = "timed out");
+                    period / 4
+                }
+            };
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
             }
         }
+        watcher.abort();
     }
 
     /// Records a durable snapshot as the workspace's latest, under this session's epoch.

@@ -136,6 +136,10 @@ impl Drain<'_> {
             Err(_) => return self.step("commit", format!("{shown}: timed out"), t),
         };
         self.step("commit", format!("{shown}: {commit}"), t);
+        if let Some(c) = self.control.filter(|c| !c.holds()) {
+            let why = if c.fenced() { "fenced" } else { "the lease is not held (renewals failed)" };
+            return self.step("push", format!("{shown}: not pushed: {why}"), Instant::now());
+        }
         // Leave time for the final snapshot.
         let push_time = self.left().saturating_sub(self.reserve / 2);
         let t = Instant::now();

@@ -127,6 +127,12 @@ pub enum AgentError {
     /// This sandbox's lease epoch was refused: another sandbox holds the workspace.
     #[error(transparent)]
     Fenced(#[from] Fenced),
+    /// The lease was not renewed in time: writing is paused until a renewal succeeds.
+    #[error(
+        "the lease could not be renewed before its write deadline (its TTL less the margin): writing is \
+         paused until the control plane renews it"
+    )]
+    LeaseLapsed,
     /// A snapshot operation failed.
     #[error(transparent)]
     Engine(Box<EngineError>),
@@ -182,6 +188,7 @@ impl AgentError {
             AgentError::Control(e) => e.is_temporary(),
             AgentError::Git(e) => e.kind.is_transient(),
             AgentError::Credentials(e) => e.is_temporary(),
+            AgentError::LeaseLapsed => true,
             AgentError::Config(_)
             | AgentError::Excludes(_)
             | AgentError::Spec { .. }

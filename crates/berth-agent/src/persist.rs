@@ -7,6 +7,9 @@
 //!   makes a snapshot visible only by its final record).
 //! - Once the epoch is rejected (or another writer published in the store), nothing more is
 //!   written: no snapshot, no publish.
+//! - With a control plane, a snapshot starts only while the lease is held by the sandbox's own
+//!   clock (`Control::holds`), and a run still under way at the write deadline is abandoned
+//!   before its record is written; scheduled snapshots wait until the lease is held again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,6 +79,14 @@ struct Inner {
     refs: BTreeMap<PathBuf, String>,
 }
 
+/// The workspace's file events, from a watcher made before the agent process started (no
+/// watcher: the schedule scans the tree instead).
+#[derive(Debug)]
+pub struct Watch {
+    watcher: Option<notify::RecommendedWatcher>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(Instant, Vec<PathBuf>)>,
+}
+
 /// Keeps one workspace persisted.
 pub struct Persister {
     cfg: Arc<AgentConfig>,
@@ -142,6 +153,14 @@ impl Persister {
         !self.stopped.load(Ordering::SeqCst) && !self.control.as_ref().is_some_and(|c| c.fenced())
     }
 
+    /// Fails when the lease is not held now (renewals failed): writing is paused.
+    fn check_lease(&self) -> Result<(), AgentError> {
+        match &self.control {
+            Some(c) if !c.holds() => Err(AgentError::LeaseLapsed),
+            _ => Ok(()),
+        }
+    }
+
     /// Seconds since the last durable snapshot (`None` before the first).
     pub fn seconds_since_durable(&self) -> Option<f64> {
         self.last_durable.lock().ok()?.map(|t| t.elapsed().as_secs_f64())
@@ -203,7 +222,9 @@ impl Persister {
     }
 
     /// Takes a snapshot now (SQLite copies, git state when due, files) and publishes it. Returns
-    /// `Ok(None)` when there is nothing to do (ephemeral, or writing stopped).
+    /// `Ok(None)` when there is nothing to do (ephemeral, or writing stopped for good), and
+    /// [`AgentError::LeaseLapsed`] when the lease is not held now or stops being held before
+    /// the snapshot's record is written (nothing of it becomes visible).
     pub async fn snapshot(
         &self,
         reason: &str,
@@ -214,6 +235,7 @@ impl Persister {
         if !self.writing() {
             return Ok(None);
         }
+        self.check_lease()?;
         let started = Instant::now();
         // Held to the end: never two snapshot runs at once.
         let mut inner = self.inner.lock().await;
@@ -221,10 +243,18 @@ impl Persister {
         if !self.writing() {
             return Ok(None);
         }
+        self.check_lease()?;
         let marker = layout::read_marker(&self.cfg.dir).unwrap_or_else(|| self.fresh_marker());
         let pending = Some((marker.seq + 1, self.cfg.instance.to_string()));
         layout::write_marker(&self.cfg.dir, &VolumeMarker { pending, ..marker });
-        let summary = self.create(store, &opts).await?;
+        let summary = match &self.control {
+            // Abandoned at the write deadline: the engine writes the record last.
+            Some(c) => tokio::select! {
+                r = self.create(store, &opts) => r?,
+                _ = c.lapsed() => return if c.fenced() { Ok(None) } else { Err(AgentError::LeaseLapsed) },
+            },
+            None => self.create(store, &opts).await?,
+        };
         let mut saved = Saved {
             snapshot: summary.snapshot,
             seq: summary.seq,
@@ -360,9 +390,30 @@ impl Persister {
         true
     }
 
+    /// Starts watching the workspace for changes. Called before the agent process starts, so
+    /// none of its changes goes unseen; where watches cannot be had, the schedule scans instead.
+    pub fn watch(&self) -> Watch {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<PathBuf>)>();
+        if self.ephemeral() {
+            return Watch { watcher: None, rx };
+        }
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                    let _ = tx.send((Instant::now(), ev.paths));
+                }
+            }
+        })
+        .and_then(|mut w| w.watch(&self.cfg.dir, notify::RecursiveMode::Recursive).map(|_| w));
+        let watcher = watcher
+            .map_err(|e| tracing::warn!(event = "watch_unavailable", error = %e, fallback = "scanning every 15 s"))
+            .ok();
+        Watch { watcher, rx }
+    }
+
     /// Runs the schedule until `stop`: snapshots on the interval and a debounce after changes.
     /// A snapshot under way when `stop` fires is abandoned (nothing of it becomes visible).
-    pub async fn run(self: &Arc<Self>, stop: CancellationToken) {
+    pub async fn run(self: &Arc<Self>, watch: Watch, stop: CancellationToken) {
         if self.ephemeral() {
             tracing::warn!(
                 event = "workspace_ephemeral",
@@ -372,22 +423,8 @@ impl Persister {
             stop.cancelled().await;
             return;
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<PathBuf>)>();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.send((Instant::now(), ev.paths));
-                }
-            }
-        })
-        .and_then(|mut w| w.watch(&self.cfg.dir, notify::RecursiveMode::Recursive).map(|_| w));
-        let polling = match &watcher {
-            Ok(_) => false,
-            Err(e) => {
-                tracing::warn!(event = "watch_unavailable", error = %e, fallback = "scanning every 15 s");
-                true
-            }
-        };
+        let Watch { watcher, mut rx } = watch;
+        let polling = watcher.is_none();
         let origin = Instant::now();
         let ms = |t: Instant| t.saturating_duration_since(origin).as_millis() as u64;
         let schedule = Schedule {
@@ -397,6 +434,17 @@ impl Persister {
         };
         let mut sched = Scheduler::new(schedule, 0);
         loop {
+            if let Some(c) = self.control.as_ref().filter(|c| !c.holds()) {
+                // Paused: no snapshot until the lease is held again (changes queue meanwhile).
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = c.held() => {}
+                }
+            }
+            if !self.writing() {
+                stop.cancelled().await;
+                break;
+            }
             let wake = sched
                 .next_due()
                 .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(ms(Instant::now()))));
@@ -418,14 +466,12 @@ impl Persister {
                 r = self.snapshot(reason.as_str(), GitMode::IfDue, None) => r,
                 _ = stop.cancelled() => break,
             };
-            if let Err(e) = &result {
-                tracing::warn!(event = "snapshot_failed", reason = reason.as_str(), error = %e);
+            match &result {
+                Err(AgentError::LeaseLapsed) => tracing::info!(event = "snapshot_paused", reason = reason.as_str()),
+                Err(e) => tracing::warn!(event = "snapshot_failed", reason = reason.as_str(), error = %e),
+                Ok(_) => {}
             }
             sched.finished(ms(Instant::now()), result.is_ok(), covered);
-            if !self.writing() {
-                stop.cancelled().await;
-                break;
-            }
         }
         drop(watcher);
     }

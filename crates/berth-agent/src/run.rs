@@ -4,9 +4,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use berth_core::init::RestoreOutcome;
+use berth_core::lease::Fenced;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,9 @@ pub mod exit {
     /// SIGTERM during init: the workspace is not ready.
     pub const TERMINATED: i32 = 143;
 }
+
+/// How long a fenced sandbox's agent process has to exit after SIGTERM before it is killed.
+const FENCED_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The signals the command line wires in.
 #[derive(Clone, Debug, Default)]
@@ -267,9 +271,10 @@ impl Running {
         }
         tokio::spawn(status_lines(persister.clone(), stop.clone()));
         let persist_stop = stop.child_token();
+        let watch = persister.watch();
         let persist_task = Some(tokio::spawn({
             let (p, s) = (persister.clone(), persist_stop.clone());
-            async move { p.run(s).await }
+            async move { p.run(watch, s).await }
         }));
         let child = match argv.first() {
             None => None,
@@ -294,6 +299,10 @@ impl Running {
     /// Returns the exit code, or the fencing error.
     async fn supervise(&mut self, signals: &Signals) -> Result<i32, AgentError> {
         let mut view = self.prepared.control.as_ref().map(|c| c.view());
+        // Fenced while init ran: the view may not change again.
+        if let Some(fenced) = view.as_ref().and_then(|v| v.borrow().fenced) {
+            return Err(self.fenced(fenced).await);
+        }
         loop {
             let changed = async {
                 match view.as_mut() {
@@ -314,7 +323,10 @@ impl Running {
                 status = child_exit => return Ok(self.agent_exited(status).await),
                 true = changed => {
                     let v = view.as_ref().map(|v| v.borrow().clone()).unwrap_or_default();
-                    self.lease_changed(&v)?;
+                    if let Some(fenced) = v.fenced {
+                        return Err(self.fenced(fenced).await);
+                    }
+                    self.lease_changed(&v);
                 }
             }
         }
@@ -356,16 +368,26 @@ impl Running {
         code
     }
 
-    /// What the heartbeats learned: fenced ends the run; a draining scope saves now and works on
-    /// until told to stop.
-    fn lease_changed(&self, view: &LeaseView) -> Result<(), AgentError> {
-        if let Some(fenced) = view.fenced {
-            self.persister.stop_writing();
-            if let Some(c) = &self.child {
-                c.signal(rustix::process::Signal::TERM);
+    /// Fenced: another sandbox owns the workspace. Nothing more is written (no snapshot, no
+    /// push, no detach: the session is not this sandbox's any more), and the agent process is
+    /// stopped: SIGTERM to its group, SIGKILL after [`FENCED_STOP_GRACE`].
+    async fn fenced(&mut self, fenced: Fenced) -> AgentError {
+        self.persister.stop_writing();
+        self.stop_persisting().await;
+        if let Some(c) = self.child.as_mut() {
+            c.signal(rustix::process::Signal::TERM);
+            let exited = c.wait_for(FENCED_STOP_GRACE).await;
+            if exited.is_none() || c.group_alive() {
+                c.kill();
+                let _ = c.wait_for(Duration::from_secs(1)).await;
             }
-            return Err(fenced.into());
+            tracing::warn!(event = "agent_stopped", reason = "fenced", exited = ?exited.map(|s| s.to_string()));
         }
+        fenced.into()
+    }
+
+    /// What the heartbeats learned: a draining scope saves now and works on until told to stop.
+    fn lease_changed(&self, view: &LeaseView) {
         if view.draining {
             let p = self.persister.clone();
             tokio::spawn(async move {
@@ -374,7 +396,6 @@ impl Running {
                 }
             });
         }
-        Ok(())
     }
 }
 

@@ -18,8 +18,8 @@
 //!   `Fenced` error), `lifecycle` (the workspace lifecycle machine), `drain` (the drain state
 //!   machine and budget), `scope` (drain scopes), `volume` (volume names and mount specs), `gc`
 //!   (volume GC, deletion steps, the orphan sweep);
-//! - the sandbox agent's rules: `repo` (git repository specs and failure classes), `schedule`
-//!   (when to snapshot), `sweep` (per-job leftovers), `gitindex` (the git index and its stat
+//! - the sandbox agent's rules: `repo` (git repository specs and failure classes), `renewal`
+//!   (until when its lease lets it write), `schedule` (when to snapshot), `sweep` (per-job leftovers), `gitindex` (the git index and its stat
 //!   refresh after a restore).
 
 pub mod budget;
@@ -42,6 +42,7 @@ pub mod mark;
 pub mod pack;
 pub mod path;
 pub mod prune;
+pub mod renewal;
 pub mod repo;
 pub mod retention;
 pub mod schedule;

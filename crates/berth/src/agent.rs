@@ -46,6 +46,18 @@ pub struct AgentArgs {
     /// Lease epoch of the session (without a spec file).
     #[arg(long, env = "BERTH_EPOCH")]
     epoch: Option<u64>,
+    #[arg(long, env = "BERTH_LEASE_TTL", help = with_default(
+        "Lease time to live in seconds of a session given by --session (the spec's session carries its own); \
+         it must match the server's --lease-ttl",
+        defaults::LEASE_TTL_SECS,
+    ))]
+    lease_ttl: Option<u64>,
+    /// Seconds before the lease could expire at which writing stops when renewals fail: the
+    /// time the last successful renewal was sent, plus the TTL, less this margin, by the
+    /// sandbox's monotonic clock; it covers the drift between that clock and the control
+    /// plane's and the time a started write takes [default: a quarter of the TTL].
+    #[arg(long, env = "BERTH_LEASE_MARGIN")]
+    lease_margin: Option<u64>,
     /// This sandbox's instance id [default: the host name].
     #[arg(long, env = "BERTH_INSTANCE", value_name = "ID")]
     instance: Option<String>,
@@ -171,6 +183,8 @@ impl AgentArgs {
             token: self.token,
             session: self.session,
             epoch: self.epoch,
+            lease_ttl: self.lease_ttl,
+            lease_margin: self.lease_margin,
             instance: self.instance,
             repos: self.repos,
             excludes: self.excludes,

@@ -739,3 +739,272 @@ fn people_and_log_collectors_each_read_every_phase_once() {
     assert_eq!(out.stdout.matches("(generation 1): ready").count(), 1, "{out:?}");
     assert!(!out.stdout.contains("init_phase"), "{out:?}");
 }
+
+/// The snapshot records of `workspace` in `store`, oldest first: (seq, host).
+fn records(store: &str, workspace: &str) -> Vec<(u64, String)> {
+    let ls = Run::of({
+        let mut c = berth();
+        c.args(["snapshot", "ls", "--store", store, "--workspace", workspace, "--json"]);
+        c
+    })
+    .ok();
+    let mut out: Vec<(u64, String)> = ls
+        .json()
+        .as_array()
+        .unwrap_or_else(|| panic!("snapshot ls --json is a list: {ls:?}"))
+        .iter()
+        .map(|r| (r["record"]["seq"].as_u64().unwrap(), r["record"]["host"].as_str().unwrap().to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The records `host` wrote.
+fn written_by(records: &[(u64, String)], host: &str) -> Vec<u64> {
+    records.iter().filter(|(_, h)| h == host).map(|(seq, _)| *seq).collect()
+}
+
+/// Attaches `instance` to `owner` as soon as the lease is free (the holder's lease must expire
+/// first), and writes the agent's spec file pointing at `server_url`.
+fn attach_when_free(admin: &Client, server_url: &str, owner: &str, instance: &str, path: &Path) -> Session {
+    let body = Attach { instance_id: instance.into(), node: None, pool: None };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let session = loop {
+        match rt().block_on(admin.attach(owner, &body)) {
+            Ok(s) => break s,
+            Err(e) if e.status() == Some(409) => {
+                assert!(Instant::now() < deadline, "the lease never became free: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("attach {instance}: {e}"),
+        }
+    };
+    let spec = serde_json::json!({"session": session, "server": server_url});
+    fs::write(path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    session
+}
+
+/// Waits for `child` to exit within `secs`; returns its exit code.
+fn exit_code(child: &mut Child, secs: u64, what: &str) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "{what} did not exit within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether process `pid` (from a pid file) is gone.
+fn process_gone(pid_file: &Path) -> bool {
+    let pid: i32 = fs::read_to_string(pid_file).unwrap().trim().parse().unwrap();
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    rustix::process::test_kill_process(pid).is_err()
+}
+
+/// A lease of this many seconds in the fencing tests: short, with room for a loaded machine.
+const FENCING_TTL: &str = "6s";
+
+/// The snapshot-happy settings of a sandbox in the fencing tests.
+fn fencing_args<'a>(spec: &'a Path, dir: &'a Path, instance: &'a str, jobs: &'a Path) -> Vec<&'a str> {
+    vec![
+        "--spec",
+        spec.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--instance",
+        instance,
+        "--base",
+        jobs.to_str().unwrap(),
+        "--first-after",
+        "60",
+        "--interval",
+        "60",
+        "--debounce",
+        "200",
+        "--grace",
+        "5",
+    ]
+}
+
+#[test]
+fn a_fenced_agent_stops_its_agent_and_adds_no_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let (jobs, store) = (root.join("jobs"), format!("file://{}", root.join("store").display()));
+    let data = root.join("data");
+    let args = ["--data-dir", data.to_str().unwrap(), "--store", &store, "--lease-ttl", FENCING_TTL];
+    let server = Server::start(&root, &root.join("serve.log"), &args, &[("BERTH_ADMIN_TOKEN", ADMIN)]);
+    let admin = server.client(ADMIN);
+    rt().block_on(admin.ensure("agent:fenced", &EnsureWorkspace::default())).unwrap();
+    let spec = root.join("spec-a.json");
+    attach(&server, &admin, "agent:fenced", "pod-a", &spec);
+    // The agent writes once, then (once the test says go) keeps changing the workspace.
+    let child = "echo $$ > ../child.pid; echo first > work.txt; \
+                 while [ ! -f ../go ]; do sleep 0.05; done; \
+                 n=0; while true; do n=$((n+1)); echo \"a $n\" > work.txt; sleep 0.1; done";
+    let ws = root.join("ws-a");
+    let mut a =
+        Agent::start(&fencing_args(&spec, &ws, "pod-a", &jobs), &["sh", "-c", child], &root.join("agent-a.log"));
+    a.wait_for(&["snapshot_durable", "\"published\":true"], 60);
+    // Frozen between two snapshots (as a paused VM would be): no heartbeats, so the lease
+    // expires and another sandbox takes the workspace over. The agent process keeps working.
+    util::serve::signal(&a.child, rustix::process::Signal::STOP);
+    fs::write(root.join("go"), b"").unwrap();
+    let spec_b = root.join("spec-b.json");
+    let b = attach_when_free(&admin, &server.url, "agent:fenced", "pod-b", &spec_b);
+    let before = records(&store, "agent:fenced");
+    assert!(!written_by(&before, "pod-a").is_empty(), "the first agent saved its work before");
+    // Thawed: its changes want saving, its epoch is stale.
+    util::serve::signal(&a.child, rustix::process::Signal::CONT);
+    let code = exit_code(&mut a.child, 30, "the fenced agent");
+    let log = a.log();
+    assert_eq!(code, Some(3), "a fenced agent exits 3:\n{log}");
+    assert!(log.contains("\"event\":\"fenced\""), "it says it was fenced:\n{log}");
+    assert!(log.contains("\"event\":\"agent_stopped\""), "it stopped its agent:\n{log}");
+    assert!(process_gone(&root.join("child.pid")), "the agent process was stopped");
+    assert_eq!(records(&store, "agent:fenced"), before, "the fenced agent added a record:\n{log}");
+    let w = rt().block_on(admin.workspace("agent:fenced")).unwrap();
+    assert_eq!(w.lease.map(|l| l.epoch), Some(b.epoch), "the new holder keeps the lease");
+}
+
+/// Two sandboxes and a partition: A runs behind a proxy to the control plane; the test cuts
+/// it and B takes the workspace over once A's lease expired.
+struct Partition {
+    root: PathBuf,
+    store: String,
+    server: Server,
+    admin: Client,
+    proxy: util::proxy::Proxy,
+    a: Agent,
+    b: Option<Agent>,
+}
+
+const PARTITIONED: &str = "agent:partition";
+
+impl Partition {
+    /// A runs and saves its work; the link is cut; A pauses at its deadline; B takes over,
+    /// restores, adds its own work and saves it.
+    fn start() -> Partition {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.keep();
+        let root = fs::canonicalize(root).unwrap();
+        let store = format!("file://{}", root.join("store").display());
+        let data = root.join("data");
+        let args = ["--data-dir", data.to_str().unwrap(), "--store", &store, "--lease-ttl", FENCING_TTL];
+        let server = Server::start(&root, &root.join("serve.log"), &args, &[("BERTH_ADMIN_TOKEN", ADMIN)]);
+        let admin = server.client(ADMIN);
+        rt().block_on(admin.ensure(PARTITIONED, &EnsureWorkspace::default())).unwrap();
+        let proxy = util::proxy::Proxy::start(&server.url);
+        let spec_a = root.join("spec-a.json");
+        attach_when_free(&admin, &proxy.url, PARTITIONED, "pod-a", &spec_a);
+        // A keeps changing its workspace, so it always has something to save.
+        let writer = "echo $$ > ../a-child.pid; n=0; \
+                      while true; do n=$((n+1)); echo \"a $n\" > work.txt; sleep 0.1; done";
+        let (jobs, ws_a) = (root.join("jobs"), root.join("ws-a"));
+        let a = Agent::start(
+            &fencing_args(&spec_a, &ws_a, "pod-a", &jobs),
+            &["sh", "-c", writer],
+            &root.join("agent-a.log"),
+        );
+        a.wait_for(&["snapshot_durable", "\"published\":true"], 60);
+        assert!(proxy.connections() > 0, "A talks to the control plane through the proxy");
+        proxy.cut();
+        a.wait_for(&["\"event\":\"lease_lapsed\""], 60);
+        let spec_b = root.join("spec-b.json");
+        attach_when_free(&admin, &server.url, PARTITIONED, "pod-b", &spec_b);
+        let mut p = Partition { root, store, server, admin, proxy, a, b: None };
+        let at_takeover = p.records();
+        let ws_b = p.root.join("ws-b");
+        let b = Agent::start(
+            &fencing_args(&spec_b, &ws_b, "pod-b", &jobs),
+            &["sh", "-c", "echo 'work of the lease holder' > b.txt; while true; do sleep 0.1; done"],
+            &p.root.join("agent-b.log"),
+        );
+        // Until B saved its work, A (which would save every 200 ms if it ignored its lease)
+        // adds nothing.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !b.log().lines().any(|l| l.contains("snapshot_durable") && l.contains("\"published\":true")) {
+            let now = p.records();
+            assert_eq!(written_by(&now, "pod-a"), written_by(&at_takeover, "pod-a"), "A wrote after its deadline");
+            assert!(Instant::now() < deadline, "B never saved its work:\n{}", b.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p.b = Some(b);
+        p
+    }
+
+    fn records(&self) -> Vec<(u64, String)> {
+        records(&self.store, PARTITIONED)
+    }
+
+    /// The lease holder's work won: every record of A is older than every record of B, and
+    /// a fresh restore (from the store alone, and through the control plane's pointer) has
+    /// B's work.
+    fn assert_the_holder_won(&mut self) {
+        let b = self.b.as_mut().unwrap();
+        terminate(&mut b.child, 30, "B's drain");
+        let all = self.records();
+        let (of_a, of_b) = (written_by(&all, "pod-a"), written_by(&all, "pod-b"));
+        assert!(!of_b.is_empty(), "B saved its work: {all:?}");
+        assert!(of_a.iter().max() < of_b.iter().min(), "a record of A came after B's: {all:?}");
+        assert_eq!(all.last().map(|r| r.1.as_str()), Some("pod-b"), "{all:?}");
+        let jobs = self.root.join("jobs");
+        let fresh = self.root.join("restored");
+        let out = init_from_store(&fresh, &self.store, PARTITIONED, &jobs);
+        assert_eq!(out.json()["restore"], "restored", "{out:?}");
+        assert_eq!(fs::read_to_string(fresh.join("b.txt")).unwrap(), "work of the lease holder\n");
+        let ws_b = self.root.join("ws-b");
+        assert_eq!(fs::read(fresh.join("work.txt")).unwrap(), fs::read(ws_b.join("work.txt")).unwrap());
+        let spec_c = self.root.join("spec-c.json");
+        attach_when_free(&self.admin, &self.server.url, PARTITIONED, "pod-c", &spec_c);
+        let via_pointer = self.root.join("via-pointer");
+        let (spec_c, jobs) = (spec_c.to_str().unwrap(), jobs.to_str().unwrap());
+        let out =
+            agent_cmd(&["init", "--json", "--spec", spec_c, "--dir", via_pointer.to_str().unwrap(), "--base", jobs])
+                .ok();
+        assert_eq!(out.json()["restore"], "restored", "{out:?}");
+        assert_eq!(fs::read_to_string(via_pointer.join("b.txt")).unwrap(), "work of the lease holder\n");
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.root);
+        } else {
+            eprintln!("partition test files kept in {}", self.root.display());
+        }
+    }
+}
+
+#[test]
+fn partition_heals_and_the_old_holder_finds_itself_fenced() {
+    let mut p = Partition::start();
+    let before = written_by(&p.records(), "pod-a");
+    p.proxy.heal();
+    let code = exit_code(&mut p.a.child, 60, "A after the partition healed");
+    let log = p.a.log();
+    assert_eq!(code, Some(3), "A exits 3 once it learns it was fenced:\n{log}");
+    assert!(log.contains("\"event\":\"fenced\""), "{log}");
+    assert!(!log.contains("\"event\":\"lease_resumed\""), "A never resumed writing:\n{log}");
+    assert!(process_gone(&p.root.join("a-child.pid")), "A's agent process was stopped");
+    assert_eq!(written_by(&p.records(), "pod-a"), before, "A wrote after it healed");
+    p.assert_the_holder_won();
+}
+
+#[test]
+fn partition_never_heals_and_the_old_holder_stops_writing_at_its_deadline() {
+    let mut p = Partition::start();
+    let before = written_by(&p.records(), "pod-a");
+    // B drains while A is still cut off and still wants to save its changes.
+    p.assert_the_holder_won();
+    assert_eq!(written_by(&p.records(), "pod-a"), before, "A wrote while partitioned");
+    // A's own drain, still partitioned: no push, no snapshot, within its budget.
+    terminate(&mut p.a.child, 20, "A's drain while partitioned");
+    assert_eq!(written_by(&p.records(), "pod-a"), before, "A's drain wrote while partitioned");
+    let log = p.a.log();
+    assert!(!log.contains("\"event\":\"lease_resumed\""), "A never resumed writing:\n{log}");
+}

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod git;
+pub mod proxy;
 pub mod serve;
 
 use std::collections::BTreeMap;
