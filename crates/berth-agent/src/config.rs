@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use berth_api::{Handover, Mount, Session};
+use berth_core::id::SnapshotId;
 use berth_core::lease::Epoch;
 use berth_core::repo::RepoSpec;
 use berth_core::session::{InstanceId, SessionId};
@@ -223,6 +224,9 @@ pub struct ControlConfig {
     pub lease_ttl_secs: u64,
     /// Writing stops this long before the lease could expire, when renewals fail.
     pub lease_margin_secs: u64,
+    /// The control plane's latest published snapshot of the generation at attach (its
+    /// pointer): what init restores, unless the store holds later work of a lease holder.
+    pub pointer: Option<SnapshotId>,
     /// A pending drain handover to acknowledge once ready.
     pub handover: Option<Handover>,
     /// The lock file of a local volume (held shared while the agent uses it).
@@ -421,6 +425,12 @@ fn control(flags: &Flags, spec: &Spec, session: Option<&Session>) -> Result<Opti
             epoch: flags.epoch.map_or(s.epoch, Epoch),
             lease_ttl_secs: s.lease_ttl_secs,
             lease_margin_secs: 0,
+            pointer: match &s.init.latest_snapshot {
+                Some(id) => Some(SnapshotId::from_hex(id).map_err(|e| {
+                    AgentError::Config(format!("the spec's session names latest snapshot {id:?}, not an id: {e}"))
+                })?),
+                None => None,
+            },
             handover: s.handover.clone(),
             mount_lock: match &s.mount {
                 Mount::Local { lock, .. } => Some(PathBuf::from(lock)),
@@ -434,6 +444,7 @@ fn control(flags: &Flags, spec: &Spec, session: Option<&Session>) -> Result<Opti
             epoch: Epoch(flags.epoch.ok_or_else(|| missing("--session needs --epoch N (the lease epoch of the attach)"))?),
             lease_ttl_secs: flags.lease_ttl.unwrap_or(defaults::LEASE_TTL_SECS).max(1),
             lease_margin_secs: 0,
+            pointer: None,
             handover: None,
             mount_lock: None,
         }),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use berth_api::{Client, ClientError, Handover, Heartbeat, PublishSnapshot, Ready, SnapshotStats, StartDrain};
 use berth_core::id::SnapshotId;
-use berth_core::lease::Fenced;
+use berth_core::lease::{Epoch, Fenced};
 use berth_core::renewal::LeaseClock;
 use rustix::fs::FlockOperation;
 use tokio::sync::watch;
@@ -138,6 +138,11 @@ impl Control {
             );
             self.view.send_modify(|v| v.lapsed = true);
         }
+    }
+
+    /// The session's fencing epoch, which every snapshot record and publish carries.
+    pub fn epoch(&self) -> Epoch {
+        self.cfg.epoch
     }
 
     /// Watches what the heartbeats learn.

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use berth_core::excludes::Excludes;
 use berth_core::id::SnapshotId;
 use berth_core::init::{
-    self, DirState, InitPlan, Latest, LatestSnapshot, PhaseName, PhaseOutcome, Refusal, RepoAction, RepoOutcome,
-    RepoPlace, RepoStep, RestoreOutcome, RestorePlan, VolumeMarker,
+    self, DirState, InitPlan, Latest, LatestSnapshot, PhaseName, PhaseOutcome, PointerUse, Refusal, RepoAction,
+    RepoOutcome, RepoPlace, RepoStep, RestoreOutcome, RestorePlan, VolumeMarker,
 };
 use berth_core::manifest::Manifest;
 use berth_core::repo::{strip_credentials, FailureKind};
@@ -172,7 +172,9 @@ fn inspect(cfg: &AgentConfig) -> DirState {
     DirState::classify(&cfg.workspace, cfg.generation, marker, other_files)
 }
 
-/// What the store says about this workspace and generation, within [`LATEST_TIMEOUT`].
+/// What the store says about this workspace and generation, within [`LATEST_TIMEOUT`]: the
+/// record to restore, chosen with the control plane's pointer when there is one
+/// ([`init::choose_latest`]).
 async fn read_latest(cfg: &AgentConfig, store: Result<Option<&SnapshotStore>, &EngineError>) -> Latest {
     let unreadable = |e: &EngineError| Latest::Unreadable { reason: e.to_string(), temporary: e.is_temporary() };
     let store = match store {
@@ -180,18 +182,48 @@ async fn read_latest(cfg: &AgentConfig, store: Result<Option<&SnapshotStore>, &E
         Ok(None) => return Latest::NoStore,
         Ok(Some(store)) => store,
     };
-    match tokio::time::timeout(LATEST_TIMEOUT, store.latest(&cfg.workspace, cfg.generation)).await {
-        Ok(Ok(Some(s))) => {
-            let (seq, host, contents) = (s.record.seq, s.record.host, s.record.contents);
-            Latest::Snapshot(LatestSnapshot { id: s.id, seq, host, contents })
-        }
-        Ok(Ok(None)) => Latest::Never,
-        Ok(Err(e)) => unreadable(&e),
-        Err(_) => Latest::Unreadable {
-            reason: format!("the object store did not answer within {} s", LATEST_TIMEOUT.as_secs()),
-            temporary: true,
-        },
+    let listed =
+        match tokio::time::timeout(LATEST_TIMEOUT, store.list(Some(&cfg.workspace), Some(cfg.generation))).await {
+            Ok(Ok(listed)) => listed,
+            Ok(Err(e)) => return unreadable(&e),
+            Err(_) => {
+                return Latest::Unreadable {
+                    reason: format!("the object store did not answer within {} s", LATEST_TIMEOUT.as_secs()),
+                    temporary: true,
+                }
+            }
+        };
+    let records: Vec<LatestSnapshot> = listed
+        .into_iter()
+        .map(|s| LatestSnapshot {
+            id: s.id,
+            seq: s.record.seq,
+            epoch: s.record.epoch,
+            host: s.record.host,
+            contents: s.record.contents,
+        })
+        .collect();
+    let pointer = cfg.control.as_ref().and_then(|c| c.pointer.as_ref());
+    let (latest, how) = init::choose_latest(&records, pointer);
+    let chosen = match &latest {
+        Latest::Snapshot(s) => s.id.to_string(),
+        _ => String::new(),
+    };
+    match how {
+        PointerUse::StoreAhead => tracing::warn!(
+            event = "store_ahead_of_pointer",
+            pointer = %pointer.map(|p| p.to_string()).unwrap_or_default(),
+            restoring = %chosen,
+            hint = "the store holds a later record of a lease holder whose publish did not reach the control plane"
+        ),
+        PointerUse::PointerMissing => tracing::warn!(
+            event = "pointer_not_in_store",
+            pointer = %pointer.map(|p| p.to_string()).unwrap_or_default(),
+            restoring = %chosen,
+        ),
+        PointerUse::NoPointer | PointerUse::Pointer => {}
     }
+    latest
 }
 
 /// What the repo's target holds now.
@@ -463,7 +495,7 @@ impl<'a> Init<'a> {
             let workspace = self.cfg.workspace.clone();
             self.fail(AgentError::RestoreFailed { snapshot: s.id, workspace, source: Box::new(e) })
         })?;
-        let marker = VolumeMarker { snapshot: Some(sum.snapshot), seq: sum.seq, ..self.fresh_marker() };
+        let marker = VolumeMarker { snapshot: Some(sum.snapshot), seq: sum.seq, epoch: s.epoch, ..self.fresh_marker() };
         layout::write_marker(&self.cfg.dir, &marker);
         Ok(sum)
     }

@@ -21,6 +21,7 @@ use berth_api::SnapshotStats;
 use berth_core::excludes::Excludes;
 use berth_core::id::SnapshotId;
 use berth_core::init::VolumeMarker;
+use berth_core::lease::Epoch;
 use berth_core::path::RelPath;
 use berth_core::schedule::{Schedule, Scheduler};
 use berth_engine::create::{self, CreateOptions};
@@ -177,6 +178,11 @@ impl Persister {
         VolumeMarker::new(self.cfg.workspace.clone(), self.cfg.generation)
     }
 
+    /// The epoch this sandbox writes under: its session's, or 0 without a control plane.
+    fn epoch(&self) -> Epoch {
+        self.control.as_ref().map_or(Epoch::ZERO, |c| c.epoch())
+    }
+
     /// Repositories in the workspace: configured and found.
     fn repos(&self) -> Vec<PathBuf> {
         let mut repos = find_repos(&self.cfg.dir, REPO_DEPTH);
@@ -298,7 +304,7 @@ impl Persister {
             cache_dir: self.cfg.cache_dir.clone(),
             host: self.cfg.instance.to_string(),
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-            epoch: berth_core::lease::Epoch::ZERO,
+            epoch: self.epoch(),
         })
     }
 
@@ -350,7 +356,10 @@ impl Persister {
 
     /// Marks the directory as holding `saved`, durable now, and says so in metrics and the log.
     fn durable(&self, reason: &str, saved: &Saved) {
-        let marker = VolumeMarker { snapshot: Some(saved.snapshot), seq: saved.seq, ..self.fresh_marker() };
+        // An unchanged run's latest is already this epoch's (a run under a higher epoch
+        // always publishes).
+        let marker =
+            VolumeMarker { snapshot: Some(saved.snapshot), seq: saved.seq, epoch: self.epoch(), ..self.fresh_marker() };
         layout::write_marker(&self.cfg.dir, &marker);
         self.durable_now();
         let outcome = if saved.unchanged { "unchanged" } else { "published" };

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::SnapshotId;
+use crate::lease::Epoch;
 use crate::manifest::{EntryKind, Manifest};
 use crate::path::RelPath;
 use crate::repo::{RepoError, RepoSpec};
@@ -29,6 +30,9 @@ pub struct VolumeMarker {
     pub snapshot: Option<SnapshotId>,
     /// Its sequence number (0: none yet).
     pub seq: u64,
+    /// Its writer's lease epoch (0: none, or written before epochs existed).
+    #[serde(default)]
+    pub epoch: Epoch,
     /// A publish under way from this directory: the seq it will get and the instance writing it.
     /// A crash between the store's record and this marker's update leaves it here, so the next
     /// init knows that snapshot came from this directory and keeps the (newer) local files.
@@ -39,13 +43,14 @@ pub struct VolumeMarker {
 impl VolumeMarker {
     /// A marker for a directory that holds no snapshot yet.
     pub fn new(workspace: WorkspaceId, generation: Generation) -> VolumeMarker {
-        VolumeMarker { workspace, generation, snapshot: None, seq: 0, pending: None }
+        VolumeMarker { workspace, generation, snapshot: None, seq: 0, epoch: Epoch::ZERO, pending: None }
     }
 
-    /// Returns whether the store's latest snapshot (`seq`, written by `host`) is no newer than
-    /// what this directory holds.
-    pub fn holds(&self, seq: u64, host: &str) -> bool {
-        seq <= self.seq || self.pending.as_ref().is_some_and(|(p, h)| *p == seq && h == host)
+    /// Returns whether the store's latest snapshot `s` is no newer, by (epoch, seq), than what
+    /// this directory holds, or is the publish this directory had under way.
+    pub fn holds(&self, s: &LatestSnapshot) -> bool {
+        (s.epoch, s.seq) <= (self.epoch, self.seq)
+            || self.pending.as_ref().is_some_and(|(p, h)| *p == s.seq && *h == s.host)
     }
 }
 
@@ -104,10 +109,53 @@ pub struct LatestSnapshot {
     pub id: SnapshotId,
     /// Its sequence number.
     pub seq: u64,
+    /// Its writer's lease epoch.
+    pub epoch: Epoch,
     /// The instance that wrote it.
     pub host: String,
     /// Where its tree is stored.
     pub contents: Contents,
+}
+
+/// How init's choice of the snapshot to restore relates to the control plane's pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointerUse {
+    /// No pointer (no control plane, or nothing published): the store's greatest (epoch, seq).
+    NoPointer,
+    /// The pointer's snapshot.
+    Pointer,
+    /// The store holds a record ordered after the pointer's: a lease holder's work whose
+    /// publish did not reach the control plane (every writer of a higher epoch, and the
+    /// pointer's own writer, held the lease when it wrote).
+    StoreAhead,
+    /// The pointer's snapshot is not in the store (forgotten, or another store): the store's
+    /// greatest (epoch, seq).
+    PointerMissing,
+}
+
+/// Chooses what init restores from the generation's `records` and the control plane's
+/// `pointer` (its latest published snapshot): the pointer, unless the store holds a record
+/// ordered after it by (epoch, seq); without a pointer, the greatest (epoch, seq). A pointer
+/// with no record at all in the store means the snapshot exists but cannot be read.
+pub fn choose_latest(records: &[LatestSnapshot], pointer: Option<&SnapshotId>) -> (Latest, PointerUse) {
+    let head = records.iter().max_by_key(|s| (s.epoch, s.seq));
+    let Some(pointer) = pointer else {
+        return (head.map_or(Latest::Never, |h| Latest::Snapshot(h.clone())), PointerUse::NoPointer);
+    };
+    match (head, records.iter().find(|s| s.id == *pointer)) {
+        (None, _) => (
+            Latest::Unreadable {
+                reason: format!("the control plane's latest snapshot {pointer} is not in the store, which holds none"),
+                temporary: false,
+            },
+            PointerUse::PointerMissing,
+        ),
+        (Some(h), Some(p)) if (h.epoch, h.seq) > (p.epoch, p.seq) => {
+            (Latest::Snapshot(h.clone()), PointerUse::StoreAhead)
+        }
+        (Some(_), Some(p)) => (Latest::Snapshot(p.clone()), PointerUse::Pointer),
+        (Some(h), None) => (Latest::Snapshot(h.clone()), PointerUse::PointerMissing),
+    }
 }
 
 /// What the object store says about this workspace and generation.
@@ -241,7 +289,7 @@ pub fn plan(dir: &DirState, latest: &Latest, repos: &[RepoSpec]) -> Result<InitP
         (Latest::Snapshot(_), DirState::Foreign) => return Err(Refusal::Foreign),
         (Latest::NoStore, _) => RestorePlan::Ephemeral,
         (Latest::Never, _) => RestorePlan::NeverBackedUp,
-        (Latest::Snapshot(s), DirState::Ours(m)) if m.holds(s.seq, &s.host) => {
+        (Latest::Snapshot(s), DirState::Ours(m)) if m.holds(s) => {
             RestorePlan::KeepLocal { snapshot: Some(s.clone()), store_error: None }
         }
         (Latest::Snapshot(s), _) => RestorePlan::Restore(s.clone()),
@@ -380,13 +428,13 @@ mod tests {
         Some(m)
     }
 
+    fn record(epoch: u64, seq: u64, host: &str) -> LatestSnapshot {
+        let id = sid((epoch * 16 + seq) as u8);
+        LatestSnapshot { id, seq, epoch: Epoch(epoch), host: host.into(), contents: Contents::Root(ChunkId::of(&[])) }
+    }
+
     fn snap(seq: u64, host: &str) -> Latest {
-        Latest::Snapshot(LatestSnapshot {
-            id: sid(seq as u8),
-            seq,
-            host: host.into(),
-            contents: Contents::Root(ChunkId::of(&[])),
-        })
+        Latest::Snapshot(record(0, seq, host))
     }
 
     fn unreadable() -> Latest {
@@ -446,6 +494,34 @@ mod tests {
         // Another writer's snapshot 4, or anything later, is newer than this directory.
         check(marker(1, 3, Some((4, "pod-a"))), true, snap(4, "pod-b"), "restore seq 4");
         check(marker(1, 3, Some((4, "pod-a"))), true, snap(5, "pod-a"), "restore seq 5");
+        // A higher epoch supersedes whatever the seqs say: a volume a fenced writer kept
+        // writing on holds less than the lease holder's work.
+        let mut fenced = marker(1, 9, None).unwrap();
+        fenced.epoch = Epoch(1);
+        check(Some(fenced.clone()), true, Latest::Snapshot(record(2, 5, "pod-b")), "restore seq 5");
+        check(Some(fenced), true, Latest::Snapshot(record(1, 8, "pod-b")), "keep local (holds seq 8)");
+    }
+
+    #[test]
+    fn init_restores_the_pointer_unless_the_store_holds_later_work_of_a_holder() {
+        let (a1, a2, b1) = (record(1, 1, "pod-a"), record(1, 2, "pod-a"), record(2, 3, "pod-b"));
+        let zombie = record(1, 4, "pod-a");
+        let pick = |records: &[LatestSnapshot], pointer: Option<&LatestSnapshot>| {
+            let (latest, how) = choose_latest(records, pointer.map(|p| &p.id));
+            match latest {
+                Latest::Snapshot(s) => (format!("epoch {} seq {}", s.epoch, s.seq), how),
+                other => (format!("{other:?}"), how),
+            }
+        };
+        let all = [a1.clone(), a2.clone(), b1.clone(), zombie.clone()];
+        assert_eq!(pick(&all, None), ("epoch 2 seq 3".into(), PointerUse::NoPointer), "(epoch, seq), not seq");
+        assert_eq!(pick(&all, Some(&b1)), ("epoch 2 seq 3".into(), PointerUse::Pointer));
+        assert_eq!(pick(&[a1.clone(), a2.clone()], Some(&a1)), ("epoch 1 seq 2".into(), PointerUse::StoreAhead));
+        assert_eq!(pick(&[a1.clone(), b1.clone()], Some(&a1)), ("epoch 2 seq 3".into(), PointerUse::StoreAhead));
+        assert_eq!(pick(&[a2.clone(), b1.clone()], Some(&a1)), ("epoch 2 seq 3".into(), PointerUse::PointerMissing));
+        assert_eq!(pick(&[], None), ("Never".into(), PointerUse::NoPointer));
+        let (latest, how) = choose_latest(&[], Some(&a1.id));
+        assert!(matches!(latest, Latest::Unreadable { temporary: false, .. }) && how == PointerUse::PointerMissing);
     }
 
     #[test]
@@ -505,16 +581,7 @@ mod tests {
         assert_eq!(serde_json::to_string(&RestoreOutcome::NeverBackedUp).unwrap(), "\"never_backed_up\"");
         assert_eq!(serde_json::to_string(&RepoOutcome::FromSnapshot).unwrap(), "\"from_snapshot\"");
         assert_eq!(PhaseName::Credentials.to_string(), "credentials");
-        assert_eq!(
-            RestorePlan::Restore(LatestSnapshot {
-                id: sid(1),
-                seq: 1,
-                host: "h".into(),
-                contents: Contents::Root(ChunkId::of(&[]))
-            })
-            .outcome(),
-            Some(RestoreOutcome::Restored)
-        );
+        assert_eq!(RestorePlan::Restore(record(1, 1, "h")).outcome(), Some(RestoreOutcome::Restored));
         assert!(is_preexisting(b"lost+found") && !is_preexisting(b"notes.txt"));
     }
 }

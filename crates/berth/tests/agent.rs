@@ -5,7 +5,7 @@
 
 mod util;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -740,28 +740,36 @@ fn people_and_log_collectors_each_read_every_phase_once() {
     assert!(!out.stdout.contains("init_phase"), "{out:?}");
 }
 
-/// The snapshot records of `workspace` in `store`, oldest first: (seq, host).
-fn records(store: &str, workspace: &str) -> Vec<(u64, String)> {
+/// The snapshot records of `workspace` in `store`, by seq: (seq, host, epoch).
+fn records(store: &str, workspace: &str) -> Vec<(u64, String, u64)> {
     let ls = Run::of({
         let mut c = berth();
         c.args(["snapshot", "ls", "--store", store, "--workspace", workspace, "--json"]);
         c
     })
     .ok();
-    let mut out: Vec<(u64, String)> = ls
+    let mut out: Vec<(u64, String, u64)> = ls
         .json()
         .as_array()
         .unwrap_or_else(|| panic!("snapshot ls --json is a list: {ls:?}"))
         .iter()
-        .map(|r| (r["record"]["seq"].as_u64().unwrap(), r["record"]["host"].as_str().unwrap().to_string()))
+        .map(|r| {
+            let r = &r["record"];
+            (r["seq"].as_u64().unwrap(), r["host"].as_str().unwrap().to_string(), r["epoch"].as_u64().unwrap())
+        })
         .collect();
     out.sort();
     out
 }
 
 /// The records `host` wrote.
-fn written_by(records: &[(u64, String)], host: &str) -> Vec<u64> {
-    records.iter().filter(|(_, h)| h == host).map(|(seq, _)| *seq).collect()
+fn written_by(records: &[(u64, String, u64)], host: &str) -> Vec<u64> {
+    records.iter().filter(|(_, h, _)| h == host).map(|(seq, _, _)| *seq).collect()
+}
+
+/// The epochs `host`'s records carry.
+fn epochs_of(records: &[(u64, String, u64)], host: &str) -> BTreeSet<u64> {
+    records.iter().filter(|(_, h, _)| h == host).map(|(_, _, epoch)| *epoch).collect()
 }
 
 /// Attaches `instance` to `owner` as soon as the lease is free (the holder's lease must expire
@@ -936,7 +944,7 @@ impl Partition {
         p
     }
 
-    fn records(&self) -> Vec<(u64, String)> {
+    fn records(&self) -> Vec<(u64, String, u64)> {
         records(&self.store, PARTITIONED)
     }
 
@@ -951,6 +959,10 @@ impl Partition {
         assert!(!of_b.is_empty(), "B saved its work: {all:?}");
         assert!(of_a.iter().max() < of_b.iter().min(), "a record of A came after B's: {all:?}");
         assert_eq!(all.last().map(|r| r.1.as_str()), Some("pod-b"), "{all:?}");
+        // Each record carries its writer's session epoch; B's took the workspace over.
+        let (epoch_a, epoch_b) = (epochs_of(&all, "pod-a"), epochs_of(&all, "pod-b"));
+        assert_eq!((epoch_a.len(), epoch_b.len()), (1, 1), "{all:?}");
+        assert!(epoch_a.first() < epoch_b.first() && epoch_a.first() > Some(&0), "{all:?}");
         let jobs = self.root.join("jobs");
         let fresh = self.root.join("restored");
         let out = init_from_store(&fresh, &self.store, PARTITIONED, &jobs);
