@@ -243,12 +243,17 @@ impl Control {
         watcher.abort();
     }
 
-    /// Records a durable snapshot as the workspace's latest, under this session's epoch.
-    /// A stale epoch fences this sandbox; any other failure leaves the snapshot durable in the
-    /// store regardless.
-    pub async fn publish(&self, snapshot: &SnapshotId, stats: SnapshotStats) -> Result<(), AgentError> {
-        let body =
-            PublishSnapshot { epoch: self.cfg.epoch, snapshot_id: snapshot.to_string(), stats, final_snapshot: false };
+    /// Records a durable snapshot as the workspace's latest, under this session's epoch;
+    /// `final_snapshot`: taken after the agent process stopped, so a detach after it ends the
+    /// session clean. A stale epoch fences this sandbox; any other failure leaves the snapshot
+    /// durable in the store regardless.
+    pub async fn publish(
+        &self,
+        snapshot: &SnapshotId,
+        stats: SnapshotStats,
+        final_snapshot: bool,
+    ) -> Result<(), AgentError> {
+        let body = PublishSnapshot { epoch: self.cfg.epoch, snapshot_id: snapshot.to_string(), stats, final_snapshot };
         match self.client.publish_snapshot(&self.owner, &body).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.refused(e)),

@@ -21,7 +21,7 @@ use crate::supervise::{self, Child};
 
 /// One step of a drain.
 #[derive(Clone, Debug, Serialize)]
-pub struct Step {
+struct Step {
     /// notify, nudge, wait, freeze, commit, push, snapshot, handover, detach.
     pub name: &'static str,
     /// What happened.
@@ -30,9 +30,9 @@ pub struct Step {
     pub ms: u64,
 }
 
-/// What a drain did.
+/// What a drain did, logged as one `drain_done` line.
 #[derive(Clone, Debug, Serialize)]
-pub struct DrainReport {
+struct DrainReport {
     /// The budget it had.
     pub budget_secs: u64,
     /// Its steps.
@@ -110,8 +110,6 @@ impl Drain<'_> {
     /// Commits work in progress in every repo and pushes it, while the budget lasts.
     async fn commit_and_push(&mut self, scratch: &Path) {
         let message = format!("berth: work in progress of {} (drain of {})", self.cfg.workspace, self.cfg.instance);
-        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        let suffix = since_epoch.map(|d| d.as_secs()).unwrap_or(0).to_string();
         for repo in find_repos(&self.cfg.dir, 3) {
             if self.left() < Duration::from_millis(500) {
                 break;
@@ -120,11 +118,11 @@ impl Drain<'_> {
                 // berth's own directory is never part of the work.
                 crate::git::ignore_berth_dir(&repo);
             }
-            self.commit_and_push_repo(&repo, scratch, &message, &suffix).await;
+            self.commit_and_push_repo(&repo, scratch, &message).await;
         }
     }
 
-    async fn commit_and_push_repo(&mut self, repo: &Path, scratch: &Path, message: &str, suffix: &str) {
+    async fn commit_and_push_repo(&mut self, repo: &Path, scratch: &Path, message: &str) {
         let t = Instant::now();
         let shown = repo.strip_prefix(&self.cfg.dir).map(|p| p.display().to_string()).unwrap_or_default();
         let committed =
@@ -143,7 +141,7 @@ impl Drain<'_> {
         // Leave time for the final snapshot.
         let push_time = self.left().saturating_sub(self.reserve / 2);
         let t = Instant::now();
-        let detail = match tokio::time::timeout(push_time, self.git.push(repo, &commit, suffix)).await {
+        let detail = match tokio::time::timeout(push_time, self.git.push(repo, &commit)).await {
             Ok(Ok(Pushed::To(r))) => format!("{shown}: pushed to origin {r}"),
             Ok(Ok(Pushed::Local(r))) => format!("{shown}: no origin, kept as local branch {r}"),
             Ok(Err(e)) => format!("{shown}: failed: {e}"),
@@ -159,15 +157,24 @@ impl Drain<'_> {
             return self.step("snapshot", "ephemeral workspace: nothing to save".into(), t);
         }
         let deadline = self.deadline;
-        let detail =
-            match tokio::time::timeout(self.left(), persister.snapshot("drain", GitMode::Now, Some(deadline))).await {
-                Ok(Ok(Some(s))) => {
-                    format!("snapshot {} (seq {}){}", s.snapshot, s.seq, if s.published { ", published" } else { "" })
-                }
-                Ok(Ok(None)) => "not written: this sandbox no longer owns the workspace".into(),
-                Ok(Err(e)) => format!("failed: {e}"),
-                Err(_) => "cut off by the budget; the previous snapshot stays the latest".into(),
-            };
+        let detail = match tokio::time::timeout(
+            self.left(),
+            persister.snapshot("drain", GitMode::Final, Some(deadline)),
+        )
+        .await
+        {
+            Ok(Ok(Some(s))) => {
+                format!(
+                    "snapshot {} (seq {}){}",
+                    s.snapshot,
+                    s.seq,
+                    if s.published { ", published as final" } else { "" }
+                )
+            }
+            Ok(Ok(None)) => "not written: this sandbox no longer owns the workspace".into(),
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(_) => "cut off by the budget; the previous snapshot stays the latest".into(),
+        };
         self.step("snapshot", detail, t);
     }
 }
@@ -181,7 +188,7 @@ pub async fn drain(
     git: &Git,
     child: Option<&mut Child>,
     started: Instant,
-) -> DrainReport {
+) {
     let budget = Duration::from_secs(cfg.drain_budget_secs);
     // Held back for commit, push and the final snapshot: 40% of the budget, 2 s at least.
     let reserve = (budget * 2 / 5).max(Duration::from_secs(2)).min(budget);
@@ -201,6 +208,7 @@ pub async fn drain(
     }
     let report =
         DrainReport { budget_secs: cfg.drain_budget_secs, steps: d.steps, ms: d.started.elapsed().as_millis() as u64 };
-    tracing::info!(event = "drain_done", ms = report.ms, budget_secs = report.budget_secs);
-    report
+    // One line says the whole drain, every step with what it did and how long it took.
+    let steps = serde_json::to_string(&report.steps).unwrap_or_default();
+    tracing::info!(event = "drain_done", ms = report.ms, budget_secs = report.budget_secs, steps = %steps);
 }

@@ -422,41 +422,27 @@ impl Git {
         result
     }
 
-    /// Pushes `commit` (a work-in-progress commit on top of HEAD) to origin: to the current
-    /// branch, setting it as upstream when there is none; to `berth/wip/<branch>-<suffix>` when
-    /// the remote branch moved on or HEAD is detached. Without an origin, keeps it locally as the
-    /// branch `berth/wip/<branch>-<suffix>`.
-    pub async fn push(&self, repo: &Path, commit: &str, suffix: &str) -> Result<Pushed, GitError> {
+    /// Saves `commit` (a work-in-progress commit on top of HEAD) as `berth/wip/<branch>`
+    /// (`berth/wip/detached` when HEAD is detached): pushed to origin's
+    /// `refs/heads/berth/wip/<branch>` (forced: berth owns that ref; hooks skipped), or kept as
+    /// that local branch without an origin. The user's branch moves neither here nor on origin,
+    /// so the snapshot that follows restores it equal to origin's, with the uncommitted changes
+    /// as they were.
+    pub async fn push(&self, repo: &Path, commit: &str) -> Result<Pushed, GitError> {
         let branch = self.value(repo, &["symbolic-ref", "-q", "--short", "HEAD"]).await;
-        let side = format!("berth/wip/{}-{suffix}", branch.as_deref().unwrap_or("detached"));
+        let wip = wip_ref(branch.as_deref());
         if self.run(repo, &["remote", "get-url", "origin"]).await.is_err() {
-            self.run(repo, &["update-ref", &format!("refs/heads/{side}"), commit]).await?;
-            return Ok(Pushed::Local(side));
+            self.run(repo, &["update-ref", &format!("refs/heads/{wip}"), commit]).await?;
+            return Ok(Pushed::Local(wip));
         }
-        if let Some(b) = &branch {
-            match self.run(repo, &["push", "-q", "origin", &format!("{commit}:refs/heads/{b}")]).await {
-                Ok(_) => {
-                    let has_upstream = self.run(repo, &["config", &format!("branch.{b}.remote")]).await.is_ok();
-                    if !has_upstream {
-                        // What --set-upstream records, for a push whose source is a commit.
-                        self.run(repo, &["config", &format!("branch.{b}.remote"), "origin"]).await?;
-                        self.run(repo, &["config", &format!("branch.{b}.merge"), &format!("refs/heads/{b}")]).await?;
-                    }
-                    return Ok(Pushed::To(b.clone()));
-                }
-                Err(e)
-                    if e.message.contains("rejected")
-                        || e.message.contains("non-fast-forward")
-                        || e.message.contains("fetch first") =>
-                {
-                    tracing::warn!(event = "push_rejected", branch = %b, error = %e.message);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.run(repo, &["push", "-q", "origin", &format!("{commit}:refs/heads/{side}")]).await?;
-        Ok(Pushed::To(side))
+        self.run(repo, &["push", "-q", "--no-verify", "origin", &format!("+{commit}:refs/heads/{wip}")]).await?;
+        Ok(Pushed::To(wip))
     }
+}
+
+/// The branch a drain's work in progress goes to: `berth/wip/<branch>`.
+pub fn wip_ref(branch: Option<&str>) -> String {
+    format!("berth/wip/{}", branch.unwrap_or("detached"))
 }
 
 fn local_error(what: &str, e: &std::io::Error) -> GitError {

@@ -51,8 +51,11 @@ const REPO_DEPTH: usize = 3;
 pub enum GitMode {
     /// When the git interval has passed.
     IfDue,
-    /// Now (shutdown).
+    /// Now (a draining scope).
     Now,
+    /// Now, and this is the final snapshot: the agent process has stopped, so it covers the
+    /// volume's last write; it is published as final even when nothing changed.
+    Final,
 }
 
 /// What a snapshot run saved.
@@ -198,7 +201,7 @@ impl Persister {
     }
 
     async fn capture_git(&self, inner: &mut Inner, mode: GitMode, deadline: Option<Instant>) {
-        let due = mode == GitMode::Now
+        let due = mode != GitMode::IfDue
             || inner.git_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.git_interval_secs));
         if !due {
             return;
@@ -269,8 +272,10 @@ impl Persister {
             bytes_uploaded: summary.bytes_uploaded,
             published: false,
         };
-        if !summary.unchanged {
-            saved.published = self.publish(&summary).await?;
+        // A final snapshot is published even unchanged: the control plane learns that the
+        // latest snapshot covers the volume's last write.
+        if !summary.unchanged || git == GitMode::Final {
+            saved.published = self.publish(&summary, git == GitMode::Final).await?;
         }
         self.durable(reason, &saved);
         Ok(Some(saved))
@@ -285,7 +290,7 @@ impl Persister {
         git: GitMode,
         deadline: Option<Instant>,
     ) -> Result<CreateOptions, AgentError> {
-        if inner.dbs_at.is_none_or(|t| t.elapsed() >= SQLITE_RESCAN) || git == GitMode::Now {
+        if inner.dbs_at.is_none_or(|t| t.elapsed() >= SQLITE_RESCAN) || git != GitMode::IfDue {
             let (dir, ex) = (self.cfg.dir.clone(), self.excludes.clone());
             inner.dbs = tokio::task::spawn_blocking(move || sqlite::discover(&dir, &ex)).await.unwrap_or_default();
             inner.dbs_at = Some(Instant::now());
@@ -333,7 +338,7 @@ impl Persister {
     /// Records the snapshot with the control plane, if there is one; returns whether it did. A
     /// stale epoch stops all writing; any other failure is logged (the snapshot is durable in
     /// the store regardless).
-    async fn publish(&self, summary: &create::CreateSummary) -> Result<bool, AgentError> {
+    async fn publish(&self, summary: &create::CreateSummary, final_snapshot: bool) -> Result<bool, AgentError> {
         let Some(c) = &self.control else { return Ok(false) };
         let stats = SnapshotStats {
             files: Some(summary.files_scanned),
@@ -341,7 +346,7 @@ impl Persister {
             bytes_uploaded: Some(summary.bytes_uploaded),
             duration_ms: Some((summary.duration_secs * 1000.0) as u64),
         };
-        match c.publish(&summary.snapshot, stats).await {
+        match c.publish(&summary.snapshot, stats, final_snapshot).await {
             Ok(()) => Ok(true),
             Err(e) if e.fenced().is_some() => {
                 self.stop_writing();

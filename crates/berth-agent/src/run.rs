@@ -359,7 +359,7 @@ impl Running {
             .unwrap_or(exit::FAILED);
         tracing::info!(event = "agent_exited", code);
         self.stop_persisting().await;
-        if let Err(e) = self.persister.snapshot("exit", GitMode::Now, None).await {
+        if let Err(e) = self.persister.snapshot("exit", GitMode::Final, None).await {
             tracing::warn!(event = "final_snapshot_failed", error = %e);
         }
         if let Some(c) = &self.prepared.control {

@@ -242,6 +242,8 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
         other => panic!("local mount expected, got {other:?}"),
     };
     let agent_script = script(&root, &["app", "libs/lib"], false);
+    // A pre-push hook in the checkout the drain pushes from: skipped (--no-verify).
+    let hook = format!("#!/bin/sh\ntouch '{}'\nexit 1\n", root.join("pre-push-ran").display());
     // Watch every process's argv for the git token while the agent runs.
     let stop = Arc::new(AtomicBool::new(false));
     let argv_leak = {
@@ -282,6 +284,9 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
     let mut agent = Agent::start(&args, &[agent_script.to_str().unwrap()], &root.join("agent-a.log"));
     agent.wait_for(&["init_phase", "ready"], 60);
     wait_file(&ws.join("../agent-ready"), 60);
+    let hook_path = ws.join("app/.git/hooks/pre-push");
+    fs::write(&hook_path, &hook).unwrap();
+    fs::set_permissions(&hook_path, fs::Permissions::from_mode(0o755)).unwrap();
     // A snapshot after the agent's work, published to the control plane.
     let before = rt().block_on(admin.workspace("agent:e2e")).unwrap().latest_snapshot;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -300,15 +305,21 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
     stop.store(true, Ordering::Relaxed);
     assert_eq!(argv_leak.join().unwrap(), None, "the git token was in a process's argv");
 
-    // The work in progress reached both remotes, on their branch.
-    for bare in [app.clone(), http_root.join("lib.git")] {
-        let subject = git(&bare, &["log", "-1", "--format=%s", "main"]);
+    // The work in progress reached both remotes on berth/wip/main, on top of the agent's own
+    // commit, hooks skipped; their main did not move.
+    let heads_before: Vec<String> =
+        ["app", "libs/lib"].iter().map(|r| git(&ws.join(r), &["rev-parse", "HEAD"])).collect();
+    for (i, bare) in [app.clone(), http_root.join("lib.git")].iter().enumerate() {
+        let subject = git(bare, &["log", "-1", "--format=%s", "berth/wip/main"]);
         assert!(subject.starts_with("berth: work in progress of agent:e2e"), "{}: {subject}", bare.display());
-        let files = git(&bare, &["ls-tree", "-r", "--name-only", "main"]);
+        assert_eq!(git(bare, &["rev-parse", "berth/wip/main^"]), heads_before[i], "the WIP commit sits on HEAD");
+        let files = git(bare, &["ls-tree", "-r", "--name-only", "berth/wip/main"]);
         for f in ["work.txt", "staged.txt", "untracked.txt", "blob.bin"] {
             assert!(files.lines().any(|l| l == f), "{f} not in the WIP commit of {}: {files}", bare.display());
         }
+        assert_eq!(git(bare, &["log", "-1", "--format=%s", "main"]), "first", "{}: main moved", bare.display());
     }
+    assert!(!root.join("pre-push-ran").exists(), "the drain's push ran a pre-push hook");
     // The drain was recorded; the final snapshot was published; the session let go.
     let w = rt().block_on(admin.workspace("agent:e2e")).unwrap();
     assert!(w.draining, "the drain stays until the replacement acknowledges");
@@ -338,6 +349,10 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
         assert_eq!(git_picture(&fresh.join(r)), pictures[i], "git state of {r} after restore");
         assert_eq!(fs::read(fresh.join(r).join("blob.bin")).unwrap(), b"\x00\x01\x02\xffbinary");
     }
+    // The replacement's branch is not behind origin's: a fetch brings only berth's WIP ref.
+    git(&fresh.join("app"), &["fetch", "-q", "origin"]);
+    assert_eq!(git(&fresh.join("app"), &["rev-list", "--count", "main..origin/main"]), "0", "main is behind origin");
+    assert_eq!(git(&fresh.join("app"), &["rev-parse", "origin/berth/wip/main^"]), heads_before[0]);
     let notes = Command::new("python3")
         .args([
             "-c",
@@ -403,12 +418,17 @@ fn a_stubborn_agent_still_gets_a_pushed_wip_commit_within_the_budget() {
     ];
     let mut agent = Agent::start(&args, &[stubborn.to_str().unwrap()], &root.join("agent.log"));
     wait_file(&root.join("agent-ready"), 60);
-    let took = terminate(&mut agent.child, 12, "berth agent run with a stubborn child");
-    assert!(took <= Duration::from_secs(11), "the drain took {took:?}, over its 10 s budget");
+    // The process exits well within the platform's patience even on a loaded machine; the
+    // drain itself, by its own clock, within its budget (each step is cut off by what is left).
+    terminate(&mut agent.child, 30, "berth agent run with a stubborn child");
     let log = agent.log();
+    let done = log.lines().find(|l| l.contains("\"event\":\"drain_done\"")).expect("a drain_done line");
+    let ms = serde_json::from_str::<serde_json::Value>(done).unwrap()["fields"]["ms"].as_u64().unwrap();
+    assert!(ms <= 10_500, "the drain took {ms} ms, over its 10 s budget: {log}");
     assert!(log.contains("did not exit within"), "the child ignored its nudge: {log}");
     assert!(log.contains("stopped the agent's process tree"), "{log}");
-    assert!(git(&remote, &["log", "-1", "--format=%s", "main"]).starts_with("berth: work in progress"));
+    assert!(git(&remote, &["log", "-1", "--format=%s", "berth/wip/main"]).starts_with("berth: work in progress"));
+    assert_eq!(git(&remote, &["log", "-1", "--format=%s", "main"]), "first", "the drain moved origin's main");
     // The final snapshot holds the state the stubborn agent left.
     let restored = root.join("restored");
     let out = init_from_store(&restored, &store, "agent:stubborn", &root.join("jobs"));
