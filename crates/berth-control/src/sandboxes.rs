@@ -140,18 +140,18 @@ pub fn install_labels(app: &App) -> BTreeMap<String, String> {
 }
 
 /// The binds of every sandbox: berth's binary, and a `file://` store at its own path.
-pub fn binds(app: &App) -> Result<Vec<(String, String, bool)>> {
-    let berth = app.config.sandbox.berth_binary()?;
+pub fn binds_of(config: &Config) -> Result<Vec<(String, String, bool)>> {
+    let berth = config.sandbox.berth_binary()?;
     let mut binds = vec![(berth.display().to_string(), BERTH_PATH.to_string(), true)];
-    if let Some(path) = app.config.store.as_deref().and_then(|s| s.strip_prefix("file://")) {
+    if let Some(path) = config.store.as_deref().and_then(|s| s.strip_prefix("file://")) {
         binds.push((path.to_string(), path.to_string(), false));
     }
     Ok(binds)
 }
 
 /// The environment of every sandbox's supervisor: the S3 settings when the store is S3.
-pub fn store_env(app: &App) -> Vec<String> {
-    if !app.config.store.as_deref().is_some_and(|s| s.starts_with("s3://")) {
+pub fn store_env_of(config: &Config) -> Vec<String> {
+    if !config.store.as_deref().is_some_and(|s| s.starts_with("s3://")) {
         return Vec::new();
     }
     let mut env: Vec<String> =
@@ -191,9 +191,9 @@ fn warm_spec(app: &App, image: &str) -> Result<SandboxSpec> {
         name: format!("{WARM_PREFIX}{pool}-{}", random_hex(4)),
         image: image.to_string(),
         command: vec![BERTH_PATH.into(), "agent".into(), "wait".into(), "--claim".into(), CLAIM_PATH.into()],
-        env: store_env(app),
+        env: store_env_of(&app.config),
         volume: None,
-        binds: binds(app)?,
+        binds: binds_of(&app.config)?,
         private_file: None,
         user: app.config.sandbox.user(),
         memory_bytes: None,

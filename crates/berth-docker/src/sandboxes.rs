@@ -252,6 +252,28 @@ impl Sandboxes for DockerSandboxes {
         Ok(Some(ended))
     }
 
+    async fn wait(&self, id: &str, timeout_secs: u64) -> Result<Option<Ended>, VolumeError> {
+        let docker = self.engine.client().await?;
+        let what = format!("waiting for container {id}");
+        let options = WaitContainerOptions { condition: "not-running".into() };
+        let mut wait = Box::pin(docker.wait_container(id, Some(options)));
+        let code = match tokio::time::timeout(Duration::from_secs(timeout_secs), wait.next()).await {
+            Err(_) => return Err(VolumeError::temporary(format!("{what}: still running after {timeout_secs} s"))),
+            Ok(None) => None,
+            Ok(Some(Ok(r))) => Some(r.status_code),
+            Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => Some(code),
+            Ok(Some(Err(e))) => match self.engine.failure(&what, e) {
+                Failure::Status(404, _) => return Ok(None),
+                other => return Err(status_error(&what, other)),
+            },
+        };
+        let inspected = self.ended(id).await?;
+        Ok(Some(Ended {
+            exit_code: code.or(inspected.as_ref().and_then(|e| e.exit_code)),
+            oom_killed: inspected.is_some_and(|e| e.oom_killed),
+        }))
+    }
+
     async fn remove(&self, id: &str) -> Result<(), VolumeError> {
         let docker = self.engine.client().await?;
         let what = format!("removing container {id}");

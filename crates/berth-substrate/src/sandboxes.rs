@@ -147,6 +147,9 @@ pub trait Sandboxes: Send + Sync + fmt::Debug {
     /// Stops a sandbox within `timeout_secs` (then kills it), waits for it and removes it;
     /// `None` when there is no such sandbox.
     async fn stop(&self, id: &str, timeout_secs: u64) -> Result<Option<Ended>, VolumeError>;
+    /// Waits up to `timeout_secs` for a sandbox to end by itself; `None` when there is no
+    /// such sandbox. A sandbox still running at the timeout is an error (it is left running).
+    async fn wait(&self, id: &str, timeout_secs: u64) -> Result<Option<Ended>, VolumeError>;
     /// Removes a sandbox whatever its state; no such sandbox is success.
     async fn remove(&self, id: &str) -> Result<(), VolumeError>;
     /// Lists sandboxes carrying every label of `selector`, running or not.

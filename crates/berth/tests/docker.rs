@@ -16,7 +16,7 @@ use berth_core::volume::VolumeName;
 use berth_core::workspace::{Generation, WorkspaceId};
 use berth_docker::testing::{TestRun, LABEL_TEST_RUN};
 
-use util::serve::{rt, Server, ADMIN};
+use util::serve::{metric, rt, Server, ADMIN};
 
 /// `berth serve --substrate docker` with fast GC settings and `extra` flags.
 fn start(tmp: &Path, log: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
@@ -41,16 +41,6 @@ fn start(tmp: &Path, log: &str, extra: &[&str], env: &[(&str, &str)]) -> Server 
 
 fn labelled(run: &TestRun) -> EnsureWorkspace {
     EnsureWorkspace { labels: [(LABEL_TEST_RUN.to_string(), run.id().to_string())].into(), ..Default::default() }
-}
-
-/// Reads one counter from `/metrics`.
-async fn metric(url: &str, name: &str) -> f64 {
-    let body = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
-    body.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Every event of `kind`, oldest first.

@@ -14,24 +14,7 @@ use berth_api::client::EventQuery;
 use berth_api::{Attach, Client, EnsureWorkspace, WorkspaceState};
 use util::Run;
 
-use util::serve::{rt, Server, ADMIN};
-
-fn metric(url: &str, name: &str) -> f64 {
-    let body = reqwest::blocking_get(format!("{url}/metrics"));
-    body.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-mod reqwest {
-    /// A GET on a throwaway runtime, for synchronous tests.
-    pub fn blocking_get(url: String) -> String {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
-    }
-}
+use util::serve::{metric_blocking as metric, rt, Server, ADMIN};
 
 fn cli(cwd: &Path, server: &Server, args: &[&str]) -> Run {
     let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));

@@ -162,7 +162,7 @@ fn sandbox_spec(
     labels.insert(LABEL_SESSION.into(), session.session_id.clone());
     labels.insert(LABEL_STOP_TIMEOUT.into(), stop_timeout.to_string());
     let mut env: Vec<String> = body.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    env.extend(sb::store_env(app));
+    env.extend(sb::store_env_of(&app.config));
     let mut command = vec![BERTH_PATH.to_string(), "agent".into(), "run".into(), "--spec".into(), SPEC_PATH.into()];
     command.push("--".into());
     command.extend(body.command.iter().cloned());
@@ -172,7 +172,7 @@ fn sandbox_spec(
         command,
         env,
         volume: Some(ws.record.volume.name.clone()),
-        binds: sb::binds(app)?,
+        binds: sb::binds_of(&app.config)?,
         private_file: Some(PrivateFile {
             path: SPEC_PATH.into(),
             content: agent_spec(app, name, body, session, stop_timeout)?,

@@ -118,3 +118,19 @@ pub fn signal(child: &Child, sig: rustix::process::Signal) {
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
+
+/// Reads one metric from a server's `/metrics` (0 when absent).
+pub async fn metric(url: &str, name: &str) -> f64 {
+    let body = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    body.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// [`metric`] for synchronous tests, on a throwaway runtime.
+pub fn metric_blocking(url: &str, name: &str) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(metric(url, name))
+}
