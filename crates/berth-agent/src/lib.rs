@@ -17,6 +17,7 @@ pub mod sqlite;
 pub mod supervise;
 pub mod sweep;
 pub mod wait;
+pub mod watch;
 
 pub use config::{AgentConfig, Flags, Nudge, Spec};
 pub use error::AgentError;

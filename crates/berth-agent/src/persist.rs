@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_api::SnapshotStats;
+use berth_core::changes::ChangedPaths;
 use berth_core::excludes::Excludes;
 use berth_core::id::SnapshotId;
 use berth_core::init::VolumeMarker;
@@ -28,6 +29,7 @@ use berth_engine::create::{self, CreateOptions};
 use berth_engine::error::EngineError;
 use berth_engine::progress::Progress;
 use berth_engine::snapshot_store::SnapshotStore;
+use berth_engine::warm::Warm;
 use notify::Watcher;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -38,11 +40,14 @@ use crate::error::AgentError;
 use crate::git::{find_repos, Git};
 use crate::layout;
 use crate::sqlite::{self, Capturer};
+use crate::watch::Feed;
 
 /// How often databases are searched for, at most.
 const SQLITE_RESCAN: Duration = Duration::from_secs(60);
 /// How often the tree is scanned when file watching is unavailable.
 const POLL: Duration = Duration::from_secs(15);
+/// Least time between the starts of two snapshot runs.
+const MIN_GAP: Duration = Duration::from_secs(1);
 /// How deep repositories are searched for.
 const REPO_DEPTH: usize = 3;
 
@@ -76,6 +81,10 @@ pub struct Saved {
 }
 
 struct Inner {
+    /// What the watcher reported since the last run, and the engine's memory of the last scan.
+    feed: Feed,
+    /// The exclude patterns of the last run.
+    patterns: Vec<String>,
     sqlite: Capturer,
     dbs: Vec<RelPath>,
     dbs_at: Option<Instant>,
@@ -88,7 +97,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct Watch {
     watcher: Option<notify::RecommendedWatcher>,
-    rx: tokio::sync::mpsc::UnboundedReceiver<(Instant, Vec<PathBuf>)>,
+    /// (when, paths, whether the watcher lost track: an overflow or an error)
+    rx: tokio::sync::mpsc::UnboundedReceiver<(Instant, Vec<PathBuf>, bool)>,
 }
 
 /// Keeps one workspace persisted.
@@ -132,6 +142,8 @@ impl Persister {
             git,
             excludes,
             inner: tokio::sync::Mutex::new(Inner {
+                feed: Feed::new(false),
+                patterns: Vec::new(),
                 sqlite: Capturer::default(),
                 dbs: Vec::new(),
                 dbs_at: None,
@@ -234,11 +246,24 @@ impl Persister {
     /// `Ok(None)` when there is nothing to do (ephemeral, or writing stopped for good), and
     /// [`AgentError::LeaseLapsed`] when the lease is not held now or stops being held before
     /// the snapshot's record is written (nothing of it becomes visible).
+    ///
+    /// The files are found by a full scan; the schedule's runs use `snapshot_with` instead.
     pub async fn snapshot(
         &self,
         reason: &str,
         git: GitMode,
         deadline: Option<Instant>,
+    ) -> Result<Option<Saved>, AgentError> {
+        self.snapshot_with(reason, git, deadline, false).await
+    }
+
+    /// Like `snapshot`; with `fed`, only what the watcher reported is looked at again (see `watch`).
+    async fn snapshot_with(
+        &self,
+        reason: &str,
+        git: GitMode,
+        deadline: Option<Instant>,
+        fed: bool,
     ) -> Result<Option<Saved>, AgentError> {
         let Some(store) = &self.store else { return Ok(None) };
         if !self.writing() {
@@ -256,14 +281,25 @@ impl Persister {
         let marker = layout::read_marker(&self.cfg.dir).unwrap_or_else(|| self.fresh_marker());
         let pending = Some((marker.seq + 1, self.cfg.instance.to_string()));
         layout::write_marker(&self.cfg.dir, &VolumeMarker { pending, ..marker });
+        let patterns = std::mem::take(&mut inner.patterns);
+        let hint = inner.feed.take(&patterns).filter(|_| fed);
+        inner.patterns = patterns;
+        let Inner { feed, .. } = &mut *inner;
         let summary = match &self.control {
             // Abandoned at the write deadline: the engine writes the record last.
             Some(c) => tokio::select! {
-                r = self.create(store, &opts) => r?,
-                _ = c.lapsed() => return if c.fenced() { Ok(None) } else { Err(AgentError::LeaseLapsed) },
+                r = self.create(store, &opts, &mut feed.warm, hint.as_ref()) => r,
+                _ = c.lapsed() => {
+                    feed.failed();
+                    return if c.fenced() { Ok(None) } else { Err(AgentError::LeaseLapsed) };
+                }
             },
-            None => self.create(store, &opts).await?,
+            None => self.create(store, &opts, &mut feed.warm, hint.as_ref()).await,
         };
+        if summary.is_err() {
+            feed.failed();
+        }
+        let summary = summary?;
         let mut saved = Saved {
             snapshot: summary.snapshot,
             seq: summary.seq,
@@ -300,6 +336,7 @@ impl Persister {
         self.capture_git(inner, git, deadline).await;
         let mut patterns = self.cfg.excludes.clone();
         patterns.extend(sqlite::exclude_patterns(&copied));
+        inner.patterns = patterns.clone();
         Ok(CreateOptions {
             workspace: self.cfg.workspace.clone(),
             generation: self.cfg.generation,
@@ -314,8 +351,14 @@ impl Persister {
     }
 
     /// Runs the engine; another writer's publish in this workspace stops all writing.
-    async fn create(&self, store: &SnapshotStore, opts: &CreateOptions) -> Result<create::CreateSummary, AgentError> {
-        match create::create(store, opts, &Arc::new(Progress::default())).await {
+    async fn create(
+        &self,
+        store: &SnapshotStore,
+        opts: &CreateOptions,
+        warm: &mut Warm,
+        hint: Option<&ChangedPaths>,
+    ) -> Result<create::CreateSummary, AgentError> {
+        match create::create_warm(store, opts, &Arc::new(Progress::default()), warm, hint).await {
             Ok(summary) => {
                 for p in &summary.skipped_for_budget {
                     tracing::warn!(event = "skipped_for_budget", path = %p);
@@ -407,15 +450,20 @@ impl Persister {
     /// Starts watching the workspace for changes. Called before the agent process starts, so
     /// none of its changes goes unseen; where watches cannot be had, the schedule scans instead.
     pub fn watch(&self) -> Watch {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<PathBuf>)>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<PathBuf>, bool)>();
         if self.ephemeral() {
             return Watch { watcher: None, rx };
         }
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                    let _ = tx.send((Instant::now(), ev.paths));
-                }
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) if ev.need_rescan() => {
+                let _ = tx.send((Instant::now(), Vec::new(), true));
+            }
+            Ok(ev) if !matches!(ev.kind, notify::EventKind::Access(_)) => {
+                let _ = tx.send((Instant::now(), ev.paths, false));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let _ = tx.send((Instant::now(), Vec::new(), true));
             }
         })
         .and_then(|mut w| w.watch(&self.cfg.dir, notify::RecursiveMode::Recursive).map(|_| w));
@@ -423,6 +471,27 @@ impl Persister {
             .map_err(|e| tracing::warn!(event = "watch_unavailable", error = %e, fallback = "scanning every 15 s"))
             .ok();
         Watch { watcher, rx }
+    }
+
+    /// Records what the watcher reported: a relevant path is a change to save soon and a path
+    /// for the next run to look at; a lost watcher makes the next run scan everything.
+    async fn note(
+        &self,
+        sched: &mut Scheduler,
+        (at, paths, lost): (Instant, Vec<PathBuf>, bool),
+        ms: impl Fn(Instant) -> u64,
+    ) {
+        let relevant: Vec<PathBuf> = paths.into_iter().filter(|p| self.relevant(p)).collect();
+        if relevant.is_empty() && !lost {
+            return;
+        }
+        sched.changed(ms(at));
+        let mut inner = self.inner.lock().await;
+        if lost {
+            tracing::warn!(event = "watch_overflow", hint = "the next snapshot scans the whole tree");
+            inner.feed.lose_track();
+        }
+        inner.feed.note(&self.cfg.dir, &relevant);
     }
 
     /// Runs the schedule until `stop`: snapshots on the interval and a debounce after changes.
@@ -447,6 +516,9 @@ impl Persister {
             debounce_ms: self.cfg.debounce_ms,
         };
         let mut sched = Scheduler::new(schedule, 0);
+        self.inner.lock().await.feed = Feed::new(!polling);
+        // Runs start at least MIN_GAP apart, however fast the tree changes.
+        let mut not_before = Instant::now();
         loop {
             if let Some(c) = self.control.as_ref().filter(|c| !c.holds()) {
                 // Paused: no snapshot until the lease is held again (changes queue meanwhile).
@@ -461,25 +533,33 @@ impl Persister {
             }
             let wake = sched
                 .next_due()
-                .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(ms(Instant::now()))));
+                .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(ms(Instant::now()))))
+                .max(not_before.saturating_duration_since(Instant::now()));
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some((at, paths)) = rx.recv() => {
-                    if paths.iter().any(|p| self.relevant(p)) {
-                        sched.changed(ms(at));
-                    }
+                Some(event) = rx.recv() => {
+                    self.note(&mut sched, event, ms).await;
                     continue;
                 }
                 _ = tokio::time::sleep(wake) => {}
             }
             let now = ms(Instant::now());
-            let Some(reason) = sched.due(now) else { continue };
+            let Some(reason) = sched.due(now).filter(|_| Instant::now() >= not_before) else { continue };
             let covered = sched.dirty_since();
             sched.started(now);
+            not_before = Instant::now() + MIN_GAP;
             let result = tokio::select! {
-                r = self.snapshot(reason.as_str(), GitMode::IfDue, None) => r,
+                r = self.snapshot_with(reason.as_str(), GitMode::IfDue, None, true) => r,
                 _ = stop.cancelled() => break,
             };
+            // Events of changes made while the run ran, before its rescan differences are judged.
+            while let Ok(event) = rx.try_recv() {
+                self.note(&mut sched, event, ms).await;
+            }
+            self.inner.lock().await.feed.report_differences();
+            if let Some(secs) = crate::watch::cpu_seconds() {
+                metrics::gauge!("berth_agent_cpu_seconds_total").set(secs);
+            }
             match &result {
                 Err(AgentError::LeaseLapsed) => tracing::info!(event = "snapshot_paused", reason = reason.as_str()),
                 Err(e) => tracing::warn!(event = "snapshot_failed", reason = reason.as_str(), error = %e),

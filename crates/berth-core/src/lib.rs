@@ -23,6 +23,7 @@
 //!   refresh after a restore).
 
 pub mod budget;
+pub mod changes;
 pub mod chunker;
 pub mod codec;
 pub mod config;

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use berth_core::changes::ChangedPaths;
 use berth_core::chunker::ChunkerParams;
 use berth_core::codec::Codecs;
 use berth_core::excludes::Excludes;
@@ -55,6 +56,7 @@ use crate::scan::{self, FileStat};
 use crate::snapshot_store::{Head, Snapshot, SnapshotStore};
 use crate::store::{DynStore, Put};
 use crate::trees;
+use crate::warm::Warm;
 
 /// Pack uploads in flight at once.
 const UPLOADS_IN_FLIGHT: usize = 4;
@@ -165,6 +167,18 @@ struct ReadStats {
 
 /// Takes a snapshot of `opts.dir` and publishes it as the latest of its workspace generation.
 pub async fn create(store: &SnapshotStore, opts: &CreateOptions, progress: &Arc<Progress>) -> Result<CreateSummary> {
+    create_warm(store, opts, progress, &mut Warm::default(), None).await
+}
+
+/// Takes a snapshot like `create`, walking only what `changed` names (and the parents of those
+/// paths) when `warm` holds the previous scan of the directory; see `Warm`.
+pub async fn create_warm(
+    store: &SnapshotStore,
+    opts: &CreateOptions,
+    progress: &Arc<Progress>,
+    warm: &mut Warm,
+    changed: Option<&ChangedPaths>,
+) -> Result<CreateSummary> {
     let started = Instant::now();
     let nonce = run_nonce();
     progress.start("scan", 0, 0);
@@ -172,7 +186,8 @@ pub async fn create(store: &SnapshotStore, opts: &CreateOptions, progress: &Arc<
     let mut phases = PhaseSecs { load: started.elapsed().as_secs_f64(), ..PhaseSecs::default() };
 
     let mark = Instant::now();
-    let mut planned = plan(opts, &start).await?;
+    let scan = warm.scan(&start.dir, opts, changed).await?;
+    let mut planned = plan(opts, &start, scan);
     phases.scan = mark.elapsed().as_secs_f64();
 
     let mark = Instant::now();
@@ -243,13 +258,8 @@ struct Planned {
     skipped_for_budget: Vec<String>,
 }
 
-/// Scans the directory and plans the run: what the cache lets it reuse, what it must read.
-async fn plan(opts: &CreateOptions, start: &Start) -> Result<Planned> {
-    let skip: Vec<PathBuf> = opts.cache_dir.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect();
-    let (scan_dir, excludes, threads) = (start.dir.clone(), opts.excludes.clone(), opts.threads);
-    let scan = tokio::task::spawn_blocking(move || scan::scan(&scan_dir, &excludes, &skip, threads))
-        .await
-        .map_err(|e| EngineError::Invalid(format!("scan task failed: {e}")))??;
+/// Plans the run from the scan: what the cache lets it reuse, what it must read.
+fn plan(opts: &CreateOptions, start: &Start, scan: scan::Scan) -> Planned {
     let plan = sync::plan(
         &scan.entries,
         opts.budget,
@@ -262,7 +272,7 @@ async fn plan(opts: &CreateOptions, start: &Start) -> Result<Planned> {
         .iter()
         .map(|&slot| ReadJob { path: scan.entries[slot].path.clone(), slot, size: scan.entries[slot].stat.size })
         .collect();
-    Ok(Planned {
+    Planned {
         dir: start.dir.clone(),
         scan,
         jobs,
@@ -270,7 +280,7 @@ async fn plan(opts: &CreateOptions, start: &Start) -> Result<Planned> {
         slots: plan.slots,
         stats: plan.stats,
         skipped_for_budget,
-    })
+    }
 }
 
 /// What reading and uploading produced.

@@ -7,11 +7,13 @@ pub mod create;
 pub mod error;
 pub mod maintain;
 pub mod progress;
+pub mod rescan;
 pub mod restore;
 pub mod scan;
 pub mod snapshot_store;
 pub mod store;
 pub mod trees;
+pub mod warm;
 
 pub use error::{EngineError, Result};
 

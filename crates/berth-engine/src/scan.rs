@@ -27,7 +27,7 @@ pub fn stat_of(m: &fs::Metadata) -> FileStat {
 }
 
 /// The result of a scan.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Scan {
     /// Entries sorted by path.
     pub entries: Vec<ScanEntry>,
@@ -46,7 +46,17 @@ pub fn scan(root: &Path, excludes: &Excludes, skip: &[PathBuf], threads: usize) 
     if !meta.is_dir() {
         return Err(EngineError::Invalid(format!("{} is not a directory", root.display())));
     }
-    let queue = Queue { state: Mutex::new((vec![(root.to_path_buf(), None)], 0)), ready: Condvar::new() };
+    Ok(scan_from(root.to_path_buf(), None, excludes, skip, threads))
+}
+
+/// Scans what lies below the directory `rel` of `root` (not `rel` itself), with paths and
+/// excludes relative to `root`.
+pub fn scan_below(root: &Path, rel: &RelPath, excludes: &Excludes, skip: &[PathBuf], threads: usize) -> Scan {
+    scan_from(join(root, rel), Some(rel.clone()), excludes, skip, threads)
+}
+
+fn scan_from(dir: PathBuf, rel: Option<RelPath>, excludes: &Excludes, skip: &[PathBuf], threads: usize) -> Scan {
+    let queue = Queue { state: Mutex::new((vec![(dir, rel)], 0)), ready: Condvar::new() };
     let parts: Vec<Scan> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(|| scan_worker(&queue, excludes, skip))).collect();
         workers.into_iter().filter_map(|w| w.join().ok()).collect()
@@ -59,7 +69,7 @@ pub fn scan(root: &Path, excludes: &Excludes, skip: &[PathBuf], threads: usize) 
     }
     out.entries.sort_by(|a, b| a.path.cmp(&b.path));
     out.problems.sort();
-    Ok(out)
+    out
 }
 
 type DirJob = (PathBuf, Option<RelPath>);
@@ -141,37 +151,53 @@ fn list_dir(
             }
         };
         let path = entry.path();
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                out.problems.push(format!("{child_rel}: {e}"));
-                continue;
+        if let Some(e) = stat_entry(&path, child_rel, excludes, skip, out) {
+            if e.kind == ScanKind::Dir {
+                found.push((path, Some(e.path.clone())));
             }
-        };
-        let ft = meta.file_type();
-        if excludes.is_excluded(child_rel.as_bytes(), ft.is_dir()) || skip.contains(&path) {
-            continue;
+            out.entries.push(e);
         }
-        let kind = if ft.is_dir() {
-            found.push((path, Some(child_rel.clone())));
-            ScanKind::Dir
-        } else if ft.is_file() {
-            ScanKind::File { dev: meta.dev(), nlink: meta.nlink() }
-        } else if ft.is_symlink() {
-            match fs::read_link(&path) {
-                Ok(t) => ScanKind::Symlink(t.into_os_string().into_vec()),
-                Err(e) => {
-                    out.problems.push(format!("{child_rel}: cannot read link: {e}"));
-                    continue;
-                }
-            }
-        } else {
-            out.special += 1;
-            continue;
-        };
-        out.entries.push(ScanEntry { path: child_rel, kind, mode: meta.mode() & 0o7777, stat: stat_of(&meta) });
     }
+}
+
+/// Stats one entry (without following a link): `None` when it is gone, excluded, skipped,
+/// special (counted) or unreadable (reported in `out`).
+pub fn stat_entry(
+    path: &Path,
+    rel: RelPath,
+    excludes: &Excludes,
+    skip: &[PathBuf],
+    out: &mut Scan,
+) -> Option<ScanEntry> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            out.problems.push(format!("{rel}: {e}"));
+            return None;
+        }
+    };
+    let ft = meta.file_type();
+    if excludes.is_excluded(rel.as_bytes(), ft.is_dir()) || skip.iter().any(|s| s == path) {
+        return None;
+    }
+    let kind = if ft.is_dir() {
+        ScanKind::Dir
+    } else if ft.is_file() {
+        ScanKind::File { dev: meta.dev(), nlink: meta.nlink() }
+    } else if ft.is_symlink() {
+        match fs::read_link(path) {
+            Ok(t) => ScanKind::Symlink(t.into_os_string().into_vec()),
+            Err(e) => {
+                out.problems.push(format!("{rel}: cannot read link: {e}"));
+                return None;
+            }
+        }
+    } else {
+        out.special += 1;
+        return None;
+    };
+    Some(ScanEntry { path: rel, kind, mode: meta.mode() & 0o7777, stat: stat_of(&meta) })
 }
 
 /// Returns the absolute path of `rel` below `root`.
