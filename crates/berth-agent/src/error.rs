@@ -38,6 +38,22 @@ pub enum AgentError {
         /// The OS error.
         source: io::Error,
     },
+    /// A directory berth keeps private files in (job paths, the cache) is writable by every
+    /// user.
+    #[error(
+        "{} is writable by every user (mode {mode:o}): another user could plant or swap berth's files there; \
+         use a directory only this user can write (chmod o-w {}, or another {flag})",
+        path.display(),
+        path.display()
+    )]
+    WorldWritable {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The setting that names it (`--base`, `--cache-dir`).
+        flag: &'static str,
+    },
     /// Another agent holds the workspace directory's lock.
     #[error("another berth agent (pid {pid}) is using {}: one agent per workspace", dir.display())]
     Locked {
@@ -193,6 +209,7 @@ impl AgentError {
             | AgentError::Excludes(_)
             | AgentError::Spec { .. }
             | AgentError::Locked { .. }
+            | AgentError::WorldWritable { .. }
             | AgentError::OtherWorkspace { .. }
             | AgentError::Foreign { .. }
             | AgentError::Interrupted

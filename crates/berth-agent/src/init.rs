@@ -142,7 +142,7 @@ pub async fn init(
 ) -> Result<(InitReport, Option<Creds>), InitError> {
     let mut run = Init::new(cfg, cancel, progress);
     run.start()?;
-    run.sweep();
+    run.sweep(job);
     let creds = run.credentials(job).await;
     let git = Git::new(creds.as_ref());
     run.checkpoint()?;
@@ -316,9 +316,9 @@ impl<'a> Init<'a> {
             .map_err(|e| self.fail(AgentError::io("use the workspace directory", run_dir, e)))
     }
 
-    fn sweep(&mut self) {
+    fn sweep(&mut self, job: &Job) {
         let t = Instant::now();
-        let swept = sweep::sweep(&self.cfg.base, self.cfg.ttl_secs, false);
+        let swept = sweep::sweep(&self.cfg.base, self.cfg.ttl_secs, false, Some(&job.id));
         let outcome = if swept.unreadable.is_some() { PhaseOutcome::Failed } else { PhaseOutcome::Ok };
         let detail = format!("swept {} leftover(s), {} live", swept.swept.len(), swept.skipped_live);
         self.phase(PhaseName::Sweep, outcome, detail, t);

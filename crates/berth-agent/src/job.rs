@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use berth_core::sweep::PathKind;
+use berth_core::sweep::{self, PathKind};
 use rustix::fs::FlockOperation;
 
 /// One job's paths under the base directory.
@@ -43,6 +43,8 @@ impl Job {
         let lock_path = base.join(PathKind::Lock.name(&id));
         let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_path)?;
         rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
+        // berth's ownership marker: the sweep claims nothing without it.
+        std::io::Write::write_all(&mut &lock, sweep::marker(&id).as_bytes())?;
         let job = Job {
             creds: base.join(PathKind::Creds.name(&id)),
             work: base.join(PathKind::Work.name(&id)),
@@ -52,9 +54,10 @@ impl Job {
             lock: Some(lock),
             id,
         };
-        mkdir(&job.creds, 0o700)?;
-        mkdir(&job.work, 0o700)?;
-        mkdir(&job.artifacts, 0o755)?;
+        for (dir, mode) in [(&job.creds, 0o700), (&job.work, 0o700), (&job.artifacts, 0o755)] {
+            mkdir(dir, mode)?;
+            fs::write(dir.join(sweep::MARKER_FILE), sweep::marker(&job.id))?;
+        }
         Ok(job)
     }
 

@@ -90,6 +90,10 @@ pub async fn prepare(cfg: &AgentConfig) -> Result<Prepared, AgentError> {
         tracing::warn!(event = "config_warning", warning = %w);
     }
     std::fs::create_dir_all(&cfg.dir).map_err(|e| AgentError::io("create the workspace directory", &cfg.dir, e))?;
+    check_private(&cfg.base, "--base")?;
+    if let Some(cache) = &cfg.cache_dir {
+        check_private(cache, "--cache-dir")?;
+    }
     let job = Job::create(&cfg.base).map_err(|e| AgentError::io("create the job's paths under", &cfg.base, e))?;
     let control = match &cfg.control {
         Some(cc) => Some(Control::new(cfg, cc)?),
@@ -99,6 +103,17 @@ pub async fn prepare(cfg: &AgentConfig) -> Result<Prepared, AgentError> {
     let locks = control::lock_workspace(&cfg.dir, mount_lock.as_deref())?;
     let store = persist::open_store(cfg).await;
     Ok(Prepared { job, control, store, locks })
+}
+
+/// Refuses a directory that exists and is writable by every user (berth creates its own 0700).
+fn check_private(path: &std::path::Path, flag: &'static str) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o002 != 0 => {
+            Err(AgentError::WorldWritable { path: path.to_path_buf(), mode: m.permissions().mode() & 0o7777, flag })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Who hears about init as it goes (the command line: a person, or nobody when the logs say

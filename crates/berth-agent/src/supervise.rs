@@ -1,5 +1,6 @@
 //! The agent process as berth's child: in its own process group (so the whole tree can be
-//! nudged, frozen and stopped), with berth's secrets removed from its environment.
+//! nudged, frozen and stopped), with berth's secrets and the object store's credentials
+//! removed from its environment.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -15,6 +16,30 @@ const SECRET_ENV: [&str; 4] = ["BERTH_TOKEN", "BERTH_GIT_TOKEN", "BERTH_ADMIN_TO
 /// Names, comma-separated, of more variables the agent process must not see (the control
 /// plane puts a sandbox's S3 settings in its environment for berth alone).
 pub const SUPERVISOR_ONLY_ENV: &str = "BERTH_SUPERVISOR_ONLY_ENV";
+/// Prefixes of the object stores' credential and setting variables (S3, Azure, Google Cloud):
+/// berth's store access is berth's, never the agent's.
+const STORE_ENV_PREFIXES: [&str; 3] = ["AWS_", "AZURE_", "GOOGLE_"];
+
+/// Removes from `c`'s environment everything the agent process must not see: berth's secrets,
+/// the object store's credentials, and what `BERTH_SUPERVISOR_ONLY_ENV` names.
+fn scrub(c: &mut Command) {
+    for k in SECRET_ENV {
+        c.env_remove(k);
+    }
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if STORE_ENV_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            c.env_remove(&k);
+        }
+    }
+    // Settings meant for berth alone (a sandbox's S3 credentials), named by whoever started it.
+    if let Ok(list) = std::env::var(SUPERVISOR_ONLY_ENV) {
+        for k in list.split(',').filter(|k| !k.is_empty()) {
+            c.env_remove(k);
+        }
+    }
+    c.env_remove(SUPERVISOR_ONLY_ENV);
+}
 
 /// The supervised agent process.
 #[derive(Debug)]
@@ -29,15 +54,7 @@ impl Child {
         let (prog, args) = argv.split_first().ok_or_else(|| std::io::Error::other("no agent command given"))?;
         let mut c = Command::new(prog);
         c.args(args).current_dir(dir).process_group(0).stdin(Stdio::inherit()).kill_on_drop(false);
-        for k in SECRET_ENV {
-            c.env_remove(k);
-        }
-        // Settings meant for berth alone (a sandbox's S3 credentials), named by whoever started it.
-        if let Ok(list) = std::env::var(SUPERVISOR_ONLY_ENV) {
-            for k in list.split(',').filter(|k| !k.is_empty()) {
-                c.env_remove(k);
-            }
-        }
+        scrub(&mut c);
         c.env("BERTH_DIR", dir).env("GIT_TERMINAL_PROMPT", "0");
         for (k, v) in env {
             c.env(k, v);
@@ -97,9 +114,7 @@ pub async fn nudge(how: &Nudge, child: Option<&Child>, dir: &Path, timeout: Dura
         Nudge::Command(cmd) => {
             let mut c = Command::new("sh");
             c.arg("-c").arg(cmd).current_dir(dir).env("BERTH_DRAIN", "1").env("BERTH_DIR", dir).kill_on_drop(true);
-            for k in SECRET_ENV {
-                c.env_remove(k);
-            }
+            scrub(&mut c);
             match tokio::time::timeout(timeout, c.status()).await {
                 Ok(Ok(s)) if s.success() => {}
                 Ok(Ok(s)) => tracing::warn!(event = "nudge_failed", error = %format!("nudge command exited with {s}")),

@@ -43,9 +43,25 @@ fn is_live(base: &Path, job: &str) -> bool {
     }
 }
 
-/// Sweeps `base`: removes entries of dead jobs older than `ttl_secs`. A missing base is fine;
-/// an unreadable one is logged; entries vanishing meanwhile are fine. Logs one summary line.
-pub fn sweep(base: &Path, ttl_secs: i64, dry_run: bool) -> SweepReport {
+/// Returns whether the entry at `path` carries `job`'s ownership marker: a lock file holding
+/// it, or a real directory (not a link) holding a marker file with it.
+fn carries_marker(path: &Path, kind: PathKind, job: &str) -> bool {
+    let Ok(meta) = fs::symlink_metadata(path) else { return false };
+    let body = match kind {
+        PathKind::Lock if meta.is_file() => fs::read(path),
+        PathKind::Creds | PathKind::Work | PathKind::Artifacts if meta.is_dir() => {
+            fs::read(path.join(sweep::MARKER_FILE))
+        }
+        _ => return false,
+    };
+    body.is_ok_and(|b| b == sweep::marker(job).as_bytes())
+}
+
+/// Sweeps `base`: removes entries of dead jobs older than `ttl_secs`, only names in berth's id
+/// format that carry berth's marker; the entries of `own` (the job sweeping) are not judged.
+/// A missing base is fine; an unreadable one is logged; entries vanishing meanwhile are fine.
+/// Logs one summary line.
+pub fn sweep(base: &Path, ttl_secs: i64, dry_run: bool, own: Option<&str>) -> SweepReport {
     let started = Instant::now();
     let mut report = SweepReport { dry_run, ..Default::default() };
     let mut tally = Tally::default();
@@ -58,6 +74,9 @@ pub fn sweep(base: &Path, ttl_secs: i64, dry_run: bool) -> SweepReport {
         Ok(entries) => {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
+                if own.is_some_and(|job| sweep::parse(&name).is_some_and(|(_, j)| j == job)) {
+                    continue;
+                }
                 // Gone since the listing: nothing to judge.
                 let Ok(meta) = fs::symlink_metadata(entry.path()) else { continue };
                 let age = meta
@@ -65,7 +84,8 @@ pub fn sweep(base: &Path, ttl_secs: i64, dry_run: bool) -> SweepReport {
                     .ok()
                     .and_then(|m| SystemTime::now().duration_since(m).ok())
                     .map_or(0, |d| d.as_secs() as i64);
-                let verdict = sweep::judge(&name, age, ttl_secs, |job| is_live(base, job));
+                let marked = |kind, job: &str| carries_marker(&entry.path(), kind, job);
+                let verdict = sweep::judge(&name, age, ttl_secs, marked, |job| is_live(base, job));
                 tally.add(verdict);
                 if verdict == Verdict::Remove {
                     report.swept.push(name);

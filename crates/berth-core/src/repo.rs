@@ -48,10 +48,56 @@ pub fn strip_credentials(url: &str) -> String {
     }
 }
 
+/// Returns `url` as it may be shown: without any userinfo (`scheme://user:pass@`, or the
+/// `user:pass@` of an scp-like `user:pass@host:path`) and without its query.
+pub fn shown_url(url: &str) -> String {
+    let base = match url.split_once('?') {
+        Some((base, _)) => format!("{base}?..."),
+        None => url.to_string(),
+    };
+    if let Some(i) = base.find("://") {
+        let stripped = strip_credentials(&base);
+        let (scheme, rest) = stripped.split_at(i + 3);
+        let end = rest.find(['/', '#']).unwrap_or(rest.len());
+        // An encoded '@' hides userinfo in the host: show only what follows it.
+        return match rest[..end].to_ascii_lowercase().rfind("%40") {
+            Some(at) => format!("{scheme}{}", &rest[at + 3..]),
+            None => stripped,
+        };
+    }
+    match base.split_once('@') {
+        Some((user, rest)) if user.contains(':') => rest.to_string(),
+        _ => base,
+    }
+}
+
+/// Returns what credential `url` carries, if any: userinfo in a URL with a scheme (only a bare
+/// user name is allowed, and only for ssh), a password in an scp-like `user:pass@host:path`,
+/// a query string (git URLs have none: it is where tokens hide), or an encoded `@` in the host.
+fn credential_in(url: &str) -> Option<&'static str> {
+    if url.contains('?') {
+        return Some("a query string");
+    }
+    let Some(i) = url.find("://") else {
+        let user = url.split_once('@').map(|(u, _)| u);
+        return user.filter(|u| u.contains(':') && !u.contains('/')).map(|_| "a password before '@'");
+    };
+    let scheme = url[..i].to_ascii_lowercase();
+    let rest = &url[i + 3..];
+    let authority = &rest[..rest.find(['/', '#']).unwrap_or(rest.len())];
+    let ssh = matches!(scheme.as_str(), "ssh" | "git+ssh" | "ssh+git");
+    match authority.rfind('@') {
+        Some(at) if !ssh || authority[..at].contains(':') => Some("a user name or password before '@'"),
+        _ if authority.to_ascii_lowercase().contains("%40") => Some("an encoded '@' in the host"),
+        _ => None,
+    }
+}
+
 /// Validates a repo spec's URL, branch and depth, and returns the target path: `path` if
-/// given, else the URL's basename without `.git`.
+/// given, else the URL's basename without `.git`. A URL carrying a credential in any form is
+/// refused, and the error never repeats the credential.
 pub fn target(url: &str, branch: Option<&str>, depth: Option<u32>, path: Option<&str>) -> Result<RelPath, RepoError> {
-    let shown = strip_credentials(url);
+    let shown = shown_url(url);
     let fail = |reason: &str| RepoError { url: shown.clone(), reason: reason.to_string() };
     if url.is_empty() || url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(fail("the URL must be 1-2048 characters without spaces"));
@@ -59,11 +105,10 @@ pub fn target(url: &str, branch: Option<&str>, depth: Option<u32>, path: Option<
     if url.starts_with('-') {
         return Err(fail("the URL must not start with '-'"));
     }
-    if shown != url && url.contains("://") {
-        let userinfo = &url[url.find("://").map(|i| i + 3).unwrap_or(0)..];
-        if userinfo.split('/').next().is_some_and(|a| a.contains(':') && a.contains('@')) {
-            return Err(fail("credentials in repo URLs are refused; the credential endpoint supplies them"));
-        }
+    if let Some(what) = credential_in(url) {
+        return Err(fail(&format!(
+            "credentials in repo URLs are refused (this one has {what}); the credential endpoint or token file supplies them"
+        )));
     }
     if let Some(b) = branch {
         let bad = b.is_empty()
@@ -174,10 +219,36 @@ mod tests {
         check("https://example.test/org/app.git", Some("../escape"), Err("'..'"));
         check("https://example.test/org/app.git", Some("/abs"), Err("absolute"));
         check("https://user:tok3n@example.test/org/app.git", None, Err("credentials"));
+        check("ssh://git@example.test/org/app.git", None, Ok("app"));
+        check("https://example.test:8443/org/app.git", None, Ok("app"));
         check("", None, Err("1-2048"));
         check("--upload-pack=evil", None, Err("'-'"));
         assert!(target("https://x.test/a", Some("-x"), None, None).is_err());
         assert!(target("https://x.test/a", None, Some(0), None).is_err());
+    }
+
+    #[test]
+    fn credentials_are_refused_in_every_form_and_never_echoed() {
+        const SECRET: &str = "ghp_S3cretT0ken";
+        for url in [
+            format!("https://{SECRET}@example.test/org/app.git"),
+            format!("https://x-access-token:{SECRET}@example.test:8443/org/app.git"),
+            format!("HTTPS://{SECRET}@example.test/org/app.git"),
+            format!("http://{SECRET}:x-oauth-basic@127.0.0.1:9418/app"),
+            format!("https://example.test/org/app.git?access_token={SECRET}"),
+            format!("https://example.test/org/app.git?private_token={SECRET}&x=1"),
+            format!("ssh://git:{SECRET}@example.test/org/app.git"),
+            format!("git:{SECRET}@example.test:org/app.git"),
+            format!("https://{}@example.test/org/app.git", SECRET.replace('_', "%5F")),
+            format!("https://{SECRET}%40example.test/org/app.git"),
+        ] {
+            let err = target(&url, None, None, None).expect_err(&url).to_string();
+            assert!(err.contains("credentials in repo URLs are refused"), "{url}: {err}");
+            assert!(
+                !err.contains("S3cret") && !err.contains("S3cretT0ken"),
+                "{url}: the error echoes the token: {err}"
+            );
+        }
     }
 
     #[test]

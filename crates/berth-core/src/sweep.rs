@@ -5,6 +5,10 @@
 //! `artifacts-<job>/`. A sweep judges every entry on its own: a live owner protects it whatever
 //! its age; otherwise it goes once it is older than the TTL.
 //!
+//! Every entry carries berth's ownership marker: the lock file holds [`marker`], and each
+//! directory holds a [`MARKER_FILE`] with it. A sweep claims only a name in berth's own id
+//! format *and* with that marker; anything else under the base is someone else's.
+//!
 //! **Invariant:** a sweep never removes an entry whose job holds its lock, and never an entry
 //! it does not recognise as berth's.
 
@@ -48,12 +52,22 @@ impl PathKind {
     }
 }
 
-/// Returns whether `job` is a job id berth makes: `j` followed by 1-64 of `[0-9a-z-]`.
+/// The file in each of a job's directories that marks it as berth's.
+pub const MARKER_FILE: &str = ".berth-job";
+
+/// The ownership marker of `job`: the content of its lock file and of each directory's
+/// [`MARKER_FILE`].
+pub fn marker(job: &str) -> String {
+    format!("berth job {job}\n")
+}
+
+/// Returns whether `job` is a job id as berth makes them: `j<pid>-<8 lowercase hex digits>`.
 pub fn is_job_id(job: &str) -> bool {
-    job.len() >= 2
-        && job.len() <= 65
-        && job.starts_with('j')
-        && job[1..].bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
+    let Some((pid, random)) = job.strip_prefix('j').and_then(|j| j.split_once('-')) else { return false };
+    (1..=10).contains(&pid.len())
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && random.len() == 8
+        && random.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Parses an entry name of the base directory into its kind and job id.
@@ -85,10 +99,19 @@ pub enum Verdict {
     Foreign,
 }
 
-/// Judges one entry: `age_secs` since it last changed, `live` whether its job holds its lock.
-pub fn judge(name: &str, age_secs: i64, ttl_secs: i64, live: impl FnOnce(&str) -> bool) -> Verdict {
-    let Some((_, job)) = parse(name) else { return Verdict::Foreign };
-    if live(job) {
+/// Judges one entry: `age_secs` since it last changed, `marked` whether it carries its job's
+/// ownership marker, `live` whether its job holds its lock.
+pub fn judge(
+    name: &str,
+    age_secs: i64,
+    ttl_secs: i64,
+    marked: impl FnOnce(PathKind, &str) -> bool,
+    live: impl FnOnce(&str) -> bool,
+) -> Verdict {
+    let Some((kind, job)) = parse(name) else { return Verdict::Foreign };
+    if !marked(kind, job) {
+        Verdict::Foreign
+    } else if live(job) {
         Verdict::SkipLive
     } else if age_secs >= ttl_secs {
         Verdict::Remove
@@ -138,21 +161,30 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for kind in [PathKind::Lock, PathKind::Creds, PathKind::Work, PathKind::Artifacts] {
-            assert_eq!(parse(&kind.name("j12-ab")), Some((kind, "j12-ab")));
+            assert_eq!(parse(&kind.name("j12-0a1b2c3d")), Some((kind, "j12-0a1b2c3d")));
         }
-        for foreign in ["creds-", "creds-x", "work-J1", "notes.txt", "j1", "artifacts-j1/../x", ".lock"] {
+        // Names a sweep with a loose pattern once removed.
+        let seen = ["jenkins.lock", "java.lock", "work-jdk", "creds-jx", "artifacts-j-old"];
+        let odd =
+            ["creds-", "creds-x", "work-J1", "notes.txt", "j1", "artifacts-j1/../x", ".lock", "j12-0A1B2C3D.lock"];
+        for foreign in seen.iter().chain(&odd).chain(&["work-j12-0a1b2c3d0", "j-0a1b2c3d.lock", "creds-j1-aa"]) {
             assert_eq!(parse(foreign), None, "{foreign}");
         }
     }
 
     #[test]
     fn each_entry_on_its_own() {
-        let dead = |_: &str| false;
-        let alive = |_: &str| true;
-        assert_eq!(judge("creds-j1", 7200, 3600, dead), Verdict::Remove);
-        assert_eq!(judge("work-j1", 10, 3600, dead), Verdict::Retain);
-        assert_eq!(judge("work-j1", 99_999, 3600, alive), Verdict::SkipLive, "a live owner protects old files");
-        assert_eq!(judge("lost+found", 99_999, 0, dead), Verdict::Foreign);
+        let (dead, alive) = (|_: &str| false, |_: &str| true);
+        let marked = |_: PathKind, _: &str| true;
+        let job = "j1-00c0ffee";
+        let name = |kind: PathKind| kind.name(job);
+        assert_eq!(judge(&name(PathKind::Creds), 7200, 3600, marked, dead), Verdict::Remove);
+        assert_eq!(judge(&name(PathKind::Work), 10, 3600, marked, dead), Verdict::Retain);
+        let old_live = judge(&name(PathKind::Work), 99_999, 3600, marked, alive);
+        assert_eq!(old_live, Verdict::SkipLive, "a live owner protects old files");
+        assert_eq!(judge("lost+found", 99_999, 0, marked, dead), Verdict::Foreign);
+        let unmarked = judge(&name(PathKind::Lock), 99_999, 0, |_: PathKind, _: &str| false, dead);
+        assert_eq!(unmarked, Verdict::Foreign, "berth's name without berth's marker is not berth's");
         let mut t = Tally::default();
         for v in [Verdict::Remove, Verdict::Retain, Verdict::SkipLive, Verdict::Foreign] {
             t.add(v);

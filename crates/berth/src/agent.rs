@@ -333,7 +333,7 @@ pub async fn run(cmd: Command) -> Result<i32> {
         Command::Wait { claim } => wait_for_claim(&claim).await,
         Command::Sweep { base, ttl, dry_run, json } => {
             let base = base.unwrap_or_else(default_base);
-            let report = berth_agent::sweep::sweep(&base, ttl.unwrap_or(defaults::TTL_SECS), dry_run);
+            let report = berth_agent::sweep::sweep(&base, ttl.unwrap_or(defaults::TTL_SECS), dry_run, None);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

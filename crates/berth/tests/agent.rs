@@ -664,40 +664,56 @@ fn age(path: &Path, secs: u64) {
 #[test]
 fn the_sweep_judges_each_leftover_on_its_own_and_spares_live_jobs() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = fs::canonicalize(tmp.path()).unwrap().join("jobs");
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let base = root.join("jobs");
     fs::create_dir_all(&base).unwrap();
-    let mk = |name: &str, old: bool| {
+    // An entry as berth makes them: a lock file holding the job's marker, or a directory with
+    // the marker file; `marked: false` leaves the marker out.
+    let mk_entry = |name: &str, old: bool, marked: bool| {
         let p = base.join(name);
+        let marker = match berth_core::sweep::parse(name) {
+            Some((_, job)) if marked => berth_core::sweep::marker(job),
+            _ => String::new(),
+        };
         if name.ends_with(".lock") {
-            fs::write(&p, b"").unwrap();
+            fs::write(&p, marker).unwrap();
         } else {
             fs::create_dir_all(&p).unwrap();
             fs::write(p.join("f"), b"x").unwrap();
+            if marked {
+                fs::write(p.join(".berth-job"), marker).unwrap();
+            }
         }
         if old {
             age(&p, 7200);
         }
         p
     };
+    let mk = |name: &str, old: bool| mk_entry(name, old, true);
     // A dead job's full triple and lock, all old: all go.
-    let dead = ["j1-aa.lock", "creds-j1-aa", "work-j1-aa", "artifacts-j1-aa"].map(|n| mk(n, true));
+    let dead =
+        ["j1-000000aa.lock", "creds-j1-000000aa", "work-j1-000000aa", "artifacts-j1-000000aa"].map(|n| mk(n, true));
     // A partial orphan: an old credential dir beside a fresh clone: the old one goes alone.
-    let old_creds = mk("creds-j2-bb", true);
-    let fresh_work = mk("work-j2-bb", false);
+    let old_creds = mk("creds-j2-000000bb", true);
+    let fresh_work = mk("work-j2-000000bb", false);
     // A live job (its lock held by another process), with old files: untouched.
-    let live_lock = mk("j3-cc.lock", true);
-    let live = [mk("creds-j3-cc", true), mk("work-j3-cc", true)];
+    let live_lock = mk("j3-000000cc.lock", true);
+    let live = [mk("creds-j3-000000cc", true), mk("work-j3-000000cc", true)];
+    let locked = root.join("locked");
     let holder = Command::new("flock")
         .arg(&live_lock)
-        .args(["sleep", "30"])
+        .args(["sh", "-c", &format!("touch '{}'; sleep 30", locked.display())])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("flock (util-linux)");
-    std::thread::sleep(Duration::from_millis(300));
-    // Something that is not berth's: never touched.
-    let foreign = mk("notes", true);
+    wait_file(&locked, 30);
+    // Things that are not berth's, all old: never touched. Names like berth's that a loose
+    // pattern once took, and berth's own name format without berth's marker.
+    let foreign = ["notes", "jenkins.lock", "java.lock", "work-jdk", "creds-jx", "artifacts-j-old"]
+        .map(|n| mk_entry(n, true, false));
+    let unmarked = [mk_entry("j4-000000dd.lock", true, false), mk_entry("work-j4-000000dd", true, false)];
 
     let sweep = |base: &Path| agent_cmd(&["sweep", "--json", "--ttl", "1h", "--base", base.to_str().unwrap()]);
     let out = sweep(&base).ok();
@@ -705,10 +721,15 @@ fn the_sweep_judges_each_leftover_on_its_own_and_spares_live_jobs() {
     let mut swept: Vec<String> =
         report["swept"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     swept.sort();
-    assert_eq!(swept, ["artifacts-j1-aa", "creds-j1-aa", "creds-j2-bb", "j1-aa.lock", "work-j1-aa"]);
+    let expected =
+        ["artifacts-j1-000000aa", "creds-j1-000000aa", "creds-j2-000000bb", "j1-000000aa.lock", "work-j1-000000aa"];
+    assert_eq!(swept, expected);
     assert_eq!(report["skipped_live"], 3);
     assert!(dead.iter().chain([&old_creds]).all(|p| !p.exists()));
-    assert!(fresh_work.exists() && foreign.exists() && live.iter().all(|p| p.exists()) && live_lock.exists());
+    assert!(fresh_work.exists() && live.iter().all(|p| p.exists()) && live_lock.exists());
+    for p in foreign.iter().chain(&unmarked) {
+        assert!(p.exists(), "the sweep removed {}, which berth did not make", p.display());
+    }
     assert!(out.stderr.contains("\"sweep\"") && out.stderr.contains("skipped_live"), "one log line per sweep: {out:?}");
     let mut holder = holder;
     let _ = holder.kill();
@@ -1039,4 +1060,43 @@ fn partition_never_heals_and_the_old_holder_stops_writing_at_its_deadline() {
     assert_eq!(written_by(&p.records(), "pod-a"), before, "A's drain wrote while partitioned");
     let log = p.a.log();
     assert!(!log.contains("\"event\":\"lease_resumed\""), "A never resumed writing:\n{log}");
+}
+
+#[test]
+fn the_agent_process_sees_no_store_or_berth_credentials_and_shared_dirs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let ws = root.join("ws");
+    let mut c = berth();
+    c.args(["agent", "run", "--dir", ws.to_str().unwrap(), "--workspace", "agent:env"])
+        .args(["--base", root.join("jobs").to_str().unwrap(), "--", "sh", "-c", "env > ../child-env"])
+        .env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY")
+        .env("AWS_SECRET_ACCESS_KEY", "store-secret-key")
+        .env("AWS_SESSION_TOKEN", "store-session-token")
+        .env("AZURE_STORAGE_ACCOUNT_KEY", "azure-key")
+        .env("GOOGLE_APPLICATION_CREDENTIALS", "/secrets/gcp.json")
+        .env("BERTH_GIT_TOKEN", "git-token-value")
+        .env("AGENT_SETTING", "kept");
+    let out = Run::of(c).ok();
+    let env = fs::read_to_string(root.join("child-env")).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert!(env.contains("AGENT_SETTING=kept"), "the child's environment was captured: {env}");
+    for secret in ["AWS_", "AZURE_", "GOOGLE_", "BERTH_GIT_TOKEN", "store-secret-key", "git-token-value"] {
+        assert!(!env.contains(secret), "the agent process sees {secret}: {env}");
+    }
+
+    // A base directory every user can write is refused, before anything is written in it.
+    let shared = root.join("shared");
+    fs::create_dir_all(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = agent_cmd(&[
+        "init",
+        "--dir",
+        ws.to_str().unwrap(),
+        "--workspace",
+        "agent:env",
+        "--base",
+        shared.to_str().unwrap(),
+    ]);
+    let out = out.fails(1).stderr_has(&["writable by every user", "--base"]);
+    assert_eq!(fs::read_dir(&shared).unwrap().count(), 0, "{out:?}");
 }
