@@ -90,6 +90,126 @@ pub struct Refreshed {
     pub index: Option<Vec<u8>>,
 }
 
+const HASH: usize = 20;
+
+fn bad(why: &str) -> FormatError {
+    FormatError::new("git index", why)
+}
+
+/// One parsed index entry.
+struct IndexEntry {
+    /// Offset of the entry's first byte (its cached stat data).
+    start: usize,
+    stat: Stat,
+    flags: u16,
+    extended: u16,
+    path: Vec<u8>,
+    /// Offset of the next entry.
+    next: usize,
+}
+
+impl IndexEntry {
+    /// Whether git would trust this entry's cached stat data for a regular file or a link.
+    fn refreshable(&self, index_mtime: (u32, u32)) -> bool {
+        let stage = (self.flags >> 12) & 3;
+        let assume_valid = self.flags & 0x8000 != 0;
+        let skip_worktree_or_ita = self.extended & 0x6000 != 0;
+        let kind = self.stat.mode & S_IFMT;
+        // Racily clean: changed in the same instant the index was written; git smudges or
+        // re-checks these, so must we.
+        let racy = (self.stat.mtime_s, self.stat.mtime_ns) >= index_mtime;
+        stage == 0 && !assume_valid && !skip_worktree_or_ita && (kind == S_IFREG || kind == S_IFLNK) && !racy
+    }
+}
+
+/// Parses the entry at `start`; `prev_path` is the previous entry's path (v4 prefix compression).
+fn parse_entry(
+    index: &[u8],
+    version: u32,
+    start: usize,
+    body_end: usize,
+    prev_path: &[u8],
+) -> Result<IndexEntry, FormatError> {
+    let fixed = STAT_LEN + HASH + 2;
+    if start + fixed > body_end {
+        return Err(bad("truncated entry"));
+    }
+    let stat = read_stat(index, start);
+    let flags = u16::from_be_bytes([index[start + STAT_LEN + HASH], index[start + STAT_LEN + HASH + 1]]);
+    let mut name_at = start + fixed;
+    let mut extended = 0u16;
+    if flags & 0x4000 != 0 {
+        if version < 3 || name_at + 2 > body_end {
+            return Err(bad("extended flags in a version 2 index"));
+        }
+        extended = u16::from_be_bytes([index[name_at], index[name_at + 1]]);
+        name_at += 2;
+    }
+    let (path, next) = if version == 4 {
+        let mut p = name_at;
+        let strip = varint(index, &mut p).ok_or_else(|| bad("bad path prefix"))?;
+        let nul = index[p..body_end].iter().position(|b| *b == 0).ok_or_else(|| bad("unterminated path"))?;
+        let keep = prev_path.len().checked_sub(strip).ok_or_else(|| bad("bad path prefix"))?;
+        let mut path = prev_path[..keep].to_vec();
+        path.extend_from_slice(&index[p..p + nul]);
+        (path, p + nul + 1)
+    } else {
+        let nul = index[name_at..body_end].iter().position(|b| *b == 0).ok_or_else(|| bad("unterminated path"))?;
+        // Entries are padded with 1-8 NULs to a multiple of 8 bytes.
+        (index[name_at..name_at + nul].to_vec(), start + ((name_at - start + nul + 8) & !7))
+    };
+    if next > body_end {
+        return Err(bad("truncated entry"));
+    }
+    Ok(IndexEntry { start, stat, flags, extended, path, next })
+}
+
+/// The refreshed stat data for an entry whose file now has stat `now`: `Some` when the file
+/// kept its kind, executable bit, mtime and size but moved (new inode, ctime, owner).
+fn refreshed_stat(cached: &Stat, now: &Stat) -> Option<Stat> {
+    let kind = cached.mode & S_IFMT;
+    let same_kind = now.mode & S_IFMT == kind;
+    let same_exec = kind != S_IFREG || (now.mode & 0o100 != 0) == (cached.mode & 0o100 != 0);
+    let same = now.mtime_s == cached.mtime_s && now.mtime_ns == cached.mtime_ns && now.size == cached.size;
+    let differs = (now.ctime_s, now.ctime_ns, now.dev, now.ino, now.uid, now.gid)
+        != (cached.ctime_s, cached.ctime_ns, cached.dev, cached.ino, cached.uid, cached.gid);
+    (same_kind && same_exec && same && differs).then_some(*now)
+}
+
+/// Walks the extensions from `at` to the checksum; true when the index is split (a `link`
+/// extension keeps entries elsewhere, which is left to git).
+fn is_split(index: &[u8], mut at: usize, body_end: usize) -> Result<bool, FormatError> {
+    while at + 8 <= body_end {
+        if &index[at..at + 4] == b"link" {
+            return Ok(true);
+        }
+        let len = be32(index, at + 4) as usize;
+        at = at.checked_add(8 + len).ok_or_else(|| bad("bad extension length"))?;
+    }
+    if at != body_end {
+        return Err(bad("extensions overrun the checksum"));
+    }
+    Ok(false)
+}
+
+/// Checks the header and the checksum; returns the version, the entry count and where the
+/// checksum starts.
+fn header(index: &[u8]) -> Result<(u32, usize, usize), FormatError> {
+    if index.len() < 12 + HASH || &index[..4] != b"DIRC" {
+        return Err(bad("no DIRC header"));
+    }
+    let version = be32(index, 4);
+    if !(2..=4).contains(&version) {
+        return Err(bad(&format!("version {version} is not 2, 3 or 4")));
+    }
+    let body_end = index.len() - HASH;
+    let checksum = sha1_smol::Sha1::from(&index[..body_end]).digest().bytes();
+    if checksum[..] != index[body_end..] {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok((version, be32(index, 8) as usize, body_end))
+}
+
 /// Refreshes the cached stat data of `index` (a SHA-1 repository's index file whose own mtime
 /// was `index_mtime` = (seconds, nanoseconds)). `lstat` returns the current stat of a path
 /// relative to the work tree, or `None` when it is missing. Returns `Ok` with `index: None` when
@@ -100,100 +220,29 @@ pub fn refresh(
     index_mtime: (u32, u32),
     mut lstat: impl FnMut(&[u8]) -> Option<Stat>,
 ) -> Result<Refreshed, FormatError> {
-    const HASH: usize = 20;
-    let bad = |why: &str| FormatError::new("git index", why);
-    if index.len() < 12 + HASH || &index[..4] != b"DIRC" {
-        return Err(bad("no DIRC header"));
-    }
-    let version = be32(index, 4);
-    if !(2..=4).contains(&version) {
-        return Err(bad(&format!("version {version} is not 2, 3 or 4")));
-    }
-    let n = be32(index, 8) as usize;
-    let body_end = index.len() - HASH;
-    let checksum = sha1_smol::Sha1::from(&index[..body_end]).digest().bytes();
-    if checksum[..] != index[body_end..] {
-        return Err(bad("checksum mismatch"));
-    }
+    let (version, n, body_end) = header(index)?;
     let mut out = index.to_vec();
     let mut at = 12;
     let mut prev_path: Vec<u8> = Vec::new();
     let mut refreshed = 0;
     for _ in 0..n {
-        let start = at;
-        let fixed = STAT_LEN + HASH + 2;
-        if start + fixed > body_end {
-            return Err(bad("truncated entry"));
-        }
-        let stat = read_stat(index, start);
-        let flags = u16::from_be_bytes([index[start + STAT_LEN + HASH], index[start + STAT_LEN + HASH + 1]]);
-        let mut name_at = start + fixed;
-        let mut extended = 0u16;
-        if flags & 0x4000 != 0 {
-            if version < 3 || name_at + 2 > body_end {
-                return Err(bad("extended flags in a version 2 index"));
-            }
-            extended = u16::from_be_bytes([index[name_at], index[name_at + 1]]);
-            name_at += 2;
-        }
-        let path: Vec<u8> = if version == 4 {
-            let mut p = name_at;
-            let strip = varint(index, &mut p).ok_or_else(|| bad("bad path prefix"))?;
-            let nul = index[p..body_end].iter().position(|b| *b == 0).ok_or_else(|| bad("unterminated path"))?;
-            let keep = prev_path.len().checked_sub(strip).ok_or_else(|| bad("bad path prefix"))?;
-            let mut path = prev_path[..keep].to_vec();
-            path.extend_from_slice(&index[p..p + nul]);
-            at = p + nul + 1;
-            path
-        } else {
-            let nul = index[name_at..body_end].iter().position(|b| *b == 0).ok_or_else(|| bad("unterminated path"))?;
-            let path = index[name_at..name_at + nul].to_vec();
-            // Entries are padded with 1-8 NULs to a multiple of 8 bytes.
-            at = start + ((name_at - start + nul + 8) & !7);
-            path
-        };
-        if at > body_end {
-            return Err(bad("truncated entry"));
-        }
-        let stage = (flags >> 12) & 3;
-        let assume_valid = flags & 0x8000 != 0;
-        let skip_worktree_or_ita = extended & 0x6000 != 0;
-        let kind = stat.mode & S_IFMT;
-        let candidate = stage == 0 && !assume_valid && !skip_worktree_or_ita && (kind == S_IFREG || kind == S_IFLNK);
-        // Racily clean: changed in the same instant the index was written; git smudges or
-        // re-checks these, so must we.
-        let racy = (stat.mtime_s, stat.mtime_ns) >= index_mtime;
-        if candidate && !racy {
-            if let Some(now) = lstat(&path) {
-                let same_kind = now.mode & S_IFMT == kind;
-                let same_exec = kind != S_IFREG || (now.mode & 0o100 != 0) == (stat.mode & 0o100 != 0);
-                let same = now.mtime_s == stat.mtime_s && now.mtime_ns == stat.mtime_ns && now.size == stat.size;
-                let differs = (now.ctime_s, now.ctime_ns, now.dev, now.ino, now.uid, now.gid)
-                    != (stat.ctime_s, stat.ctime_ns, stat.dev, stat.ino, stat.uid, stat.gid);
-                if same_kind && same_exec && same && differs {
-                    put32(&mut out, start, now.ctime_s);
-                    put32(&mut out, start + 4, now.ctime_ns);
-                    put32(&mut out, start + 16, now.dev);
-                    put32(&mut out, start + 20, now.ino);
-                    put32(&mut out, start + 28, now.uid);
-                    put32(&mut out, start + 32, now.gid);
-                    refreshed += 1;
+        let entry = parse_entry(index, version, at, body_end, &prev_path)?;
+        if entry.refreshable(index_mtime) {
+            if let Some(now) = lstat(&entry.path).and_then(|now| refreshed_stat(&entry.stat, &now)) {
+                let start = entry.start;
+                for (offset, value) in
+                    [(0, now.ctime_s), (4, now.ctime_ns), (16, now.dev), (20, now.ino), (28, now.uid), (32, now.gid)]
+                {
+                    put32(&mut out, start + offset, value);
                 }
+                refreshed += 1;
             }
         }
-        prev_path = path;
+        at = entry.next;
+        prev_path = entry.path;
     }
-    // Extensions: a split index keeps entries elsewhere; leave that to git.
-    let mut ext = at;
-    while ext + 8 <= body_end {
-        if &index[ext..ext + 4] == b"link" {
-            return Ok(Refreshed { entries: n, refreshed: 0, index: None });
-        }
-        let len = be32(index, ext + 4) as usize;
-        ext = ext.checked_add(8 + len).ok_or_else(|| bad("bad extension length"))?;
-    }
-    if ext != body_end {
-        return Err(bad("extensions overrun the checksum"));
+    if is_split(index, at, body_end)? {
+        return Ok(Refreshed { entries: n, refreshed: 0, index: None });
     }
     if refreshed == 0 {
         return Ok(Refreshed { entries: n, refreshed, index: None });
