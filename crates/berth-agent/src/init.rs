@@ -485,6 +485,8 @@ impl<'a> Init<'a> {
             excludes,
             cache_dir: self.cfg.cache_dir.clone(),
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            // Init's plan already holds the directory to be empty or berth's own (volume marker).
+            delete: true,
         };
         let progress = Arc::new(Progress::default());
         let restored = tokio::select! {

@@ -13,7 +13,7 @@
 //!   publishes a manifest), `mark` (prune marks), `layout` (where each object lives);
 //! - snapshot planners: `sync` (what a run reads and reuses, and the manifest it assembles),
 //!   `excludes`, `budget` (the size budget), `diff`, `retention` (forget), `prune` (two-phase
-//!   deletion);
+//!   deletion), `target` (where a restore may write);
 //! - the control plane's rules: `lease` (the single-writer lease, its fencing epoch and the one
 //!   `Fenced` error), `lifecycle` (the workspace lifecycle machine), `drain` (the drain state
 //!   machine and budget), `scope` (drain scopes), `volume` (volume names and mount specs), `gc`
@@ -52,11 +52,29 @@ pub mod session;
 pub mod snapshot;
 pub mod sweep;
 pub mod sync;
+pub mod target;
 pub mod time;
 pub mod tree;
 pub mod units;
 pub mod volume;
 pub mod workspace;
+
+/// The most bytes of one piece of user or store input (a path, a key, a label) an error message
+/// repeats; the rest is cut (see [`bounded`]).
+pub const ECHO_MAX: usize = 512;
+
+/// Cuts `s` to at most `max` bytes (on a character boundary, marked with `...`), so that an
+/// error never repeats unbounded input.
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
 
 /// A stored object or input that could not be decoded or failed validation.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

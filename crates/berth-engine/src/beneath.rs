@@ -36,9 +36,11 @@ fn os(b: &[u8]) -> &OsStr {
 }
 
 impl Root {
-    /// Opens `dir` (which the caller chose, so a symlink there is followed).
+    /// Opens `dir`, which the caller chose and resolved: its parents may be symlinks, `dir`
+    /// itself may not (a target swapped for a link after the caller's checks is refused).
     pub fn open(dir: &Path) -> io::Result<Root> {
-        let fd = rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let fd = rustix::fs::open(dir, flags, Mode::empty())?;
         Ok(Root { fd })
     }
 

@@ -58,6 +58,10 @@ pub enum EngineError {
         /// Why.
         reason: String,
     },
+    /// A restore target that a restore must not touch (a symlink, `/`, the home directory, the
+    /// store or the cache, or a non-empty directory berth did not restore into).
+    #[error(transparent)]
+    Target(#[from] berth_core::target::Refused),
     /// Input that cannot be used as given.
     #[error("{0}")]
     Invalid(String),

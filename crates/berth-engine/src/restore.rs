@@ -8,6 +8,10 @@
 //!   fails the restore without destroying what the target held.
 //! - Entries the snapshot does not hold are removed from the target, except excluded paths,
 //!   which a snapshot never holds and a restore leaves alone.
+//! - Before any of that, the target is checked (`berth_core::target`): a symlink, `/`, the home
+//!   directory, a directory holding or inside the store or the cache are refused, and so is a
+//!   non-empty directory without berth's restore marker unless `delete` is set. The marker is
+//!   written before the first change to the target.
 //!
 //! # Caveats
 //! - Ownership, ACLs and extended attributes are not restored; files belong to the restoring user.
@@ -15,6 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -28,6 +33,7 @@ use berth_core::index::{Index, Location};
 use berth_core::layout;
 use berth_core::manifest::{Entry, EntryKind, Manifest};
 use berth_core::path::RelPath;
+use berth_core::target::{self, TargetFacts};
 use berth_core::workspace::{Generation, WorkspaceId};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -63,6 +69,9 @@ pub struct RestoreOptions {
     pub cache_dir: Option<PathBuf>,
     /// Worker threads for decoding and writing.
     pub threads: usize,
+    /// Clear a non-empty target that berth did not restore into (the CLI's `--delete`); without
+    /// it such a target is refused.
+    pub delete: bool,
 }
 
 /// What a restore did.
@@ -115,6 +124,7 @@ struct Target {
 /// Restores a snapshot into `opts.dir`.
 pub async fn restore(store: &SnapshotStore, opts: &RestoreOptions, progress: &Arc<Progress>) -> Result<RestoreSummary> {
     let started = Instant::now();
+    let checked = check_target(store.objects().url(), opts)?;
     let snapshot = store.resolve(&opts.workspace, opts.generation, &opts.snapshot).await?;
     let loaded = store.load_index(opts.cache_dir.as_deref()).await?;
     let manifest = Arc::new(store.tree(&snapshot.record.contents, Some(&loaded.index)).await?);
@@ -122,7 +132,15 @@ pub async fn restore(store: &SnapshotStore, opts: &RestoreOptions, progress: &Ar
 
     std::fs::create_dir_all(&opts.dir).map_err(|e| EngineError::io("creating", &opts.dir, e))?;
     let dir = std::fs::canonicalize(&opts.dir).map_err(|e| EngineError::io("opening", &opts.dir, e))?;
+    if dir != checked {
+        return Err(EngineError::Invalid(format!(
+            "the restore target {} changed while the restore started (it now resolves to {}); nothing was written",
+            opts.dir.display(),
+            dir.display()
+        )));
+    }
     let root = Arc::new(Root::open(&dir).map_err(|e| EngineError::io("opening", &dir, e))?);
+    write_marker(&root, &dir, opts, &snapshot.id)?;
 
     // Prepare the tree: clear what does not belong, make directories, links and empty files.
     let (m, r, d, ex) = (manifest.clone(), root.clone(), dir.clone(), opts.excludes.clone());
@@ -158,6 +176,89 @@ pub async fn restore(store: &SnapshotStore, opts: &RestoreOptions, progress: &Ar
         bytes_fetched,
         duration_secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Checks that a restore may go into `opts.dir` (see `berth_core::target`), touching nothing;
+/// returns it resolved (as it will be once created, when it is missing).
+fn check_target(store_url: &str, opts: &RestoreOptions) -> Result<PathBuf> {
+    let given = &opts.dir;
+    let meta = std::fs::symlink_metadata(given);
+    let is_symlink = meta.as_ref().is_ok_and(|m| m.file_type().is_symlink());
+    let resolved = resolve_missing(given)?;
+    let (mut holds_entries, mut has_marker) = (false, false);
+    if meta.is_ok() && !is_symlink {
+        let entries = std::fs::read_dir(&resolved).map_err(|e| EngineError::io("reading", &resolved, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| EngineError::io("reading", &resolved, e))?;
+            holds_entries |= !target::is_ignorable(entry.file_name().as_bytes());
+        }
+        has_marker = std::fs::symlink_metadata(resolved.join(target::RESTORE_MARKER)).is_ok_and(|m| m.is_file());
+    }
+    let resolve = |p: &Path| std::fs::canonicalize(p).ok();
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).and_then(|h| resolve(Path::new(&h)));
+    let store_dir = store_url.strip_prefix("file://").and_then(|p| resolve(Path::new(p)));
+    let cache_dir = opts.cache_dir.as_deref().map(resolve_missing).transpose()?;
+    let mut protected: Vec<(&str, &Path)> = Vec::new();
+    if let Some(p) = &store_dir {
+        protected.push(("the store", p));
+    }
+    if let Some(p) = &cache_dir {
+        protected.push(("the cache", p));
+    }
+    let facts = TargetFacts {
+        given,
+        is_symlink,
+        resolved: &resolved,
+        holds_entries,
+        has_marker,
+        home: home.as_deref(),
+        protected: &protected,
+    };
+    target::check(&facts, opts.delete)?;
+    Ok(resolved)
+}
+
+/// Resolves `path` as it will be once created: its longest existing ancestor resolved, and the
+/// rest appended.
+fn resolve_missing(path: &Path) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().map_err(|e| EngineError::io("resolving", path, e))?;
+    let abs = cwd.join(path);
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut out) = std::fs::canonicalize(existing) {
+            out.extend(rest.iter().rev());
+            return Ok(out);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return Ok(abs),
+        }
+    }
+}
+
+/// Writes the restore marker into the target (beneath it, through no symlink) before the
+/// first change: it says that berth may make this directory match a snapshot again.
+fn write_marker(root: &Root, dir: &Path, opts: &RestoreOptions, snapshot: &SnapshotId) -> Result<()> {
+    let marker = target::RESTORE_MARKER.as_bytes();
+    let rel = RelPath::new(marker.to_vec()).map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let fail = |op, e| io_err(op, dir, &rel, e);
+    let mut parent = rel.parent();
+    let mut parents = Vec::new();
+    while let Some(p) = parent {
+        parent = p.parent();
+        parents.push(p);
+    }
+    for p in parents.iter().rev() {
+        root.mkdir(p.as_bytes(), 0o700).map_err(|e| fail("creating", e))?;
+    }
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC;
+    let mut f = File::from(root.open_at(marker, flags, 0o600).map_err(|e| fail("writing", e))?);
+    let text = format!("workspace {} generation {} snapshot {}\n", opts.workspace, opts.generation, snapshot);
+    f.write_all(text.as_bytes()).map_err(|e| fail("writing", e))
 }
 
 /// The threads that decode fetched packs and write their chunks into files.
@@ -372,7 +473,12 @@ fn prepare(
         // Symlinks and hard links are always made anew; files linked elsewhere are replaced,
         // never written through; so are read-only files, which cannot be opened for writing.
         let keep = wanted.get(&e.path).is_some_and(|k| kind_matches(&e.kind, k))
-            && (matches!(e.kind, ScanKind::Dir) || e.mode & 0o200 != 0);
+            && (matches!(e.kind, ScanKind::Dir) || e.mode & 0o200 != 0)
+            // berth's own directory holds the restore marker: emptied, never removed, unless the
+            // snapshot wants something else there.
+            || (e.path.as_bytes() == scan::BERTH_DIR
+                && matches!(e.kind, ScanKind::Dir)
+                && wanted.get(&e.path).is_none_or(|k| matches!(k, EntryKind::Dir)));
         if !keep {
             root.remove(e.path.as_bytes()).map_err(|err| io_err("removing", dir, &e.path, err))?;
             if !wanted.contains_key(&e.path) {

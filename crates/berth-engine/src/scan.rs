@@ -68,8 +68,22 @@ fn scan_from(dir: PathBuf, rel: Option<RelPath>, excludes: &Excludes, skip: &[Pa
         out.special += p.special;
     }
     out.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    drop_bare_berth_dir(&mut out.entries);
     out.problems.sort();
     out
+}
+
+/// berth's own top-level directory, `.berth`: its `run/` (runtime state, the restore marker)
+/// is never scanned, and when nothing else is below it, the directory is left out too, so a
+/// restore's marker never shows up in a snapshot or in what a restore removes.
+pub const BERTH_DIR: &[u8] = b".berth";
+
+fn drop_bare_berth_dir(entries: &mut Vec<ScanEntry>) {
+    let holds_more =
+        entries.iter().any(|e| e.path.as_bytes().strip_prefix(BERTH_DIR).is_some_and(|r| r.starts_with(b"/")));
+    if !holds_more {
+        entries.retain(|e| !(e.path.as_bytes() == BERTH_DIR && matches!(e.kind, ScanKind::Dir)));
+    }
 }
 
 type DirJob = (PathBuf, Option<RelPath>);

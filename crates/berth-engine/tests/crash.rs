@@ -182,6 +182,7 @@ async fn restore_tree(snapshots: &SnapshotStore, snap: &Snapshot, scratch: &Path
         excludes: Excludes::new(&[], false).expect("no excludes"),
         cache_dir: None,
         threads: 2,
+        delete: false,
     };
     restore(snapshots, &opts, &Arc::new(Progress::default()))
         .await

@@ -118,6 +118,8 @@ impl Hostile {
 
     fn restore(&self, excludes: &[&str]) -> berth_engine::Result<RestoreSummary> {
         let mut opts = restore_opts(&self.target(), None);
+        // Several cases prepare the target with entries of their own.
+        opts.delete = true;
         opts.excludes = Excludes::new(&excludes.iter().map(|s| s.to_string()).collect::<Vec<_>>(), false).unwrap();
         self.rt.block_on(restore_with(&self.snapshots, &opts))
     }

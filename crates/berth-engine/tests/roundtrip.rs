@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use berth_engine::restore::RestoreOptions;
 use common::{
     assert_same, differences, join, memory_repo, noise, restore, runtime, set_mode, set_mtime, snapshot, text, Kind,
     TreeImage,
@@ -304,7 +305,8 @@ proptest! {
         runtime().block_on(async {
             let snapshots = memory_repo().await;
             snapshot(&snapshots, &src, None).await;
-            let summary = restore(&snapshots, &dst, None).await;
+            // The target holds entries of its own: only an explicit delete lets a restore clear them.
+            let summary = common::restore_with(&snapshots, &RestoreOptions { delete: true, ..common::restore_opts(&dst, None) }).await;
             summary.map_err(|e| TestCaseError::fail(format!("restore failed: {e}")))?;
             Ok::<(), TestCaseError>(())
         })?;
@@ -465,7 +467,11 @@ fn restore_replaces_wrong_types_and_removes_extras() {
     runtime().block_on(async {
         let snapshots = memory_repo().await;
         snapshot(&snapshots, &src, None).await;
-        let summary = restore(&snapshots, &dst, None).await.unwrap();
+        let refused = restore(&snapshots, &dst, None).await.expect_err("a foreign non-empty target needs delete");
+        assert!(matches!(refused, berth_engine::EngineError::Target(_)), "{refused:?}");
+        assert_same(&around, &scene.around("dst"), "a refused restore changed the target's surroundings");
+        let opts = RestoreOptions { delete: true, ..common::restore_opts(&dst, None) };
+        let summary = common::restore_with(&snapshots, &opts).await.unwrap();
         assert_eq!(summary.removed, 3, "extra-dir, extra-file and extra-link: {summary:?}");
     });
     assert_same(&before, &TreeImage::read(&dst), "restore over wrong types");

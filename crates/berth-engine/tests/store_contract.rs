@@ -361,6 +361,7 @@ async fn s3_snapshot_restore_verify_end_to_end() {
             excludes: Excludes::new(&[], false).expect("excludes"),
             cache_dir: None,
             threads: 2,
+            delete: false,
         };
         restore(&snapshots, &ropts, &progress).await.unwrap_or_else(|e| panic!("restore {selector}: {e}"));
         common::assert_same(want, &TreeImage::read(&dir), &format!("restore of {selector}"));

@@ -165,14 +165,7 @@ pub fn is_install(labels: &BTreeMap<String, String>, install: &str) -> bool {
 /// Cuts text read from a substrate (a label, an engine's message) to at most `max` bytes, so an
 /// error never repeats unbounded input.
 pub fn bounded(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    berth_core::bounded(s, max)
 }
 
 /// Where workspace volumes live.

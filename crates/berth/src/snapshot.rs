@@ -128,6 +128,10 @@ pub struct RestoreArgs {
     /// Worker threads [default: the number of cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Make a non-empty directory that berth did not restore into match the snapshot, removing
+    /// what the snapshot lacks (without it such a directory is refused).
+    #[arg(long)]
+    delete: bool,
     #[command(flatten)]
     out: Output,
     /// The target directory.
@@ -334,7 +338,7 @@ async fn create(args: CreateArgs) -> Result<()> {
 }
 
 async fn restore(args: RestoreArgs) -> Result<()> {
-    let RestoreArgs { store, ws, snapshot, cache, exclude, threads: t, out, dir } = args;
+    let RestoreArgs { store, ws, snapshot, cache, exclude, threads: t, delete, out, dir } = args;
     let (workspace, generation) = ws.parse()?;
     let snapshots = open(&store).await?;
     let opts = RestoreOptions {
@@ -345,6 +349,7 @@ async fn restore(args: RestoreArgs) -> Result<()> {
         excludes: exclude.build()?,
         cache_dir: cache.resolve(),
         threads: threads(t),
+        delete,
     };
     let progress = Arc::new(Progress::default());
     let bar = Bar::start(&progress, out.json);

@@ -483,7 +483,11 @@ fn restore_into_an_existing_directory() {
         write_file(&out, rel, data.as_bytes(), 0o644);
     }
 
-    let r = env.run("restore", &["--workspace", "w", "--json", s(&out)]).ok().json();
+    // A directory berth did not restore into is not cleared without --delete.
+    let before = read_tree(&out);
+    env.run("restore", &["--workspace", "w", s(&out)]).fails(1).stderr_has(&["not empty", "--delete"]);
+    assert_same_tree(&before, &read_tree(&out));
+    let r = env.run("restore", &["--workspace", "w", "--delete", "--json", s(&out)]).ok().json();
     assert!(u64_field(&r, "removed") >= 3, "{r:#}");
 
     let mut restored = read_tree(&out);
@@ -501,6 +505,80 @@ fn restore_into_an_existing_directory() {
     assert_same_tree(&read_tree(&src), &restored);
     assert_eq!(fs::read(outside.join("victim.txt")).unwrap(), b"outside the target", "no write through a symlink");
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "nothing written outside the target");
+}
+
+/// A restore never clears what berth did not write: a foreign non-empty directory needs
+/// --delete; `/`, the home directory, a directory holding the store or the cache, and a symlinked
+/// target are refused whatever is asked. A directory berth restored into (its marker) is made to
+/// match the snapshot again without --delete.
+#[test]
+fn restore_refuses_targets_it_must_not_clear() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src, "a.txt", b"snapshot", 0o644);
+    env.run("create", &["--workspace", "w", s(&src)]).ok();
+    let store_before = read_tree(&env.store);
+
+    // `/`: refused before anything is read (the workspace has no snapshot, so even a restore
+    // without the check stops at "not found" before touching `/`).
+    env.run("restore", &["--workspace", "none", "--delete", "/"]).fails(1).stderr_has(&["root directory"]);
+
+    // The home directory (and a directory holding it), even with --delete.
+    let home = env.path("home");
+    write_file(&home, "precious.txt", b"mine", 0o644);
+    for target in [home.clone(), env.path("")] {
+        let mut c = env.command("restore", &["--workspace", "w", "--delete", s(&target)]);
+        c.env("HOME", &home);
+        util::Run::of(c).fails(1).stderr_has(&["home directory"]);
+    }
+    assert_eq!(fs::read(home.join("precious.txt")).unwrap(), b"mine");
+
+    // A directory holding the store, or the cache, or inside the store.
+    let holder = env.path("holder");
+    write_file(&holder, "own.txt", b"mine", 0o644);
+    let store_url = format!("file://{}", holder.join("store").display());
+    let holder_store = holder.join("store");
+    fs::create_dir_all(&holder_store).unwrap();
+    let mut c = env.raw();
+    c.args(["snapshot", "create", "--store", &store_url, "--no-cache", "--workspace", "w", s(&src)]);
+    util::Run::of(c).ok();
+    let mut c = env.raw();
+    c.args(["snapshot", "restore", "--store", &store_url, "--no-cache", "--workspace", "w", "--delete", s(&holder)]);
+    util::Run::of(c).fails(1).stderr_has(&["holds the store"]);
+    assert_eq!(fs::read(holder.join("own.txt")).unwrap(), b"mine");
+    let inside = env.store.join("sub");
+    env.run("restore", &["--workspace", "w", "--delete", s(&inside)]).fails(1).stderr_has(&["inside the store"]);
+    let with_cache = env.path("with-cache");
+    write_file(&with_cache, "own.txt", b"mine", 0o644);
+    let mut c = env.raw();
+    let cache = with_cache.join("cache");
+    c.args(["snapshot", "restore", "--store", &env.url, "--cache-dir", s(&cache), "--workspace", "w"]);
+    c.args(["--delete", s(&with_cache)]);
+    util::Run::of(c).fails(1).stderr_has(&["holds the cache"]);
+    assert_eq!(fs::read(with_cache.join("own.txt")).unwrap(), b"mine");
+    assert_same_tree(&store_before, &read_tree(&env.store));
+
+    // A symlinked target: refused, and the directory it points to is left alone.
+    let pointed = env.path("pointed");
+    write_file(&pointed, "victim.txt", b"not berth's", 0o644);
+    let link = env.path("link");
+    symlink(&pointed, &link).unwrap();
+    env.run("restore", &["--workspace", "w", "--delete", s(&link)]).fails(1).stderr_has(&["symlink"]);
+    assert_eq!(paths(&pointed), set(&["victim.txt"]));
+
+    // A foreign non-empty directory: refused without --delete, untouched.
+    let foreign = env.path("foreign");
+    write_file(&foreign, "theirs.txt", b"not berth's", 0o644);
+    env.run("restore", &["--workspace", "w", s(&foreign)]).fails(1).stderr_has(&["not empty", "--delete"]);
+    assert_eq!(paths(&foreign), set(&["theirs.txt"]));
+
+    // A new directory gets the marker; berth may then clear it again without --delete.
+    let out = env.path("out");
+    env.run("restore", &["--workspace", "w", s(&out)]).ok();
+    assert!(out.join(".berth/run/restored").is_file(), "the restore leaves its marker");
+    write_file(&out, "extra.txt", b"added later", 0o644);
+    env.run("restore", &["--workspace", "w", s(&out)]).ok();
+    assert_eq!(paths(&out), set(&["a.txt"]));
 }
 
 #[test]

@@ -73,6 +73,7 @@ pub fn restore_opts(dir: &Path, cache_dir: Option<&Path>) -> RestoreOptions {
         excludes: Excludes::new(&[], false).expect("no patterns"),
         cache_dir: cache_dir.map(Path::to_path_buf),
         threads: 2,
+        delete: false,
     }
 }
 
@@ -331,7 +332,9 @@ impl TreeImage {
         Self::read_except(root, &[])
     }
 
-    /// Reads the tree below `root`, leaving out the top-level names in `skip` and all below them.
+    /// Reads the tree below `root`, leaving out the top-level names in `skip` and all below them,
+    /// and, as a snapshot does, `.berth/run/` (where a restore leaves its marker) and a `.berth`
+    /// that holds nothing else.
     pub fn read_except(root: &Path, skip: &[&[u8]]) -> TreeImage {
         let mut image = TreeImage::default();
         let mut inodes: HashMap<(u64, u64), Vec<Vec<u8>>> = HashMap::new();
@@ -349,6 +352,9 @@ impl TreeImage {
                     child.push(b'/');
                 }
                 child.extend_from_slice(name.as_bytes());
+                if child == b".berth/run" {
+                    continue;
+                }
                 let path = entry.path();
                 let meta = fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
                 let ft = meta.file_type();
@@ -372,6 +378,9 @@ impl TreeImage {
                 };
                 image.nodes.insert(child, node);
             }
+        }
+        if !image.nodes.keys().any(|k| k.starts_with(b".berth/")) {
+            image.nodes.remove(b".berth".as_slice());
         }
         for (_, mut paths) in inodes {
             if paths.len() > 1 {

@@ -209,7 +209,9 @@ fn mtime_ns(m: &fs::Metadata) -> i64 {
     m.mtime() * 1_000_000_000 + m.mtime_nsec()
 }
 
-/// Reads every entry below `root` (not `root` itself), keyed by relative path.
+/// Reads every entry below `root` (not `root` itself), keyed by relative path; like a snapshot,
+/// it leaves out `.berth/run/` (where a restore leaves its marker) and a `.berth` holding nothing
+/// else.
 pub fn read_tree(root: &Path) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -217,6 +219,9 @@ pub fn read_tree(root: &Path) -> BTreeMap<String, Node> {
         for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())) {
             let p = e.expect("dir entry").path();
             let rel = p.strip_prefix(root).expect("below root").to_string_lossy().into_owned();
+            if rel == ".berth/run" {
+                continue;
+            }
             let m = fs::symlink_metadata(&p).expect("metadata");
             let mode = m.permissions().mode() & 0o7777;
             let node = if m.file_type().is_symlink() {
@@ -229,6 +234,9 @@ pub fn read_tree(root: &Path) -> BTreeMap<String, Node> {
             };
             out.insert(rel, node);
         }
+    }
+    if !out.keys().any(|k| k.starts_with(".berth/")) {
+        out.remove(".berth");
     }
     out
 }
