@@ -33,9 +33,13 @@ pub struct Excludes {
 fn build(patterns: &[String]) -> Result<Gitignore, ExcludeError> {
     let mut b = GitignoreBuilder::new("");
     for p in patterns {
-        b.add_line(None, p).map_err(|e| ExcludeError { pattern: p.clone(), reason: e.to_string() })?;
+        b.add_line(None, p)
+            .map_err(|e| ExcludeError { pattern: crate::bounded(p, crate::ECHO_MAX), reason: e.to_string() })?;
     }
-    b.build().map_err(|e| ExcludeError { pattern: patterns.join(","), reason: e.to_string() })
+    b.build().map_err(|e| ExcludeError {
+        pattern: crate::bounded(&patterns.join(","), crate::ECHO_MAX),
+        reason: e.to_string(),
+    })
 }
 
 impl Excludes {

@@ -30,7 +30,7 @@ impl RelPath {
     /// Validates `bytes` as a relative path that stays inside its root.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, PathError> {
         let bytes = bytes.into();
-        let fail = |reason| Err(PathError { path: escape(&bytes), reason });
+        let fail = |reason| Err(PathError { path: crate::bounded(&escape(&bytes), crate::ECHO_MAX), reason });
         if bytes.is_empty() {
             return fail("it is empty");
         }

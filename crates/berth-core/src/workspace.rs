@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// A workspace id that cannot be used as given.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("workspace id '{0}' is not valid: use 1-128 characters from A-Z a-z 0-9 . _ : @ + = -, starting with a letter or digit")]
+#[error("workspace id '{}' is not valid: use 1-128 characters from A-Z a-z 0-9 . _ : @ + = -, starting with a letter or digit", crate::bounded(.0, crate::ECHO_MAX))]
 pub struct WorkspaceIdError(pub String);
 
 /// The durable key of a workspace, such as `agent:42` or `thread-abc`.

@@ -228,6 +228,7 @@ impl SnapshotStore {
             what,
             hint: format!("list them with `berth snapshot ls --workspace {workspace}`"),
         };
+        let shown = berth_core::bounded(selector, berth_core::ECHO_MAX);
         if selector == "latest" {
             return self
                 .latest(workspace, generation)
@@ -236,7 +237,7 @@ impl SnapshotStore {
         }
         if selector.len() < 4 || !selector.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(EngineError::Invalid(format!(
-                "snapshot '{selector}' is neither 'latest' nor an id prefix of at least 4 hex digits"
+                "snapshot '{shown}' is neither 'latest' nor an id prefix of at least 4 hex digits"
             )));
         }
         let matches: Vec<Snapshot> = self
@@ -246,11 +247,11 @@ impl SnapshotStore {
             .filter(|s| s.id.to_hex().starts_with(&selector.to_ascii_lowercase()))
             .collect();
         match matches.len() {
-            0 => Err(not_found(format!("snapshot {selector} of workspace {workspace} (generation {generation})"))),
+            0 => Err(not_found(format!("snapshot {shown} of workspace {workspace} (generation {generation})"))),
             1 => Ok(matches.into_iter().next().expect("one match")),
-            n => Err(EngineError::Invalid(format!(
-                "snapshot prefix '{selector}' matches {n} snapshots; give more digits"
-            ))),
+            n => {
+                Err(EngineError::Invalid(format!("snapshot prefix '{shown}' matches {n} snapshots; give more digits")))
+            }
         }
     }
 

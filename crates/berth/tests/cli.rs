@@ -581,6 +581,63 @@ fn restore_refuses_targets_it_must_not_clear() {
     assert_eq!(paths(&out), set(&["a.txt"]));
 }
 
+/// An S3 store without credentials fails at once with a permanent error that says what to set,
+/// and never waits on an instance metadata endpoint (which berth calls only when
+/// `BERTH_S3_IMDS=1`).
+#[test]
+fn s3_without_credentials_fails_at_once_naming_the_variables() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src, "a.txt", b"a", 0o644);
+    for (sub, args) in [("ls", vec![]), ("create", vec!["--workspace", "w", s(&src)])] {
+        let mut c = env.raw();
+        c.args(["snapshot", sub, "--store", "s3://no-such-bucket/berth"]).args(&args);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AWS_") {
+                c.env_remove(&k);
+            }
+        }
+        // An unroutable metadata endpoint: any attempt to use it would hang until its timeout.
+        c.env("AWS_METADATA_ENDPOINT", "http://10.255.255.1").env("AWS_PROFILE", "dev").env_remove("BERTH_S3_IMDS");
+        let started = std::time::Instant::now();
+        let run = util::Run::of(c).fails(1).stderr_has(&[
+            "no S3 credentials",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "BERTH_S3_IMDS=1",
+            "AWS_PROFILE is set",
+        ]);
+        assert!(!run.stderr.contains("temporary"), "a missing credential is permanent: {run:?}");
+        // Generous for a loaded machine; a metadata timeout plus retries takes far longer.
+        assert!(started.elapsed() < Duration::from_secs(20), "took {:?}: {run:?}", started.elapsed());
+    }
+}
+
+/// Input echoed in an error is cut: a 100 kB workspace id, snapshot selector or store URL does
+/// not come back whole.
+#[test]
+fn error_messages_are_bounded() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src, "a.txt", b"a", 0o644);
+    env.run("create", &["--workspace", "w", s(&src)]).ok();
+    let huge = "x".repeat(100_000);
+    let out = env.path("out");
+    for run in [
+        env.run("ls", &["--workspace", &huge]),
+        env.run("restore", &["--workspace", "w", "--snapshot", &huge, s(&out)]),
+        env.run_raw(&["snapshot", "ls", "--store", &format!("ftp://{huge}")]),
+    ] {
+        let run = run.fails(1);
+        assert!(
+            run.stderr.contains("xxxx") && run.stderr.len() < 4096,
+            "{} bytes: {}",
+            run.stderr.len(),
+            &run.stderr[..200]
+        );
+    }
+}
+
 #[test]
 fn one_prune_at_a_time() {
     let env = Env::new();

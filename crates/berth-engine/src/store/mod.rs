@@ -129,7 +129,8 @@ pub struct UrlError {
 /// S3 settings come from the usual `AWS_*` variables (`AWS_ENDPOINT_URL` for a custom endpoint,
 /// which also switches to path-style requests and allows plain http).
 pub fn open(url: &str) -> Result<DynStore, UrlError> {
-    let fail = |reason: &str| UrlError { url: url.to_string(), reason: reason.to_string() };
+    let fail =
+        |reason: &str| UrlError { url: berth_core::bounded(url, berth_core::ECHO_MAX), reason: reason.to_string() };
     if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
             return Err(fail("a file store needs an absolute path, like file:///var/lib/berth/store"));

@@ -26,8 +26,12 @@ pub fn memory() -> DynStore {
     Arc::new(ObjStore { inner: Arc::new(InMemory::new()), url: "memory://".into() })
 }
 
-/// Opens an S3 bucket, with settings from the `AWS_*` environment variables.
+/// Opens an S3 bucket, with settings from the `AWS_*` environment variables and credentials
+/// from the sources [`credential_source`] accepts; without any, it fails at once, before a
+/// request is made.
 pub fn s3(url: &str, bucket: &str, prefix: &str) -> Result<DynStore, String> {
+    let source = credential_source(&|k| std::env::var(k).ok())?;
+    tracing::debug!(event = "s3_credentials", source);
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
         builder = builder.with_region("us-east-1");
@@ -41,6 +45,52 @@ pub fn s3(url: &str, bucket: &str, prefix: &str) -> Result<DynStore, String> {
     let inner: Arc<dyn ObjectStore> =
         if prefix.is_empty() { Arc::new(s3) } else { Arc::new(PrefixStore::new(s3, Path::from(prefix))) };
     Ok(Arc::new(ObjStore { inner, url: url.to_string() }))
+}
+
+/// The environment variable that lets berth ask the instance metadata endpoint for S3
+/// credentials (set it to `1` on a cloud instance with a role). Without it berth never calls it.
+pub const IMDS_VAR: &str = "BERTH_S3_IMDS";
+
+/// Decides where S3 credentials come from, in this order, from the environment only:
+/// `AWS_ACCESS_KEY_ID` with `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`, when temporary);
+/// `AWS_WEB_IDENTITY_TOKEN_FILE` with `AWS_ROLE_ARN`; a container's credentials endpoint
+/// (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, or `AWS_CONTAINER_CREDENTIALS_FULL_URI` with
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`); unsigned requests (`AWS_SKIP_SIGNATURE=true`);
+/// the instance metadata endpoint only when `BERTH_S3_IMDS=1`. Profiles and `~/.aws` files are
+/// not read. Returns the source's name, or the error that says what to set.
+pub fn credential_source(get: &dyn Fn(&str) -> Option<String>) -> Result<&'static str, String> {
+    let set = |k: &str| get(k).is_some_and(|v| !v.is_empty());
+    match (set("AWS_ACCESS_KEY_ID"), set("AWS_SECRET_ACCESS_KEY")) {
+        (true, true) => return Ok("AWS_ACCESS_KEY_ID"),
+        (true, false) => return Err("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set both".into()),
+        (false, true) => return Err("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not: set both".into()),
+        (false, false) => {}
+    }
+    if set("AWS_WEB_IDENTITY_TOKEN_FILE") && set("AWS_ROLE_ARN") {
+        return Ok("AWS_WEB_IDENTITY_TOKEN_FILE");
+    }
+    if set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+        return Ok("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+    }
+    if set("AWS_CONTAINER_CREDENTIALS_FULL_URI") && set("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
+        return Ok("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    }
+    if get("AWS_SKIP_SIGNATURE").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok("AWS_SKIP_SIGNATURE");
+    }
+    if get(IMDS_VAR).as_deref() == Some("1") {
+        return Ok(IMDS_VAR);
+    }
+    let profile = if set("AWS_PROFILE") {
+        " AWS_PROFILE is set, but berth reads no profiles or ~/.aws files: export that profile's keys instead."
+    } else {
+        ""
+    };
+    Err(format!(
+        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for \
+         session keys), or AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN; on a cloud instance whose \
+         role should be used, set {IMDS_VAR}=1 to allow its metadata endpoint.{profile}"
+    ))
 }
 
 impl ObjStore {
@@ -98,5 +148,33 @@ impl Store for ObjStore {
             Err(object_store::Error::NotFound { .. }) => Ok(Deleted::NotFound),
             Err(e) => Err(self.err("delete", key, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(vars: &[(&str, &str)]) -> Result<&'static str, String> {
+        credential_source(&|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+    }
+
+    #[test]
+    fn credential_sources_are_explicit() {
+        assert_eq!(source(&[("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")]), Ok("AWS_ACCESS_KEY_ID"));
+        assert!(source(&[("AWS_ACCESS_KEY_ID", "k")]).unwrap_err().contains("AWS_SECRET_ACCESS_KEY is not"));
+        assert_eq!(
+            source(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "arn")]),
+            Ok("AWS_WEB_IDENTITY_TOKEN_FILE")
+        );
+        assert_eq!(source(&[("AWS_SKIP_SIGNATURE", "true")]), Ok("AWS_SKIP_SIGNATURE"));
+        assert_eq!(source(&[(IMDS_VAR, "1")]), Ok(IMDS_VAR));
+        // Nothing set: no metadata endpoint, an error naming what to set.
+        let none = source(&[("AWS_ACCESS_KEY_ID", ""), (IMDS_VAR, "0")]).unwrap_err();
+        for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "BERTH_S3_IMDS=1"] {
+            assert!(none.contains(name), "{none}");
+        }
+        assert!(!none.contains("AWS_PROFILE"));
+        assert!(source(&[("AWS_PROFILE", "dev")]).unwrap_err().contains("AWS_PROFILE is set"));
     }
 }

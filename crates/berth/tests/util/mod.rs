@@ -357,19 +357,28 @@ pub fn hash_bytes(h: &mut u64, data: &[u8]) {
 }
 
 /// A digest of a whole tree: every path with its kind, permission bits and content (file data
-/// or link target). Mtimes are left out.
+/// or link target). Mtimes are left out, and so is what a snapshot leaves out of berth's own
+/// directory (see [`read_tree`]).
 pub fn tree_digest(root: &Path) -> u64 {
     let mut entries = Vec::new();
     let mut stack = vec![root.to_path_buf()];
+    let runtime = root.join(".berth/run");
     while let Some(dir) = stack.pop() {
         for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())) {
             let p = e.expect("dir entry").path();
+            if p == runtime {
+                continue;
+            }
             let m = fs::symlink_metadata(&p).expect("metadata");
             if m.is_dir() {
                 stack.push(p.clone());
             }
             entries.push((p, m));
         }
+    }
+    let berth_dir = root.join(".berth");
+    if !entries.iter().any(|(p, _)| p.starts_with(&berth_dir) && *p != berth_dir) {
+        entries.retain(|(p, _)| *p != berth_dir);
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut h = FNV_OFFSET;
