@@ -12,6 +12,11 @@ anchors a user would compare it with, in one run:
   status    the first `git status` after that init, against a warm `git status` (the second
             one); and, for context, the first `git status` after a plain `berth snapshot
             restore` (no index refresh)
+  churn     (--churn) a writer changes one file every 100 ms for --churn-secs under
+            `agent run --interval 2`: berth's CPU including its git and SQLite helpers (the
+            agent's own and its waited-for children's CPU time), store growth per published
+            snapshot, RPO p95; then a 10-file edit spread over 10 directories: bytes uploaded and
+            snapshot time against a no-change snapshot (`berth snapshot create`)
   rpo       a writer rewrites a file every 100 ms for --rpo-secs; change-to-durable latency is
             the end of the first snapshot that started after the change, minus the change (from
             the agent's snapshot_durable log lines); then the agent's CPU over --idle-secs with
@@ -107,10 +112,70 @@ def wait_event(log, event, n=1, timeout=600, pred=lambda f: True):
     raise RuntimeError(f"no {event} in {log} within {timeout} s")
 
 
-def cpu_secs(pid):
+def cpu_secs(pid, children=False):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    n = 4 if children else 2
+    return sum(int(x) for x in fields[11:11 + n]) / os.sysconf("SC_CLK_TCK")
+
+
+def store_bytes(store):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(store) for f in fs)
+
+
+def churn(args, src):
+    """A writer changes one file every 100 ms under `agent run --interval 2`; then a 10-file edit."""
+    root = os.path.join(args.work, "agent-churn")
+    subprocess.run(["rm", "-rf", root], check=True)
+    os.makedirs(root)
+    ws, store, base, cache = (os.path.join(root, n) for n in ("ws", "store", "jobs", "cache"))
+    sh(f"cp -a {src} {ws}")
+    r = {}
+    log = os.path.join(root, "agent-churn.log")
+    p = start_agent(agent_args(ws, store, "bench:churn", base, cache, "--first-after 0 --interval 2"), log)
+    wait_event(log, "snapshot_durable", timeout=900)
+    time.sleep(3)
+    n_before = len([e for e in log_events(log, "snapshot_durable") if not e[1].get("unchanged")])
+    size0, c0 = store_bytes(store), cpu_secs(p.pid, children=True)
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ws, "docs")) for f in fs)[:20]
+    changes, n, stop_at = [], 0, time.time() + args.churn_secs
+    t0 = time.time()
+    while time.time() < stop_at:
+        n += 1
+        with open(files[n % len(files)], "a") as f:
+            f.write(f"{n}\n")
+        changes.append(time.time())
+        time.sleep(0.1)
+    time.sleep(4)
+    wall = time.time() - t0
+    r["churn_cpu_pct"] = (cpu_secs(p.pid, children=True) - c0) / wall * 100
+    snaps = [(ts - f["secs"], ts) for ts, f in log_events(log, "snapshot_durable") if not f.get("unchanged")]
+    n_snaps = len(snaps) - n_before
+    r["churn_snapshots"] = n_snaps
+    r["churn_growth_per_snapshot"] = (store_bytes(store) - size0) / max(n_snaps, 1)
+    lat = sorted(min([e for s, e in snaps if s >= c] or [float("inf")]) - c for c in changes)
+    r["churn_rpo_p50"] = lat[len(lat) // 2]
+    r["churn_rpo_p95"] = lat[int(len(lat) * 0.95)]
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=120)
+    # A 10-file edit over 10 directories, against a no-change snapshot (same store and cache).
+    snap = (f"{BERTH} snapshot create --store file://{store} --workspace bench:churn --cache-dir {cache} "
+            f"--no-default-excludes --budget unlimited --json {ws}")
+    json.loads(sh(snap))
+    nochange = json.loads(sh(snap))
+    dirs = sorted({os.path.dirname(f) for f in (os.path.join(d, x) for d, _, fs in os.walk(ws)
+                   if "/.git" not in d and "/.berth" not in d for x in fs)})[:10]
+    for i, d in enumerate(dirs):
+        f = sorted(x for x in os.listdir(d) if os.path.isfile(os.path.join(d, x)))[0]
+        with open(os.path.join(d, f), "a") as fh:
+            fh.write(f"edit {i}\n")
+    edit = json.loads(sh(snap))
+    r["edit10_bytes_uploaded"] = edit["bytes_uploaded"]
+    r["edit10_secs"] = edit["duration_secs"]
+    r["nochange_secs"] = nochange["duration_secs"]
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return r
 
 
 def rep(args, i, src):
@@ -206,16 +271,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--work", default=os.path.join(REPO, "bench-work"))
+    ap.add_argument("--work", default=os.path.join(REPO, "bench-work"), type=os.path.abspath)
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--rpo-secs", type=int, default=30)
     ap.add_argument("--idle-secs", type=int, default=30)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--churn", action="store_true", help="run only the churn case (one rep)")
+    ap.add_argument("--churn-secs", type=int, default=60)
     ap.add_argument("--json")
     args = ap.parse_args()
     if not os.path.exists(BERTH):
         sys.exit(f"{BERTH} is missing: run `cargo build --release -p berth` first")
     src = corpus(args.work, args.scale)
+    if args.churn:
+        r = churn(args, src)
+        print(json.dumps(r, indent=2))
+        return
     rs = []
     for i in range(args.reps):
         r = rep(args, i, src)
