@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use berth_api::{Handover, Mount, Session};
 use berth_core::id::SnapshotId;
 use berth_core::lease::Epoch;
-use berth_core::repo::RepoSpec;
+use berth_core::repo::{credential_host, RepoSpec};
 use berth_core::session::{InstanceId, SessionId};
 use berth_core::units::{parse_duration, parse_size};
 use berth_core::workspace::{Generation, WorkspaceId};
@@ -246,6 +246,9 @@ pub struct CredentialConfig {
     pub static_token: Option<String>,
     /// Username presented with the token.
     pub username: String,
+    /// The hosts (`host[:port]`) of the configured repos: the only ones the credential helper
+    /// answers for.
+    pub hosts: Vec<String>,
 }
 
 /// Everything the agent runs with.
@@ -516,7 +519,11 @@ fn drain(cfg: &mut AgentConfig, flags: &Flags, spec: &Spec) -> Result<(), AgentE
 
 /// Where git credentials come from.
 fn credentials(cfg: &mut AgentConfig, flags: &Flags, spec: &Spec) {
+    let mut hosts: Vec<String> = cfg.repos.iter().filter_map(|r| credential_host(&r.url)).collect();
+    hosts.sort();
+    hosts.dedup();
     let c = &mut cfg.credentials;
+    c.hosts = hosts;
     c.endpoint = flags.credential_endpoint.clone().or(spec.credential_endpoint.clone());
     c.identity_token_file = flags.identity_token_file.clone().or(spec.identity_token_file.clone());
     c.static_token_file = flags.git_token_file.clone().or(spec.git_token_file.clone());

@@ -192,12 +192,23 @@ pub async fn fetch(cfg: &CredentialConfig, job: &Job) -> Result<Option<Creds>, C
     let helper = job.creds.join("git-credential");
     let write = |what, source| CredError::Write { what, dir: job.creds.clone(), source };
     write_private(&token_file, token.as_bytes(), 0o600).map_err(|e| write("token", e))?;
-    // The helper prints the token for `get` and ignores `store`/`erase`; it names the token
-    // file, never the token.
+    // The helper prints the token for `get`, only for the configured repos' hosts, and ignores
+    // `store`/`erase`; it names the token file, never the token.
     let username = cfg.username.replace(['\n', '\'', '\\'], "");
+    // Hosts are checked to be host characters only (berth_core::repo::credential_host).
+    let hosts: Vec<String> = cfg.hosts.iter().map(|h| format!("'{h}'")).collect();
+    let allowed = if hosts.is_empty() {
+        "exit 0".to_string()
+    } else {
+        format!("case \"$host\" in {}) ;; *) exit 0 ;; esac", hosts.join("|"))
+    };
     let script = format!(
-        "#!/bin/sh\n# berth git credential helper: answers 'get' from the job's token file.\n\
-         [ \"$1\" = get ] || exit 0\nprintf 'username=%s\\npassword=' '{username}'\ncat '{}'\nprintf '\\n'\n",
+        "#!/bin/sh\n# berth git credential helper: answers 'get' from the job's token file, for the\n\
+         # configured repos' hosts only.\n\
+         [ \"$1\" = get ] || exit 0\nhost=\n\
+         while IFS= read -r line; do case \"$line\" in host=*) host=\"${{line#host=}}\" ;; esac; done\n\
+         {allowed}\n\
+         printf 'username=%s\\npassword=' '{username}'\ncat '{}'\nprintf '\\n'\n",
         token_file.display()
     );
     write_private(&helper, script.as_bytes(), 0o700).map_err(|e| write("credential helper", e))?;
@@ -239,6 +250,41 @@ async fn token(cfg: &CredentialConfig) -> Result<Option<(String, &'static str)>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Asks `helper` for the credential of `host`, as git does; returns its answer.
+    fn ask(helper: &Path, host: &str) -> String {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(helper)
+            .arg("get")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let question = format!("protocol=https\nhost={host}\npath=o/a.git\n\n");
+        child.stdin.take().unwrap().write_all(question.as_bytes()).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_helper_answers_only_for_the_configured_repos_hosts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let job = Job::create(&tmp.path().join("base")).unwrap();
+        let cfg = CredentialConfig {
+            static_token: Some("tok-123456".into()),
+            username: "x-access-token".into(),
+            hosts: vec!["git.example.test".into(), "127.0.0.1:8080".into()],
+            ..Default::default()
+        };
+        let creds = fetch(&cfg, &job).await.unwrap().unwrap();
+        assert_eq!(ask(&creds.helper, "git.example.test"), "username=x-access-token\npassword=tok-123456\n");
+        assert!(ask(&creds.helper, "127.0.0.1:8080").contains("tok-123456"));
+        for other in ["evil.example.test", "git.example.test.evil.test", "127.0.0.1:9999", ""] {
+            assert_eq!(ask(&creds.helper, other), "", "the helper answered for {other:?}");
+        }
+        let none = CredentialConfig { hosts: vec![], ..cfg };
+        let creds = fetch(&none, &job).await.unwrap().unwrap();
+        assert_eq!(ask(&creds.helper, "git.example.test"), "", "no configured repo, no answer");
+    }
 
     #[test]
     fn redacts() {

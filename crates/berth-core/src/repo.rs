@@ -71,6 +71,20 @@ pub fn shown_url(url: &str) -> String {
     }
 }
 
+/// Returns the `host[:port]` git asks a credential helper about for `url` (http and https
+/// only: other transports do not use credential helpers); `None` for other URLs or a host
+/// with characters a host does not have.
+pub fn credential_host(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
+        return None;
+    }
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let valid = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    valid.then(|| host.to_string())
+}
+
 /// Returns what credential `url` carries, if any: userinfo in a URL with a scheme (only a bare
 /// user name is allowed, and only for ssh), a password in an scp-like `user:pass@host:path`,
 /// a query string (git URLs have none: it is where tokens hide), or an encoded `@` in the host.
@@ -267,6 +281,15 @@ mod tests {
             assert_eq!(classify_failure(msg), kind, "{msg}");
         }
         assert!(Network.is_transient() && !Auth.is_transient());
+    }
+
+    #[test]
+    fn credential_hosts() {
+        assert_eq!(credential_host("https://git.example.test/o/a.git").as_deref(), Some("git.example.test"));
+        assert_eq!(credential_host("http://127.0.0.1:8080/a.git").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(credential_host("ssh://git@h.test/a.git"), None);
+        assert_eq!(credential_host("file:///srv/a.git"), None);
+        assert_eq!(credential_host("https://h.test';rm -rf /'/a"), None);
     }
 
     #[test]
