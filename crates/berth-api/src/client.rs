@@ -243,9 +243,17 @@ impl Client {
         Ok(self.call::<(), _>(Method::POST, url, None).await?.1)
     }
 
-    /// Asks for the deletion of a workspace; it completes in the background.
+    /// Asks for the deletion of a workspace; it completes in the background. An at-risk
+    /// workspace is refused (`at_risk`): see [`Client::delete_forced`].
     pub async fn delete(&self, owner: &str) -> Result<Workspace, ClientError> {
         Ok(self.call::<(), _>(Method::DELETE, self.url(&["v1", "workspaces", owner], &[]), None).await?.1)
+    }
+
+    /// Asks for the deletion of a workspace even when it is at risk, discarding the work its
+    /// volume holds that no snapshot has.
+    pub async fn delete_forced(&self, owner: &str) -> Result<Workspace, ClientError> {
+        let url = self.url(&["v1", "workspaces", owner], &[("force", "true".into())]);
+        Ok(self.call::<(), _>(Method::DELETE, url, None).await?.1)
     }
 
     /// Attaches a sandbox: takes the single-writer lease.

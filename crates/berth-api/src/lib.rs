@@ -200,6 +200,18 @@ pub struct Workspace {
     /// When it was closed, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<String>,
+    /// Whether its last session ended without a final snapshot, so its volume may hold work no
+    /// snapshot has. GC rescues such a volume into the store before removing it, and never
+    /// removes it otherwise unless forced or past the server's `--at-risk-retention`; deleting
+    /// the workspace needs `force`.
+    #[serde(default)]
+    pub at_risk: bool,
+    /// Why it is at risk, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_risk_reason: Option<String>,
+    /// Since when (the retention counts from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_risk_since: Option<String>,
 }
 
 /// A page of workspaces.
@@ -506,6 +518,10 @@ pub struct GcRun {
     /// Also run the orphan sweep (volumes labelled as berth's with no live record).
     #[serde(default)]
     pub orphans: bool,
+    /// Remove at-risk volumes without rescuing them (their unsaved work is lost; recorded as
+    /// `at_risk_removed`).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// One volume in a GC report.
@@ -517,7 +533,8 @@ pub struct GcItem {
     pub generation: u64,
     /// The volume.
     pub volume: String,
-    /// What happened (or, in a dry run, would): remove, removed, not_found, referenced, error.
+    /// What happened (or, in a dry run, would): remove, rescue, remove_at_risk, removed,
+    /// not_found, referenced, error, at_risk.
     pub outcome: String,
     /// Details of an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -568,7 +585,7 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable code: unauthorized, forbidden, bad_request, not_found, lease_held, stale_epoch,
-    /// wrong_state, wrong_nonce, draining, busy, internal, unavailable.
+    /// wrong_state, at_risk, wrong_nonce, draining, busy, internal, unavailable.
     pub code: String,
     /// What was wrong and what to do.
     pub message: String,

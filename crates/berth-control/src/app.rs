@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use crate::auth::Tokens;
 use crate::error::{Error, Result};
 use crate::meta::{random_hex, redact_url, Meta, Rules};
-use crate::volumes::{Substrate, Volumes};
+use crate::volumes::{Rescuer, Substrate, Volumes};
 
 /// Volume GC settings: candidates are bounded per sweep and removed a few at a time, and a
 /// sweep is time-bounded.
@@ -42,6 +42,9 @@ pub struct GcConfig {
     pub orphan_interval_secs: u64,
     /// Seconds an orphan must stay without a record before it is removed.
     pub orphan_grace_secs: i64,
+    /// Seconds a volume may stay at risk (its rescue failing) before GC removes it anyway,
+    /// recording that; `None`: kept until rescued or forced.
+    pub at_risk_retention_secs: Option<i64>,
 }
 
 impl Default for GcConfig {
@@ -55,6 +58,7 @@ impl Default for GcConfig {
             claim_ttl_secs: 120,
             orphan_interval_secs: 600,
             orphan_grace_secs: 3600,
+            at_risk_retention_secs: Some(7 * 24 * 3600),
         }
     }
 }
@@ -140,6 +144,8 @@ pub struct App {
     pub volumes: Arc<dyn Volumes>,
     /// Where sandboxes run (`None`: this substrate runs none).
     pub sandboxes: Option<Arc<dyn crate::volumes::Sandboxes>>,
+    /// How GC rescues at-risk volumes, or why it cannot (no store, a substrate without one).
+    pub rescuer: std::result::Result<Arc<dyn Rescuer>, String>,
     /// Configuration.
     pub config: Config,
     /// This installation's id (a label on every volume).
@@ -248,11 +254,16 @@ impl App {
         let install = meta.install_id().await?;
         let volumes = crate::volumes::open(&config, &install)?;
         let sandboxes = crate::sandboxes::open(&config)?;
+        let rescuer = crate::rescue::open(&config);
+        if let Err(why) = &rescuer {
+            tracing::warn!(event = "rescue_unavailable", reason = %why, "at-risk volumes are kept until rescued or forced");
+        }
         let tokens = Tokens::new(&admin_token(&config)?);
         Ok(Arc::new(App {
             meta,
             volumes,
             sandboxes,
+            rescuer,
             install,
             replica: ReplicaId::new(format!("replica_{}", random_hex(8))).map_err(|e| Error::Config(e.to_string()))?,
             tokens,

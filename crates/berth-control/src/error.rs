@@ -31,6 +31,10 @@ pub enum Error {
     /// The resource's state does not allow the operation; the message says what to do.
     #[error("{0}")]
     WrongState(String),
+    /// The workspace's volume may hold work no snapshot has; the message says how to save or
+    /// discard it.
+    #[error("{0}")]
+    AtRisk(String),
     /// A ready-ack presented the wrong nonce; the scope keeps draining.
     #[error("the nonce does not match the drain of {0}; it keeps draining")]
     WrongNonce(Scope),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod meta;
 pub mod reconcile;
+pub mod rescue;
 pub mod sandboxes;
 pub mod server;
 pub mod volumes;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_core::gc::{self, Action, DeleteStep, OrphanAction, Outcome, Summary};
+use berth_core::id::SnapshotId;
 use berth_core::time::Timestamp;
 use berth_core::volume::VolumeName;
 use berth_core::workspace::{Generation, WorkspaceId};
@@ -29,8 +30,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{now, App};
 use crate::error::Result;
-use crate::meta::Claimed;
-use crate::volumes::{install_selector, Removal};
+use crate::meta::{Claimed, SnapshotStats};
+use crate::volumes::{install_selector, Removal, RescueRequest};
 
 /// Deleting workspaces claimed per round.
 const DELETE_BATCH: u32 = 20;
@@ -55,7 +56,7 @@ pub fn spawn(app: &Arc<App>, tracker: &TaskTracker, shutdown: CancellationToken)
         }
     });
     every(tracker, app, &shutdown, gc.interval_secs, |app| async move {
-        if let Err(e) = gc_sweep(&app, false, false).await {
+        if let Err(e) = gc_sweep(&app, SweepOptions::default()).await {
             tracing::warn!(event = "gc_sweep_failed", error = %e);
         }
     });
@@ -256,8 +257,20 @@ async fn delete_volume(app: &App, volume: &VolumeName, by: &'static str) -> (Out
     }
 }
 
+/// What a GC run is asked to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepOptions {
+    /// Plan only.
+    pub dry_run: bool,
+    /// Run the orphan sweep after the volume sweep.
+    pub orphans: bool,
+    /// Remove at-risk volumes without a rescue (recorded as `at_risk_removed`, forced).
+    pub force: bool,
+}
+
 /// Runs one volume GC sweep (`dry_run`: plan only); with `orphans`, the orphan sweep after it.
-pub async fn gc_sweep(app: &Arc<App>, dry_run: bool, orphans: bool) -> Result<GcReport> {
+pub async fn gc_sweep(app: &Arc<App>, opts: SweepOptions) -> Result<GcReport> {
+    let SweepOptions { dry_run, orphans, force } = opts;
     let started = Instant::now();
     let _running = app.gc_running.lock().await;
     let mut report = GcReport {
@@ -278,7 +291,7 @@ pub async fn gc_sweep(app: &Arc<App>, dry_run: bool, orphans: bool) -> Result<Gc
     } else if let Err(e) = app.volumes.health().await {
         report.skipped = Some(Skipped::Unhealthy(e.to_string()));
     } else {
-        let result = sweep_volumes(app, dry_run, &mut report).await;
+        let result = sweep_volumes(app, dry_run, force, &mut report).await;
         if !dry_run {
             let timed = Instant::now();
             let _ = app.meta.unlock("gc", &app.replica).await;
@@ -300,6 +313,7 @@ pub async fn gc_sweep(app: &Arc<App>, dry_run: bool, orphans: bool) -> Result<Gc
         referenced = count(Outcome::Referenced),
         cooldown = count(Outcome::Cooldown),
         error = count(Outcome::Error),
+        at_risk = count(Outcome::AtRisk),
         duration_ms = report.duration.as_millis() as u64,
         db_ms = report.db.as_millis() as u64,
     );
@@ -311,7 +325,7 @@ pub async fn gc_sweep(app: &Arc<App>, dry_run: bool, orphans: bool) -> Result<Gc
 }
 
 /// Claims candidates (a dry run only reads them), plans, and, unless `dry_run`, removes.
-async fn sweep_volumes(app: &Arc<App>, dry_run: bool, report: &mut GcReport) -> Result<()> {
+async fn sweep_volumes(app: &Arc<App>, dry_run: bool, force: bool, report: &mut GcReport) -> Result<()> {
     let cfg = &app.config.gc;
     let t = now();
     let timed = Instant::now();
@@ -324,7 +338,8 @@ async fn sweep_volumes(app: &Arc<App>, dry_run: bool, report: &mut GcReport) -> 
     report.summary.add(Outcome::Cooldown, cooldown);
     let plan = {
         let mut by_owner: BTreeMap<_, _> = claimed.iter().map(|c| (c.candidate.owner.clone(), c.clone())).collect();
-        gc::plan(claimed.into_iter().map(|c| c.candidate).collect(), t)
+        let policy = gc::Policy { at_risk_retention_secs: cfg.at_risk_retention_secs, force };
+        gc::plan(claimed.into_iter().map(|c| c.candidate).collect(), t, policy)
             .into_iter()
             .filter_map(|(cand, action)| by_owner.remove(&cand.owner).map(|c| (c, action)))
             .collect::<Vec<(Claimed, Action)>>()
@@ -368,24 +383,78 @@ async fn sweep_volumes(app: &Arc<App>, dry_run: bool, report: &mut GcReport) -> 
 }
 
 /// Carries out one planned action on a claimed candidate and records its outcome; returns the
-/// result and the time spent recording it.
+/// result and the time spent recording it. An at-risk volume is removed only after its rescue
+/// succeeded, or when the plan gives it up (forced, past the retention).
 async fn collect_one(app: &App, c: &Claimed, action: Action) -> (GcVolume, Duration) {
+    let mut at_risk_removal = None;
     let (outcome, error) = match action {
         Action::Skip(o) => (o, None),
-        Action::Remove => {
-            metrics::counter!("berth_gc_attempts_total").increment(1);
-            match delete_volume(app, &c.candidate.volume, "gc").await {
-                (Outcome::Referenced, by) => (Outcome::Referenced, by.map(|by| format!("in use: {by}"))),
-                other => other,
-            }
+        Action::Rescue => match rescue(app, c).await {
+            Ok(_) => remove_volume(app, c).await,
+            Err(why) => (Outcome::AtRisk, Some(why)),
+        },
+        Action::RemoveAtRisk(reason) => {
+            at_risk_removal = Some(reason);
+            remove_volume(app, c).await
         }
+        Action::Remove => remove_volume(app, c).await,
     };
     let timed = Instant::now();
-    if let Err(e) = app.meta.record_gc(c, &app.replica, outcome, error.as_deref(), now()).await {
+    if let Err(e) = app.meta.record_gc(c, &app.replica, (outcome, error.as_deref()), at_risk_removal, now()).await {
         tracing::warn!(event = "gc_record_failed", owner = %c.candidate.owner, error = %e);
     }
     metrics::counter!("berth_gc_outcomes_total", "outcome" => outcome.as_str()).increment(1);
     (gc_volume(c, GcResult::Done(outcome), error), timed.elapsed())
+}
+
+/// Asks the substrate to delete a claimed candidate's volume.
+async fn remove_volume(app: &App, c: &Claimed) -> (Outcome, Option<String>) {
+    metrics::counter!("berth_gc_attempts_total").increment(1);
+    match delete_volume(app, &c.candidate.volume, "gc").await {
+        (Outcome::Referenced, by) => (Outcome::Referenced, by.map(|by| format!("in use: {by}"))),
+        other => other,
+    }
+}
+
+/// Rescues a claimed at-risk volume: takes the lease with a new epoch, has the substrate's
+/// rescuer snapshot it into the store, records the snapshot as final (clearing the risk) and
+/// releases the lease. Returns the snapshot, or why the volume stays at risk.
+async fn rescue(app: &App, c: &Claimed) -> std::result::Result<SnapshotId, String> {
+    let rescuer = app.rescuer.as_ref().map_err(|why| format!("kept at risk: {why}"))?;
+    let store = app.config.store.clone().ok_or("kept at risk: the control plane has no --store")?;
+    let ttl = app.config.gc.claim_ttl_secs.max(2);
+    let lease = app.meta.begin_rescue(c, &app.replica, ttl, now()).await.map_err(|e| e.to_string())?;
+    let owner = &c.candidate.owner;
+    tracing::info!(event = "rescue_started", owner = %owner, volume = %c.candidate.volume, epoch = lease.epoch.0);
+    metrics::counter!("berth_rescues_total", "outcome" => "started").increment(1);
+    let req = RescueRequest {
+        owner: owner.clone(),
+        generation: lease.generation,
+        epoch: lease.epoch,
+        session: lease.session.clone(),
+        token: lease.token.clone(),
+        volume: c.candidate.volume.clone(),
+        mount: app.volumes.mount(&c.candidate.volume),
+        store,
+    };
+    // The lease lasts `ttl`: a rescue still running a little before it ends has failed.
+    let bound = Duration::from_secs((ttl - 1).max(1) as u64);
+    let result = match tokio::time::timeout(bound, rescuer.rescue(req)).await {
+        Ok(Ok(done)) => {
+            let stats = SnapshotStats { files: Some(done.files), bytes: Some(done.bytes), ..Default::default() };
+            Ok((done.snapshot, stats))
+        }
+        Ok(Err(e)) => Err(format!("rescue of volume {} failed: {e}", c.candidate.volume)),
+        Err(_) => Err(format!("rescue of volume {} did not finish within {} s", c.candidate.volume, bound.as_secs())),
+    };
+    let finished = app.meta.finish_rescue(&lease, result, now()).await.map_err(|e| e.to_string())?;
+    let outcome = if finished.is_ok() { "succeeded" } else { "failed" };
+    metrics::counter!("berth_rescues_total", "outcome" => outcome).increment(1);
+    match &finished {
+        Ok(snapshot) => tracing::info!(event = "rescue_succeeded", owner = %owner, snapshot = %snapshot),
+        Err(e) => tracing::warn!(event = "rescue_failed", owner = %owner, error = %e),
+    }
+    finished
 }
 
 fn gc_volume(c: &Claimed, result: GcResult, error: Option<String>) -> GcVolume {

@@ -29,6 +29,8 @@ both!(
     orphans_are_removed_after_the_grace_window,
     listing_pages_and_filters,
     close_refuses_a_live_lease,
+    unclean_ends_put_work_at_risk_and_gc_rescues_it,
+    at_risk_volumes_without_a_store_are_kept_until_forced,
 );
 
 fn code(e: &ClientError) -> (u16, &str) {
@@ -439,7 +441,11 @@ async fn gc_removes_closed_volumes_once(db: Db) {
         s.ensure(&owner).await;
         let a = s.attach(&owner, "pod").await;
         dirs.push((owner.clone(), a.mount.clone()));
-        s.client(&a.token).detach(&a.session_id).await.unwrap();
+        // A clean end: the final snapshot, then the detach.
+        let c = s.client(&a.token);
+        c.publish_snapshot(&owner, &PublishSnapshot { final_snapshot: true, ..snap(a.epoch, i) }).await.unwrap();
+        c.detach(&a.session_id).await.unwrap();
+        assert!(!s.admin.workspace(&owner).await.unwrap().at_risk, "a clean end leaves nothing at risk");
         s.admin.close(&owner).await.unwrap();
     }
     s.ensure("thread:active").await;
@@ -448,7 +454,7 @@ async fn gc_removes_closed_volumes_once(db: Db) {
     let held = std::fs::File::open(lock).unwrap();
     rustix::fs::flock(&held, rustix::fs::FlockOperation::LockShared).unwrap();
 
-    let plan = s.admin.gc_run(&GcRun { dry_run: true, orphans: false }).await.unwrap();
+    let plan = s.admin.gc_run(&GcRun { dry_run: true, orphans: false, force: false }).await.unwrap();
     assert_eq!(plan.volumes.len(), 5);
     assert!(plan.volumes.iter().all(|v| v.outcome == "remove"));
     assert!(dirs.iter().all(|(_, m)| Path::new(&volume_path(m)).exists()), "a dry run removes nothing");
@@ -497,13 +503,13 @@ async fn orphans_are_removed_after_the_grace_window(db: Db) {
     let orphans = |r: &berth_api::GcReport| {
         r.orphans.clone().unwrap_or_default().into_iter().map(|o| (o.volume, o.action)).collect::<Vec<_>>()
     };
-    let dry = s.admin.gc_run(&GcRun { dry_run: true, orphans: true }).await.unwrap();
+    let dry = s.admin.gc_run(&GcRun { dry_run: true, orphans: true, force: false }).await.unwrap();
     assert_eq!(orphans(&dry), [(name.to_string(), "track".to_string())]);
-    let r = s.admin.gc_run(&GcRun { dry_run: false, orphans: true }).await.unwrap();
+    let r = s.admin.gc_run(&GcRun { dry_run: false, orphans: true, force: false }).await.unwrap();
     assert_eq!(orphans(&r), [(name.to_string(), "track".to_string())]);
     assert!(dir.is_dir(), "inside the grace window it stays");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let r = s.admin.gc_run(&GcRun { dry_run: false, orphans: true }).await.unwrap();
+    let r = s.admin.gc_run(&GcRun { dry_run: false, orphans: true, force: false }).await.unwrap();
     assert_eq!(orphans(&r), [(name.to_string(), "removed".to_string())]);
     assert!(!dir.exists());
     assert!(s.data_dir.join("volumes").join(s.admin.workspace("agent:kept").await.unwrap().volume.name).is_dir());
@@ -556,4 +562,120 @@ async fn close_refuses_a_live_lease(db: Db) {
     // Permissions of the volume root let the sandbox user write (A5).
     let mode = std::fs::metadata(volume_path(&a.mount)).unwrap().permissions().mode();
     assert_eq!(mode & 0o700, 0o700);
+}
+
+async fn kinds_of(s: &TestServer, owner: &str) -> Vec<(String, serde_json::Value)> {
+    let q = EventQuery { owner: Some(owner.into()), limit: Some(1000), ..Default::default() };
+    s.admin.events(&q).await.unwrap().items.into_iter().map(|e| (e.kind, e.detail)).collect()
+}
+
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines().find(|l| l.split([' ', '{']).next() == Some(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn scrape(s: &TestServer) -> String {
+    reqwest::get(format!("{}/metrics", s.url)).await.unwrap().text().await.unwrap()
+}
+
+/// Attaches to `owner`, writes a file into the volume, and ends the session `how`: detached
+/// without a final snapshot, or with one (clean). Returns the volume path.
+async fn session_ending(s: &TestServer, owner: &str, clean: bool) -> String {
+    let a = s.attach(owner, "pod-a").await;
+    let dir = volume_path(&a.mount);
+    std::fs::write(Path::new(&dir).join("work.txt"), format!("work of {owner}")).unwrap();
+    let c = s.client(&a.token);
+    if clean {
+        c.publish_snapshot(owner, &PublishSnapshot { final_snapshot: true, ..snap(a.epoch, 1) }).await.unwrap();
+    } else {
+        // A final snapshot taken back by a later publish is not a clean end.
+        c.publish_snapshot(owner, &PublishSnapshot { final_snapshot: true, ..snap(a.epoch, 1) }).await.unwrap();
+        c.publish_snapshot(owner, &snap(a.epoch, 2)).await.unwrap();
+    }
+    c.detach(&a.session_id).await.unwrap();
+    dir
+}
+
+async fn unclean_ends_put_work_at_risk_and_gc_rescues_it(db: Db) {
+    let store = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", store.path().display());
+    let s = TestServer::start(db, |c| c.store = Some(url.clone())).await;
+    s.ensure("thread:risky").await;
+    s.ensure("thread:clean").await;
+    let dir = session_ending(&s, "thread:risky", false).await;
+    session_ending(&s, "thread:clean", true).await;
+    let w = s.admin.workspace("thread:risky").await.unwrap();
+    assert!(w.at_risk, "{w:?}");
+    assert!(w.at_risk_reason.as_deref().unwrap_or("").contains("without a final snapshot"), "{w:?}");
+    assert!(!s.admin.workspace("thread:clean").await.unwrap().at_risk);
+    let events = kinds_of(&s, "thread:risky").await;
+    assert!(events.iter().any(|(k, d)| k == "session_ended" && d["outcome"] == "unclean"), "{events:?}");
+    assert!(events.iter().any(|(k, _)| k == "at_risk"), "{events:?}");
+    assert_eq!(metric(&scrape(&s).await, "berth_workspaces_at_risk"), Some(1.0));
+    // Its deletion is refused unless forced, saying how to save the work.
+    let e = s.admin.delete("thread:risky").await.unwrap_err();
+    assert_eq!(code(&e), (409, "at_risk"), "{e}");
+    assert!(e.to_string().contains("--force") && e.to_string().contains("rescue"), "{e}");
+    for o in ["thread:risky", "thread:clean"] {
+        s.admin.close(o).await.unwrap();
+    }
+    let plan = s.admin.gc_run(&GcRun { dry_run: true, ..GcRun::default() }).await.unwrap();
+    let planned: Vec<_> = plan.volumes.iter().map(|v| (v.owner.as_str(), v.outcome.as_str())).collect();
+    assert_eq!(planned, [("thread:clean", "remove"), ("thread:risky", "rescue")]);
+    let r = s.admin.gc_run(&GcRun::default()).await.unwrap();
+    assert_eq!((r.counts["removed"], r.counts["at_risk"]), (2, 0), "{r:?}");
+    assert!(!Path::new(&dir).exists(), "removed once rescued");
+    let w = s.admin.workspace("thread:risky").await.unwrap();
+    assert!(!w.at_risk, "{w:?}");
+    // The rescue's snapshot holds the volume's content, under a new epoch, and is the latest.
+    let events = kinds_of(&s, "thread:risky").await;
+    let rescued = events.iter().find(|(k, _)| k == "rescue_succeeded").map(|(_, d)| d.clone()).expect("rescued");
+    assert_eq!(w.latest_snapshot.as_deref(), rescued["snapshot"].as_str());
+    assert!(rescued["epoch"].as_u64() > Some(1), "{rescued}");
+    let snaps = s.admin.snapshots("thread:risky").await.unwrap().items;
+    assert!(snaps[0].latest && snaps[0].epoch.0 == rescued["epoch"].as_u64().unwrap(), "{snaps:?}");
+    let objects = berth_engine::store::open(&url).unwrap();
+    let repo = berth_engine::snapshot_store::SnapshotStore::open(objects).await.unwrap();
+    let owner = berth_core::workspace::WorkspaceId::new("thread:risky").unwrap();
+    let latest = repo.latest(&owner, berth_core::workspace::Generation(1)).await.unwrap().expect("a record");
+    assert_eq!(Some(latest.id.to_hex()), w.latest_snapshot);
+    assert_eq!(latest.record.host, "berth-rescue");
+    for k in ["rescue_started", "rescue_succeeded", "volume_removed"] {
+        assert!(events.iter().any(|(x, _)| x == k), "{k} missing from {events:?}");
+    }
+    assert!(!events.iter().any(|(k, _)| k == "at_risk_removed"), "a rescued volume is not given up");
+    assert_eq!(metric(&scrape(&s).await, "berth_workspaces_at_risk"), Some(0.0));
+}
+
+async fn at_risk_volumes_without_a_store_are_kept_until_forced(db: Db) {
+    let s = TestServer::start(db, |c| c.store = None).await;
+    s.ensure("thread:kept").await;
+    let dir = session_ending(&s, "thread:kept", false).await;
+    s.admin.close("thread:kept").await.unwrap();
+    let r = s.admin.gc_run(&GcRun::default()).await.unwrap();
+    assert_eq!((r.counts["removed"], r.counts["at_risk"]), (0, 1), "{r:?}");
+    let error = r.volumes[0].error.clone().unwrap_or_default();
+    assert!(error.contains("--store"), "the report says why: {error}");
+    assert!(Path::new(&dir).join("work.txt").exists(), "an at-risk volume is never removed unrescued");
+    let w = s.admin.workspace("thread:kept").await.unwrap();
+    assert!(w.at_risk && w.volume.state == VolumeState::Present, "{w:?}");
+    assert_eq!(w.volume.last_outcome.as_deref(), Some("at_risk"));
+    // Backing off: the next sweep does not try again at once; a forced one removes it.
+    sqlx_exec(&s, "UPDATE workspaces SET retry_at = NULL").await;
+    let r = s.admin.gc_run(&GcRun { force: true, ..GcRun::default() }).await.unwrap();
+    assert_eq!(r.counts["removed"], 1, "{r:?}");
+    assert!(!Path::new(&dir).exists());
+    let events = kinds_of(&s, "thread:kept").await;
+    let removed = events.iter().find(|(k, _)| k == "at_risk_removed").map(|(_, d)| d.clone()).expect("recorded");
+    assert_eq!((removed["reason"].as_str(), removed["outcome"].as_str()), (Some("forced"), Some("unclean")));
+    assert!(!s.admin.workspace("thread:kept").await.unwrap().at_risk);
+    // A forced deletion of an at-risk workspace records the same.
+    s.ensure("thread:forced").await;
+    session_ending(&s, "thread:forced", false).await;
+    s.admin.delete_forced("thread:forced").await.unwrap();
+    eventually(20, "the forced deletion", || async {
+        (s.admin.workspace("thread:forced").await.unwrap().state == WorkspaceState::Deleted).then_some(())
+    })
+    .await;
+    let events = kinds_of(&s, "thread:forced").await;
+    assert!(events.iter().any(|(k, d)| k == "at_risk_removed" && d["reason"] == "forced"), "{events:?}");
 }

@@ -2,7 +2,8 @@
 //! to leave and why. The shell executes a plan, re-checking preconditions, and records outcomes.
 //!
 //! **Invariant:** only [`Outcome::Removed`] and [`Outcome::NotFound`] mark a volume removed; a
-//! volume with a live lease is never removed.
+//! volume with a live lease is never removed; an at-risk volume is rescued before it is removed,
+//! unless the operator forced the removal or it stayed at risk past the retention.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -10,6 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::lease::Lease;
+use crate::lifecycle::{AtRisk, AtRiskRemoval};
 use crate::time::Timestamp;
 use crate::volume::VolumeName;
 use crate::workspace::{Generation, WorkspaceId};
@@ -28,12 +30,15 @@ pub enum Outcome {
     Cooldown,
     /// The substrate failed; retried after a backoff.
     Error,
+    /// At risk and not rescued (the rescue failed, or none is possible): kept, retried after a
+    /// backoff.
+    AtRisk,
 }
 
 impl Outcome {
     /// Every outcome, in the order summaries print them.
-    pub const ALL: [Outcome; 5] =
-        [Outcome::Removed, Outcome::NotFound, Outcome::Referenced, Outcome::Cooldown, Outcome::Error];
+    pub const ALL: [Outcome; 6] =
+        [Outcome::Removed, Outcome::NotFound, Outcome::Referenced, Outcome::Cooldown, Outcome::Error, Outcome::AtRisk];
 
     /// Returns whether this outcome marks the volume removed for good.
     pub fn marks_removed(self) -> bool {
@@ -48,6 +53,7 @@ impl Outcome {
             Outcome::Referenced => "referenced",
             Outcome::Cooldown => "cooldown",
             Outcome::Error => "error",
+            Outcome::AtRisk => "at_risk",
         }
     }
 }
@@ -69,6 +75,8 @@ pub struct Candidate {
     pub volume: VolumeName,
     /// The workspace's lease as stored.
     pub lease: Lease,
+    /// Whether its last session left work no snapshot has.
+    pub at_risk: Option<AtRisk>,
 }
 
 /// What to do with one candidate.
@@ -76,17 +84,38 @@ pub struct Candidate {
 pub enum Action {
     /// Ask the substrate to delete the volume.
     Remove,
+    /// At risk: rescue it (a snapshot under a new epoch), then remove it once that succeeded.
+    Rescue,
+    /// At risk, and given up without a rescue for this reason: remove it, recording why.
+    RemoveAtRisk(AtRiskRemoval),
     /// Leave it, with this outcome.
     Skip(Outcome),
 }
 
-/// Plans one sweep over claimed candidates: a live lease means referenced, everything else is
-/// removed.
-pub fn plan(candidates: Vec<Candidate>, now: Timestamp) -> Vec<(Candidate, Action)> {
+/// How a sweep treats at-risk volumes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Seconds a volume may stay at risk before it is removed without a rescue (`None`: forever).
+    pub at_risk_retention_secs: Option<i64>,
+    /// The operator forces removal of at-risk volumes (`--force`).
+    pub force: bool,
+}
+
+/// Plans one sweep over claimed candidates: a live lease means referenced; an at-risk volume
+/// is rescued first, unless forced or past the retention; everything else is removed.
+pub fn plan(candidates: Vec<Candidate>, now: Timestamp, policy: Policy) -> Vec<(Candidate, Action)> {
     candidates
         .into_iter()
         .map(|c| {
-            let action = if c.lease.is_live(now) { Action::Skip(Outcome::Referenced) } else { Action::Remove };
+            let action = match &c.at_risk {
+                _ if c.lease.is_live(now) => Action::Skip(Outcome::Referenced),
+                None => Action::Remove,
+                Some(_) if policy.force => Action::RemoveAtRisk(AtRiskRemoval::Forced),
+                Some(r) if policy.at_risk_retention_secs.is_some_and(|secs| now >= r.since.plus_secs(secs)) => {
+                    Action::RemoveAtRisk(AtRiskRemoval::Retention)
+                }
+                Some(_) => Action::Rescue,
+            };
             (c, action)
         })
         .collect()
@@ -123,7 +152,7 @@ impl Summary {
 }
 
 impl fmt::Display for Summary {
-    /// Formats as `removed=1 not_found=0 referenced=0 cooldown=2 error=0`.
+    /// Formats as `removed=1 not_found=0 referenced=0 cooldown=2 error=0 at_risk=0`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, o) in Outcome::ALL.iter().enumerate() {
             if i > 0 {
@@ -244,15 +273,45 @@ mod tests {
             },
             None => Lease::default(),
         };
-        Candidate { volume: VolumeName::derive(&owner, Generation(1)), owner, generation: Generation(1), lease }
+        Candidate {
+            volume: VolumeName::derive(&owner, Generation(1)),
+            owner,
+            generation: Generation(1),
+            lease,
+            at_risk: None,
+        }
     }
 
     #[test]
     fn a_live_lease_is_referenced() {
-        let plan =
-            plan(vec![candidate("a", None), candidate("b", Some(T0.plus_secs(5))), candidate("c", Some(T0))], T0);
+        let candidates = vec![candidate("a", None), candidate("b", Some(T0.plus_secs(5))), candidate("c", Some(T0))];
+        let plan = plan(candidates, T0, Policy::default());
         let actions: Vec<_> = plan.iter().map(|(c, a)| (c.owner.as_str(), *a)).collect();
         assert_eq!(actions, [("a", Action::Remove), ("b", Action::Skip(Outcome::Referenced)), ("c", Action::Remove)]);
+    }
+
+    #[test]
+    fn at_risk_volumes_are_rescued_unless_forced_or_past_the_retention() {
+        use crate::lifecycle::SessionEnd;
+        let risky = |owner, since: Timestamp| Candidate {
+            at_risk: Some(AtRisk { since, outcome: SessionEnd::Expired, session: SessionId::new("ses_1").unwrap() }),
+            ..candidate(owner, None)
+        };
+        let week = 7 * 24 * 3600;
+        let retention = Policy { at_risk_retention_secs: Some(week), force: false };
+        let check = |policy, want: [Action; 3]| {
+            let cands = vec![risky("a", T0), risky("b", T0.plus_secs(-week)), candidate("c", None)];
+            let got: Vec<_> = plan(cands, T0, policy).into_iter().map(|(_, a)| a).collect();
+            assert_eq!(got, want, "{policy:?}");
+        };
+        check(Policy::default(), [Action::Rescue, Action::Rescue, Action::Remove]);
+        check(retention, [Action::Rescue, Action::RemoveAtRisk(AtRiskRemoval::Retention), Action::Remove]);
+        let forced = Action::RemoveAtRisk(AtRiskRemoval::Forced);
+        check(Policy { force: true, ..retention }, [forced, forced, Action::Remove]);
+        // A live lease wins over everything: never removed while in use.
+        let live = Candidate { at_risk: risky("d", T0).at_risk, ..candidate("d", Some(T0.plus_secs(5))) };
+        let got = plan(vec![live], T0, Policy { force: true, ..retention });
+        assert_eq!(got[0].1, Action::Skip(Outcome::Referenced));
     }
 
     #[test]
@@ -272,7 +331,7 @@ mod tests {
         let mut s = Summary::default();
         s.add(Outcome::Removed, 2);
         s.add(Outcome::Cooldown, 1);
-        assert_eq!(s.to_string(), "removed=2 not_found=0 referenced=0 cooldown=1 error=0");
+        assert_eq!(s.to_string(), "removed=2 not_found=0 referenced=0 cooldown=1 error=0 at_risk=0");
     }
 
     #[test]

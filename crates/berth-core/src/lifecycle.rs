@@ -13,16 +13,32 @@
 //! deleted --ensure--> active (the next generation: new volume, no snapshots)
 //! ```
 //!
+//! Beside the state, a record says whether the workspace is **at risk**: its last session did
+//! not end clean (it detached without a final snapshot, its lease expired, or it was taken
+//! over), so its volume may hold work no snapshot has. A clean end of a later session or a
+//! successful rescue clears it; a removal of its volume records how the work was given up.
+//!
+//! ```text
+//! session ended unclean | expired | fenced --> at risk --session ended clean | drained--> not at risk
+//! at risk --rescue started (GC, new epoch)--> rescue finished: ok --> not at risk
+//!                                                               error --> still at risk (GC backs off)
+//! at risk --volume removed (forced, or past the retention)--> not at risk, at_risk_removed
+//! ```
+//!
 //! **Invariant:** a deleted owner's name starts a new generation, so nothing of the previous
 //! generation is ever restored into it; the lease epoch survives every transition.
 //! **Invariant:** only removed and not found mark a volume removed, and a mark is never undone
 //! for the same generation except by reopening (which recreates the volume).
+//! **Invariant:** an at-risk workspace's deletion is refused unless forced; GC never removes an
+//! at-risk volume unless its plan says why (forced, or past the retention), and the removal
+//! records that reason.
 
 use std::fmt;
 
 use crate::gc::{self, DeleteStep, Outcome};
-use crate::lease::{Held, Lease};
-use crate::session::ReplicaId;
+use crate::id::SnapshotId;
+use crate::lease::{Held, Holder, Lease};
+use crate::session::{ReplicaId, SessionId};
 use crate::time::Timestamp;
 use crate::volume::VolumeName;
 use crate::workspace::{Generation, WorkspaceId};
@@ -141,6 +157,129 @@ pub struct Claim {
     pub until: Timestamp,
 }
 
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SessionEnd {
+    /// It detached after publishing a final snapshot, with no publish since: its work is in
+    /// the store.
+    Clean,
+    /// As clean, while its workspace was draining.
+    Drained,
+    /// It detached without a final snapshot.
+    Unclean,
+    /// Its lease expired without a renewal (a killed, frozen or partitioned sandbox).
+    Expired,
+    /// Another session took its expired lease over.
+    Fenced,
+    /// The owner's deletion ended it: its work is discarded on request.
+    Deleted,
+}
+
+impl SessionEnd {
+    /// Every outcome.
+    pub const ALL: [SessionEnd; 6] = [
+        SessionEnd::Clean,
+        SessionEnd::Drained,
+        SessionEnd::Unclean,
+        SessionEnd::Expired,
+        SessionEnd::Fenced,
+        SessionEnd::Deleted,
+    ];
+
+    /// Returns the stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::Clean => "clean",
+            SessionEnd::Drained => "drained",
+            SessionEnd::Unclean => "unclean",
+            SessionEnd::Expired => "expired",
+            SessionEnd::Fenced => "fenced",
+            SessionEnd::Deleted => "deleted",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<SessionEnd> {
+        SessionEnd::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Returns whether the session's work is known to be in the store.
+    pub fn is_clean(self) -> bool {
+        matches!(self, SessionEnd::Clean | SessionEnd::Drained)
+    }
+
+    /// Returns whether the end leaves the workspace at risk.
+    pub fn leaves_at_risk(self) -> bool {
+        matches!(self, SessionEnd::Unclean | SessionEnd::Expired | SessionEnd::Fenced)
+    }
+
+    /// Returns what ended it, as the sessions table has always recorded it.
+    pub fn cause(self) -> &'static str {
+        match self {
+            SessionEnd::Clean | SessionEnd::Drained | SessionEnd::Unclean => "detached",
+            SessionEnd::Expired => "expired",
+            SessionEnd::Fenced => "taken_over",
+            SessionEnd::Deleted => "deleted",
+        }
+    }
+
+    /// Says in words why this end leaves work at risk.
+    pub fn why(self) -> &'static str {
+        match self {
+            SessionEnd::Clean | SessionEnd::Drained => "it ended clean",
+            SessionEnd::Unclean => "it detached without a final snapshot",
+            SessionEnd::Expired => {
+                "its lease expired without a final snapshot (the sandbox died or lost the control plane)"
+            }
+            SessionEnd::Fenced => "another session took its expired lease over before it published a final snapshot",
+            SessionEnd::Deleted => "the owner's deletion ended it",
+        }
+    }
+}
+
+impl fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a workspace is at risk: the session that ended without a final snapshot, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AtRisk {
+    /// When that session ended (the retention counts from it).
+    pub since: Timestamp,
+    /// How it ended.
+    pub outcome: SessionEnd,
+    /// Which session.
+    pub session: SessionId,
+}
+
+impl AtRisk {
+    /// Says why, in words.
+    pub fn reason(&self) -> String {
+        format!("the last session ({}) ended {}: {}", self.session, self.outcome, self.outcome.why())
+    }
+}
+
+/// Why an at-risk volume was removed without a rescue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtRiskRemoval {
+    /// An operator forced it (`--force`).
+    Forced,
+    /// It stayed at risk past the retention limit.
+    Retention,
+}
+
+impl AtRiskRemoval {
+    /// Returns the stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AtRiskRemoval::Forced => "forced",
+            AtRiskRemoval::Retention => "retention",
+        }
+    }
+}
+
 /// The lifecycle part of one workspace record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -162,6 +301,8 @@ pub struct Record {
     pub cleanup: Cleanup,
     /// A reconciler's claim.
     pub claim: Option<Claim>,
+    /// Whether its last session left work no snapshot has, and why.
+    pub at_risk: Option<AtRisk>,
 }
 
 /// Something asked of a workspace.
@@ -176,8 +317,11 @@ pub enum Event {
     },
     /// Close it: no more attaches.
     Close,
-    /// Ask for its deletion.
-    Delete,
+    /// Ask for its deletion; an at-risk workspace only with `force`.
+    Delete {
+        /// Discard the work of an at-risk workspace.
+        force: bool,
+    },
     /// A sandbox wants to attach (a guard: the lease decides the rest).
     Attach,
     /// A sandbox publishes a snapshot (a guard: the lease decides the rest).
@@ -215,6 +359,34 @@ pub enum Event {
         outcome: Outcome,
         /// Why it failed, if it did.
         error: Option<String>,
+        /// Why the plan removes an at-risk volume without a rescue.
+        at_risk_removal: Option<AtRiskRemoval>,
+    },
+    /// A session ended (the caller has already updated the lease accordingly).
+    SessionEnded {
+        /// The session.
+        session: SessionId,
+        /// How.
+        outcome: SessionEnd,
+    },
+    /// The claim `holder` starts rescuing the at-risk volume of `generation`: `session` takes
+    /// the lease with a new epoch for `ttl_secs`, so any zombie writer is fenced.
+    RescueStarted {
+        /// The claim holder.
+        holder: ReplicaId,
+        /// The generation the volume belongs to.
+        generation: Generation,
+        /// The rescue's session.
+        session: Holder,
+        /// How long its lease lasts.
+        ttl_secs: i64,
+    },
+    /// The rescue of `session` finished: the snapshot it published, or why it failed.
+    RescueFinished {
+        /// The rescue's session.
+        session: SessionId,
+        /// The published snapshot, or the error.
+        result: Result<SnapshotId, String>,
     },
 }
 
@@ -257,7 +429,7 @@ impl By {
 }
 
 /// An audit event a transition records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Audit {
     /// A generation began (the first, or one after a deletion).
     Ensured,
@@ -277,11 +449,25 @@ pub enum Audit {
     SnapshotsRetired,
     /// Deletion completed.
     Deleted,
+    /// A session ended, with how.
+    SessionEnded(SessionId, SessionEnd),
+    /// The workspace became at risk.
+    AtRisk,
+    /// A clean end cleared the risk.
+    AtRiskCleared,
+    /// A rescue took the lease.
+    RescueStarted,
+    /// A rescue published this snapshot: nothing is at risk any more.
+    RescueSucceeded(SnapshotId),
+    /// A rescue failed, with why.
+    RescueFailed(String),
+    /// An at-risk volume was removed without a rescue, with why (`None`: not planned as such).
+    AtRiskRemoved(Option<AtRiskRemoval>),
 }
 
 impl Audit {
     /// Returns the stable event name.
-    pub fn kind(self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Audit::Ensured => "workspace_ensured",
             Audit::Reopened => "workspace_reopened",
@@ -295,9 +481,17 @@ impl Audit {
                 Outcome::Referenced => "volume_referenced",
                 Outcome::Cooldown => "volume_cooldown",
                 Outcome::Error => "volume_error",
+                Outcome::AtRisk => "volume_kept_at_risk",
             },
             Audit::SnapshotsRetired => "snapshots_retired",
             Audit::Deleted => "workspace_deleted",
+            Audit::SessionEnded(..) => "session_ended",
+            Audit::AtRisk => "at_risk",
+            Audit::AtRiskCleared => "at_risk_cleared",
+            Audit::RescueStarted => "rescue_started",
+            Audit::RescueSucceeded(_) => "rescue_succeeded",
+            Audit::RescueFailed(_) => "rescue_failed",
+            Audit::AtRiskRemoved(_) => "at_risk_removed",
         }
     }
 }
@@ -312,6 +506,13 @@ pub enum Effect {
     StartGeneration,
     /// End the owner's open sessions.
     EndSessions(EndReason),
+    /// End one session with its outcome.
+    EndSession {
+        /// The session.
+        session: SessionId,
+        /// How it ended.
+        outcome: SessionEnd,
+    },
     /// Retire the generation's snapshot pointers.
     RetireSnapshots,
     /// Forget the latest-snapshot pointer (the generation is gone).
@@ -334,6 +535,12 @@ pub enum Refusal {
     Held(Held),
     /// The volume is not on the substrate yet.
     VolumeNotReady,
+    /// The workspace is at risk: deleting it needs `force`.
+    AtRisk(AtRisk),
+    /// A rescue was asked for a workspace that is not at risk.
+    NotAtRisk,
+    /// The caller does not hold the reconciler claim (or the generation moved on).
+    NotClaimed,
 }
 
 /// The result of a step: the record to store and the effects to carry out.
@@ -352,6 +559,7 @@ pub fn create(owner: &WorkspaceId) -> Transition {
         delete_step: None,
         cleanup: Cleanup::default(),
         claim: None,
+        at_risk: None,
     };
     (record, vec![Effect::Create, Effect::Audit(Audit::Ensured)])
 }
@@ -369,24 +577,18 @@ pub fn step(record: &Record, event: Event, now: Timestamp) -> Result<Transition,
             vec![Effect::Audit(Audit::VolumeCreated)]
         }
         (_, Event::VolumeCreated { .. }) => Vec::new(),
-        (State::Active, Event::Close) => {
-            if let Some(holder) = record.lease.live_holder(now) {
-                let held = Held { holder: holder.clone(), epoch: record.lease.epoch, expires: record.lease.expires };
-                return Err(Refusal::Held(held));
-            }
-            next.state = State::Closed;
-            next.closed_at = Some(now);
-            next.lease = Lease { holder: None, expires: Timestamp(0), ..record.lease.clone() };
-            vec![Effect::EndSessions(EndReason::Closed), Effect::Audit(Audit::Closed)]
-        }
+        (State::Active, Event::Close) => close(&mut next, now)?,
         (State::Closed, Event::Close) => Vec::new(),
-        (State::Active | State::Closed, Event::Delete) => {
+        (State::Active | State::Closed, Event::Delete { force }) => {
+            if let Some(at_risk) = record.at_risk.as_ref().filter(|_| !force) {
+                return Err(Refusal::AtRisk(at_risk.clone()));
+            }
             next.state = State::Deleting;
             next.delete_step = Some(DeleteStep::EndSessions);
             next.cleanup = Cleanup::default();
             vec![Effect::Audit(Audit::DeleteRequested)]
         }
-        (State::Deleting | State::Deleted, Event::Delete) => Vec::new(),
+        (State::Deleting | State::Deleted, Event::Delete { .. }) => Vec::new(),
         (State::Active, Event::Attach) if record.volume.state != VolumeState::Present => {
             return Err(Refusal::VolumeNotReady)
         }
@@ -405,27 +607,121 @@ pub fn step(record: &Record, event: Event, now: Timestamp) -> Result<Transition,
             back_off(&mut next, outcome, error, now);
             vec![Effect::Audit(Audit::Volume(outcome, By::Delete))]
         }
-        (State::Closed | State::Deleted, Event::Collected { generation, outcome, .. }) if outcome.marks_removed() => {
+        (State::Closed | State::Deleted, Event::Collected { generation, outcome, at_risk_removal, .. })
+            if outcome.marks_removed() =>
+        {
             if generation != record.generation || record.volume.state == VolumeState::Removed {
                 return unchanged();
             }
             mark_removed(&mut next, outcome, now);
             next.claim = None;
-            vec![Effect::Audit(Audit::Volume(outcome, By::Gc))]
+            let mut effects = vec![Effect::Audit(Audit::Volume(outcome, By::Gc))];
+            if next.at_risk.take().is_some() {
+                effects.push(Effect::Audit(Audit::AtRiskRemoved(at_risk_removal)));
+            }
+            effects
         }
-        (_, Event::Collected { holder, generation, outcome, error }) if !outcome.marks_removed() => {
+        (_, Event::Collected { holder, generation, outcome, error, .. }) if !outcome.marks_removed() => {
             if !holds(record, &holder, generation) {
                 return unchanged();
             }
             back_off(&mut next, outcome, error.unwrap_or_default(), now);
             vec![Effect::Audit(Audit::Volume(outcome, By::Gc))]
         }
+        (state, Event::SessionEnded { session, outcome }) => session_ended(&mut next, state, session, outcome, now),
+        (State::Closed | State::Deleted, Event::RescueStarted { holder, generation, session, ttl_secs }) => {
+            rescue_started(&mut next, &holder, generation, session, ttl_secs, now)?
+        }
+        (_, Event::RescueFinished { session, result }) => rescue_finished(&mut next, session, result),
         (_, Event::StepDone { .. } | Event::StepFailed { .. } | Event::Collected { .. }) => Vec::new(),
-        (state, Event::Ensure | Event::Close | Event::Attach | Event::Publish) => {
+        (state, Event::Ensure | Event::Close | Event::Attach | Event::Publish | Event::RescueStarted { .. }) => {
             return Err(Refusal::WrongState(state))
         }
     };
     Ok((next, effects))
+}
+
+/// Closes an active workspace (`next`): refused while a lease is live. A holder whose lease
+/// expired unrenewed ended without a final snapshot, so the workspace is at risk.
+fn close(next: &mut Record, now: Timestamp) -> Result<Vec<Effect>, Refusal> {
+    if let Some(holder) = next.lease.live_holder(now) {
+        let held = Held { holder: holder.clone(), epoch: next.lease.epoch, expires: next.lease.expires };
+        return Err(Refusal::Held(held));
+    }
+    let mut effects = vec![Effect::EndSessions(EndReason::Closed), Effect::Audit(Audit::Closed)];
+    if let Some(holder) = next.lease.holder.take() {
+        next.at_risk = Some(AtRisk { since: now, outcome: SessionEnd::Expired, session: holder.session.clone() });
+        effects.push(Effect::Audit(Audit::SessionEnded(holder.session, SessionEnd::Expired)));
+        effects.push(Effect::Audit(Audit::AtRisk));
+    }
+    next.state = State::Closed;
+    next.closed_at = Some(now);
+    next.lease = Lease { holder: None, expires: Timestamp(0), ..next.lease.clone() };
+    Ok(effects)
+}
+
+/// A session of `next` (in `state`) ended with `outcome`: a clean end clears the risk, an
+/// unclean one (outside a deletion) sets it.
+fn session_ended(
+    next: &mut Record,
+    state: State,
+    session: SessionId,
+    outcome: SessionEnd,
+    now: Timestamp,
+) -> Vec<Effect> {
+    let mut effects = vec![
+        Effect::EndSession { session: session.clone(), outcome },
+        Effect::Audit(Audit::SessionEnded(session.clone(), outcome)),
+    ];
+    if outcome.is_clean() && next.at_risk.take().is_some() {
+        effects.push(Effect::Audit(Audit::AtRiskCleared));
+    } else if outcome.leaves_at_risk() && matches!(state, State::Active | State::Closed) {
+        next.at_risk = Some(AtRisk { since: now, outcome, session });
+        effects.push(Effect::Audit(Audit::AtRisk));
+    }
+    effects
+}
+
+/// The claim `holder` takes the lease of the at-risk `next` for a rescue.
+fn rescue_started(
+    next: &mut Record,
+    holder: &ReplicaId,
+    generation: Generation,
+    session: Holder,
+    ttl_secs: i64,
+    now: Timestamp,
+) -> Result<Vec<Effect>, Refusal> {
+    if !holds(next, holder, generation) || next.volume.state == VolumeState::Removed {
+        return Err(Refusal::NotClaimed);
+    }
+    if next.at_risk.is_none() {
+        return Err(Refusal::NotAtRisk);
+    }
+    let (lease, _) = next.lease.acquire(session, now, ttl_secs).map_err(Refusal::Held)?;
+    next.lease = lease;
+    Ok(vec![Effect::Audit(Audit::RescueStarted)])
+}
+
+/// The rescue of `session` on `next` finished; without its lease any more, nothing changes.
+fn rescue_finished(next: &mut Record, session: SessionId, result: Result<SnapshotId, String>) -> Vec<Effect> {
+    if next.lease.holder.as_ref().is_none_or(|h| h.session != session) {
+        return Vec::new();
+    }
+    next.lease = Lease { holder: None, expires: Timestamp(0), ..next.lease.clone() };
+    match result {
+        Ok(snapshot) => {
+            next.at_risk = None;
+            vec![
+                Effect::EndSession { session: session.clone(), outcome: SessionEnd::Clean },
+                Effect::Audit(Audit::SessionEnded(session, SessionEnd::Clean)),
+                Effect::Audit(Audit::RescueSucceeded(snapshot)),
+            ]
+        }
+        Err(error) => vec![
+            Effect::EndSession { session: session.clone(), outcome: SessionEnd::Unclean },
+            Effect::Audit(Audit::RescueFailed(error)),
+        ],
+    }
 }
 
 /// Ensure on an existing record (`next`, not deleting): active stays, closed reopens unless a
@@ -454,6 +750,7 @@ fn ensure(next: &mut Record, now: Timestamp) -> Result<Vec<Effect>, Refusal> {
             next.delete_step = None;
             next.cleanup = Cleanup::default();
             next.claim = None;
+            next.at_risk = None;
             Ok(vec![Effect::StartGeneration, Effect::Audit(Audit::Ensured)])
         }
         State::Active | State::Deleting => Ok(Vec::new()),
@@ -479,7 +776,12 @@ fn delete_step(next: &mut Record, step: DeleteStep, volume: Option<Outcome>, now
             }
             next.volume.last_outcome = volume.or(next.volume.last_outcome);
             next.cleanup = Cleanup::default();
-            volume.map(|o| Effect::Audit(Audit::Volume(o, By::Delete))).into_iter().collect()
+            let mut effects: Vec<_> = volume.map(|o| Effect::Audit(Audit::Volume(o, By::Delete))).into_iter().collect();
+            // Deletion starts on an at-risk workspace only when forced.
+            if next.at_risk.take().is_some() {
+                effects.push(Effect::Audit(Audit::AtRiskRemoved(Some(AtRiskRemoval::Forced))));
+            }
+            effects
         }
         DeleteStep::RetireSnapshots => vec![Effect::RetireSnapshots, Effect::Audit(Audit::SnapshotsRetired)],
         DeleteStep::MarkDeleted => {
@@ -567,7 +869,7 @@ mod tests {
     }
 
     fn collected(outcome: Outcome) -> Event {
-        Event::Collected { holder: me(), generation: Generation(3), outcome, error: None }
+        Event::Collected { holder: me(), generation: Generation(3), outcome, error: None, at_risk_removal: None }
     }
 
     #[test]
@@ -618,11 +920,19 @@ mod tests {
         check(rec(Deleting), Event::Close, Err(Refusal::WrongState(Deleting)));
         check(rec(Deleted), Event::Close, Err(Refusal::WrongState(Deleted)));
         for s in [Active, Closed] {
-            check(rec(s), Event::Delete, Ok((Deleting, Present, 3, vec![audit(Audit::DeleteRequested)])));
+            check(
+                rec(s),
+                Event::Delete { force: false },
+                Ok((Deleting, Present, 3, vec![audit(Audit::DeleteRequested)])),
+            );
         }
-        check(live(rec(Active)), Event::Delete, Ok((Deleting, Present, 3, vec![audit(Audit::DeleteRequested)])));
-        check(rec(Deleting), Event::Delete, Ok((Deleting, Present, 3, vec![])));
-        check(rec(Deleted), Event::Delete, Ok((Deleted, Present, 3, vec![])));
+        check(
+            live(rec(Active)),
+            Event::Delete { force: false },
+            Ok((Deleting, Present, 3, vec![audit(Audit::DeleteRequested)])),
+        );
+        check(rec(Deleting), Event::Delete { force: false }, Ok((Deleting, Present, 3, vec![])));
+        check(rec(Deleted), Event::Delete { force: false }, Ok((Deleted, Present, 3, vec![])));
     }
 
     #[test]
@@ -703,7 +1013,115 @@ mod tests {
             check(marked, collected(Outcome::Removed), Ok((Closed, Removed, 3, vec![])));
         }
         check(rec(Active), collected(Outcome::Removed), Ok((Active, Present, 3, vec![])));
-        let old = Event::Collected { holder: me(), generation: Generation(2), outcome: Outcome::Removed, error: None };
+        let old = Event::Collected {
+            holder: me(),
+            generation: Generation(2),
+            outcome: Outcome::Removed,
+            error: None,
+            at_risk_removal: None,
+        };
         check(claimed(rec(Deleted), T0), old, Ok((Deleted, Present, 3, vec![])));
+    }
+
+    fn ses(s: &str) -> SessionId {
+        SessionId::new(s).unwrap()
+    }
+
+    fn ended(s: &str, outcome: SessionEnd) -> Event {
+        Event::SessionEnded { session: ses(s), outcome }
+    }
+
+    fn at_risk(mut r: Record) -> Record {
+        r.at_risk = Some(AtRisk { since: T0, outcome: SessionEnd::Expired, session: ses("ses_1") });
+        r
+    }
+
+    #[test]
+    fn unclean_ends_leave_the_workspace_at_risk_until_a_clean_one() {
+        use SessionEnd::*;
+        let end = |s: &str, o| {
+            vec![Effect::EndSession { session: ses(s), outcome: o }, audit(Audit::SessionEnded(ses(s), o))]
+        };
+        for o in [Unclean, Expired, Fenced] {
+            let (next, effects) = step(&rec(State::Active), ended("ses_1", o), T0).unwrap();
+            assert_eq!(next.at_risk, Some(AtRisk { since: T0, outcome: o, session: ses("ses_1") }), "{o}");
+            assert_eq!(effects, [end("ses_1", o), vec![audit(Audit::AtRisk)]].concat());
+        }
+        for o in [Clean, Drained] {
+            let (next, effects) = step(&rec(State::Active), ended("ses_1", o), T0).unwrap();
+            assert_eq!((next.at_risk, effects), (None, end("ses_1", o)));
+            let (next, effects) = step(&at_risk(rec(State::Active)), ended("ses_2", o), T0).unwrap();
+            assert_eq!((next.at_risk, effects), (None, [end("ses_2", o), vec![audit(Audit::AtRiskCleared)]].concat()));
+        }
+        // A deletion's ends discard the work on request: never at risk.
+        for s in [State::Deleting, State::Deleted] {
+            assert_eq!(step(&rec(s), ended("ses_1", Expired), T0).unwrap().0.at_risk, None);
+        }
+        assert_eq!(step(&rec(State::Active), ended("ses_1", Deleted), T0).unwrap().0.at_risk, None);
+        // Closing over a holder whose lease expired unrenewed: that session ended expired.
+        let mut expired = live(rec(State::Active));
+        expired.lease.expires = T0;
+        let (next, effects) = step(&expired, Event::Close, T0).unwrap();
+        assert_eq!(next.at_risk.map(|a| (a.outcome, a.session)), Some((Expired, ses("ses_1"))));
+        assert!(effects.contains(&audit(Audit::AtRisk)), "{effects:?}");
+        assert_eq!(step(&rec(State::Active), Event::Close, T0).unwrap().0.at_risk, None);
+    }
+
+    #[test]
+    fn an_at_risk_workspace_is_deleted_only_when_forced() {
+        let r = at_risk(rec(State::Closed));
+        let refused = step(&r, Event::Delete { force: false }, T0).unwrap_err();
+        assert_eq!(refused, Refusal::AtRisk(r.at_risk.clone().unwrap()));
+        let (mut next, _) = step(&r, Event::Delete { force: true }, T0).unwrap();
+        assert!(next.at_risk.is_some(), "still at risk until the volume goes");
+        next = claimed(next, T0.plus_secs(60));
+        next.delete_step = Some(DeleteStep::DeleteVolume);
+        let (next, effects) = step(&next, done(DeleteStep::DeleteVolume, Some(Outcome::Removed)), T0).unwrap();
+        assert_eq!(next.at_risk, None);
+        assert!(effects.contains(&audit(Audit::AtRiskRemoved(Some(AtRiskRemoval::Forced)))), "{effects:?}");
+    }
+
+    #[test]
+    fn a_rescue_takes_a_new_epoch_and_clears_the_risk() {
+        let rescuer = Holder { session: ses("ses_rescue"), instance: InstanceId::new("berth-rescue").unwrap() };
+        let start = |r: &Record, g| {
+            let ev = Event::RescueStarted {
+                holder: me(),
+                generation: Generation(g),
+                session: rescuer.clone(),
+                ttl_secs: 60,
+            };
+            step(r, ev, T0)
+        };
+        let r = claimed(at_risk(rec(State::Closed)), T0.plus_secs(60));
+        // Only under the claim, for the claimed generation, of an at-risk closed workspace.
+        assert_eq!(start(&claimed(rec(State::Closed), T0.plus_secs(60)), 3).unwrap_err(), Refusal::NotAtRisk);
+        assert_eq!(start(&at_risk(rec(State::Closed)), 3).unwrap_err(), Refusal::NotClaimed);
+        assert_eq!(start(&r, 2).unwrap_err(), Refusal::NotClaimed);
+        assert_eq!(start(&at_risk(rec(State::Active)), 3).unwrap_err(), Refusal::WrongState(State::Active));
+        let (taken, effects) = start(&r, 3).unwrap();
+        assert_eq!(effects, [audit(Audit::RescueStarted)]);
+        assert_eq!((taken.lease.epoch, taken.lease.holder.as_ref()), (Epoch(8), Some(&rescuer)));
+        let snapshot = SnapshotId::from_hex(&"ab".repeat(32)).unwrap();
+        let finished = |result| Event::RescueFinished { session: ses("ses_rescue"), result };
+        let (ok, effects) = step(&taken, finished(Ok(snapshot)), T0).unwrap();
+        assert_eq!((ok.at_risk.as_ref(), ok.lease.holder.as_ref(), ok.lease.epoch), (None, None, Epoch(8)));
+        assert!(effects.contains(&audit(Audit::RescueSucceeded(snapshot))), "{effects:?}");
+        let (failed, effects) = step(&taken, finished(Err("no space".into())), T0).unwrap();
+        assert!(failed.at_risk.is_some() && failed.lease.holder.is_none());
+        assert!(effects.contains(&audit(Audit::RescueFailed("no space".into()))), "{effects:?}");
+        // A rescue that lost its lease changes nothing.
+        assert_eq!(step(&r, finished(Ok(snapshot)), T0).unwrap(), (r.clone(), vec![]));
+        // Removal of an at-risk volume records why it was given up.
+        let removed = Event::Collected {
+            holder: me(),
+            generation: Generation(3),
+            outcome: Outcome::Removed,
+            error: None,
+            at_risk_removal: Some(AtRiskRemoval::Retention),
+        };
+        let (gone, effects) = step(&r, removed, T0).unwrap();
+        assert_eq!(gone.at_risk, None);
+        assert!(effects.contains(&audit(Audit::AtRiskRemoved(Some(AtRiskRemoval::Retention)))), "{effects:?}");
     }
 }

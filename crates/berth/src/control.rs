@@ -133,9 +133,14 @@ pub enum WorkspaceCmd {
         server: ServerArgs,
     },
     /// Delete a workspace: end its sessions, delete its volume, retire its snapshots.
+    #[command(visible_alias = "delete")]
     Rm {
         /// The owner key.
         owner: String,
+        /// Delete an at-risk workspace too (its last session ended without a final snapshot),
+        /// discarding the work its volume holds that no snapshot has.
+        #[arg(long)]
+        force: bool,
         /// Wait until the deletion completes.
         #[arg(long)]
         wait: bool,
@@ -193,6 +198,9 @@ pub enum GcCmd {
         /// Also sweep orphans (volumes labelled as berth's with no live record).
         #[arg(long)]
         orphans: bool,
+        /// Remove at-risk volumes without rescuing them (their unsaved work is lost).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -226,6 +234,7 @@ fn workspace_row(w: &Workspace) -> String {
         w.lease.as_ref().map(|l| format!("{} (epoch {})", l.instance_id, l.epoch)).unwrap_or_else(|| "-".into());
     let snap = w.latest_snapshot.as_deref().map(|s| &s[..s.len().min(12)]).unwrap_or("-");
     let state = if w.draining { format!("{state},draining") } else { state };
+    let state = if w.at_risk { format!("{state},at_risk") } else { state };
     format!("{:<32} {:>4} {:<16} {:<28} {:<28} {}", w.owner, w.generation, state, w.volume.name, lease, snap)
 }
 
@@ -249,6 +258,13 @@ fn show_workspace(w: &Workspace) {
         None => println!("lease:       free"),
     }
     println!("snapshot:    {}", w.latest_snapshot.as_deref().unwrap_or("none"));
+    if w.at_risk {
+        println!(
+            "at risk:     since {}: {}",
+            w.at_risk_since.as_deref().unwrap_or("?"),
+            w.at_risk_reason.as_deref().unwrap_or("its last session did not end clean")
+        );
+    }
     for (k, v) in &w.labels {
         println!("label:       {k}={v}");
     }
@@ -289,7 +305,7 @@ pub async fn workspace(cmd: WorkspaceCmd) -> Result<()> {
             attach(&owner, berth_api::Attach { instance_id: instance, node, pool }, spec_out, &server).await
         }
         WorkspaceCmd::Close { owner, server } => close(&owner, &server).await,
-        WorkspaceCmd::Rm { owner, wait, timeout, server } => rm(&owner, wait, timeout, &server).await,
+        WorkspaceCmd::Rm { owner, force, wait, timeout, server } => rm(&owner, force, wait, timeout, &server).await,
     }
 }
 
@@ -383,9 +399,9 @@ async fn close(owner: &str, server: &ServerArgs) -> Result<()> {
 }
 
 /// `berth workspace rm`: asks for the deletion; with `wait`, polls until it completes.
-async fn rm(owner: &str, wait: bool, timeout: i64, server: &ServerArgs) -> Result<()> {
+async fn rm(owner: &str, force: bool, wait: bool, timeout: i64, server: &ServerArgs) -> Result<()> {
     let client = server.client()?;
-    let mut w = client.delete(owner).await?;
+    let mut w = if force { client.delete_forced(owner).await? } else { client.delete(owner).await? };
     if wait {
         let deadline = std::time::Instant::now() + Duration::from_secs(timeout.max(1) as u64);
         while w.state != WorkspaceState::Deleted {
@@ -488,8 +504,8 @@ async fn drain_ack(scope: &str, nonce: String, server: &ServerArgs) -> Result<()
 
 /// Runs `berth gc ...`.
 pub async fn gc(cmd: GcCmd) -> Result<()> {
-    let GcCmd::Run { dry_run, orphans, server } = cmd;
-    let r = server.client()?.gc_run(&GcRun { dry_run, orphans }).await?;
+    let GcCmd::Run { dry_run, orphans, force, server } = cmd;
+    let r = server.client()?.gc_run(&GcRun { dry_run, orphans, force }).await?;
     if server.json {
         return print_json(&r);
     }

@@ -37,7 +37,9 @@ pub struct Serve {
     /// generated on first start]. Replicas on one database must share it.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
-    /// Object store for snapshots, handed to sandboxes (file:///PATH, s3://BUCKET/PREFIX).
+    /// Object store for snapshots (file:///PATH, s3://BUCKET/PREFIX; S3 settings from the
+    /// AWS_* environment): handed to sandboxes, and where GC rescues at-risk volumes. Without
+    /// it, at-risk volumes are kept until forced or past --at-risk-retention.
     #[arg(long = "store", env = "BERTH_STORE", value_name = "URL")]
     store_url: Option<String>,
     /// Lease time to live; sandboxes heartbeat well within it.
@@ -90,6 +92,11 @@ pub struct Serve {
     /// How long a volume must stay without a record before the orphan sweep removes it.
     #[arg(long, default_value = "1h", value_parser = units::parse_duration)]
     orphan_grace: i64,
+    /// How long a volume may stay at risk (its last session ended without a final snapshot and
+    /// every rescue failed) before GC removes it anyway, recording `at_risk_removed`; `0s`
+    /// keeps it until rescued or forced.
+    #[arg(long, default_value = "7d", value_parser = units::parse_duration)]
+    at_risk_retention: i64,
     /// Time between lease and drain expiry checks.
     #[arg(long, default_value = "2s", value_parser = units::parse_duration)]
     expiry_interval: i64,
@@ -193,6 +200,7 @@ impl Serve {
             claim_ttl_secs: self.claim_ttl.max(self.gc_timeout * 2),
             orphan_interval_secs: secs(self.orphan_interval),
             orphan_grace_secs: self.orphan_grace.max(0),
+            at_risk_retention_secs: (self.at_risk_retention > 0).then_some(self.at_risk_retention),
         };
         Ok(config)
     }

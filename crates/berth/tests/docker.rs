@@ -170,7 +170,7 @@ fn orphans_are_removed_after_the_grace_and_nothing_else_is_touched() {
     let other = format!("ws-other-install-{}", run.id());
     run.create_volume(&other, &[("berth.managed", "true"), ("berth.install", "another-installation")]);
 
-    let sweep = GcRun { dry_run: false, orphans: true };
+    let sweep = GcRun { dry_run: false, orphans: true, force: false };
     rt.block_on(async {
         let report = c.gc_run(&sweep).await.unwrap();
         let items = report.orphans.unwrap();
@@ -267,7 +267,7 @@ fn an_unreachable_engine_fails_readyz_and_skips_gc_without_crashing() {
 
         let e = c.ensure("agent:1", &labelled(&run)).await.unwrap_err();
         assert_eq!((e.status(), e.code()), (Some(503), Some("substrate")), "{e}");
-        let report = c.gc_run(&GcRun { dry_run: false, orphans: false }).await.unwrap();
+        let report = c.gc_run(&GcRun { dry_run: false, orphans: false, force: false }).await.unwrap();
         assert!(report.skipped.as_deref().unwrap_or("").contains("substrate unhealthy"), "{report:?}");
         // The periodic sweeps skip too, and the server keeps answering.
         tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -393,3 +393,167 @@ async fn sqlx_create_db(base: &str) -> String {
     pool.close().await;
     format!("{}/{name}", &base[..base.rfind('/').unwrap()])
 }
+
+/// Runs `berth agent run` under a lease of `owner` on `server` (its workspace is the volume),
+/// waits for its first published snapshot (with a store) or its ready marker, writes work that
+/// no snapshot has yet, then SIGKILLs the sandbox (the agent and its child). Returns the
+/// volume's directory.
+fn sigkilled_sandbox(root: &Path, server: &Server, owner: &str, store: bool) -> std::path::PathBuf {
+    let rt = rt();
+    let admin = server.client(ADMIN);
+    rt.block_on(admin.ensure(owner, &EnsureWorkspace::default())).unwrap();
+    let session = rt.block_on(admin.attach(owner, &Attach { instance_id: "pod-1".into(), node: None, pool: None }));
+    let session = session.unwrap();
+    let berth_api::Mount::Local { path, .. } = &session.mount else { panic!("a local mount") };
+    let spec = root.join("spec.json");
+    fs::write(&spec, serde_json::to_vec(&serde_json::json!({"session": session, "server": server.url})).unwrap())
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&spec, fs::Permissions::from_mode(0o600)).unwrap();
+    let child_pid = root.join("child.pid");
+    let command = format!(
+        "echo $$ > {}; mkdir -p src; echo 'fn main() {{}}' > src/main.rs; echo saved > notes.txt; exec sleep 600",
+        child_pid.display()
+    );
+    let log = root.join("agent.log");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_berth"));
+    agent
+        .args(["agent", "run", "--spec", spec.to_str().unwrap(), "--base", root.join("jobs").to_str().unwrap()])
+        .args(["--first-after", "1", "--interval", "3600", "--debounce", "600000", "--", "sh", "-c", &command])
+        .env_remove("BERTH_TOKEN")
+        .env_remove("BERTH_SERVER")
+        .env_remove("BERTH_STORE")
+        .env("BERTH_LOG_FORMAT", "json")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    let mut agent = agent.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wanted = if store { "\"published\":true" } else { "\"phase\":\"ready\"" };
+    while !fs::read_to_string(&log).unwrap_or_default().contains(wanted) || !Path::new(path).join("notes.txt").exists()
+    {
+        assert!(Instant::now() < deadline, "no {wanted} within 60 s:\n{}", fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Work after the last snapshot: only the volume has it.
+    fs::write(Path::new(path).join("unsaved.txt"), b"written after the last snapshot").unwrap();
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let pid: i32 = fs::read_to_string(&child_pid).unwrap().trim().parse().unwrap();
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL);
+    // The lease expires unrenewed: the session ends expired and the workspace is at risk. (The
+    // TTL is long enough that a loaded machine's heartbeats keep the lease while the agent runs.)
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let w = admin.workspace(owner).await.unwrap();
+            if w.at_risk {
+                assert!(w.at_risk_reason.as_deref().unwrap_or("").contains("expired"), "{w:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "not at risk 30 s after the SIGKILL: {w:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    std::path::PathBuf::from(path)
+}
+
+fn at_risk_server(root: &Path, store: Option<&str>) -> Server {
+    let data = root.join("data");
+    let mut args = vec![
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--lease-ttl",
+        "8s",
+        "--expiry-interval",
+        "1s",
+        "--gc-cooldown",
+        "0s",
+    ];
+    args.extend(["--gc-interval", "3600s"]);
+    if let Some(s) = store {
+        args.extend(["--store", s]);
+    }
+    Server::start(root, &root.join("serve.log"), &args, &[("BERTH_ADMIN_TOKEN", ADMIN)])
+}
+
+fn cli_as_admin(root: &Path, server: &Server, args: &[&str]) -> Run {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+    c.current_dir(root).args(args).env("BERTH_SERVER", &server.url).env("BERTH_TOKEN", ADMIN);
+    Run::of(c)
+}
+
+#[test]
+fn a_sigkilled_sandbox_leaves_its_workspace_at_risk_and_gc_rescues_it_before_removing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let store = format!("file://{}", root.join("store").display());
+    let server = at_risk_server(&root, Some(&store));
+    let volume = sigkilled_sandbox(&root, &server, "agent:risky", true);
+    let out = cli_as_admin(&root, &server, &["workspace", "show", "agent:risky"]).ok();
+    assert!(out.stdout.contains("at risk:") && out.stdout.contains("expired"), "{out:?}");
+    let out = cli_as_admin(&root, &server, &["workspace", "ls"]).ok();
+    assert!(out.stdout.contains("active,at_risk"), "{out:?}");
+    assert_eq!(metric(&server.url, "berth_workspaces_at_risk"), 1.0);
+    cli_as_admin(&root, &server, &["workspace", "close", "agent:risky"]).ok();
+    // What the rescue must save: the volume as the dead sandbox left it (its run dir is never
+    // snapshotted).
+    let mut expected = util::read_tree(&volume);
+    expected.retain(|p, _| p != ".berth/run" && !p.starts_with(".berth/run/"));
+    assert!(expected.contains_key("unsaved.txt"), "{expected:?}");
+
+    let out = cli_as_admin(&root, &server, &["gc", "run", "--json"]).ok();
+    let report = out.json();
+    assert_eq!(report["volumes"][0]["outcome"], "removed", "{report}");
+    assert!(!volume.exists(), "the volume is removed once rescued");
+    let w = rt().block_on(server.client(ADMIN).workspace("agent:risky")).unwrap();
+    assert!(!w.at_risk, "{w:?}");
+    let snapshot = w.latest_snapshot.clone().expect("the rescue's snapshot is the latest");
+    let out = cli_as_admin(&root, &server, &["events", "--owner", "agent:risky", "--json"]).ok();
+    let events: Vec<serde_json::Value> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let position = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or_else(|| panic!("no {k} in {kinds:?}"));
+    assert!(position("at_risk") < position("rescue_started"));
+    assert!(position("rescue_started") < position("rescue_succeeded"));
+    assert!(position("rescue_succeeded") < position("volume_removed"), "rescued before removing: {kinds:?}");
+    assert_eq!(events[position("rescue_succeeded")]["detail"]["snapshot"], snapshot.as_str());
+
+    // The rescue's snapshot restores to exactly what the volume held.
+    let restored = root.join("restored");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+    c.args(["snapshot", "restore", "--store", &store, "--workspace", "agent:risky", "--no-cache"]).args([
+        "--snapshot",
+        &snapshot,
+        restored.to_str().unwrap(),
+    ]);
+    Run::of(c).ok();
+    util::assert_same_tree(&expected, &util::read_tree(&restored));
+    server.terminate(10);
+}
+
+#[test]
+fn without_a_store_an_at_risk_volume_is_kept_until_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let server = at_risk_server(&root, None);
+    let volume = sigkilled_sandbox(&root, &server, "agent:kept", false);
+    // Deleting it is refused, with the way out.
+    let out = cli_as_admin(&root, &server, &["workspace", "delete", "agent:kept"]).fails(1);
+    assert!(out.stderr.contains("at risk") && out.stderr.contains("--force"), "{out:?}");
+    cli_as_admin(&root, &server, &["workspace", "close", "agent:kept"]).ok();
+    let report = cli_as_admin(&root, &server, &["gc", "run", "--json"]).ok().json();
+    assert_eq!(report["volumes"][0]["outcome"], "at_risk", "{report}");
+    assert!(report["volumes"][0]["error"].as_str().unwrap().contains("--store"), "{report}");
+    assert!(volume.join("unsaved.txt").exists(), "an at-risk volume is never removed unrescued");
+    assert_eq!(metric(&server.url, "berth_workspaces_at_risk"), 1.0);
+    let report = cli_as_admin(&root, &server, &["gc", "run", "--force", "--json"]).ok().json();
+    // The failed attempt backs off durably; the forced sweep waits for it like any other.
+    assert!(report["volumes"].as_array().unwrap().is_empty(), "{report}");
+    cli_as_admin(&root, &server, &["workspace", "rm", "agent:kept", "--force", "--wait"]).ok();
+    assert!(!volume.exists());
+    let out = cli_as_admin(&root, &server, &["events", "--owner", "agent:kept", "--kind", "at_risk_removed", "--json"]);
+    let removed: serde_json::Value = serde_json::from_str(out.ok().stdout.trim()).unwrap();
+    assert_eq!(removed["detail"]["reason"], "forced", "{removed}");
+    assert_eq!(metric(&server.url, "berth_workspaces_at_risk"), 0.0);
+    server.terminate(10);
+}

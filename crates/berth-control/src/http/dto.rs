@@ -83,6 +83,9 @@ pub fn workspace(ws: &WorkspaceRow, now: Timestamp) -> api::Workspace {
         created_at: ts(ws.created_at),
         updated_at: ts(ws.updated_at),
         closed_at: r.closed_at.map(ts),
+        at_risk: r.at_risk.is_some(),
+        at_risk_reason: r.at_risk.as_ref().map(|a| a.reason()),
+        at_risk_since: r.at_risk.as_ref().map(|a| ts(a.since)),
     }
 }
 
@@ -185,6 +188,8 @@ pub fn gc_report(r: &GcReport) -> api::GcReport {
             volume: v.volume.to_string(),
             outcome: match v.result {
                 GcResult::Planned(Action::Remove) => "remove".to_string(),
+                GcResult::Planned(Action::Rescue) => "rescue".to_string(),
+                GcResult::Planned(Action::RemoveAtRisk(_)) => "remove_at_risk".to_string(),
                 GcResult::Planned(Action::Skip(o)) | GcResult::Done(o) => o.as_str().to_string(),
             },
             error: v.error.clone(),

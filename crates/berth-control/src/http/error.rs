@@ -20,6 +20,7 @@ impl Error {
             Error::LeaseHeld(_) => (StatusCode::CONFLICT, "lease_held"),
             Error::Fenced(_) => (StatusCode::CONFLICT, STALE_EPOCH),
             Error::WrongState(_) => (StatusCode::CONFLICT, "wrong_state"),
+            Error::AtRisk(_) => (StatusCode::CONFLICT, "at_risk"),
             Error::WrongNonce(_) => (StatusCode::CONFLICT, "wrong_nonce"),
             Error::Draining { .. } => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             Error::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),

@@ -187,19 +187,30 @@ pub async fn close_workspace(
     Ok(Json(dto::workspace(&ws, now())))
 }
 
+/// Query of a deletion.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Delete an at-risk workspace too, discarding the work its volume holds that no snapshot has.
+    force: Option<bool>,
+}
+
 /// Asks for a workspace's deletion: 202 with state `deleting`; it completes in the background
-/// (sessions ended, volume deleted, snapshots retired, generation bumped).
-#[utoipa::path(delete, path = "/v1/workspaces/{owner}", tag = "workspaces", params(("owner" = String, Path)),
+/// (sessions ended, volume deleted, snapshots retired, generation bumped). An at-risk
+/// workspace is refused (409 `at_risk`) unless `force=true`.
+#[utoipa::path(delete, path = "/v1/workspaces/{owner}", tag = "workspaces", params(("owner" = String, Path), DeleteQuery),
     responses((status = 202, body = api::Workspace), (status = 200, body = api::Workspace, description = "already deleted"),
-        (status = 404, body = api::ErrorBody)))]
+        (status = 404, body = api::ErrorBody), (status = 409, body = api::ErrorBody, description = "at risk: needs force")))]
 pub async fn delete_workspace(
     principal: Principal,
     State(app): State<Arc<App>>,
     Path(owner): Path<String>,
+    query: std::result::Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse> {
     principal.admin()?;
     let owner = owner_param(&owner)?;
-    let (ws, _) = app.meta.request_delete(&owner, now()).await?;
+    let force = query_param(query)?.force.unwrap_or(false);
+    let (ws, _) = app.meta.request_delete(&owner, force, now()).await?;
     app.wake_delete.notify_one();
     let status = if ws.record.state == WsState::Deleted { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(dto::workspace(&ws, now()))))
@@ -308,8 +319,11 @@ pub async fn publish_snapshot(
     let body: api::PublishSnapshot = parse_body(&body)?;
     let snapshot_id = snapshot_param(&body.snapshot_id)?;
     let stats = dto::snapshot_stats(&body.stats);
-    let s =
-        app.meta.publish_snapshot(&owner, principal.sandbox_session(), body.epoch, &snapshot_id, &stats, now()).await?;
+    let session = principal.sandbox_session();
+    let s = app
+        .meta
+        .publish_snapshot(&owner, session, body.epoch, &snapshot_id, &stats, body.final_snapshot, now())
+        .await?;
     Ok((StatusCode::CREATED, Json(dto::snapshot(&s, Some(s.snapshot_id)))))
 }
 
@@ -439,7 +453,8 @@ pub async fn events(
 pub async fn gc_run(principal: Principal, State(app): State<Arc<App>>, body: Bytes) -> Result<Json<api::GcReport>> {
     principal.admin()?;
     let body: api::GcRun = parse_body(&body)?;
-    Ok(Json(dto::gc_report(&reconcile::gc_sweep(&app, body.dry_run, body.orphans).await?)))
+    let opts = reconcile::SweepOptions { dry_run: body.dry_run, orphans: body.orphans, force: body.force };
+    Ok(Json(dto::gc_report(&reconcile::gc_sweep(&app, opts).await?)))
 }
 
 /// Liveness: the process answers.
@@ -460,5 +475,10 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Result<&'static str> {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    // Read at each scrape, so the gauge is the database's truth across replicas.
+    match app.meta.count_at_risk().await {
+        Ok(n) => metrics::gauge!("berth_workspaces_at_risk").set(n as f64),
+        Err(e) => tracing::warn!(event = "metrics_read_failed", error = %e),
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render())
 }

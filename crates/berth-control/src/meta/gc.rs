@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_core::gc::{Candidate, DeleteStep, Outcome};
-use berth_core::lifecycle::{Event, VolumeState};
+use berth_core::lifecycle::{AtRiskRemoval, Event, VolumeState};
 use berth_core::session::ReplicaId;
 use berth_core::time::Timestamp;
 use berth_core::volume::VolumeName;
@@ -19,7 +19,7 @@ use berth_core::workspace::{Generation, WorkspaceId};
 use serde_json::json;
 use sqlx::Row;
 
-use super::{begin, lease_from_row, record, Meta, NewEvent};
+use super::{at_risk_from_row, begin, lease_from_row, record, Meta, NewEvent};
 use crate::error::{Error, Result};
 
 /// A workspace a reconciler claimed (or, in a dry run, would).
@@ -43,7 +43,7 @@ pub struct OrphanRow {
 }
 
 const CLAIM_COLS: &str = "owner, generation, volume, volume_state, lease_epoch, lease_session, lease_instance, \
-    lease_expires, delete_step";
+    lease_expires, delete_step, at_risk_since, at_risk_outcome, at_risk_session";
 
 const GC_WHERE: &str = "state IN ('closed', 'deleted') AND volume_state <> 'removed' AND closed_at <= $3 \
     AND (retry_at IS NULL OR retry_at <= $4) AND (claim_until IS NULL OR claim_until < $4)";
@@ -60,6 +60,7 @@ fn claimed_from_row(row: &sqlx::any::AnyRow) -> Result<Claimed> {
             generation: Generation(row.try_get::<i64, _>("generation")? as u64),
             volume: VolumeName::new(row.try_get::<String, _>("volume")?).map_err(|e| corrupt(&e))?,
             lease: lease_from_row(row)?,
+            at_risk: at_risk_from_row(row)?,
         },
         step,
         volume_removed: row.try_get::<String, _>("volume_state")? == VolumeState::Removed.as_str(),
@@ -146,6 +147,16 @@ impl Meta {
         Ok(row.try_get::<i64, _>(0)? as u64)
     }
 
+    /// Counts workspaces at risk whose volume is not marked removed.
+    pub async fn count_at_risk(&self) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM workspaces WHERE at_risk_since IS NOT NULL AND volume_state <> 'removed'",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(row.try_get::<i64, _>(0)? as u64)
+    }
+
     /// Counts closed or deleted workspaces whose volume is not marked removed, claimed or not.
     pub async fn count_unremoved(&self) -> Result<u64> {
         let row = sqlx::query(
@@ -157,14 +168,15 @@ impl Meta {
     }
 
     /// Records the outcome of a GC attempt on a claimed candidate. Removed and not found mark
-    /// the volume removed (never overwriting an earlier mark); referenced and error release
-    /// the claim with a durable backoff. Returns whether this call marked the volume.
+    /// the volume removed (never overwriting an earlier mark; an at-risk volume's removal is
+    /// recorded with `at_risk_removal`); referenced, error and at risk release the claim with a
+    /// durable backoff. Returns whether this call marked the volume.
     pub async fn record_gc(
         &self,
         claimed: &Claimed,
         holder: &ReplicaId,
-        outcome: Outcome,
-        error: Option<&str>,
+        (outcome, error): (Outcome, Option<&str>),
+        at_risk_removal: Option<AtRiskRemoval>,
         now: Timestamp,
     ) -> Result<bool> {
         let c = &claimed.candidate;
@@ -173,6 +185,7 @@ impl Meta {
             generation: c.generation,
             outcome,
             error: error.map(String::from),
+            at_risk_removal,
         };
         let (before, after) = self.transition(&c.owner, event, now).await?;
         Ok(before.volume.state != VolumeState::Removed && after.volume.state == VolumeState::Removed)

@@ -13,6 +13,7 @@
 mod drains;
 mod gc;
 mod heartbeat;
+mod rescue;
 mod sessions;
 mod workspaces;
 
@@ -23,7 +24,7 @@ use std::time::Duration;
 use berth_core::gc::{DeleteStep, Outcome};
 use berth_core::id::SnapshotId;
 use berth_core::lease::{Epoch, Holder, Lease};
-use berth_core::lifecycle::{Claim, Cleanup, Record, Volume};
+use berth_core::lifecycle::{AtRisk, Claim, Cleanup, Record, SessionEnd, Volume};
 use berth_core::repo::RepoSpec;
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, ReplicaId, SessionId};
@@ -39,6 +40,7 @@ use crate::error::{Error, Result};
 pub use berth_core::lifecycle::{State, VolumeState};
 pub use drains::DrainRow;
 pub use gc::{Claimed, OrphanRow};
+pub use rescue::RescueLease;
 pub use sessions::{Attached, HeartbeatOutcome, SessionRow, SnapshotRow, SnapshotStats};
 pub use workspaces::{EnsureOptions, Ensured, ListFilter};
 
@@ -116,6 +118,7 @@ const WS_SELECT: &str = "SELECT w.owner, w.id, w.generation, w.state, w.volume, 
     w.volume_removed_at, w.volume_outcome, w.size_bytes, w.storage_class, w.access_mode, w.labels, w.repos, \
     w.lease_epoch, w.lease_session, w.lease_instance, w.lease_expires, w.latest_snapshot, w.delete_step, \
     w.last_error, w.attempts, w.retry_at, w.claim_holder, w.claim_until, w.created_at, w.updated_at, w.closed_at, \
+    w.at_risk_since, w.at_risk_outcome, w.at_risk_session, \
     CASE WHEN d.state = 'draining' THEN d.since END AS draining_since \
     FROM workspaces w LEFT JOIN drains d ON d.scope = 'workspace:' || w.owner";
 
@@ -159,6 +162,7 @@ fn ws_from_row(row: &AnyRow, rules: Rules) -> Result<WorkspaceRow> {
             last_error: opt_text("last_error")?,
         },
         claim,
+        at_risk: at_risk_from_row(row)?,
         owner,
     };
     Ok(WorkspaceRow {
@@ -177,6 +181,19 @@ fn ws_from_row(row: &AnyRow, rules: Rules) -> Result<WorkspaceRow> {
         updated_at: Timestamp(int("updated_at")?),
         draining_until: opt_ts("draining_since")?.map(|since| since.plus_secs(rules.drain_timeout_secs)),
     })
+}
+
+/// Reads the at-risk columns of a workspace row.
+fn at_risk_from_row(row: &AnyRow) -> Result<Option<AtRisk>> {
+    let since = row.try_get::<Option<i64>, _>("at_risk_since")?;
+    let outcome = row.try_get::<Option<String>, _>("at_risk_outcome")?;
+    let session = row.try_get::<Option<String>, _>("at_risk_session")?;
+    let (Some(since), Some(outcome), Some(session)) = (since, outcome, session) else { return Ok(None) };
+    Ok(Some(AtRisk {
+        since: Timestamp(since),
+        outcome: SessionEnd::parse(&outcome).ok_or_else(|| corrupt("session outcome", &outcome))?,
+        session: SessionId::new(session).map_err(|e| Error::Corrupt(e.to_string()))?,
+    }))
 }
 
 /// Reads the lease columns of a workspace row.
@@ -302,8 +319,14 @@ pub fn token_hash(token: &str) -> String {
 
 fn migrator(dialect: Dialect) -> Migrator {
     let sql: &[(i64, &str, &'static str)] = match dialect {
-        Dialect::Sqlite => &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))],
-        Dialect::Postgres => &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))],
+        Dialect::Sqlite => &[
+            (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+            (2, "at risk", include_str!("../../migrations/sqlite/0002_at_risk.sql")),
+        ],
+        Dialect::Postgres => &[
+            (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+            (2, "at risk", include_str!("../../migrations/postgres/0002_at_risk.sql")),
+        ],
     };
     let migrations = sql
         .iter()

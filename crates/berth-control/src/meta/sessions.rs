@@ -4,7 +4,7 @@
 use berth_core::drain::{self, Drain};
 use berth_core::id::SnapshotId;
 use berth_core::lease::{Acquired, Epoch, Holder, Lease};
-use berth_core::lifecycle::{self, Event};
+use berth_core::lifecycle::{self, Event, SessionEnd};
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, PlaceName, SessionId};
 use berth_core::time::Timestamp;
@@ -165,7 +165,7 @@ impl Meta {
         insert_session(&mut tx, &session, &token_hash(&token), now).await?;
         write_lease(&mut tx, owner, &lease, now).await?;
         if let (Acquired::TakenOver, Some(old)) = (how, &before.holder) {
-            end_session(&mut tx, &old.session, "taken_over", now).await?;
+            self.end_session_in(&mut tx, owner, &old.session, SessionEnd::Fenced, now).await?;
             let detail = json!({"previous_session": old.session.as_str(), "previous_instance": old.instance.as_str(),
                 "previous_epoch": before.epoch, "epoch": lease.epoch});
             let ev = NewEvent::of("lease_taken_over", owner, generation).session(&session.id).detail(detail);
@@ -213,6 +213,8 @@ impl Meta {
     }
 
     /// Detaches a session: ends it and releases its lease if it still holds it. Idempotent.
+    /// The session ended clean when its last publish was a final snapshot (drained, when its
+    /// workspace was draining); otherwise unclean, which leaves the workspace at risk.
     pub async fn detach(&self, session: &SessionId, now: Timestamp) -> Result<SessionRow> {
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
@@ -225,12 +227,35 @@ impl Meta {
         if lease.holder.as_ref().is_some_and(|h| h.session == s.id) {
             write_lease(&mut tx, &s.owner, &lease.release(lease.epoch)?, now).await?;
         }
-        end_session(&mut tx, &s.id, "detached", now).await?;
+        let final_snapshot = final_snapshot_of(&mut tx, &s.id).await?;
+        let outcome = match final_snapshot {
+            Some(f) if ws.latest_snapshot == Some(f) && ws.is_draining(now) => SessionEnd::Drained,
+            Some(f) if ws.latest_snapshot == Some(f) => SessionEnd::Clean,
+            _ => SessionEnd::Unclean,
+        };
         let ev =
             NewEvent::of("session_detached", &s.owner, s.generation).session(&s.id).detail(json!({"epoch": s.epoch}));
         record(&mut tx, now, ev).await?;
+        self.end_session_in(&mut tx, &s.owner, &s.id, outcome, now).await?;
         tx.commit().await?;
         Ok(SessionRow { ended_at: Some(now), ..s })
+    }
+
+    /// Ends `session` of `owner` with `outcome` through the lifecycle (which decides whether
+    /// the workspace is at risk), inside the caller's transaction, after its lease change.
+    async fn end_session_in(
+        &self,
+        conn: &mut AnyConnection,
+        owner: &WorkspaceId,
+        session: &SessionId,
+        outcome: SessionEnd,
+        now: Timestamp,
+    ) -> Result<()> {
+        let ws = self.ws_for_update(conn, owner).await?.ok_or_else(|| not_found(owner))?;
+        let event = Event::SessionEnded { session: session.clone(), outcome };
+        let transition = lifecycle::step(&ws.record, event, now).map_err(|r| refused(owner, r, now))?;
+        self.store(conn, Some(&ws), transition, None, now).await?;
+        Ok(())
     }
 
     async fn session_in(&self, conn: &mut AnyConnection, session: &SessionId) -> Result<SessionRow> {
@@ -281,7 +306,7 @@ impl Meta {
             let lease = &ws.record.lease;
             let Some(holder) = lease.holder.clone().filter(|_| !lease.is_live(now)) else { continue };
             write_lease(&mut tx, &owner, &lease.release(lease.epoch)?, now).await?;
-            end_session(&mut tx, &holder.session, "expired", now).await?;
+            self.end_session_in(&mut tx, &owner, &holder.session, SessionEnd::Expired, now).await?;
             let detail = json!({"epoch": lease.epoch, "instance": holder.instance.as_str(), "expired_at": lease.expires.to_string()});
             let ev =
                 NewEvent::of("lease_expired", &owner, ws.record.generation).session(&holder.session).detail(detail);
@@ -293,7 +318,10 @@ impl Meta {
     }
 
     /// Records `snapshot_id` as the latest snapshot of `owner`'s current generation, if `epoch`
-    /// is the live lease's (and, for a sandbox, `session` holds it).
+    /// is the live lease's (and, for a sandbox, `session` holds it). A `final_snapshot` (taken
+    /// after the agent stopped) is what a clean end needs; any later publish of the session
+    /// takes that back.
+    #[allow(clippy::too_many_arguments)] // each is one fact of the publish; a struct would only rename them
     pub async fn publish_snapshot(
         &self,
         owner: &WorkspaceId,
@@ -301,6 +329,7 @@ impl Meta {
         epoch: Epoch,
         snapshot_id: &SnapshotId,
         stats: &SnapshotStats,
+        final_snapshot: bool,
         now: Timestamp,
     ) -> Result<SnapshotRow> {
         let mut conn = self.write.acquire().await?;
@@ -313,30 +342,8 @@ impl Meta {
         if session.is_some_and(|s| *s != holder.session) {
             return Err(lease.fence(epoch).into());
         }
-        let stats_json = serde_json::to_string(stats).unwrap_or_else(|_| "{}".into());
-        sqlx::query(
-            "INSERT INTO snapshots (owner, generation, snapshot_id, epoch, session_id, recorded_at, stats) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (owner, generation, snapshot_id) DO NOTHING",
-        )
-        .bind(owner.as_str())
-        .bind(generation.0 as i64)
-        .bind(snapshot_id.to_hex())
-        .bind(epoch.0 as i64)
-        .bind(holder.session.as_str())
-        .bind(now.0)
-        .bind(stats_json)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE workspaces SET latest_snapshot = $2, updated_at = $3 WHERE owner = $1")
-            .bind(owner.as_str())
-            .bind(snapshot_id.to_hex())
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?;
-        let ev = NewEvent::of("snapshot_published", owner, generation)
-            .session(&holder.session)
-            .detail(json!({"snapshot_id": snapshot_id.to_hex(), "epoch": epoch}));
-        record(&mut tx, now, ev).await?;
+        let pointer = Pointer { owner, generation, snapshot_id, epoch, session: &holder.session, final_snapshot };
+        write_pointer(&mut tx, &pointer, stats, now).await?;
         tx.commit().await?;
         Ok(SnapshotRow {
             snapshot_id: *snapshot_id,
@@ -378,8 +385,70 @@ impl Meta {
     }
 }
 
+/// A snapshot pointer to record.
+pub(super) struct Pointer<'a> {
+    pub owner: &'a WorkspaceId,
+    pub generation: Generation,
+    pub snapshot_id: &'a SnapshotId,
+    pub epoch: Epoch,
+    pub session: &'a SessionId,
+    pub final_snapshot: bool,
+}
+
+/// Records `p` as the latest snapshot of its generation with its audit event, and whether it
+/// is its session's final one.
+pub(super) async fn write_pointer(
+    conn: &mut AnyConnection,
+    p: &Pointer<'_>,
+    stats: &SnapshotStats,
+    now: Timestamp,
+) -> Result<()> {
+    let stats_json = serde_json::to_string(stats).unwrap_or_else(|_| "{}".into());
+    sqlx::query(
+        "INSERT INTO snapshots (owner, generation, snapshot_id, epoch, session_id, recorded_at, stats) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (owner, generation, snapshot_id) DO NOTHING",
+    )
+    .bind(p.owner.as_str())
+    .bind(p.generation.0 as i64)
+    .bind(p.snapshot_id.to_hex())
+    .bind(p.epoch.0 as i64)
+    .bind(p.session.as_str())
+    .bind(now.0)
+    .bind(stats_json)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE workspaces SET latest_snapshot = $2, updated_at = $3 WHERE owner = $1")
+        .bind(p.owner.as_str())
+        .bind(p.snapshot_id.to_hex())
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE sessions SET final_snapshot = $2 WHERE id = $1")
+        .bind(p.session.as_str())
+        .bind(p.final_snapshot.then(|| p.snapshot_id.to_hex()))
+        .execute(&mut *conn)
+        .await?;
+    let detail = json!({"snapshot_id": p.snapshot_id.to_hex(), "epoch": p.epoch, "final": p.final_snapshot});
+    let ev = NewEvent::of("snapshot_published", p.owner, p.generation).session(p.session).detail(detail);
+    record(conn, now, ev).await
+}
+
+/// Returns the final snapshot `session` published last, if its last publish was one.
+async fn final_snapshot_of(conn: &mut AnyConnection, session: &SessionId) -> Result<Option<SnapshotId>> {
+    let row =
+        sqlx::query("SELECT final_snapshot FROM sessions WHERE id = $1").bind(session.as_str()).fetch_one(conn).await?;
+    row.try_get::<Option<String>, _>(0)?
+        .map(|s| SnapshotId::from_hex(&s).map_err(|e| Error::Corrupt(e.to_string())))
+        .transpose()
+}
+
 /// Records a new session with its token's hash.
-async fn insert_session(conn: &mut AnyConnection, s: &SessionRow, token_hash: &str, now: Timestamp) -> Result<()> {
+pub(super) async fn insert_session(
+    conn: &mut AnyConnection,
+    s: &SessionRow,
+    token_hash: &str,
+    now: Timestamp,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO sessions (id, owner, generation, epoch, instance, node, pool, token_hash, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -418,16 +487,5 @@ pub(super) async fn write_lease(
     .bind(now.0)
     .execute(conn)
     .await?;
-    Ok(())
-}
-
-/// Ends `session` with `reason`, unless it has ended already.
-async fn end_session(conn: &mut AnyConnection, session: &SessionId, reason: &str, now: Timestamp) -> Result<()> {
-    sqlx::query("UPDATE sessions SET ended_at = $2, end_reason = $3 WHERE id = $1 AND ended_at IS NULL")
-        .bind(session.as_str())
-        .bind(now.0)
-        .bind(reason)
-        .execute(conn)
-        .await?;
     Ok(())
 }

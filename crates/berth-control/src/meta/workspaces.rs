@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use berth_core::gc::Outcome;
-use berth_core::lifecycle::{self, Audit, Effect, Event, Record, Refusal, State, Transition};
+use berth_core::lifecycle::{self, Audit, Effect, EndReason, Event, Record, Refusal, SessionEnd, State, Transition};
 use berth_core::repo::RepoSpec;
+use berth_core::session::SessionId;
 use berth_core::time::Timestamp;
 use berth_core::volume::AccessMode;
 use berth_core::workspace::{Generation, WorkspaceId};
@@ -152,9 +153,15 @@ impl Meta {
     }
 
     /// Asks for the deletion of `owner`'s workspace; the deletion reconciler carries it out.
+    /// An at-risk workspace is refused unless `force` (its unsaved work is then discarded).
     /// Returns the record and whether this call started the deletion.
-    pub async fn request_delete(&self, owner: &WorkspaceId, now: Timestamp) -> Result<(WorkspaceRow, bool)> {
-        let (before, after) = self.transition(owner, Event::Delete, now).await?;
+    pub async fn request_delete(
+        &self,
+        owner: &WorkspaceId,
+        force: bool,
+        now: Timestamp,
+    ) -> Result<(WorkspaceRow, bool)> {
+        let (before, after) = self.transition(owner, Event::Delete { force }, now).await?;
         let ws = self.workspace(owner).await?.ok_or_else(|| not_found(owner))?;
         Ok((ws, before.state != after.state))
     }
@@ -203,9 +210,8 @@ impl Meta {
                     }
                 }
                 Effect::StartGeneration => start_generation(conn, &after.owner, opts, now).await?,
-                Effect::EndSessions(reason) => {
-                    n_sessions = end_open_sessions(conn, &after.owner, now, reason.as_str()).await?
-                }
+                Effect::EndSessions(reason) => n_sessions = end_open_sessions(conn, &after.owner, now, *reason).await?,
+                Effect::EndSession { session, outcome } => end_session(conn, session, *outcome, now).await?,
                 Effect::RetireSnapshots => n_snapshots = retire_snapshots(conn, subject, now).await?,
                 Effect::ForgetLatest => {
                     sqlx::query("UPDATE workspaces SET latest_snapshot = NULL WHERE owner = $1")
@@ -214,20 +220,12 @@ impl Meta {
                         .await?;
                 }
                 Effect::Audit(audit) => {
-                    let detail = match audit {
-                        Audit::Ensured => {
-                            json!({"generation": after.generation.0, "volume": after.volume.name.as_str()})
-                        }
-                        Audit::SessionsEnded => json!({"sessions": n_sessions}),
-                        Audit::SnapshotsRetired => json!({"snapshots": n_snapshots}),
-                        Audit::Deleted => json!({"next_generation": after.generation.0}),
-                        Audit::Volume(outcome, by) => volume_detail(subject, &after, *outcome, by.as_str()),
-                        Audit::Reopened | Audit::VolumeCreated | Audit::Closed | Audit::DeleteRequested => {
-                            serde_json::Value::Null
-                        }
-                    };
-                    let ev = NewEvent::of(audit.kind(), &subject.owner, subject.generation).detail(detail);
-                    record(conn, now, ev).await?;
+                    let mut ev = NewEvent::of(audit.kind(), &subject.owner, subject.generation);
+                    if let Audit::SessionEnded(session, _) = audit {
+                        ev = ev.session(session);
+                    }
+                    let detail = audit_detail(audit, subject, &after, n_sessions, n_snapshots);
+                    record(conn, now, ev.detail(detail)).await?;
                 }
             }
         }
@@ -242,6 +240,40 @@ impl Meta {
             .fetch_one(&self.read)
             .await?;
         Ok(row.try_get::<i64, _>(0)? as u64)
+    }
+}
+
+/// The detail of an audit event of a transition from `subject` to `after`.
+fn audit_detail(
+    audit: &Audit,
+    subject: &Record,
+    after: &Record,
+    n_sessions: u64,
+    n_snapshots: u64,
+) -> serde_json::Value {
+    match audit {
+        Audit::Ensured => json!({"generation": after.generation.0, "volume": after.volume.name.as_str()}),
+        Audit::SessionsEnded => json!({"sessions": n_sessions}),
+        Audit::SnapshotsRetired => json!({"snapshots": n_snapshots}),
+        Audit::Deleted => json!({"next_generation": after.generation.0}),
+        Audit::Volume(outcome, by) => volume_detail(subject, after, *outcome, by.as_str()),
+        Audit::SessionEnded(_, outcome) => json!({"outcome": outcome.as_str()}),
+        Audit::AtRisk => match &after.at_risk {
+            Some(r) => json!({"outcome": r.outcome.as_str(), "session": r.session.as_str(), "reason": r.reason()}),
+            None => serde_json::Value::Null,
+        },
+        Audit::RescueStarted => json!({"epoch": after.lease.epoch, "volume": after.volume.name.as_str(),
+            "session": after.lease.holder.as_ref().map(|h| h.session.as_str())}),
+        Audit::RescueSucceeded(snapshot) => json!({"snapshot": snapshot.to_hex(), "epoch": after.lease.epoch}),
+        Audit::RescueFailed(error) => json!({"error": error}),
+        Audit::AtRiskRemoved(reason) => {
+            let risk = subject.at_risk.as_ref();
+            json!({"reason": reason.map(|r| r.as_str()), "volume": subject.volume.name.as_str(),
+                "outcome": risk.map(|r| r.outcome.as_str()), "since": risk.map(|r| r.since.to_string())})
+        }
+        Audit::Reopened | Audit::VolumeCreated | Audit::Closed | Audit::DeleteRequested | Audit::AtRiskCleared => {
+            serde_json::Value::Null
+        }
     }
 }
 
@@ -262,7 +294,8 @@ async fn save(conn: &mut AnyConnection, record: &Record, now: Timestamp) -> Resu
         "UPDATE workspaces SET generation = $2, state = $3, closed_at = $4, volume = $5, volume_state = $6, \
          volume_removed_at = $7, volume_outcome = $8, lease_epoch = $9, lease_session = $10, lease_instance = $11, \
          lease_expires = $12, delete_step = $13, attempts = $14, retry_at = $15, last_error = $16, \
-         claim_holder = $17, claim_until = $18, updated_at = $19 WHERE owner = $1",
+         claim_holder = $17, claim_until = $18, updated_at = $19, at_risk_since = $20, at_risk_outcome = $21, \
+         at_risk_session = $22 WHERE owner = $1",
     )
     .bind(record.owner.as_str())
     .bind(record.generation.0 as i64)
@@ -283,6 +316,9 @@ async fn save(conn: &mut AnyConnection, record: &Record, now: Timestamp) -> Resu
     .bind(record.claim.as_ref().map(|c| c.holder.to_string()))
     .bind(record.claim.as_ref().map(|c| c.until.0))
     .bind(now.0)
+    .bind(record.at_risk.as_ref().map(|r| r.since.0))
+    .bind(record.at_risk.as_ref().map(|r| r.outcome.as_str()))
+    .bind(record.at_risk.as_ref().map(|r| r.session.to_string()))
     .execute(conn)
     .await?;
     Ok(())
@@ -381,6 +417,16 @@ pub(super) fn refused(owner: &WorkspaceId, refusal: Refusal, now: Timestamp) -> 
             "workspace {owner} is closed; ensure it (PUT /v1/workspaces/{owner}) to reopen it, then attach"
         )),
         Refusal::WrongState(state) => Error::WrongState(format!("workspace {owner} is {state}")),
+        Refusal::AtRisk(at_risk) => Error::AtRisk(format!(
+            "workspace {owner} is at risk: {}, so its volume may hold work that no snapshot has; close it \
+             and let GC rescue the volume into the store (berth serve --store), or delete it with --force \
+             (?force=true) to discard that work",
+            at_risk.reason()
+        )),
+        Refusal::NotAtRisk => {
+            Error::WrongState(format!("workspace {owner} is not at risk: there is nothing to rescue"))
+        }
+        Refusal::NotClaimed => Error::WrongState(format!("workspace {owner} is held by another reconciler")),
     }
 }
 
@@ -388,19 +434,39 @@ pub(super) fn not_found(owner: &WorkspaceId) -> Error {
     Error::NotFound(format!("workspace {owner} does not exist; create it with PUT /v1/workspaces/{owner}"))
 }
 
-/// Ends every open session of `owner` with `reason`.
+/// Ends every open session of `owner` because of `reason` (closed: their leases had expired;
+/// deleted: the owner's deletion).
 pub(super) async fn end_open_sessions(
     conn: &mut AnyConnection,
     owner: &WorkspaceId,
     now: Timestamp,
-    reason: &str,
+    reason: EndReason,
 ) -> Result<u64> {
-    let n = sqlx::query("UPDATE sessions SET ended_at = $2, end_reason = $3 WHERE owner = $1 AND ended_at IS NULL")
-        .bind(owner.as_str())
-        .bind(now.0)
-        .bind(reason)
-        .execute(conn)
-        .await?
-        .rows_affected();
+    let outcome = match reason {
+        EndReason::Closed => SessionEnd::Expired,
+        EndReason::Deleted => SessionEnd::Deleted,
+    };
+    let n = sqlx::query(
+        "UPDATE sessions SET ended_at = $2, end_reason = $3, outcome = $4 WHERE owner = $1 AND ended_at IS NULL",
+    )
+    .bind(owner.as_str())
+    .bind(now.0)
+    .bind(reason.as_str())
+    .bind(outcome.as_str())
+    .execute(conn)
+    .await?
+    .rows_affected();
     Ok(n)
+}
+
+/// Ends `session` with `outcome`, unless it has ended already.
+async fn end_session(conn: &mut AnyConnection, session: &SessionId, outcome: SessionEnd, now: Timestamp) -> Result<()> {
+    sqlx::query("UPDATE sessions SET ended_at = $2, end_reason = $3, outcome = $4 WHERE id = $1 AND ended_at IS NULL")
+        .bind(session.as_str())
+        .bind(now.0)
+        .bind(outcome.cause())
+        .bind(outcome.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
