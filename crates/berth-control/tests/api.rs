@@ -171,14 +171,14 @@ async fn concurrent_attaches_give_one_lease(db: Db) {
 }
 
 async fn leases_expire_and_fence_the_old_holder(db: Db) {
-    // Two seconds, so the new holder's lease outlives the old holder's refused writes on a loaded
+    // Four seconds, so the new holder's lease outlives the old holder's refused writes on a loaded
     // machine.
-    let s = TestServer::start(db, |c| c.lease_ttl_secs = 2).await;
+    let s = TestServer::start(db, |c| c.lease_ttl_secs = 4).await;
     s.ensure("agent:2").await;
     let a = s.attach("agent:2", "pod-a").await;
     let a_client = s.client(&a.token);
     a_client.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(Duration::from_millis(4300)).await;
     let b = s.attach("agent:2", "pod-b").await;
     assert!(b.epoch > a.epoch, "the epoch only grows");
     // Every later write of the old holder is rejected as stale.
@@ -206,7 +206,7 @@ async fn leases_expire_and_fence_the_old_holder(db: Db) {
 }
 
 async fn heartbeats_keep_the_lease(db: Db) {
-    let s = TestServer::start(db, |c| c.lease_ttl_secs = 2).await;
+    let s = TestServer::start(db, |c| c.lease_ttl_secs = 4).await;
     s.ensure("agent:3").await;
     let a = s.attach("agent:3", "pod-a").await;
     let c = s.client(&a.token);
