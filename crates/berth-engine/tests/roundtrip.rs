@@ -532,34 +532,45 @@ fn an_edit_in_a_large_file_uploads_little() {
     assert_same(&TreeImage::read(&src), &TreeImage::read(&dst), "restore of the edited file");
 }
 
+/// The name of a test function, taken from the function itself so a rename cannot desynchronise
+/// it (the last path segment of its type name).
+fn function_name<F: Fn()>(_: F) -> &'static str {
+    std::any::type_name::<F>().rsplit("::").next().expect("a type name")
+}
+
 /// Returns whether this process runs as root (which ignores permission bits).
 fn running_as_root() -> bool {
     let probe = tempfile::tempdir().unwrap();
     fs::metadata(probe.path()).unwrap().uid() == 0
 }
 
-/// Runs one test of this binary again as `nobody` through `setpriv`; `None` when that cannot be done.
-fn rerun_unprivileged(test: &str) -> Option<std::process::ExitStatus> {
+/// Runs one test of this binary again as `nobody` through `setpriv`, and asserts that it ran
+/// exactly that one test and passed (a renamed test must not match nothing and exit 0). Fails
+/// when privileges cannot be dropped: as root, the test's permission checks would mean nothing.
+fn rerun_unprivileged(test: &str) {
     let tmp = tempfile::tempdir().unwrap();
     set_mode(tmp.path(), 0o777);
     // A copy, so that nobody needs no access to the build directory.
     let exe = tmp.path().join("test-binary");
-    fs::copy(std::env::current_exe().ok()?, &exe).ok()?;
+    fs::copy(std::env::current_exe().expect("current exe"), &exe).expect("copying the test binary");
     set_mode(&exe, 0o755);
-    let status = std::process::Command::new("setpriv")
+    let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&exe)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env("TMPDIR", tmp.path())
         .env("BERTH_TEST_UNPRIVILEGED", "1")
-        .status();
-    match status {
-        Ok(s) => Some(s),
-        Err(e) => {
-            eprintln!("cannot run as nobody ({e}); checking as root, which ignores permission bits");
-            None
-        }
-    }
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot drop root privileges with setpriv ({e}); install setpriv (util-linux) or run as a user")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{test} failed as an unprivileged user: {}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "the unprivileged rerun did not run exactly {test}: {stdout}\n{stderr}"
+    );
 }
 
 /// Gives the owner write access to every directory below `root`, so it can be removed.
@@ -575,11 +586,9 @@ fn make_removable(root: &Path) {
 /// fills them instead of failing on EACCES (git object files are 0o444, for one).
 #[test]
 fn restore_over_read_only_entries() {
-    if running_as_root() && std::env::var_os("BERTH_TEST_UNPRIVILEGED").is_none() {
-        if let Some(status) = rerun_unprivileged("restore_over_read_only_entries") {
-            assert!(status.success(), "the test failed as an unprivileged user: {status}");
-            return;
-        }
+    if running_as_root() {
+        assert!(std::env::var_os("BERTH_TEST_UNPRIVILEGED").is_none(), "setpriv left the rerun as root");
+        return rerun_unprivileged(function_name(restore_over_read_only_entries));
     }
     let scene = Scene::new();
     let (src, dst) = (scene.path("src"), scene.path("dst"));
