@@ -105,7 +105,8 @@ fn serve_starts_with_no_configuration_and_the_cli_drives_it() {
     // Bad input: a clear error and exit 1; usage errors exit 2.
     let out = cli(tmp.path(), &server, &["workspace", "show", "no/such"]).fails(1);
     assert!(out.stderr.contains("not valid"), "{out:?}");
-    cli(tmp.path(), &server, &["workspace", "frobnicate"]);
+    let usage = cli(tmp.path(), &server, &["workspace", "frobnicate"]).fails(2);
+    assert!(usage.stderr.contains("frobnicate"), "the usage error names the word: {usage:?}");
     let wrong = Run::of({
         let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
         c.current_dir(tmp.path()).args(["workspace", "ls", "--server", &server.url, "--token", "nope-nope-nope"]);
