@@ -254,7 +254,10 @@ impl App {
         let install = meta.install_id().await?;
         let volumes = crate::volumes::open(&config, &install)?;
         let sandboxes = crate::sandboxes::open(&config)?;
-        let rescuer = crate::rescue::open(&config);
+        let rescuer = match &sandboxes {
+            Some(s) => crate::docker_rescue::open(&config, s.clone(), &install),
+            None => crate::rescue::open(&config),
+        };
         if let Err(why) = &rescuer {
             tracing::warn!(event = "rescue_unavailable", reason = %why, "at-risk volumes are kept until rescued or forced");
         }

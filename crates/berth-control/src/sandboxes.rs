@@ -82,6 +82,8 @@ pub struct SandboxConfig {
     pub warm_pools: Vec<(String, usize)>,
     /// Labels put on every sandbox container (berth's own win over them).
     pub labels: BTreeMap<String, String>,
+    /// The image of rescue containers; `None`: the first warm pool's.
+    pub rescue_image: Option<String>,
 }
 
 impl SandboxConfig {

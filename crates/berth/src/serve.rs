@@ -118,6 +118,10 @@ pub struct Serve {
     /// A label of every sandbox container, as KEY=VALUE (repeatable).
     #[arg(long = "sandbox-label", value_name = "KEY=VALUE", value_parser = parse_volume_opt)]
     sandbox_labels: Vec<(String, String)>,
+    /// Image of the short container that rescues an at-risk docker volume (one snapshot of it
+    /// into the store) [default: the first --warm-pool image].
+    #[arg(long, value_name = "IMAGE")]
+    rescue_image: Option<String>,
     /// PostgreSQL connection pool size.
     #[arg(long, default_value_t = 16)]
     db_max_connections: u32,
@@ -190,6 +194,7 @@ impl Serve {
             berth_binary: None,
             warm_pools: self.warm_pools,
             labels: self.sandbox_labels.into_iter().collect(),
+            rescue_image: self.rescue_image,
         };
         config.gc = GcConfig {
             interval_secs: secs(self.gc_interval),

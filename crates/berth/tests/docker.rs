@@ -536,3 +536,41 @@ fn warm_pool_claims_restore_run_never_share_and_refill() {
         assert!(t.berth(&["sandbox", "stop", o]).status.success());
     }
 }
+
+#[test]
+fn an_at_risk_docker_volume_is_rescued_by_a_short_container_before_gc_removes_it() {
+    let image = berth_docker::testing::image();
+    let t = Sandboxed::new(&["--rescue-image", &image]);
+    let owner = format!("agent:{}", t.run.id());
+    let c = t.server.client(ADMIN);
+    let rt = rt();
+    t.start_sandbox(&owner, &["--interval", "3600s"], "echo saved > saved; sleep 600");
+    rt.block_on(wait_until("a snapshot published", 60, || async {
+        c.snapshots(&owner).await.map(|s| !s.items.is_empty()).unwrap_or(false)
+    }));
+    // Killed: the session ends uncleanly and the workspace is at risk.
+    t.run.docker(&["kill", &t.containers(&owner)[0]]);
+    rt.block_on(wait_until("at risk", 30, || async { c.workspace(&owner).await.unwrap().at_risk }));
+    rt.block_on(wait_until("the container removed", 30, || async { t.containers(&owner).is_empty() }));
+    // Work after the last snapshot: only the volume has it.
+    let volume = t.volume_path(&owner);
+    std::fs::write(volume.join("unsaved.txt"), b"written after the last snapshot").unwrap();
+    let expected = work_tree(&volume);
+    rt.block_on(async {
+        c.close(&owner).await.unwrap();
+        let report = c.gc_run(&GcRun { dry_run: false, orphans: false, force: false }).await.unwrap();
+        let mine: Vec<_> = report.volumes.iter().filter(|v| v.owner == owner).collect();
+        assert_eq!(mine.len(), 1, "{report:?}");
+        assert_eq!(mine[0].outcome, "removed", "{report:?}");
+        let w = c.workspace(&owner).await.unwrap();
+        assert!(!w.at_risk, "{w:?}");
+        let kinds: Vec<String> = events(&c, "rescue_succeeded").await.into_iter().filter_map(|e| e.owner).collect();
+        assert!(kinds.contains(&owner), "no rescue_succeeded for {owner}");
+    });
+    let name = VolumeName::derive(&WorkspaceId::new(&owner).unwrap(), Generation(1)).to_string();
+    assert!(!t.run.volume_exists(&name), "the volume is removed once rescued");
+    let restored = t.restore_latest(&owner, "rescued");
+    util::assert_same_tree(&expected, &work_tree(&restored));
+    let leftover = t.run.docker(&["ps", "-aq", "--filter", "label=berth.rescue"]);
+    assert!(leftover.is_empty(), "a rescue container was left behind: {leftover}");
+}
