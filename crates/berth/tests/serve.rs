@@ -558,3 +558,34 @@ fn without_a_store_an_at_risk_volume_is_kept_until_forced() {
     assert_eq!(metric(&server.url, "berth_workspaces_at_risk"), 0.0);
     server.terminate(10);
 }
+
+/// Made-up HTTP methods and a 1 MB label neither grow `/metrics` nor come back whole in an error.
+#[test]
+fn made_up_methods_and_huge_inputs_stay_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = start(tmp.path(), &data, "serve.log", &[]);
+    rt().block_on(async {
+        let http = reqwest::Client::new();
+        for i in 0..300 {
+            let method = reqwest::Method::from_bytes(format!("FROB{i}").as_bytes()).unwrap();
+            let resp = http.request(method, format!("{}/v1/workspaces", server.url)).send().await.unwrap();
+            assert!(resp.status().is_client_error(), "a made-up method got {}", resp.status());
+        }
+        let body = http.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+        assert!(!body.contains("FROB"), "a made-up method became a metric label");
+        assert!(body.contains("method=\"other\""), "made-up methods are counted as other:\n{body}");
+
+        let huge = "x".repeat(1 << 20);
+        let resp = http
+            .put(format!("{}/v1/workspaces/agent:huge", server.url))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({ "labels": { "k": huge } }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_client_error(), "a 1 MB label got {}", resp.status());
+        let text = resp.text().await.unwrap();
+        assert!(text.len() < 4 * 1024, "the error echoed {} bytes of input", text.len());
+    });
+}

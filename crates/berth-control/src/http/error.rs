@@ -10,6 +10,10 @@ use super::dto::lease_info;
 use crate::error::Error;
 use crate::volumes::VolumeErrorKind;
 
+/// The most bytes of an error message the API returns (a few echoed inputs of
+/// [`berth_core::ECHO_MAX`] each, and their context).
+const MESSAGE_MAX: usize = 4 * berth_core::ECHO_MAX;
+
 impl Error {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
@@ -43,7 +47,9 @@ impl IntoResponse for Error {
         }
         let mut detail = ErrorDetail {
             code: code.to_string(),
-            message: self.to_string(),
+            // A message may repeat what the client sent (a label, an owner); it is cut so an
+            // error never echoes unbounded input.
+            message: berth_core::bounded(&self.to_string(), MESSAGE_MAX),
             holder: None,
             current_epoch: None,
             presented_epoch: None,
