@@ -335,7 +335,7 @@ async fn insert(
     let query = sqlx::query(
         "INSERT INTO workspaces (owner, id, generation, state, volume, volume_state, created_at, updated_at, \
          size_bytes, storage_class, access_mode, labels, repos) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12) ON CONFLICT (owner) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
     )
     .bind(record.owner.as_str())
     .bind(format!("ws_{}", random_hex(16)))
@@ -344,8 +344,26 @@ async fn insert(
     .bind(record.volume.name.as_str())
     .bind(record.volume.state.as_str())
     .bind(now.0);
-    let n = bind_options(query, opts).execute(conn).await?.rows_affected();
-    Ok(n == 1)
+    // Every unique constraint is an arbiter: with `ON CONFLICT (owner)` alone, a concurrent
+    // ensure of the same owner could trip the volume name's constraint first on PostgreSQL and
+    // fail instead of yielding.
+    let n = bind_options(query, opts).execute(&mut *conn).await?.rows_affected();
+    if n == 1 {
+        return Ok(true);
+    }
+    let ours = sqlx::query("SELECT 1 FROM workspaces WHERE owner = $1")
+        .bind(record.owner.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    if !ours {
+        return Err(Error::Corrupt(format!(
+            "volume name {} is taken by another workspace (workspace {})",
+            record.volume.name.as_str(),
+            record.owner
+        )));
+    }
+    Ok(false)
 }
 
 /// A new generation's id and options; its snapshot pointer starts empty.
