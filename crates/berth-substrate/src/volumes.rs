@@ -162,11 +162,8 @@ pub fn is_install(labels: &BTreeMap<String, String>, install: &str) -> bool {
         && labels.get(LABEL_INSTALL).map(String::as_str) == Some(install)
 }
 
-/// Cuts text read from a substrate (a label, an engine's message) to at most `max` bytes, so an
-/// error never repeats unbounded input.
-pub fn bounded(s: &str, max: usize) -> String {
-    berth_core::bounded(s, max)
-}
+/// Cuts text read from a substrate (a label, an engine's message) before an error repeats it.
+pub use berth_core::bounded;
 
 /// Where workspace volumes live.
 ///
