@@ -71,3 +71,69 @@ fn crates_depend_only_on_what_their_invariant_allows() {
     }
     assert!(broken.is_empty(), "crate layering broken (see ARCHITECTURE.md): {broken:#?}");
 }
+
+/// Functions in library and binary sources stay short enough to read at once; a longer one says
+/// why on the line above it with a `// long:` comment.
+const MAX_FN_LINES: usize = 80;
+
+/// The functions of one rustfmt-formatted file longer than `MAX_FN_LINES`, as `name (lines)`.
+/// A function runs from its `fn` line to the first line that closes it at the same indent.
+fn long_functions(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut long = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let Some(name) = fn_name(body) else { continue };
+        if !line.trim_end().ends_with('{') || (i > 0 && lines[i - 1].trim_start().starts_with("// long:")) {
+            continue;
+        }
+        let close = format!("{indent}}}");
+        let Some(end) = lines[i + 1..].iter().position(|l| *l == close) else { continue };
+        if end + 2 > MAX_FN_LINES {
+            long.push((name, end + 2));
+        }
+    }
+    long
+}
+
+/// The name in a line that starts a function item (`pub async fn name(...`), if it does.
+fn fn_name(line: &str) -> Option<String> {
+    let mut rest = line;
+    for prefix in ["pub(crate) ", "pub(super) ", "pub ", "const ", "async ", "unsafe ", "extern \"C\" "] {
+        rest = rest.strip_prefix(prefix).unwrap_or(rest);
+    }
+    let rest = rest.strip_prefix("fn ")?;
+    Some(rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect())
+}
+
+#[test]
+fn no_function_in_sources_is_over_80_lines_without_a_reason() {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crates dir").to_path_buf();
+    let mut files = Vec::new();
+    rust_files(&crates, &mut files);
+    let mut found = Vec::new();
+    for file in files.iter().filter(|f| f.components().any(|c| c.as_os_str() == "src")) {
+        let text = fs::read_to_string(file).expect("readable file");
+        // Unit tests inside a source file are tests, not sources.
+        let text = text.split("\n#[cfg(test)]").next().unwrap_or_default();
+        for (name, n_lines) in long_functions(text) {
+            found.push(format!("{}: fn {name} is {n_lines} lines", file.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "functions over {MAX_FN_LINES} lines (split them, or say why above the fn with `// long: REASON`): {found:#?}"
+    );
+}
+
+#[test]
+fn long_functions_are_found_and_a_reason_excuses_them() {
+    let body = "    x();\n".repeat(MAX_FN_LINES);
+    let long = format!("pub async fn big(a: u8) -> u8 {{\n{body}}}\nfn small() {{\n}}\n");
+    assert_eq!(long_functions(&long), vec![("big".to_string(), MAX_FN_LINES + 2)]);
+    let excused = format!("// long: one match over every variant\n{long}");
+    assert!(long_functions(&excused).is_empty());
+    let nested = format!("impl A {{\n    fn inner() {{\n{body}    }}\n}}\n");
+    assert_eq!(long_functions(&nested), vec![("inner".to_string(), MAX_FN_LINES + 2)]);
+}
