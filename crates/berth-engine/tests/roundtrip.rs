@@ -240,7 +240,7 @@ impl Scene {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 24, max_shrink_iters: 256, failure_persistence: None, ..ProptestConfig::default() }
+    berth_testkit::prop::persisted(24, concat!(env!("CARGO_MANIFEST_DIR"), "/tests/proptest-regressions/roundtrip.txt"))
 }
 
 proptest! {

@@ -177,7 +177,10 @@ async fn both(warm_store: &SnapshotStore, warm: &mut Warm, changed: &ChangedPath
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(berth_testkit::prop::persisted(
+        24,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/proptest-regressions/watchfed.txt")
+    ))]
 
     #[test]
     fn watch_fed_snapshots_equal_full_scans(ops in prop::collection::vec(op(), 1..24)) {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use berth_api::{Attach, Client, EnsureWorkspace, RepoSpec, Session};
+use berth_testkit::{eventually, eventually_async};
 use util::git::{bare_repo, git, GitHttp};
 use util::serve::{rt, terminate, Server, ADMIN};
 use util::Run;
@@ -22,18 +23,7 @@ use util::Run;
 const GIT_TOKEN: &str = "ghs_e2eGitToken0123456789abcdef";
 
 fn berth() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
-    for v in [
-        "BERTH_TOKEN",
-        "BERTH_SERVER",
-        "BERTH_STORE",
-        "BERTH_DIR",
-        "BERTH_WORKSPACE",
-        "BERTH_GIT_TOKEN",
-        "BERTH_AGENT_SPEC",
-    ] {
-        c.env_remove(v);
-    }
+    let mut c = util::berth_command();
     c.env("BERTH_LOG", "info").env("BERTH_LOG_FORMAT", "json");
     if let Ok(endpoint) = std::env::var("BERTH_TEST_S3_ENDPOINT") {
         c.env("AWS_ENDPOINT_URL", endpoint);
@@ -73,15 +63,12 @@ impl Agent {
     }
 
     /// Waits until the log has a line with all of `parts`.
+    #[track_caller]
     fn wait_for(&self, parts: &[&str], secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if self.log().lines().any(|l| parts.iter().all(|p| l.contains(p))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let found = || self.log().lines().any(|l| parts.iter().all(|p| l.contains(p)));
+        if !found() {
+            eventually(secs, &format!("a log line with {parts:?} in {}", self.log.display()), || found().then_some(()));
         }
-        panic!("no log line with {parts:?} within {secs} s:\n{}", self.log());
     }
 }
 
@@ -93,15 +80,7 @@ impl Drop for Agent {
 }
 
 fn s3_store(hint: &str) -> String {
-    let endpoint = std::env::var("BERTH_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
-        panic!("BERTH_TEST_S3_ENDPOINT is not set: this test needs the S3 test server; run it with `./dev test`")
-    });
-    let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let bucket = format!("berth-agent-{hint}-{nanos}");
-    let status = rt()
-        .block_on(async { reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap().status() });
-    assert!(status.is_success(), "creating bucket {bucket}: {status}");
-    format!("s3://{bucket}/ws")
+    format!("s3://{}/ws", berth_testkit::services::s3_bucket(&format!("agent-{hint}")))
 }
 
 /// The scripted agent: commits, then leaves staged, unstaged and untracked changes (text and
@@ -144,12 +123,9 @@ fn script(dir: &Path, repos: &[&str], stubborn: bool) -> PathBuf {
     path
 }
 
+#[track_caller]
 fn wait_file(path: &Path, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{} did not appear within {secs} s", path.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(secs, &format!("{} to appear", path.display()), || path.exists().then_some(()));
 }
 
 /// Git state of a checkout as comparable text: branch, HEAD, staged and unstaged diffs,
@@ -289,15 +265,10 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
     fs::set_permissions(&hook_path, fs::Permissions::from_mode(0o755)).unwrap();
     // A snapshot after the agent's work, published to the control plane.
     let before = rt().block_on(admin.workspace("agent:e2e")).unwrap().latest_snapshot;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(30, "a snapshot published after the agent's work", || {
         let now = rt().block_on(admin.workspace("agent:e2e")).unwrap().latest_snapshot;
-        if now.is_some() && now != before {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no snapshot published; log:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (now.is_some() && now != before).then_some(())
+    });
     let pictures: Vec<_> = ["app", "libs/lib"].iter().map(|r| git_picture(&ws.join(r))).collect();
 
     let took = terminate(&mut agent.child, 25, "berth agent run");
@@ -583,11 +554,11 @@ fn a_reused_owner_name_restores_nothing_of_the_old_generation() {
     assert!(records(&store) > 0, "generation 1 has snapshots before the deletion");
     rt().block_on(async {
         admin.delete("thread:reused").await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while admin.workspace("thread:reused").await.unwrap().state != berth_api::WorkspaceState::Deleted {
-            assert!(Instant::now() < deadline, "deletion did not complete");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually_async(30, "the deletion to complete", || async {
+            let w = admin.workspace("thread:reused").await.unwrap();
+            (w.state == berth_api::WorkspaceState::Deleted).then_some(())
+        })
+        .await;
         admin.ensure("thread:reused", &EnsureWorkspace::default()).await.unwrap();
     });
     assert_eq!(records(&store), 0, "the deletion forgot the old generation's snapshots in the store");
@@ -817,17 +788,11 @@ fn epochs_of(records: &[(u64, String, u64)], host: &str) -> BTreeSet<u64> {
 /// first), and writes the agent's spec file pointing at `server_url`.
 fn attach_when_free(admin: &Client, server_url: &str, owner: &str, instance: &str, path: &Path) -> Session {
     let body = Attach { instance_id: instance.into(), node: None, pool: None };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let session = loop {
-        match rt().block_on(admin.attach(owner, &body)) {
-            Ok(s) => break s,
-            Err(e) if e.status() == Some(409) => {
-                assert!(Instant::now() < deadline, "the lease never became free: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => panic!("attach {instance}: {e}"),
-        }
-    };
+    let session = eventually(60, "the lease to become free", || match rt().block_on(admin.attach(owner, &body)) {
+        Ok(s) => Some(s),
+        Err(e) if e.status() == Some(409) => None,
+        Err(e) => panic!("attach {instance}: {e}"),
+    });
     let spec = serde_json::json!({"session": session, "server": server_url});
     fs::write(path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
@@ -836,14 +801,7 @@ fn attach_when_free(admin: &Client, server_url: &str, owner: &str, instance: &st
 
 /// Waits for `child` to exit within `secs`; returns its exit code.
 fn exit_code(child: &mut Child, secs: u64, what: &str) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        assert!(Instant::now() < deadline, "{what} did not exit within {secs} s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(secs, &format!("{what} to exit"), || child.try_wait().unwrap()).code()
 }
 
 /// Whether process `pid` (from a pid file) is gone.

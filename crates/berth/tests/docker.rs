@@ -310,7 +310,7 @@ impl Sandboxed {
 
     /// `berth ARGS` against the server; returns the finished command's output.
     fn berth(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        util::berth_command()
             .args(args)
             .env("BERTH_SERVER", &self.server.url)
             .env("BERTH_TOKEN", ADMIN)
@@ -352,8 +352,8 @@ impl Sandboxed {
 }
 
 /// The tree below `root` without berth's own `.berth` directory.
-fn work_tree(root: &Path) -> BTreeMap<String, util::Node> {
-    util::read_tree(root).into_iter().filter(|(p, _)| !p.starts_with(".berth")).collect()
+fn work_tree(root: &Path) -> util::TreeImage {
+    util::read_tree(root).without(".berth")
 }
 
 fn read_counter(path: &Path) -> u64 {

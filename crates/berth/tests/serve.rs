@@ -7,7 +7,6 @@ mod util;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_api::client::EventQuery;
@@ -17,12 +16,8 @@ use util::Run;
 use util::serve::{metric_blocking as metric, rt, Server, ADMIN};
 
 fn cli(cwd: &Path, server: &Server, args: &[&str]) -> Run {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
-    c.current_dir(cwd)
-        .args(args)
-        .env("BERTH_SERVER", &server.url)
-        .env_remove("BERTH_TOKEN")
-        .env_remove("BERTH_DATA_DIR");
+    let mut c = util::berth_command();
+    c.current_dir(cwd).args(args).env("BERTH_SERVER", &server.url);
     Run::of(c)
 }
 
@@ -108,7 +103,7 @@ fn serve_starts_with_no_configuration_and_the_cli_drives_it() {
     let usage = cli(tmp.path(), &server, &["workspace", "frobnicate"]).fails(2);
     assert!(usage.stderr.contains("frobnicate"), "the usage error names the word: {usage:?}");
     let wrong = Run::of({
-        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        let mut c = util::berth_command();
         c.current_dir(tmp.path()).args(["workspace", "ls", "--server", &server.url, "--token", "nope-nope-nope"]);
         c
     })
@@ -122,7 +117,7 @@ fn serve_starts_with_no_configuration_and_the_cli_drives_it() {
     assert!(!logs.contains(&session.token), "a sandbox token is in the log");
     // The schema is current after a restart-free migrate.
     let out = Run::of({
-        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        let mut c = util::berth_command();
         c.current_dir(tmp.path()).args(["migrate"]);
         c
     })
@@ -322,11 +317,8 @@ fn sigkill_during_a_gc_sweep_then_restart_never_retries_marked_volumes() {
 
 #[test]
 fn two_replicas_on_one_postgres_never_process_a_workspace_twice() {
-    let Ok(base) = std::env::var("BERTH_TEST_PG_URL") else {
-        panic!("BERTH_TEST_PG_URL is not set: this test needs the PostgreSQL test cluster; run it with `./dev test`");
-    };
     let rt = rt();
-    let db = rt.block_on(async { sqlx_create_db(&base).await });
+    let db = rt.block_on(berth_testkit::services::pg_database());
     let tmp = tempfile::tempdir().unwrap();
     // One data dir for both: the local substrate stands in for a shared one (Docker host, cluster).
     let data = tmp.path().join("data");
@@ -384,17 +376,6 @@ fn two_replicas_on_one_postgres_never_process_a_workspace_twice() {
     r2.terminate(10);
 }
 
-async fn sqlx_create_db(base: &str) -> String {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(base).await.expect("connect to the PostgreSQL test cluster");
-    let mut buf = [0u8; 6];
-    rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty()).unwrap();
-    let name = format!("berth_replicas_{}", buf.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
-    pool.close().await;
-    format!("{}/{name}", &base[..base.rfind('/').unwrap()])
-}
-
 /// Runs `berth agent run` under a lease of `owner` on `server` (its workspace is the volume),
 /// waits for its first published snapshot (with a store) or its ready marker, writes work that
 /// no snapshot has yet, then SIGKILLs the sandbox (the agent and its child). Returns the
@@ -417,25 +398,20 @@ fn sigkilled_sandbox(root: &Path, server: &Server, owner: &str, store: bool) -> 
         child_pid.display()
     );
     let log = root.join("agent.log");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_berth"));
+    let mut agent = util::berth_command();
     agent
         .args(["agent", "run", "--spec", spec.to_str().unwrap(), "--base", root.join("jobs").to_str().unwrap()])
         .args(["--first-after", "1", "--interval", "3600", "--debounce", "600000", "--", "sh", "-c", &command])
-        .env_remove("BERTH_TOKEN")
-        .env_remove("BERTH_SERVER")
-        .env_remove("BERTH_STORE")
         .env("BERTH_LOG_FORMAT", "json")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(fs::File::create(&log).unwrap());
     let mut agent = agent.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
     let wanted = if store { "\"published\":true" } else { "\"phase\":\"ready\"" };
-    while !fs::read_to_string(&log).unwrap_or_default().contains(wanted) || !Path::new(path).join("notes.txt").exists()
-    {
-        assert!(Instant::now() < deadline, "no {wanted} within 60 s:\n{}", fs::read_to_string(&log).unwrap());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    berth_testkit::eventually(60, &format!("{wanted} in {} and notes.txt written", log.display()), || {
+        let logged = fs::read_to_string(&log).unwrap_or_default().contains(wanted);
+        (logged && Path::new(path).join("notes.txt").exists()).then_some(())
+    });
     // Work after the last snapshot: only the volume has it.
     fs::write(Path::new(path).join("unsaved.txt"), b"written after the last snapshot").unwrap();
     agent.kill().unwrap();
@@ -444,18 +420,10 @@ fn sigkilled_sandbox(root: &Path, server: &Server, owner: &str, store: bool) -> 
     let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL);
     // The lease expires unrenewed: the session ends expired and the workspace is at risk. (The
     // TTL is long enough that a loaded machine's heartbeats keep the lease while the agent runs.)
-    rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let w = admin.workspace(owner).await.unwrap();
-            if w.at_risk {
-                assert!(w.at_risk_reason.as_deref().unwrap_or("").contains("expired"), "{w:?}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "not at risk 30 s after the SIGKILL: {w:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let w = rt.block_on(berth_testkit::eventually_async(30, "the workspace at risk after the SIGKILL", || async {
+        Some(admin.workspace(owner).await.unwrap()).filter(|w| w.at_risk)
+    }));
+    assert!(w.at_risk_reason.as_deref().unwrap_or("").contains("expired"), "{w:?}");
     std::path::PathBuf::from(path)
 }
 
@@ -479,7 +447,7 @@ fn at_risk_server(root: &Path, store: Option<&str>) -> Server {
 }
 
 fn cli_as_admin(root: &Path, server: &Server, args: &[&str]) -> Run {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+    let mut c = util::berth_command();
     c.current_dir(root).args(args).env("BERTH_SERVER", &server.url).env("BERTH_TOKEN", ADMIN);
     Run::of(c)
 }
@@ -499,9 +467,8 @@ fn a_sigkilled_sandbox_leaves_its_workspace_at_risk_and_gc_rescues_it_before_rem
     cli_as_admin(&root, &server, &["workspace", "close", "agent:risky"]).ok();
     // What the rescue must save: the volume as the dead sandbox left it (its run dir is never
     // snapshotted).
-    let mut expected = util::read_tree(&volume);
-    expected.retain(|p, _| p != ".berth/run" && !p.starts_with(".berth/run/"));
-    assert!(expected.contains_key("unsaved.txt"), "{expected:?}");
+    let expected = util::read_tree(&volume).without(".berth/run");
+    assert!(expected.get("unsaved.txt").is_some(), "{expected:?}");
 
     let out = cli_as_admin(&root, &server, &["gc", "run", "--json"]).ok();
     let report = out.json();
@@ -521,7 +488,7 @@ fn a_sigkilled_sandbox_leaves_its_workspace_at_risk_and_gc_rescues_it_before_rem
 
     // The rescue's snapshot restores to exactly what the volume held.
     let restored = root.join("restored");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+    let mut c = util::berth_command();
     c.args(["snapshot", "restore", "--store", &store, "--workspace", "agent:risky", "--no-cache"]).args([
         "--snapshot",
         &snapshot,

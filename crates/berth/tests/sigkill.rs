@@ -15,7 +15,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use util::{s, tree_digest, write_file, write_symlink, Env, Rng, Run};
+use util::{s, write_file, write_symlink, Env, Rng, Run, TreeImage};
+
+/// The image of a whole tree (content, modes, mtimes, links) as one comparable value.
+fn tree_digest(root: &Path) -> String {
+    TreeImage::read(root).fingerprint()
+}
 
 /// Large random files: they make a run long enough to be killed anywhere in it.
 const BIG_FILES: u64 = 6;
@@ -98,7 +103,7 @@ impl Tree<'_> {
 }
 
 /// Restores the latest snapshot into a fresh directory and returns its digest.
-fn restored_digest(env: &Env, name: &str) -> u64 {
+fn restored_digest(env: &Env, name: &str) -> String {
     let out = env.path(name);
     env.run("restore", &["--workspace", "w", s(&out)]).ok();
     let d = tree_digest(&out);
@@ -121,7 +126,7 @@ fn sigkill_during_create_leaves_a_complete_latest_snapshot() {
     // whose longest duration bounds the kill delays.
     let mut latest = tree_digest(&src);
     Run::of(create(&env)).ok();
-    let mut complete = vec![latest];
+    let mut complete = vec![latest.clone()];
     let mut durations = Vec::new();
     for _ in 0..WARMUP {
         tree.mutate(&mut rng);
@@ -129,8 +134,8 @@ fn sigkill_during_create_leaves_a_complete_latest_snapshot() {
         let started = Instant::now();
         Run::of(create(&env)).ok();
         durations.push(started.elapsed());
+        complete.push(state.clone());
         latest = state;
-        complete.push(latest);
     }
     let window = durations.iter().max().copied().unwrap_or_default();
     assert_eq!(restored_digest(&env, "restore-warmup"), latest);
@@ -183,7 +188,7 @@ fn sigkill_during_create_leaves_a_complete_latest_snapshot() {
             panic!("round {round} (seed {seed}): create failed on its own with {status}: {stderr}");
         };
         if got == state {
-            latest = state;
+            latest = state.clone();
             complete.push(state);
         }
         if let_finish {

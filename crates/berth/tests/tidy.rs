@@ -38,6 +38,8 @@ const LAYERS: &[(&str, &[&str], &[&str])] = &[
     ("berth-docker", &["berth-core", "berth-substrate"], &["sqlx", "axum", "object_store"]),
     ("berth-control", &["berth-core", "berth-api", "berth-engine", "berth-substrate", "berth-docker"], &[]),
     ("berth-agent", &["berth-core", "berth-api", "berth-engine"], &["bollard"]),
+    // Test support only (a dev-dependency): no berth crate, so every crate's tests can use it.
+    ("berth-testkit", &[], &["axum", "bollard", "object_store", "reqwest"]),
 ];
 
 #[test]

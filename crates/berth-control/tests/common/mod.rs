@@ -2,11 +2,11 @@
 //! or a fresh database in the PostgreSQL test cluster, driven through the real HTTP client.
 
 #![allow(dead_code)]
+// Likewise for what it re-exports from berth-testkit.
+#![allow(unused_imports)]
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use berth_api::{Attach, Client, EnsureWorkspace, Session};
 use berth_control::{App, Config};
@@ -47,26 +47,7 @@ macro_rules! both {
     };
 }
 
-/// Creates a fresh database in the PostgreSQL test cluster and returns its URL.
-pub async fn pg_database() -> String {
-    let base = std::env::var("BERTH_TEST_PG_URL").unwrap_or_else(|_| {
-        panic!(
-            "BERTH_TEST_PG_URL is not set: this test needs the PostgreSQL test cluster. Run the suite with \
-             `./dev test` (it starts one), or export BERTH_TEST_PG_URL=postgres://USER@127.0.0.1:PORT/postgres"
-        )
-    });
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&base).await.expect("connect to the PostgreSQL test cluster");
-    let mut buf = [0u8; 6];
-    rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty()).unwrap();
-    let name = format!("berth_test_{}", hex::encode(buf));
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.expect("create database");
-    pool.close().await;
-    match base.rfind('/') {
-        Some(i) => format!("{}/{name}", &base[..i]),
-        None => panic!("BERTH_TEST_PG_URL has no database part: {base}"),
-    }
-}
+pub use berth_testkit::services::pg_database;
 
 /// A running control plane.
 pub struct TestServer {
@@ -155,20 +136,4 @@ impl Drop for TestServer {
     }
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, for at most `secs` seconds.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {secs} s waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use berth_testkit::eventually_async as eventually;

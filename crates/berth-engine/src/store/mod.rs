@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use fault::FaultyStore;
+pub use fault::{Fault, FaultyStore};
 pub use fs::FsStore;
 pub use objstore::{memory, s3, ObjStore};
 

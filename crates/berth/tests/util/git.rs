@@ -4,7 +4,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// Runs `git ARGS` in `dir` (no prompts, a fixed identity) and returns stdout; panics on failure.
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -66,14 +65,8 @@ impl GitHttp {
             .stdout(Stdio::null())
             .spawn()
             .expect("start the git HTTP server (python3)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Ok(p) = fs::read_to_string(&port_file) {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "the git HTTP server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let port =
+            berth_testkit::eventually(20, "the git HTTP server's port file", || fs::read_to_string(&port_file).ok());
         GitHttp { child, url: format!("http://127.0.0.1:{}", port.trim()), token: token.to_string(), identity_file }
     }
 }

@@ -3,29 +3,29 @@
 
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
+// Likewise for what it re-exports from berth-testkit.
+#![allow(unused_imports)]
 
 pub mod git;
 pub mod proxy;
 pub mod serve;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
-/// Environment variables the binary reads; cleared so the caller's shell cannot leak in.
-const BERTH_VARS: &[&str] =
-    &["BERTH_STORE", "BERTH_WORKSPACE", "BERTH_GENERATION", "BERTH_CACHE_DIR", "BERTH_LOG", "BERTH_LOG_FORMAT"];
+/// A `berth` command with no `BERTH_*` variable of the test's environment (the one builder of
+/// the end-to-end tests; see `berth_testkit::berth_command`).
+pub fn berth_command() -> Command {
+    berth_testkit::berth_command(env!("CARGO_BIN_EXE_berth"))
+}
 
-/// A `berth` command with a clean environment. `XDG_CACHE_HOME` and `HOME` point into `home` so
-/// that a missing `--cache-dir` could never reach the real `~/.cache`.
+/// A [`berth_command`] whose `XDG_CACHE_HOME` and `HOME` point into `home`, so that a missing
+/// `--cache-dir` could never reach the real `~/.cache`.
 pub fn berth(home: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
-    for v in BERTH_VARS {
-        c.env_remove(v);
-    }
+    let mut c = berth_command();
     c.env("HOME", home).env("XDG_CACHE_HOME", home.join("xdg-cache"));
     c
 }
@@ -180,84 +180,19 @@ pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// One entry of a tree as read back from disk.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Node {
-    /// A directory with its permission bits and mtime.
-    Dir { mode: u32, mtime_ns: i64 },
-    /// A regular file with its permission bits, mtime and content.
-    File { mode: u32, mtime_ns: i64, data: Vec<u8> },
-    /// A symbolic link and its target.
-    Symlink(PathBuf),
-}
+pub use berth_testkit::tree::{Kind, TreeImage};
+pub use berth_testkit::{eventually, Rng};
 
-impl fmt::Debug for Node {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Node::Dir { mode, mtime_ns } => write!(f, "dir {mode:o} mtime {mtime_ns}"),
-            Node::File { mode, mtime_ns, data } => {
-                let mut h = FNV_OFFSET;
-                hash_bytes(&mut h, data);
-                write!(f, "file {mode:o} mtime {mtime_ns} {} bytes (hash {h:016x})", data.len())
-            }
-            Node::Symlink(t) => write!(f, "symlink -> {}", t.display()),
-        }
-    }
-}
-
-fn mtime_ns(m: &fs::Metadata) -> i64 {
-    m.mtime() * 1_000_000_000 + m.mtime_nsec()
-}
-
-/// Reads every entry below `root` (not `root` itself), keyed by relative path; like a snapshot,
-/// it leaves out `.berth/run/` (where a restore leaves its marker) and a `.berth` holding nothing
-/// else.
-pub fn read_tree(root: &Path) -> BTreeMap<String, Node> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())) {
-            let p = e.expect("dir entry").path();
-            let rel = p.strip_prefix(root).expect("below root").to_string_lossy().into_owned();
-            if rel == ".berth/run" {
-                continue;
-            }
-            let m = fs::symlink_metadata(&p).expect("metadata");
-            let mode = m.permissions().mode() & 0o7777;
-            let node = if m.file_type().is_symlink() {
-                Node::Symlink(fs::read_link(&p).expect("readlink"))
-            } else if m.is_dir() {
-                stack.push(p.clone());
-                Node::Dir { mode, mtime_ns: mtime_ns(&m) }
-            } else {
-                Node::File { mode, mtime_ns: mtime_ns(&m), data: fs::read(&p).expect("read file") }
-            };
-            out.insert(rel, node);
-        }
-    }
-    if !out.keys().any(|k| k.starts_with(".berth/")) {
-        out.remove(".berth");
-    }
-    out
+/// Reads the tree below `root` (see [`TreeImage::read`]: content, modes, mtimes, symlinks,
+/// empty directories, hard links; `.berth/run/` left out as a snapshot leaves it out).
+pub fn read_tree(root: &Path) -> TreeImage {
+    TreeImage::read(root)
 }
 
 /// Asserts two trees are equal, listing every difference when not.
 #[track_caller]
-pub fn assert_same_tree(expected: &BTreeMap<String, Node>, actual: &BTreeMap<String, Node>) {
-    let mut problems = Vec::new();
-    for (p, e) in expected {
-        match actual.get(p) {
-            None => problems.push(format!("missing: {p} ({e:?})")),
-            Some(a) if a != e => problems.push(format!("differs: {p}\n    expected {e:?}\n    actual   {a:?}")),
-            Some(_) => {}
-        }
-    }
-    for (p, a) in actual {
-        if !expected.contains_key(p) {
-            problems.push(format!("unexpected: {p} ({a:?})"));
-        }
-    }
-    assert!(problems.is_empty(), "trees differ:\n  {}", problems.join("\n  "));
+pub fn assert_same_tree(expected: &TreeImage, actual: &TreeImage) {
+    berth_testkit::assert_same(expected, actual, "restored tree");
 }
 
 /// Writes a file with the given content and permission bits, creating parent directories.
@@ -273,128 +208,4 @@ pub fn write_symlink(root: &Path, rel: &str, target: &str) {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().expect("parent")).expect("mkdir -p");
     symlink(target, &p).expect("symlink");
-}
-
-/// A small deterministic xorshift64* generator, so that a failing seed reproduces.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator for `seed` (any value, zero included).
-    pub fn new(seed: u64) -> Rng {
-        let mut r = Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
-        if r.0 == 0 {
-            r.0 = 1;
-        }
-        r.next_u64();
-        r
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// True with probability `num / den`.
-    pub fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.below(den) < num
-    }
-
-    /// `n` random bytes.
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        self.fill(&mut v);
-        v
-    }
-
-    /// Fills `buf` with random bytes.
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        let mut chunks = buf.chunks_exact_mut(8);
-        for c in &mut chunks {
-            c.copy_from_slice(&self.next_u64().to_le_bytes());
-        }
-        let rest = chunks.into_remainder();
-        let last = self.next_u64().to_le_bytes();
-        rest.copy_from_slice(&last[..rest.len()]);
-    }
-}
-
-/// Start value of [`hash_bytes`].
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// Mixes `data` into `h`, a word at a time (fast enough unoptimised). Not cryptographic; it
-/// tells apart the random trees these tests build.
-pub fn hash_bytes(h: &mut u64, data: &[u8]) {
-    const P: u64 = 0x0000_0100_0000_01B3;
-    let word = |w: &[u8]| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-    let mut lanes = [*h ^ (data.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), 1, 2, 3];
-    // Four independent lanes over 32-byte blocks: few iterator steps per byte.
-    let mut blocks = data.chunks_exact(32);
-    for b in &mut blocks {
-        lanes[0] = (lanes[0] ^ word(&b[0..8])).wrapping_mul(P).rotate_left(31);
-        lanes[1] = (lanes[1] ^ word(&b[8..16])).wrapping_mul(P).rotate_left(31);
-        lanes[2] = (lanes[2] ^ word(&b[16..24])).wrapping_mul(P).rotate_left(31);
-        lanes[3] = (lanes[3] ^ word(&b[24..32])).wrapping_mul(P).rotate_left(31);
-    }
-    let mut x = lanes[0];
-    for l in &lanes[1..] {
-        x = (x ^ l).wrapping_mul(P).rotate_left(29);
-    }
-    for &b in blocks.remainder() {
-        x = (x ^ b as u64).wrapping_mul(P);
-    }
-    *h = x ^ (x >> 29);
-}
-
-/// A digest of a whole tree: every path with its kind, permission bits and content (file data
-/// or link target). Mtimes are left out, and so is what a snapshot leaves out of berth's own
-/// directory (see [`read_tree`]).
-pub fn tree_digest(root: &Path) -> u64 {
-    let mut entries = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    let runtime = root.join(".berth/run");
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())) {
-            let p = e.expect("dir entry").path();
-            if p == runtime {
-                continue;
-            }
-            let m = fs::symlink_metadata(&p).expect("metadata");
-            if m.is_dir() {
-                stack.push(p.clone());
-            }
-            entries.push((p, m));
-        }
-    }
-    let berth_dir = root.join(".berth");
-    if !entries.iter().any(|(p, _)| p.starts_with(&berth_dir) && *p != berth_dir) {
-        entries.retain(|(p, _)| *p != berth_dir);
-    }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut h = FNV_OFFSET;
-    for (p, m) in entries {
-        let rel = p.strip_prefix(root).expect("below root");
-        hash_bytes(&mut h, rel.as_os_str().as_encoded_bytes());
-        let mode = m.permissions().mode() & 0o7777;
-        if m.file_type().is_symlink() {
-            hash_bytes(&mut h, b"L");
-            hash_bytes(&mut h, fs::read_link(&p).expect("readlink").as_os_str().as_encoded_bytes());
-        } else if m.is_dir() {
-            hash_bytes(&mut h, format!("D{mode:o}").as_bytes());
-        } else {
-            hash_bytes(&mut h, format!("F{mode:o}").as_bytes());
-            hash_bytes(&mut h, &fs::read(&p).expect("read file"));
-        }
-    }
-    h
 }

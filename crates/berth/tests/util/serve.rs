@@ -3,7 +3,7 @@
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_api::Client;
@@ -30,16 +30,11 @@ impl Server {
     pub fn start(cwd: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        let mut cmd = super::berth_command();
         cmd.current_dir(cwd)
             .arg("serve")
             .args(["--listen", &listen])
             .args(args)
-            .env_remove("BERTH_ADMIN_TOKEN")
-            .env_remove("BERTH_DATABASE_URL")
-            .env_remove("BERTH_DATA_DIR")
-            .env_remove("BERTH_STORE")
-            .env_remove("BERTH_SUBSTRATE")
             .env("BERTH_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
