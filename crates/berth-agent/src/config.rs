@@ -9,6 +9,7 @@ use berth_api::{Handover, Mount, Session};
 use berth_core::id::SnapshotId;
 use berth_core::lease::Epoch;
 use berth_core::repo::{credential_host, RepoSpec};
+use berth_core::retention::Policy;
 use berth_core::session::{InstanceId, SessionId};
 use berth_core::units::{parse_duration, parse_size};
 use berth_core::workspace::{Generation, WorkspaceId};
@@ -26,6 +27,16 @@ pub mod defaults {
     pub const DEBOUNCE_MS: u64 = 500;
     /// Seconds between git state captures.
     pub const GIT_INTERVAL_SECS: u64 = 60;
+    /// Least seconds between the starts of two snapshot runs, however fast the tree changes.
+    pub const MIN_GAP_SECS: u64 = 1;
+    /// Seconds between full scans that check the file watcher's reports.
+    pub const RESCAN_SECS: u64 = 10 * 60;
+    /// Seconds between retention runs (without a control plane).
+    pub const RETENTION_INTERVAL_SECS: u64 = 10 * 60;
+    /// Seconds between prunes of the store by the agent (0: none).
+    pub const PRUNE_INTERVAL_SECS: u64 = 0;
+    /// Seconds marked data waits before a later prune deletes it.
+    pub const PRUNE_GRACE_SECS: i64 = 24 * 3600;
     /// The platform's grace period between SIGTERM and SIGKILL, in seconds.
     pub const PLATFORM_GRACE_SECS: u64 = 30;
     /// Size budget per snapshot, in bytes.
@@ -86,6 +97,18 @@ pub struct Spec {
     pub debounce_ms: Option<u64>,
     /// Seconds between git state captures.
     pub git_interval_secs: Option<u64>,
+    /// Least seconds between the starts of two snapshot runs.
+    pub min_gap_secs: Option<u64>,
+    /// Seconds between full scans that check the file watcher.
+    pub rescan_secs: Option<u64>,
+    /// Retention policy applied without a control plane (`keep-last=10,hourly=24`, `off`).
+    pub retention: Option<String>,
+    /// Seconds between retention runs.
+    pub retention_interval_secs: Option<u64>,
+    /// Seconds between prunes (0: none).
+    pub prune_interval_secs: Option<u64>,
+    /// Seconds marked data waits before deletion.
+    pub prune_grace_secs: Option<i64>,
     /// The drain budget.
     pub grace_secs: Option<u64>,
     /// Seconds before the lease could expire at which writing stops when renewals fail.
@@ -168,6 +191,18 @@ pub struct Flags {
     pub debounce: Option<u64>,
     /// Seconds between git state captures.
     pub git_interval: Option<u64>,
+    /// Least seconds between the starts of two snapshot runs.
+    pub min_gap: Option<u64>,
+    /// Seconds between full scans that check the file watcher.
+    pub rescan_interval: Option<u64>,
+    /// Retention policy without a control plane (`Some(None)`: off).
+    pub retention: Option<Option<Policy>>,
+    /// Seconds between retention runs.
+    pub retention_interval: Option<u64>,
+    /// Seconds between prunes (0: none).
+    pub prune_interval: Option<u64>,
+    /// Seconds marked data waits before deletion.
+    pub prune_grace: Option<i64>,
     /// Drain budget in seconds.
     pub grace: Option<u64>,
     /// The platform's grace period in seconds.
@@ -284,6 +319,19 @@ pub struct AgentConfig {
     pub debounce_ms: u64,
     /// Seconds between git state captures.
     pub git_interval_secs: u64,
+    /// Least seconds between the starts of two snapshot runs (0: none).
+    pub min_gap_secs: u64,
+    /// Seconds between full scans that check the file watcher's reports (at least 1).
+    pub rescan_secs: u64,
+    /// The retention policy the agent applies to its workspace generation, only where there is
+    /// no control plane (which applies its own); `None`: none.
+    pub retention: Option<Policy>,
+    /// Seconds between retention runs.
+    pub retention_interval_secs: u64,
+    /// Seconds between prunes of the store by the agent (0: none).
+    pub prune_interval_secs: u64,
+    /// Seconds marked data waits before a later prune deletes it.
+    pub prune_grace_secs: i64,
     /// The drain budget in seconds.
     pub drain_budget_secs: u64,
     /// How to nudge the agent process.
@@ -341,6 +389,12 @@ impl AgentConfig {
             first_after_secs: defaults::FIRST_AFTER_SECS,
             debounce_ms: defaults::DEBOUNCE_MS,
             git_interval_secs: defaults::GIT_INTERVAL_SECS,
+            min_gap_secs: defaults::MIN_GAP_SECS,
+            rescan_secs: defaults::RESCAN_SECS,
+            retention: Some(Policy::default()),
+            retention_interval_secs: defaults::RETENTION_INTERVAL_SECS,
+            prune_interval_secs: defaults::PRUNE_INTERVAL_SECS,
+            prune_grace_secs: defaults::PRUNE_GRACE_SECS,
             drain_budget_secs: berth_core::drain::budget_secs(None, defaults::PLATFORM_GRACE_SECS),
             nudge: Nudge::Signal,
             author: (defaults::AUTHOR_NAME.into(), defaults::AUTHOR_EMAIL.into()),
@@ -485,6 +539,23 @@ fn snapshots(cfg: &mut AgentConfig, flags: &Flags, spec: &Spec) -> Result<(), Ag
     cfg.first_after_secs = flags.first_after.or(spec.first_after_secs).unwrap_or(cfg.first_after_secs);
     cfg.debounce_ms = flags.debounce.or(spec.debounce_ms).unwrap_or(cfg.debounce_ms);
     cfg.git_interval_secs = flags.git_interval.or(spec.git_interval_secs).unwrap_or(cfg.git_interval_secs);
+    cfg.min_gap_secs = flags.min_gap.or(spec.min_gap_secs).unwrap_or(cfg.min_gap_secs);
+    cfg.rescan_secs = flags.rescan_interval.or(spec.rescan_secs).unwrap_or(cfg.rescan_secs).max(1);
+    upkeep(cfg, flags, spec)
+}
+
+/// The store's upkeep without a control plane: retention and prune.
+fn upkeep(cfg: &mut AgentConfig, flags: &Flags, spec: &Spec) -> Result<(), AgentError> {
+    cfg.retention = match (flags.retention, spec.retention.as_deref().map(str::trim)) {
+        (Some(p), _) => p,
+        (None, Some("off" | "none")) => None,
+        (None, Some(s)) => Some(Policy::parse(s).map_err(AgentError::Config)?),
+        (None, None) => cfg.retention,
+    };
+    cfg.retention_interval_secs =
+        flags.retention_interval.or(spec.retention_interval_secs).unwrap_or(cfg.retention_interval_secs).max(1);
+    cfg.prune_interval_secs = flags.prune_interval.or(spec.prune_interval_secs).unwrap_or(cfg.prune_interval_secs);
+    cfg.prune_grace_secs = flags.prune_grace.or(spec.prune_grace_secs).unwrap_or(cfg.prune_grace_secs).max(0);
     Ok(())
 }
 
@@ -616,6 +687,7 @@ mod tests {
         assert_eq!(cfg.interval_secs, defaults::INTERVAL_SECS);
         assert_eq!(cfg.first_after_secs, defaults::FIRST_AFTER_SECS);
         assert_eq!(cfg.debounce_ms, defaults::DEBOUNCE_MS);
+        assert_eq!((cfg.min_gap_secs, cfg.rescan_secs), (defaults::MIN_GAP_SECS, defaults::RESCAN_SECS));
         assert_eq!(cfg.budget, Some(defaults::BUDGET_BYTES));
         assert_eq!(cfg.ttl_secs, defaults::TTL_SECS);
         assert_eq!(cfg.clone_retry_secs, defaults::CLONE_TIMEOUT_SECS as u64);
@@ -631,14 +703,15 @@ mod tests {
         let spec = serde_json::json!({
             "workspace": "agent:spec", "interval_secs": 7, "debounce_ms": 9, "budget": "unlimited",
             "ttl": "2h", "excludes": ["a/"], "author_name": "A", "author_email": "a@x",
-            "repos": [{"url": "https://h.test/o/app.git"}],
+            "repos": [{"url": "https://h.test/o/app.git"}], "min_gap_secs": 5, "rescan_secs": 60,
         });
-        let f = Flags { interval: Some(3), excludes: vec!["b/".into()], ..flags("agent:flag") };
+        let f = Flags { interval: Some(3), excludes: vec!["b/".into()], min_gap: Some(0), ..flags("agent:flag") };
         let (cfg, _tmp) = with_spec(f, spec);
         let cfg = cfg.unwrap();
         assert_eq!(cfg.workspace.as_str(), "agent:flag");
         assert_eq!((cfg.interval_secs, cfg.debounce_ms, cfg.budget, cfg.ttl_secs), (3, 9, None, 7200));
         assert_eq!(cfg.excludes, ["a/", "b/"]);
+        assert_eq!((cfg.min_gap_secs, cfg.rescan_secs), (0, 60));
         assert_eq!(cfg.author, ("A".to_string(), "a@x".to_string()));
         assert_eq!(cfg.repos[0].target().unwrap().as_bytes(), b"app");
     }

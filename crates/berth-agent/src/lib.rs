@@ -16,6 +16,7 @@ pub mod run;
 pub mod sqlite;
 pub mod supervise;
 pub mod sweep;
+pub mod upkeep;
 pub mod wait;
 pub mod watch;
 

@@ -46,8 +46,6 @@ use crate::watch::Feed;
 const SQLITE_RESCAN: Duration = Duration::from_secs(60);
 /// How often the tree is scanned when file watching is unavailable.
 const POLL: Duration = Duration::from_secs(15);
-/// Least time between the starts of two snapshot runs.
-const MIN_GAP: Duration = Duration::from_secs(1);
 /// How deep repositories are searched for.
 const REPO_DEPTH: usize = 3;
 
@@ -135,6 +133,7 @@ impl Persister {
         git: Git,
     ) -> Result<Persister, AgentError> {
         let excludes = Excludes::new(&cfg.excludes, cfg.default_excludes)?;
+        let rescan = Duration::from_secs(cfg.rescan_secs);
         Ok(Persister {
             cfg,
             store,
@@ -142,7 +141,7 @@ impl Persister {
             git,
             excludes,
             inner: tokio::sync::Mutex::new(Inner {
-                feed: Feed::new(false),
+                feed: Feed::new(false, rescan),
                 patterns: Vec::new(),
                 sqlite: Capturer::default(),
                 dbs: Vec::new(),
@@ -516,8 +515,9 @@ impl Persister {
             debounce_ms: self.cfg.debounce_ms,
         };
         let mut sched = Scheduler::new(schedule, 0);
-        self.inner.lock().await.feed = Feed::new(!polling);
-        // Runs start at least MIN_GAP apart, however fast the tree changes.
+        self.inner.lock().await.feed = Feed::new(!polling, Duration::from_secs(self.cfg.rescan_secs));
+        // Runs start at least --min-gap apart, however fast the tree changes.
+        let min_gap = Duration::from_secs(self.cfg.min_gap_secs);
         let mut not_before = Instant::now();
         loop {
             if let Some(c) = self.control.as_ref().filter(|c| !c.holds()) {
@@ -547,7 +547,7 @@ impl Persister {
             let Some(reason) = sched.due(now).filter(|_| Instant::now() >= not_before) else { continue };
             let covered = sched.dirty_since();
             sched.started(now);
-            not_before = Instant::now() + MIN_GAP;
+            not_before = Instant::now() + min_gap;
             let result = tokio::select! {
                 r = self.snapshot_with(reason.as_str(), GitMode::IfDue, None, true) => r,
                 _ = stop.cancelled() => break,

@@ -277,7 +277,7 @@ impl Running {
     ) -> Result<Running, AgentError> {
         let git = Git::new(creds.as_ref());
         let store = prepared.store.as_ref().ok().cloned().flatten();
-        let persister = Arc::new(Persister::new(cfg.clone(), store, prepared.control.clone(), git.clone())?);
+        let persister = Arc::new(Persister::new(cfg.clone(), store.clone(), prepared.control.clone(), git.clone())?);
         if restored {
             persister.durable_now();
         }
@@ -291,6 +291,10 @@ impl Running {
             let (p, s) = (persister.clone(), persist_stop.clone());
             async move { p.run(watch, s).await }
         }));
+        // Without a control plane, the agent keeps its own store in check.
+        if let (None, Some(store)) = (&prepared.control, &store) {
+            tokio::spawn(crate::upkeep::run(cfg.clone(), store.clone(), persist_stop.clone()));
+        }
         let child = match argv.first() {
             None => None,
             Some(program) => {

@@ -12,8 +12,6 @@ use berth_core::changes::ChangedPaths;
 use berth_core::path::RelPath;
 use berth_engine::warm::Warm;
 
-/// How often the whole tree is scanned and checked against the watcher's reports.
-pub const RESCAN: Duration = Duration::from_secs(600);
 /// Most `rescan_difference` lines logged per rescan (all are counted).
 const MAX_LOGGED: usize = 20;
 /// Berth's own state in the workspace: written by the agent before each run (SQLite copies, git
@@ -28,16 +26,19 @@ pub struct Feed {
     /// The exclude patterns the previous scan was made with.
     patterns: Vec<String>,
     next_check: Instant,
+    /// How often the whole tree is scanned and checked against the watcher's reports.
+    rescan: Duration,
     /// Whether the watcher works (without it, every run scans everything).
     watching: bool,
 }
 
 impl Feed {
-    /// A feed whose first run scans everything.
-    pub fn new(watching: bool) -> Feed {
+    /// A feed whose first run scans everything, and a run every `rescan` after it.
+    pub fn new(watching: bool, rescan: Duration) -> Feed {
         let mut changed = ChangedPaths::new();
         changed.lose_track();
-        Feed { changed, warm: Warm::default(), patterns: Vec::new(), next_check: Instant::now() + RESCAN, watching }
+        let next_check = Instant::now() + rescan;
+        Feed { changed, warm: Warm::default(), patterns: Vec::new(), next_check, rescan, watching }
     }
 
     /// Records paths the watcher reported (absolute, below `root`).
@@ -65,7 +66,7 @@ impl Feed {
             self.warm.reset();
         }
         if Instant::now() >= self.next_check {
-            self.next_check = Instant::now() + RESCAN;
+            self.next_check = Instant::now() + self.rescan;
             self.warm.check_next();
         }
         if !self.watching || changed.lost_track() {
@@ -112,7 +113,7 @@ mod tests {
 
     #[test]
     fn the_first_run_and_a_lost_watcher_scan_everything() {
-        let mut feed = Feed::new(true);
+        let mut feed = Feed::new(true, Duration::from_secs(600));
         assert!(feed.take(&[]).is_none(), "the first run scans everything");
         feed.note(Path::new("/ws"), &[PathBuf::from("/ws/a/b"), PathBuf::from("/elsewhere")]);
         let hint = feed.take(&[]).expect("a hint");
@@ -123,6 +124,6 @@ mod tests {
         feed.lose_track();
         assert!(feed.take(&[]).is_none(), "an overflow scans everything");
         assert!(feed.take(&[]).is_some());
-        assert!(Feed::new(false).take(&[]).is_none() && cpu_seconds().is_some());
+        assert!(Feed::new(false, Duration::from_secs(600)).take(&[]).is_none() && cpu_seconds().is_some());
     }
 }

@@ -63,6 +63,63 @@ impl Default for GcConfig {
     }
 }
 
+/// The store's upkeep (retention, prune) and how long rows are kept; each job runs once per
+/// period across replicas.
+#[derive(Clone, Debug)]
+pub struct RetentionConfig {
+    /// The policy applied to each workspace's snapshots; `None`: no scheduled retention.
+    pub policy: Option<berth_core::retention::Policy>,
+    /// Seconds between retention runs.
+    pub interval_secs: u64,
+    /// Seconds between prune runs; 0: no scheduled prune.
+    pub prune_interval_secs: u64,
+    /// Seconds marked data waits before a later prune deletes it (longer than any snapshot run).
+    pub prune_grace_secs: i64,
+    /// Seconds audit events are kept; `None`: forever.
+    pub events_secs: Option<i64>,
+    /// Seconds ended sessions are kept; `None`: forever.
+    pub sessions_secs: Option<i64>,
+    /// Seconds retired snapshot pointers are kept; `None`: forever.
+    pub snapshots_secs: Option<i64>,
+    /// Seconds cleared drains are kept; `None`: forever.
+    pub drains_secs: Option<i64>,
+    /// Seconds between deletions of old rows.
+    pub purge_interval_secs: u64,
+    /// Rows deleted per statement.
+    pub purge_batch: u32,
+}
+
+impl RetentionConfig {
+    /// How long rows of `table` are kept, in seconds; `None`: forever.
+    pub fn horizon(&self, table: crate::meta::Table) -> Option<i64> {
+        use crate::meta::Table;
+        match table {
+            Table::Events => self.events_secs,
+            Table::Sessions => self.sessions_secs,
+            Table::Snapshots => self.snapshots_secs,
+            Table::Drains => self.drains_secs,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: i64 = 24 * 3600;
+        RetentionConfig {
+            policy: Some(Default::default()),
+            interval_secs: 3600,
+            prune_interval_secs: 6 * 3600,
+            prune_grace_secs: DAY,
+            events_secs: Some(30 * DAY),
+            sessions_secs: Some(30 * DAY),
+            snapshots_secs: Some(30 * DAY),
+            drains_secs: Some(30 * DAY),
+            purge_interval_secs: 3600,
+            purge_batch: 1000,
+        }
+    }
+}
+
 /// Everything `berth serve` is configured with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -97,6 +154,8 @@ pub struct Config {
     pub volume_opts: std::collections::BTreeMap<String, String>,
     /// Volume GC.
     pub gc: GcConfig,
+    /// Scheduled retention, prune and row horizons.
+    pub retention: RetentionConfig,
     /// How sandboxes run (docker substrate).
     pub sandbox: crate::sandboxes::SandboxConfig,
     /// Seconds between lease and drain expiry checks.
@@ -122,6 +181,7 @@ impl Config {
             substrate: Substrate::Local,
             volume_opts: Default::default(),
             gc: GcConfig::default(),
+            retention: RetentionConfig::default(),
             sandbox: Default::default(),
             expiry_interval_secs: 2,
         }

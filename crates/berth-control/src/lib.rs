@@ -12,9 +12,10 @@ pub mod http;
 pub mod meta;
 pub mod reconcile;
 pub mod rescue;
+pub mod retention;
 pub mod sandboxes;
 pub mod server;
 pub mod volumes;
 
-pub use app::{App, Config, GcConfig};
+pub use app::{App, Config, GcConfig, RetentionConfig};
 pub use server::{run, serve};

@@ -27,6 +27,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, shutdown: C
     let addr = listener.local_addr().map_err(|e| Error::Config(format!("listener: {e}")))?;
     let tracker = TaskTracker::new();
     reconcile::spawn(&app, &tracker, shutdown.clone());
+    crate::retention::spawn(&app, &tracker, shutdown.clone());
     crate::sandboxes::spawn(&app, &tracker, shutdown.clone());
     tracing::info!(
         event = "serve_started",

@@ -1,6 +1,7 @@
 //! Retention (`forget`): which snapshots of a workspace to keep, as a plan that can be printed
 //! before anything is deleted. Buckets work like restic's: newest first, one snapshot per
-//! distinct hour/day/week/month until each count is used up.
+//! distinct hour/day/week/month until each count is used up. Snapshots something still points
+//! at (a live session's, a pending handover's) are pinned: kept whatever the policy says.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,51 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Self { last: 10, hourly: 24, daily: 7, weekly: 4, monthly: 0 }
+    }
+}
+
+impl Policy {
+    /// A policy that keeps only the latest.
+    pub const NONE: Policy = Policy { last: 0, hourly: 0, daily: 0, weekly: 0, monthly: 0 };
+
+    /// Parses `keep-last=10,hourly=24,daily=7,weekly=4` (also `monthly=N`; each key may be
+    /// written with or without `keep-`). A key left out keeps none of its kind.
+    pub fn parse(s: &str) -> Result<Policy, String> {
+        let mut policy = Policy::NONE;
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}' is not KEY=N; use e.g. keep-last=10,hourly=24,daily=7,weekly=4"))?;
+            let n: u32 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{value}' in '{part}' is not a count; use a whole number"))?;
+            let slot = match key.trim().trim_start_matches("keep-") {
+                "last" => &mut policy.last,
+                "hourly" => &mut policy.hourly,
+                "daily" => &mut policy.daily,
+                "weekly" => &mut policy.weekly,
+                "monthly" => &mut policy.monthly,
+                other => {
+                    return Err(format!(
+                        "unknown retention key '{other}'; use keep-last, hourly, daily, weekly or monthly"
+                    ))
+                }
+            };
+            *slot = n;
+        }
+        Ok(policy)
+    }
+}
+
+impl std::fmt::Display for Policy {
+    /// Formats the policy as [`Policy::parse`] reads it back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "keep-last={},hourly={},daily={},weekly={}", self.last, self.hourly, self.daily, self.weekly)?;
+        if self.monthly > 0 {
+            write!(f, ",monthly={}", self.monthly)?;
+        }
+        Ok(())
     }
 }
 
@@ -60,6 +106,12 @@ pub struct Decision {
 /// Decides which snapshots to keep. The latest (the greatest by (epoch, seq)) is always kept,
 /// whatever the policy says. Returns decisions newest first.
 pub fn plan(candidates: &[Candidate], policy: &Policy) -> Vec<Decision> {
+    plan_pinned(candidates, policy, |_| false)
+}
+
+/// Like [`plan`]; every snapshot `pinned` says yes to is kept too (reason `pinned`), without
+/// using up any of the policy's counts.
+pub fn plan_pinned(candidates: &[Candidate], policy: &Policy, pinned: impl Fn(&SnapshotId) -> bool) -> Vec<Decision> {
     let mut sorted: Vec<&Candidate> = candidates.iter().collect();
     sorted.sort_by_key(|c| std::cmp::Reverse((c.epoch, c.seq)));
     type BucketFn = fn(&Timestamp) -> i64;
@@ -93,6 +145,9 @@ pub fn plan(candidates: &[Candidate], policy: &Policy) -> Vec<Decision> {
                 last_bucket[r] = Some(b);
                 reasons.push(name);
             }
+        }
+        if pinned(&c.id) {
+            reasons.push("pinned");
         }
         decisions.push(Decision { id: c.id, seq: c.seq, time: c.time, keep: !reasons.is_empty(), reasons });
     }
@@ -135,6 +190,37 @@ mod tests {
         check(&[0, 12, 24, 36, 48, 60], Policy { daily: 10, ..none }, &[6, 4, 2]);
         let d = plan(&candidates(&[0, 1]), &Policy::default());
         assert_eq!(d[0].reasons, vec!["latest", "last", "hourly", "daily", "weekly"]);
+    }
+
+    #[test]
+    fn pinned_snapshots_are_kept_beyond_the_policy() {
+        let c = candidates(&[0, 1, 2, 3]);
+        let pinned = c[1].id;
+        let kept: Vec<(u64, Vec<&str>)> = plan_pinned(&c, &Policy { last: 1, ..Policy::NONE }, |id| *id == pinned)
+            .into_iter()
+            .filter(|d| d.keep)
+            .map(|d| (d.seq, d.reasons))
+            .collect();
+        assert_eq!(kept, vec![(4, vec!["latest", "last"]), (2, vec!["pinned"])]);
+    }
+
+    #[test]
+    fn policies_parse_and_print() {
+        let check = |s: &str, want: Result<Policy, &str>| match (Policy::parse(s), want) {
+            (Ok(got), Ok(want)) => {
+                assert_eq!(got, want, "{s}");
+                assert_eq!(Policy::parse(&got.to_string()), Ok(got), "{got} reads back");
+            }
+            (Err(got), Err(want)) => assert!(got.contains(want), "{s}: {got}"),
+            (got, want) => panic!("{s}: got {got:?}, want {want:?}"),
+        };
+        check("keep-last=10,hourly=24,daily=7,weekly=4", Ok(Policy::default()));
+        check("last=3, keep-monthly=2", Ok(Policy { last: 3, monthly: 2, ..Policy::NONE }));
+        check("", Ok(Policy::NONE));
+        check("keep-last", Err("is not KEY=N"));
+        check("keep-last=x", Err("is not a count"));
+        check("yearly=1", Err("unknown retention key 'yearly'"));
+        assert_eq!(Policy::default().to_string(), "keep-last=10,hourly=24,daily=7,weekly=4");
     }
 
     /// The latest kept is the greatest by (epoch, seq): a higher epoch's record at a lower seq

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use berth_core::diff::{self, Change};
-use berth_core::id::{ChunkId, IndexId, ManifestId, PackId};
+use berth_core::id::{ChunkId, IndexId, ManifestId, PackId, SnapshotId};
 use berth_core::index::{Index, IndexFile, IndexedPack, Location};
 use berth_core::layout;
 use berth_core::manifest::Manifest;
@@ -219,6 +219,15 @@ pub struct ForgetGroup {
 
 /// Plans retention for every workspace generation among `snapshots`.
 pub fn forget_plan(snapshots: &[Snapshot], policy: &Policy) -> Vec<ForgetGroup> {
+    forget_plan_pinned(snapshots, policy, |_| false)
+}
+
+/// Like [`forget_plan`]; snapshots `pinned` says yes to are kept too (something points at them).
+pub fn forget_plan_pinned(
+    snapshots: &[Snapshot],
+    policy: &Policy,
+    pinned: impl Fn(&SnapshotId) -> bool,
+) -> Vec<ForgetGroup> {
     let mut groups: HashMap<(WorkspaceId, Generation), Vec<Candidate>> = HashMap::new();
     for s in snapshots {
         groups.entry((s.record.workspace.clone(), s.record.generation)).or_default().push(Candidate {
@@ -233,7 +242,7 @@ pub fn forget_plan(snapshots: &[Snapshot], policy: &Policy) -> Vec<ForgetGroup> 
         .map(|((workspace, generation), c)| ForgetGroup {
             workspace,
             generation,
-            decisions: retention::plan(&c, policy),
+            decisions: retention::plan_pinned(&c, policy, &pinned),
         })
         .collect();
     out.sort_by(|a, b| (&a.workspace, a.generation).cmp(&(&b.workspace, b.generation)));
@@ -363,8 +372,10 @@ pub async fn prune_apply(store: &SnapshotStore, prune: &Prune) -> Result<PruneOu
         for (id, _) in prune.index_files.iter().filter(|(id, _)| *id != new_id) {
             objects.delete(&layout::index(id)).await?;
         }
-        let deleted: Vec<Deleted> = futures::stream::iter(plan.delete_packs.iter())
-            .map(|p| async move { objects.delete(&layout::pack(p)).await })
+        // Owned ids: a stream over borrowed ones is not `Send` for every lifetime, which a
+        // spawned prune (the scheduled ones) needs.
+        let deleted: Vec<Deleted> = futures::stream::iter(plan.delete_packs.clone())
+            .map(|p| async move { objects.delete(&layout::pack(&p)).await })
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;

@@ -158,7 +158,12 @@ impl SnapshotStore {
     async fn read_records(&self, keys: Vec<String>) -> Result<Vec<Snapshot>> {
         futures::stream::iter(keys)
             .map(|key| async move {
-                let bytes = self.objects.get(&key).await?;
+                let bytes = match self.objects.get(&key).await {
+                    Ok(bytes) => bytes,
+                    // Forgotten since it was listed (retention runs beside readers and writers).
+                    Err(StoreError::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
                 let (id, record) = SnapshotRecord::decode(&key, &bytes)?;
                 let expected = layout::snapshot(&record.workspace, record.generation, record.seq);
                 if expected != key {
@@ -166,9 +171,10 @@ impl SnapshotStore {
                         FormatError::new(format!("snapshot record {key}"), "its content names another key").into()
                     );
                 }
-                Ok(Snapshot { id, key, record })
+                Ok(Some(Snapshot { id, key, record }))
             })
             .buffered(FETCH_CONCURRENCY)
+            .try_filter_map(|s| async move { Ok(s) })
             .try_collect()
             .await
     }

@@ -13,7 +13,7 @@ use berth_agent::run::{self, Observer, Outcome, Signals};
 use berth_core::units::{format_duration, format_size};
 use clap::{Args, Subcommand};
 
-use crate::units;
+use crate::{units, upkeep};
 
 /// Settings every agent command shares.
 #[derive(Debug, Args)]
@@ -84,6 +84,36 @@ pub struct AgentArgs {
     debounce: Option<u64>,
     #[arg(long, help = with_default("Seconds between git state captures", defaults::GIT_INTERVAL_SECS))]
     git_interval: Option<u64>,
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, help = with_default(
+        "Least time between the starts of two snapshots: a tree that changes all the time is saved at most \
+         this often (0: no gap)",
+        format_duration(defaults::MIN_GAP_SECS as i64),
+    ))]
+    min_gap: Option<i64>,
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, help = with_default(
+        "Time between full scans that check what the file watcher reported (differences are counted in \
+         berth_agent_rescan_differences_total and logged); without watches every snapshot scans everything",
+        format_duration(defaults::RESCAN_SECS as i64),
+    ))]
+    rescan_interval: Option<i64>,
+    /// Retention applied to this workspace's snapshots every --retention-interval, only where
+    /// there is no control plane (which applies its own) [default: keep-last=10,hourly=24,daily=7,weekly=4; `off`: none].
+    #[arg(long, value_name = "POLICY|off", value_parser = upkeep::parse_policy)]
+    retention: Option<upkeep::PolicyArg>,
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, help = with_default(
+        "Time between retention runs (without a control plane)",
+        format_duration(defaults::RETENTION_INTERVAL_SECS as i64),
+    ))]
+    retention_interval: Option<i64>,
+    /// Time between prunes of the store by this agent, without a control plane (`0`: none;
+    /// a store several agents share is best pruned from one place) [default: 0].
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
+    prune_interval: Option<i64>,
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, help = with_default(
+        "How long data a prune marked waits before a later prune deletes it; must exceed the longest snapshot run",
+        format_duration(defaults::PRUNE_GRACE_SECS),
+    ))]
+    prune_grace: Option<i64>,
     /// Drain budget in seconds, never more than the platform grace period minus a margin
     /// [default: that much].
     #[arg(long, env = "BERTH_GRACE")]
@@ -195,6 +225,12 @@ impl AgentArgs {
             first_after: self.first_after,
             debounce: self.debounce,
             git_interval: self.git_interval,
+            min_gap: self.min_gap.map(|s| s.max(0) as u64),
+            rescan_interval: self.rescan_interval.map(|s| s.max(1) as u64),
+            retention: self.retention.map(|p| p.0),
+            retention_interval: self.retention_interval.map(|s| s.max(1) as u64),
+            prune_interval: self.prune_interval.map(|s| s.max(0) as u64),
+            prune_grace: self.prune_grace.map(|s| s.max(0)),
             grace: self.grace,
             platform_grace: self.platform_grace,
             nudge_cmd: self.nudge_cmd,

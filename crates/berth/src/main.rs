@@ -9,6 +9,7 @@ mod sandbox;
 mod serve;
 mod snapshot;
 mod units;
+mod upkeep;
 
 use std::process::ExitCode;
 
@@ -28,7 +29,7 @@ enum Command {
     #[command(subcommand)]
     Snapshot(snapshot::Command),
     /// Run the control plane: the HTTP API, deletion, volume GC and expiry reconcilers.
-    Serve(serve::Serve),
+    Serve(Box<serve::Serve>),
     /// Apply the metadata store's schema migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -98,7 +99,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Snapshot(cmd) => snapshot::run(cmd).await,
-            Command::Serve(args) => serve::serve(args).await,
+            Command::Serve(args) => serve::serve(*args).await,
             Command::Migrate { meta, json } => serve::migrate(meta, json).await,
             Command::Workspace(cmd) => control::workspace(cmd).await,
             Command::Drain(cmd) => control::drain(cmd).await,

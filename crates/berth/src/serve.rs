@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use berth_control::volumes::Substrate;
-use berth_control::{Config, GcConfig};
+use berth_control::{Config, GcConfig, RetentionConfig};
 use berth_core::volume::AccessMode;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::units;
+use crate::{units, upkeep};
 
 /// Where the control plane keeps its metadata (the object store for snapshots is `--store`).
 #[derive(Debug, Args)]
@@ -125,6 +125,56 @@ pub struct Serve {
     /// PostgreSQL connection pool size.
     #[arg(long, default_value_t = 16)]
     db_max_connections: u32,
+    #[command(flatten)]
+    upkeep: UpkeepArgs,
+}
+
+/// The store's upkeep and how long rows are kept; each job runs once per period across replicas.
+#[derive(Debug, Args)]
+struct UpkeepArgs {
+    /// Retention applied to each workspace's snapshots in --store every --retention-interval
+    /// (`off`: none); snapshots a live session or a pending handover points at are always kept.
+    #[arg(long, value_name = "POLICY|off", default_value_t, value_parser = upkeep::parse_policy)]
+    retention: upkeep::PolicyArg,
+    /// Time between retention runs.
+    #[arg(long, default_value = "1h", value_parser = units::parse_duration)]
+    retention_interval: i64,
+    /// Time between prunes of --store (`0`: none): unreferenced data is marked, and deleted by
+    /// a later prune once --prune-grace has passed.
+    #[arg(long, default_value = "6h", value_parser = units::parse_duration)]
+    prune_interval: i64,
+    /// How long marked data waits before deletion; must exceed the longest snapshot run.
+    #[arg(long, default_value = "24h", value_parser = units::parse_duration)]
+    prune_grace: i64,
+    /// How long audit events are kept (`0`: forever).
+    #[arg(long, default_value = "30d", value_parser = units::parse_duration)]
+    event_retention: i64,
+    /// How long ended sessions are kept (`0`: forever); the one an at-risk workspace names stays.
+    #[arg(long, default_value = "30d", value_parser = units::parse_duration)]
+    session_retention: i64,
+    /// How long retired snapshot pointers (deleted workspaces, forgotten snapshots) are kept (`0`: forever).
+    #[arg(long, default_value = "30d", value_parser = units::parse_duration)]
+    snapshot_retention: i64,
+    /// How long cleared drains are kept (`0`: forever).
+    #[arg(long, default_value = "30d", value_parser = units::parse_duration)]
+    drain_retention: i64,
+}
+
+impl UpkeepArgs {
+    fn config(&self) -> RetentionConfig {
+        let horizon = |secs: i64| (secs > 0).then_some(secs);
+        RetentionConfig {
+            policy: self.retention.0,
+            interval_secs: secs(self.retention_interval).max(1),
+            prune_interval_secs: secs(self.prune_interval),
+            prune_grace_secs: self.prune_grace.max(0),
+            events_secs: horizon(self.event_retention),
+            sessions_secs: horizon(self.session_retention),
+            snapshots_secs: horizon(self.snapshot_retention),
+            drains_secs: horizon(self.drain_retention),
+            ..RetentionConfig::default()
+        }
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -207,6 +257,7 @@ impl Serve {
             orphan_grace_secs: self.orphan_grace.max(0),
             at_risk_retention_secs: (self.at_risk_retention > 0).then_some(self.at_risk_retention),
         };
+        config.retention = self.upkeep.config();
         Ok(config)
     }
 }

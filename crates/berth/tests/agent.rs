@@ -1058,3 +1058,57 @@ fn the_agent_process_sees_no_store_or_berth_credentials_and_shared_dirs_are_refu
     let out = out.fails(1).stderr_has(&["writable by every user", "--base"]);
     assert_eq!(fs::read_dir(&shared).unwrap().count(), 0, "{out:?}");
 }
+
+/// The `fields` of every JSON log line of `event` in `log`.
+fn log_events(log: &str, event: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["fields"].clone())
+        .filter(|f| f["event"] == event)
+        .collect()
+}
+
+#[test]
+fn without_a_control_plane_the_agent_forgets_and_prunes_on_its_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let (dir, jobs) = (root.join("ws"), root.join("jobs"));
+    fs::create_dir_all(&dir).unwrap();
+    let store = format!("file://{}", root.join("store").display());
+    let writer = writer(&root);
+    #[rustfmt::skip]
+    let args = [
+        "--dir", dir.to_str().unwrap(), "--store", &store, "--workspace", "agent:keep",
+        "--base", jobs.to_str().unwrap(), "--interval", "1", "--first-after", "0", "--debounce", "100",
+        "--retention", "keep-last=2,hourly=0,daily=0,weekly=0", "--retention-interval", "2s",
+        "--prune-interval", "3s", "--prune-grace", "0s",
+    ];
+    let mut agent = Agent::start(&args, &[writer.to_str().unwrap()], &root.join("agent.log"));
+    // Sync points: a retention run that forgot something, then a prune that deleted packs
+    // (the first prune after it marks them, the next deletes them: the grace is 0).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let log = agent.log();
+        let forgot = log_events(&log, "retention_applied").iter().any(|f| f["forgotten"].as_u64() > Some(0));
+        let deleted = log_events(&log, "prune_done").iter().any(|f| f["packs_deleted"].as_u64() > Some(0));
+        if forgot && deleted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no retention and prune within 90 s:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    util::serve::terminate(&mut agent.child, 30, "the drained agent");
+    let _ = Command::new("pkill").args(["-KILL", "-f", writer.to_str().unwrap()]).status();
+    // Everything kept is whole (prune ran beside snapshot runs), and the latest restores.
+    Run::of({
+        let mut c = berth();
+        c.args(["snapshot", "verify", "--store", &store, "--workspace", "agent:keep", "--read-data"]);
+        c
+    })
+    .ok();
+    let next = root.join("next");
+    let report = init_from_store(&next, &store, "agent:keep", &jobs).json();
+    assert_eq!(report["restore"], "restored");
+    let log = fs::read_to_string(next.join("log.txt")).unwrap();
+    assert!(log.lines().count() > 10, "the restored log holds the writer's lines");
+}

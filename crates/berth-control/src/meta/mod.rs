@@ -14,6 +14,7 @@ mod drains;
 mod gc;
 mod heartbeat;
 mod rescue;
+mod retention;
 mod sessions;
 mod workspaces;
 
@@ -41,6 +42,7 @@ pub use berth_core::lifecycle::{State, VolumeState};
 pub use drains::DrainRow;
 pub use gc::{Claimed, OrphanRow};
 pub use rescue::RescueLease;
+pub use retention::Table;
 pub use sessions::{Attached, HeartbeatOutcome, SessionRow, SnapshotRow, SnapshotStats};
 pub use workspaces::{EnsureOptions, Ensured, ListFilter};
 
