@@ -324,10 +324,12 @@ fn migrator(dialect: Dialect) -> Migrator {
         Dialect::Sqlite => &[
             (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
             (2, "at risk", include_str!("../../migrations/sqlite/0002_at_risk.sql")),
+            (3, "row horizons", include_str!("../../migrations/sqlite/0003_row_horizons.sql")),
         ],
         Dialect::Postgres => &[
             (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
             (2, "at risk", include_str!("../../migrations/postgres/0002_at_risk.sql")),
+            (3, "row horizons", include_str!("../../migrations/postgres/0003_row_horizons.sql")),
         ],
     };
     let migrations = sql
