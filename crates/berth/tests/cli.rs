@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use util::{assert_same_tree, read_tree, s, write_file, write_symlink, Env, Kind, Rng};
+use util::{assert_same_tree, read_tree, s, write_file, write_symlink, Env, Kind, Rng, Run};
 
 /// A tree with what a snapshot must keep: modes, an empty file, empty and nested directories,
 /// a multi-chunk file, duplicate content, relative, absolute and dangling symlinks, hard links.
@@ -654,4 +654,88 @@ fn one_prune_at_a_time() {
     fs::write(&lock, r#"{"host":"gone","pid":1,"time":0}"#).unwrap();
     env.run("prune", &["--grace", "0s"]).ok();
     assert!(!lock.exists(), "the lock is released when the prune ends");
+}
+
+/// Checks, from the calls a shimmed `berth snapshot create` made, that everything it made in
+/// `store` (objects by hard link, their directories) was durable before the snapshot record
+/// that makes it visible: an object's data synced before its name exists, and each new name
+/// synced through its directory before the record's link; the record's own name synced before
+/// exit. Returns the objects the run linked.
+fn assert_synced_before_the_record(store: &Path, calls: &[util::fsync::Call]) -> BTreeSet<std::path::PathBuf> {
+    use util::fsync::Call;
+    let record = calls
+        .iter()
+        .rposition(|c| matches!(c, Call::Link(_, new) if new.starts_with(store.join("snapshots"))))
+        .unwrap_or_else(|| panic!("no snapshot record was linked: {calls:#?}"));
+    let mut made = Vec::new();
+    let mut linked = BTreeSet::new();
+    for (i, call) in calls.iter().enumerate() {
+        match call {
+            Call::Link(old, new) if new.starts_with(store) => {
+                let synced = calls[..i].iter().any(|c| *c == Call::Sync(old.clone()));
+                assert!(synced, "{} got its name before its data was synced", new.display());
+                made.push((i, new.clone()));
+                linked.insert(new.clone());
+            }
+            Call::Mkdir(dir) if dir.starts_with(store) => made.push((i, dir.clone())),
+            Call::Rename(_, new) if new.starts_with(store) => {
+                panic!("{} was renamed into place; objects are linked, so nothing is ever replaced", new.display())
+            }
+            _ => {}
+        }
+    }
+    for (i, path) in made {
+        let dir = path.parent().expect("a parent").to_path_buf();
+        let synced = calls[i + 1..].iter().position(|c| *c == Call::Sync(dir.clone())).map(|j| i + 1 + j);
+        let Some(at) = synced else { panic!("{} was never made durable (no sync of its directory)", path.display()) };
+        if i < record {
+            assert!(at < record, "{} was made durable only after the snapshot record", path.display());
+        }
+    }
+    linked
+}
+
+/// Every file in the store (temporary files of interrupted writes excluded).
+fn store_objects(store: &Path) -> BTreeSet<std::path::PathBuf> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![store.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if !e.file_name().to_string_lossy().starts_with(".berth-tmp.") {
+                out.insert(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// The directory store's durability, observed on the real binary: an `LD_PRELOAD` shim records
+/// every sync, link and mkdir of `berth snapshot create` (a first snapshot that initialises the
+/// store, then an incremental one), and every object the record makes visible was synced, name
+/// included, before the record was linked. (SIGKILL tests cannot see this: the page cache
+/// survives a killed process, not a power loss.)
+#[test]
+fn every_object_is_synced_before_the_record_that_makes_it_visible() {
+    let env = Env::new();
+    let src = env.path("src");
+    sample_tree(&src);
+    let so = util::fsync::build_shim(&env.path(""));
+    let mut before = BTreeSet::new();
+    for round in 0..2 {
+        let log = env.path(&format!("fsync-{round}.log"));
+        let mut c = env.command("create", &["--workspace", "w", "--json", s(&src)]);
+        util::fsync::preload(&mut c, &so, &log);
+        let out = Run::of(c).ok().json();
+        assert_eq!(out["unchanged"], false, "round {round}: {out:#}");
+        let linked = assert_synced_before_the_record(&env.store, &util::fsync::calls(&log));
+        let after = store_objects(&env.store);
+        let new: BTreeSet<_> = after.difference(&before).cloned().collect();
+        assert!(new.len() >= 3, "round {round}: a pack, an index and a record at least: {new:#?}");
+        assert_eq!(new, linked, "round {round}: every new object came through a synced link");
+        before = after;
+        write_file(&src, "changed.txt", format!("round {round}").as_bytes(), 0o644);
+    }
 }

@@ -6,6 +6,7 @@
 // Likewise for what it re-exports from berth-testkit.
 #![allow(unused_imports)]
 
+pub mod fsync;
 pub mod git;
 pub mod proxy;
 pub mod serve;
