@@ -160,6 +160,10 @@ pub struct Config {
     pub sandbox: crate::sandboxes::SandboxConfig,
     /// Seconds between lease and drain expiry checks.
     pub expiry_interval_secs: u64,
+    /// Read-only tokens: see everything (API and console), change nothing.
+    pub viewer_tokens: Vec<String>,
+    /// Seconds a console login lasts.
+    pub console_session_secs: i64,
 }
 
 impl Config {
@@ -184,6 +188,8 @@ impl Config {
             retention: RetentionConfig::default(),
             sandbox: Default::default(),
             expiry_interval_secs: 2,
+            viewer_tokens: Vec::new(),
+            console_session_secs: 12 * 3600,
         }
     }
 
@@ -220,6 +226,9 @@ pub struct App {
     pub gc_running: tokio::sync::Mutex<()>,
     /// Prometheus rendering.
     pub metrics: PrometheusHandle,
+    /// Cancelled at shutdown: ends the live event streams, which would otherwise hold the
+    /// graceful shutdown open.
+    pub streams: tokio_util::sync::CancellationToken,
 }
 
 /// Returns the current time. The only clock read of the control plane.
@@ -321,7 +330,17 @@ impl App {
         if let Err(why) = &rescuer {
             tracing::warn!(event = "rescue_unavailable", reason = %why, "at-risk volumes are kept until rescued or forced");
         }
-        let tokens = Tokens::new(&admin_token(&config)?);
+        let admin = admin_token(&config)?;
+        if let Some(short) = config.viewer_tokens.iter().find(|t| t.len() < 16) {
+            return Err(Error::Config(format!(
+                "a viewer token must be at least 16 characters; one has {}",
+                short.len()
+            )));
+        }
+        if config.viewer_tokens.contains(&admin) {
+            return Err(Error::Config("a viewer token must differ from the admin token".into()));
+        }
+        let tokens = Tokens::new(&admin, &config.viewer_tokens);
         Ok(Arc::new(App {
             meta,
             volumes,
@@ -333,6 +352,7 @@ impl App {
             wake_delete: Notify::new(),
             gc_running: tokio::sync::Mutex::new(()),
             metrics: metrics_handle(),
+            streams: tokio_util::sync::CancellationToken::new(),
             config,
         }))
     }

@@ -1,7 +1,8 @@
 //! berth's control plane (`berth serve`): workspaces, single-writer sessions, the drain
 //! protocol, ordered deletion and durable volume GC, over SQLite or PostgreSQL.
 //!
-//! Modules depend downwards only: `server` wires `http` and `reconcile`, both of which use
+//! Modules depend downwards only: `server` wires `http`, `ui` (the console, over `http`'s
+//! extractors and wire types) and `reconcile`, all of which use
 //! `app` (configuration, shared state, the clock), which uses `auth` and `meta`.
 
 pub mod app;
@@ -15,6 +16,7 @@ pub mod rescue;
 pub mod retention;
 pub mod sandboxes;
 pub mod server;
+pub mod ui;
 pub mod volumes;
 
 pub use app::{App, Config, GcConfig, RetentionConfig};

@@ -318,10 +318,37 @@ pub async fn gc_sweep(app: &Arc<App>, opts: SweepOptions) -> Result<GcReport> {
         db_ms = report.db.as_millis() as u64,
     );
     if !dry_run {
+        record_sweep(app, &report).await;
         metrics::counter!("berth_gc_sweeps_total").increment(1);
         metrics::histogram!("berth_gc_sweep_duration_seconds").record(report.duration.as_secs_f64());
     }
     Ok(report)
+}
+
+/// Records a sweep that acted, found something or was skipped as unhealthy as a `gc_sweep`
+/// event (the console's GC history); sweeps with nothing to do leave no event.
+async fn record_sweep(app: &App, report: &GcReport) {
+    let counts = report.summary.counts();
+    let acted = counts.iter().any(|(k, n)| *k != Outcome::Cooldown.as_str() && *n > 0);
+    let orphans = report.orphans.as_deref().unwrap_or_default();
+    let removed_orphans = orphans.iter().filter(|o| o.removal.is_some()).count();
+    let tracked_orphans = orphans.iter().filter(|o| matches!(o.action, OrphanAction::Track)).count();
+    let unhealthy = matches!(report.skipped, Some(Skipped::Unhealthy(_)));
+    if !(acted || unhealthy || removed_orphans > 0 || tracked_orphans > 0) {
+        return;
+    }
+    let detail = serde_json::json!({
+        "outcomes": counts,
+        "skipped": report.skipped.as_ref().map(ToString::to_string),
+        "orphans_removed": removed_orphans,
+        "orphans_found": tracked_orphans,
+        "duration_ms": report.duration.as_millis() as u64,
+        "replica": app.replica.to_string(),
+    });
+    let event = crate::meta::NewEvent { kind: "gc_sweep", detail, ..Default::default() };
+    if let Err(e) = app.meta.log_event(event, now()).await {
+        tracing::warn!(event = "gc_sweep_not_recorded", error = %e);
+    }
 }
 
 /// Claims candidates (a dry run only reads them), plans, and, unless `dry_run`, removes.

@@ -1,5 +1,5 @@
 //! `run(config, shutdown)`: builds the `App`, starts the reconcilers and serves the API until
-//! shutdown. The only module that knows both the HTTP layer and the reconcilers.
+//! shutdown. The only module that knows the HTTP API, the console and the reconcilers.
 
 use std::sync::Arc;
 
@@ -37,9 +37,14 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, shutdown: C
         install = %app.install,
         replica = %app.replica,
     );
-    let router = crate::http::router(app.clone());
-    let stop = shutdown.clone();
-    let served = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+    let router = crate::http::router(app.clone()).merge(crate::ui::router(app.clone()));
+    let (stop, streams) = (shutdown.clone(), app.streams.clone());
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            streams.cancel();
+        })
+        .await;
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;

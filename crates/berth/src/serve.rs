@@ -37,6 +37,14 @@ pub struct Serve {
     /// generated on first start]. Replicas on one database must share it.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// File of read-only viewer tokens, one a line (`#` comments and blank lines ignored; each
+    /// at least 16 characters): they see everything, in the API and the console at /ui, and
+    /// change nothing.
+    #[arg(long, value_name = "FILE")]
+    viewer_token_file: Option<PathBuf>,
+    /// How long a console login (/ui) lasts.
+    #[arg(long, default_value = "12h", value_parser = units::parse_duration)]
+    console_session: i64,
     /// Object store for snapshots (file:///PATH, s3://BUCKET/PREFIX; S3 settings from the
     /// AWS_* environment): handed to sandboxes, and where GC rescues at-risk volumes. Without
     /// it, at-risk volumes are kept until forced or past --at-risk-retention.
@@ -222,8 +230,20 @@ impl Serve {
             (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
             _ => None,
         };
+        let viewer_tokens = match &self.viewer_token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the viewer token file {}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect(),
+            None => Vec::new(),
+        };
         let mut config = Config::new(self.meta.data_dir);
         config.listen = self.listen;
+        config.viewer_tokens = viewer_tokens;
+        config.console_session_secs = self.console_session.max(60);
         config.database_url = self.meta.database_url;
         config.db_max_connections = self.db_max_connections;
         config.admin_token = admin_token;

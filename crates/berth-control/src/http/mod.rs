@@ -63,7 +63,7 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-async fn observe(req: Request, next: Next) -> Response {
+pub(crate) async fn observe(req: Request, next: Next) -> Response {
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let method = method_label(req.method());

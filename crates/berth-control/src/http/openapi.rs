@@ -21,7 +21,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "berth control plane", description = "Durable workspaces for AI agent sandboxes: workspaces, single-writer sessions, drains, GC. Every /v1 endpoint takes 'Authorization: Bearer TOKEN' (the admin token, or a sandbox token for its own session, workspace and drain scope)."),
+    info(title = "berth control plane", description = "Durable workspaces for AI agent sandboxes: workspaces, single-writer sessions, drains, GC. Every /v1 endpoint takes 'Authorization: Bearer TOKEN' (the admin token; a viewer token, for reads only; or a sandbox token for its own session, workspace and drain scope)."),
     paths(
         routes::ensure_workspace, routes::get_workspace, routes::list_workspaces, routes::close_workspace,
         routes::delete_workspace, routes::attach, routes::heartbeat, routes::detach, routes::publish_snapshot,
@@ -43,6 +43,7 @@ struct ApiDoc;
 pub async fn spec() -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::sandboxes::SandboxDoc::openapi());
+    doc.merge(crate::ui::StreamDoc::openapi());
     Json(doc)
 }
 

@@ -120,7 +120,7 @@ pub async fn get_workspace(
     Path(owner): Path<String>,
 ) -> Result<Json<api::Workspace>> {
     let owner = owner_param(&owner)?;
-    principal.owner(&owner)?;
+    principal.read_owner(&owner)?;
     let ws = app
         .meta
         .workspace(&owner)
@@ -151,7 +151,7 @@ pub async fn list_workspaces(
     State(app): State<Arc<App>>,
     query: std::result::Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<api::WorkspaceList>> {
-    principal.admin()?;
+    principal.reader()?;
     let q = query_param(query)?;
     let state = match q.state.as_deref() {
         None => None,
@@ -336,7 +336,7 @@ pub async fn list_snapshots(
     Path(owner): Path<String>,
 ) -> Result<Json<api::SnapshotList>> {
     let owner = owner_param(&owner)?;
-    principal.owner(&owner)?;
+    principal.read_owner(&owner)?;
     let (ws, snaps) = app.meta.snapshots(&owner).await?;
     Ok(Json(api::SnapshotList { items: snaps.iter().map(|s| dto::snapshot(s, ws.latest_snapshot)).collect() }))
 }
@@ -373,7 +373,7 @@ pub async fn get_drain(
     Path(scope): Path<String>,
 ) -> Result<Json<api::DrainInfo>> {
     let scope = scope_param(&scope)?;
-    principal.scope(&scope)?;
+    principal.read_scope(&scope)?;
     let row = app.meta.drain(&scope, now()).await?;
     Ok(Json(dto::drain(&row)))
 }
@@ -381,7 +381,7 @@ pub async fn get_drain(
 /// Lists every scope that is draining or has drained.
 #[utoipa::path(get, path = "/v1/drains", tag = "drains", responses((status = 200, body = api::DrainList)))]
 pub async fn list_drains(principal: Principal, State(app): State<Arc<App>>) -> Result<Json<api::DrainList>> {
-    principal.admin()?;
+    principal.reader()?;
     let rows = app.meta.drains(now()).await?;
     Ok(Json(api::DrainList { items: rows.iter().map(dto::drain).collect() }))
 }
@@ -408,7 +408,8 @@ pub async fn ready(
             }
             Some((session.clone(), s.epoch))
         }
-        Principal::Admin => None,
+        // A viewer was refused by the scope check above.
+        Principal::Admin | Principal::Viewer => None,
     };
     let (row, cleared) = app.meta.ack_drain(&scope, &body.nonce, fence.as_ref().map(|(s, e)| (s, *e)), now()).await?;
     if cleared {
@@ -439,7 +440,7 @@ pub async fn events(
     State(app): State<Arc<App>>,
     query: std::result::Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<api::EventList>> {
-    principal.admin()?;
+    principal.reader()?;
     let q = query_param(query)?;
     let limit = limit_param(q.limit)?;
     let owner = q.owner.as_deref().map(owner_param).transpose()?;

@@ -321,7 +321,7 @@ pub async fn stop_sandbox(
 /// Lists this installation's sandboxes (workspace and warm), oldest first.
 #[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", responses((status = 200, body = api::SandboxList)))]
 pub async fn list_sandboxes(principal: Principal, State(app): State<Arc<App>>) -> Result<Json<api::SandboxList>> {
-    principal.admin()?;
+    principal.reader()?;
     let found = sb::of(&app)?.list(&sb::install_labels(&app)).await?;
     Ok(Json(api::SandboxList { items: found.iter().map(sandbox_dto).collect() }))
 }

@@ -10,6 +10,7 @@
 //! **Invariant:** every write that carries an epoch is checked in the transaction that applies it.
 //! **Invariant:** the store never reads a clock: `now` is a parameter.
 
+mod console;
 mod drains;
 mod gc;
 mod heartbeat;
@@ -39,6 +40,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 use crate::error::{Error, Result};
 
 pub use berth_core::lifecycle::{State, VolumeState};
+pub use console::{ConsoleFilter, ConsoleRow, Counts, DayGrowth, SessionView};
 pub use drains::DrainRow;
 pub use gc::{Claimed, OrphanRow};
 pub use rescue::RescueLease;
@@ -281,6 +283,29 @@ pub struct EventRow {
     pub detail: serde_json::Value,
 }
 
+/// Reads an events row.
+fn event_from_row(r: &AnyRow) -> Result<EventRow> {
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
+    Ok(EventRow {
+        id: r.try_get("id")?,
+        at: Timestamp(r.try_get("at")?),
+        kind: r.try_get("kind")?,
+        owner: r.try_get::<Option<String>, _>("owner")?.map(WorkspaceId::new).transpose().map_err(|e| corrupt(&e))?,
+        generation: r.try_get::<Option<i64>, _>("generation")?.map(|g| Generation(g as u64)),
+        session: r
+            .try_get::<Option<String>, _>("session_id")?
+            .map(SessionId::new)
+            .transpose()
+            .map_err(|e| corrupt(&e))?,
+        scope: r
+            .try_get::<Option<String>, _>("scope")?
+            .map(|s| s.parse::<Scope>())
+            .transpose()
+            .map_err(|e| corrupt(&e))?,
+        detail: json_column(&r.try_get::<String, _>("detail")?, "event detail")?,
+    })
+}
+
 /// Records `event` at `now` inside the caller's transaction.
 async fn record(conn: &mut AnyConnection, now: Timestamp, event: NewEvent<'_>) -> Result<()> {
     let detail = if event.detail.is_null() { "{}".to_string() } else { event.detail.to_string() };
@@ -503,33 +528,7 @@ impl Meta {
         .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
-        let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
-        rows.iter()
-            .map(|r| {
-                Ok(EventRow {
-                    id: r.try_get("id")?,
-                    at: Timestamp(r.try_get("at")?),
-                    kind: r.try_get("kind")?,
-                    owner: r
-                        .try_get::<Option<String>, _>("owner")?
-                        .map(WorkspaceId::new)
-                        .transpose()
-                        .map_err(|e| corrupt(&e))?,
-                    generation: r.try_get::<Option<i64>, _>("generation")?.map(|g| Generation(g as u64)),
-                    session: r
-                        .try_get::<Option<String>, _>("session_id")?
-                        .map(SessionId::new)
-                        .transpose()
-                        .map_err(|e| corrupt(&e))?,
-                    scope: r
-                        .try_get::<Option<String>, _>("scope")?
-                        .map(|s| s.parse::<Scope>())
-                        .transpose()
-                        .map_err(|e| corrupt(&e))?,
-                    detail: json_column(&r.try_get::<String, _>("detail")?, "event detail")?,
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
 
     /// Counts events of `kind` (tests and benchmarks assert through them).

@@ -10,6 +10,7 @@ pub mod fsync;
 pub mod git;
 pub mod proxy;
 pub mod serve;
+pub mod webdriver;
 
 use std::fmt;
 use std::fs;

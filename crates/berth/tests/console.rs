@@ -1,0 +1,201 @@
+//! The operator console in a real browser (Debian's headless Chromium through chromedriver)
+//! against the real `berth serve` with a real agent publishing snapshots: log in and see the
+//! workspaces; the seconds since the last snapshot update without a reload while the agent
+//! works, and the at-risk flag appears once it is SIGKILLed; the typed delete removes the
+//! volume; hostile text renders as text; a POST without the CSRF token and a viewer's forged
+//! POST get 403, and a viewer is offered no button. Screenshots of every page are saved under
+//! `target/console-screenshots/` (the README's come from there).
+
+mod util;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use berth_api::{Attach, EnsureWorkspace, StartDrain};
+use serde_json::{json, Value};
+use util::serve::{rt, Server, ADMIN};
+use util::webdriver::Browser;
+
+const VIEWER: &str = "console-viewer-token-0123456789";
+const HOSTILE: &str = "<img src=x onerror=alert(1)>";
+
+fn screenshots() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots")
+}
+
+/// `berth agent run` for `owner`, changing a file every 300 ms, so snapshots keep coming.
+fn start_agent(root: &Path, server: &Server, owner: &str) -> (Child, PathBuf) {
+    let admin = server.client(ADMIN);
+    let body = Attach { instance_id: "pod-live".into(), node: Some("node-a".into()), pool: None };
+    let session = rt().block_on(admin.attach(owner, &body)).expect("attach");
+    let spec = root.join("spec.json");
+    fs::write(&spec, serde_json::to_vec(&json!({"session": session, "server": server.url})).unwrap()).unwrap();
+    fs::set_permissions(&spec, fs::Permissions::from_mode(0o600)).unwrap();
+    let (dir, jobs, child_pid) = (root.join("ws"), root.join("jobs"), root.join("child.pid"));
+    let script = format!(
+        "echo $$ > {}; n=0; while true; do n=$((n+1)); echo \"step $n\" > work.txt; sleep 0.3; done",
+        child_pid.display()
+    );
+    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+    for v in ["BERTH_TOKEN", "BERTH_SERVER", "BERTH_STORE", "BERTH_DIR", "BERTH_WORKSPACE", "BERTH_AGENT_SPEC"] {
+        c.env_remove(v);
+    }
+    c.env("BERTH_LOG_FORMAT", "json").args(["agent", "run", "--spec"]).arg(&spec).arg("--dir").arg(&dir);
+    c.args(["--instance", "pod-live", "--base"]).arg(&jobs);
+    c.args(["--first-after", "1", "--interval", "1", "--debounce", "100", "--grace", "5", "--", "sh", "-c", &script]);
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(root.join("agent.log")).unwrap());
+    (c.spawn().expect("spawn berth agent run"), child_pid)
+}
+
+fn kill_pid_file(path: &Path) {
+    if let Some(pid) = fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Logs in through the form.
+fn login(b: &Browser, url: &str, token: &str) {
+    b.goto(&format!("{url}/ui/login"));
+    b.type_into(&b.get("#token"), token);
+    b.click(&b.get("form button[type=submit]"));
+    b.wait_until(10, "the workspace list after login", |b| b.url().ends_with("/ui/workspaces").then_some(()));
+}
+
+/// The status of a POST of `form` (URL-encoded) sent by the page itself, with its cookie.
+fn page_post(b: &Browser, path: &str, form: Value) -> u64 {
+    let script = "const done = arguments[arguments.length - 1];
+        fetch(arguments[0], {method: 'POST', credentials: 'same-origin', body: new URLSearchParams(arguments[1])})
+          .then(r => done(r.status), e => done(String(e)));";
+    b.run_async(script, json!([path, form])).as_u64().expect("a status")
+}
+
+fn since_of(b: &Browser, owner: &str) -> Option<(i64, i64)> {
+    let v = b.run(
+        "const el = document.querySelector(`tr[data-owner='${arguments[0]}'] [data-since]`);
+         return el ? [Number(el.dataset.since), parseInt(el.textContent)] : null;",
+        json!([owner]),
+    );
+    Some((v.get(0)?.as_i64()?, v.get(1)?.as_i64()?))
+}
+
+#[test]
+fn the_console_in_a_browser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let data = root.join("data");
+    let store = format!("file://{}", root.join("store").display());
+    fs::write(root.join("viewers"), format!("# read-only\n{VIEWER}\n")).unwrap();
+    let viewers = root.join("viewers");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--store",
+        &store,
+        "--lease-ttl",
+        "3s",
+        "--expiry-interval",
+        "1s",
+        "--viewer-token-file",
+        viewers.to_str().unwrap(),
+    ];
+    let server = Server::start(&root, &root.join("serve.log"), &args, &[("BERTH_ADMIN_TOKEN", ADMIN)]);
+    let admin = server.client(ADMIN);
+    let labelled = EnsureWorkspace { labels: [("team".to_string(), "infra".to_string())].into(), ..Default::default() };
+    for owner in ["agent:live", "agent:doomed", "agent:idle"] {
+        rt().block_on(admin.ensure(owner, &labelled)).unwrap();
+    }
+    rt().block_on(admin.start_drain(&StartDrain {
+        scope: "node:node-b".into(),
+        instance_id: None,
+        reason: Some(format!("kernel upgrade {HOSTILE}")),
+    }))
+    .unwrap();
+    let (mut agent, child_pid) = start_agent(&root, &server, "agent:live");
+    let b = Browser::start(1280, 860);
+    let url = server.url.clone();
+    let shots = screenshots();
+
+    // Log in and see the workspaces, the agent's among them with its lease holder.
+    login(&b, &url, ADMIN);
+    let row = b.get("tr[data-owner='agent:live']");
+    assert!(b.text(&row).contains("pod-live"), "the lease holder is shown: {}", b.text(&row));
+    assert_eq!(b.count("tr[data-owner]"), 3);
+
+    // While the agent works, the row follows its snapshots without a reload.
+    b.run("window.notReloaded = true;", json!([]));
+    let (first, _) = b.wait_until(30, "a first snapshot", |b| since_of(b, "agent:live"));
+    let (newer, shown) =
+        b.wait_until(30, "a newer snapshot on the page", |b| since_of(b, "agent:live").filter(|(t, _)| *t > first));
+    assert!(shown < 5, "a fresh snapshot reads as a few seconds old, not {shown}");
+    assert_eq!(b.run("return window.notReloaded === true;", json!([])), json!(true), "the page was not reloaded");
+    assert!(newer > first);
+    b.screenshot(&shots.join("workspaces.png"));
+
+    // SIGKILL: the lease lapses, the session ends expired, and the flag appears by itself.
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    kill_pid_file(&child_pid);
+    b.wait_until(30, "the at-risk flag", |b| b.find("tr[data-owner='agent:live'] .badge.risk"));
+    assert_eq!(b.run("return window.notReloaded === true;", json!([])), json!(true), "the page was not reloaded");
+    b.screenshot(&shots.join("workspaces-at-risk.png"));
+
+    // The detail page: sessions with their outcome, the timeline, the restore command.
+    b.goto(&format!("{url}/ui/workspaces/agent:live"));
+    let sessions = b.text(&b.get("#sessions"));
+    assert!(sessions.contains("expired"), "the killed session ended expired: {sessions}");
+    assert!(b.count("figure.chart svg rect") > 0, "the timeline has bars");
+    let restore = b.text(&b.get("#restore-cmd"));
+    assert!(restore.starts_with("berth snapshot restore --store") && restore.contains("agent:live"), "{restore}");
+    b.screenshot(&shots.join("workspace.png"));
+
+    // Hostile text is text: no element is made of it, and no alert opened.
+    b.goto(&format!("{url}/ui/drains"));
+    assert!(b.text(&b.get("#pending")).contains(HOSTILE), "the reason shows as written");
+    assert_eq!(b.count("main img"), 0, "the reason made no element");
+    b.screenshot(&shots.join("drains.png"));
+    for page in ["gc", "store"] {
+        b.goto(&format!("{url}/ui/{page}"));
+        b.screenshot(&shots.join(format!("{page}.png")));
+    }
+
+    // A POST without the CSRF token is refused, even with the admin's cookie.
+    b.goto(&format!("{url}/ui/workspaces"));
+    assert_eq!(page_post(&b, "/ui/workspaces/agent:idle/close", json!({})), 403);
+    let ws = rt().block_on(admin.workspace("agent:idle")).unwrap();
+    assert_eq!(ws.state, berth_api::WorkspaceState::Active);
+
+    // Delete with typed confirmation: the volume is gone.
+    let doomed = rt().block_on(admin.workspace("agent:doomed")).unwrap();
+    let volume = data.join("volumes").join(&doomed.volume.name);
+    assert!(volume.is_dir());
+    b.goto(&format!("{url}/ui/workspaces/agent:doomed"));
+    b.click(&b.get("a.button.danger"));
+    b.type_into(&b.get("#confirm-owner"), "agent:doomed");
+    b.screenshot(&shots.join("delete-confirm.png"));
+    b.click(&b.get("form button.danger"));
+    b.wait_until(30, "the volume removed", |_| (!volume.exists()).then_some(()));
+    b.wait_until(30, "the page showing it deleted", |b| {
+        b.find("dd .state.deleted").or_else(|| {
+            b.goto(&format!("{url}/ui/workspaces/agent:doomed"));
+            None
+        })
+    });
+
+    // A viewer: everything visible, no button, and even a POST with its own CSRF token is 403.
+    b.click(&b.get("form[action='/ui/logout'] button"));
+    login(&b, &url, VIEWER);
+    b.goto(&format!("{url}/ui/workspaces/agent:idle"));
+    assert_eq!(b.count("main a.button, main form button"), 0, "a viewer is offered no action");
+    let csrf = b.run("return document.querySelector('input[name=csrf]').value;", json!([]));
+    let forged = json!({"csrf": csrf, "confirm": "agent:idle"});
+    assert_eq!(page_post(&b, "/ui/workspaces/agent:idle/delete", forged), 403);
+    b.screenshot(&shots.join("viewer.png"));
+    let ws = rt().block_on(admin.workspace("agent:idle")).unwrap();
+    assert_eq!(ws.state, berth_api::WorkspaceState::Active, "the viewer changed nothing");
+    drop(b);
+    server.terminate(30);
+}
