@@ -1,6 +1,7 @@
 //! The operator console over real HTTP: logins and their cookie, the CSP, escaping, CSRF and
 //! viewer refusals (console and JSON API), the typed delete, the GC history, and the event
-//! stream with `Last-Event-ID` resume. (The browser tests are in the `berth` crate.)
+//! stream with `Last-Event-ID` resume; each on SQLite and PostgreSQL. (The browser test is in
+//! the `berth` crate.)
 
 mod common;
 
@@ -11,6 +12,15 @@ use common::{eventually, Db, TestServer, ADMIN};
 use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 
+both!(
+    login_sets_a_strict_cookie_and_pages_carry_the_csp,
+    user_strings_render_as_text,
+    actions_need_the_csrf_token_and_the_admin,
+    delete_needs_the_owner_typed_and_removes_the_volume,
+    gc_sweeps_that_act_are_recorded_and_shown,
+    the_event_stream_resumes_after_the_last_event_id,
+);
+
 const VIEWER: &str = "test-viewer-token-0123456789";
 const HOSTILE: &str = "<img src=x onerror=alert(1)>";
 
@@ -18,8 +28,8 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
-async fn start() -> TestServer {
-    TestServer::start(Db::Sqlite, |c| c.viewer_tokens = vec![VIEWER.into()]).await
+async fn start(db: Db) -> TestServer {
+    TestServer::start(db, |c| c.viewer_tokens = vec![VIEWER.into()]).await
 }
 
 /// Logs in with `token`; returns the cookie pair to send.
@@ -46,9 +56,8 @@ fn csrf_of(page: &str) -> String {
     page[at..at + 32].to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_sets_a_strict_cookie_and_pages_carry_the_csp() {
-    let s = start().await;
+async fn login_sets_a_strict_cookie_and_pages_carry_the_csp(db: Db) {
+    let s = start(db).await;
     s.ensure("agent:1").await;
     // Without a session a page goes to the login form, and an action is refused.
     let resp = http().get(format!("{}/ui/workspaces", s.url)).send().await.unwrap();
@@ -85,7 +94,8 @@ async fn login_sets_a_strict_cookie_and_pages_carry_the_csp() {
     assert!(page.contains("agent:1") && page.contains("pod-1"), "the list names the owner and the lease holder");
     assert!(!page.contains("<script>") && !page.contains("style=\""), "no inline script or style");
     // A tampered cookie is no session.
-    let tampered = format!("{}0", &cookie[..cookie.len() - 1]);
+    let last = if cookie.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{last}", &cookie[..cookie.len() - 1]);
     assert_eq!(get(&s, &tampered, "/ui/workspaces").await.0, StatusCode::SEE_OTHER);
     // Every page renders.
     for path in ["/ui/workspaces/agent:1", "/ui/drains", "/ui/gc", "/ui/store", "/ui/workspaces?state=active&q=agent"] {
@@ -95,9 +105,8 @@ async fn login_sets_a_strict_cookie_and_pages_carry_the_csp() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_strings_render_as_text() {
-    let s = start().await;
+async fn user_strings_render_as_text(db: Db) {
+    let s = start(db).await;
     s.ensure("agent:1").await;
     let reason = format!("maintenance {HOSTILE}");
     s.admin
@@ -122,9 +131,8 @@ async fn user_strings_render_as_text() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn actions_need_the_csrf_token_and_the_admin() {
-    let s = start().await;
+async fn actions_need_the_csrf_token_and_the_admin(db: Db) {
+    let s = start(db).await;
     s.ensure("agent:1").await;
     s.ensure("agent:2").await;
     let admin = login(&s, ADMIN).await;
@@ -177,9 +185,8 @@ async fn actions_need_the_csrf_token_and_the_admin() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_needs_the_owner_typed_and_removes_the_volume() {
-    let s = start().await;
+async fn delete_needs_the_owner_typed_and_removes_the_volume(db: Db) {
+    let s = start(db).await;
     let ws = s.ensure("agent:9").await;
     let volume = s.data_dir.join("volumes").join(&ws.volume.name);
     assert!(volume.is_dir());
@@ -203,9 +210,8 @@ async fn delete_needs_the_owner_typed_and_removes_the_volume() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gc_sweeps_that_act_are_recorded_and_shown() {
-    let s = start().await;
+async fn gc_sweeps_that_act_are_recorded_and_shown(db: Db) {
+    let s = start(db).await;
     s.ensure("agent:1").await;
     s.admin.close("agent:1").await.unwrap();
     let cookie = login(&s, ADMIN).await;
@@ -251,9 +257,8 @@ async fn read_events(resp: &mut reqwest::Response, n: usize) -> Vec<(i64, String
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_event_stream_resumes_after_the_last_event_id() {
-    let s = start().await;
+async fn the_event_stream_resumes_after_the_last_event_id(db: Db) {
+    let s = start(db).await;
     let stream = |token: &str, last: Option<&str>| {
         let mut req = http().get(format!("{}/v1/events/stream", s.url)).bearer_auth(token);
         if let Some(id) = last {
