@@ -117,7 +117,7 @@ pub enum VolumeState {
 /// A workspace's volume.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Volume {
-    /// The name on the substrate (derived from owner and generation).
+    /// The name on the substrate (derived from installation, owner and generation).
     pub name: String,
     /// Where it stands.
     pub state: VolumeState,

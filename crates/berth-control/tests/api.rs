@@ -31,6 +31,7 @@ both!(
     close_refuses_a_live_lease,
     unclean_ends_put_work_at_risk_and_gc_rescues_it,
     at_risk_volumes_without_a_store_are_kept_until_forced,
+    a_recorded_volume_name_is_kept_and_new_generations_carry_the_installation,
 );
 
 fn code(e: &ClientError) -> (u16, &str) {
@@ -486,7 +487,7 @@ async fn orphans_are_removed_after_the_grace_window(db: Db) {
     s.ensure("agent:kept").await;
     // A volume with berth's labels and no record (e.g. its record was lost with a database restore).
     let owner = berth_core::workspace::WorkspaceId::new("agent:lost").unwrap();
-    let name = berth_core::volume::VolumeName::derive(&owner, berth_core::workspace::Generation(1));
+    let name = berth_core::volume::VolumeName::derive(&s.app.install, &owner, berth_core::workspace::Generation(1));
     let spec = berth_control::volumes::VolumeSpec {
         labels: berth_control::volumes::volume_labels(
             &s.app.install,
@@ -680,4 +681,47 @@ async fn at_risk_volumes_without_a_store_are_kept_until_forced(db: Db) {
     .await;
     let events = kinds_of(&s, "thread:forced").await;
     assert!(events.iter().any(|(k, d)| k == "at_risk_removed" && d["reason"] == "forced"), "{events:?}");
+}
+
+/// A record written before volume names carried the installation keeps its name: reopened after
+/// GC, its volume is created again under that name, and attaches, GC and reopens use it; only a
+/// new generation is named with the installation.
+async fn a_recorded_volume_name_is_kept_and_new_generations_carry_the_installation(db: Db) {
+    use berth_core::volume::VolumeName;
+    use berth_core::workspace::{Generation, WorkspaceId};
+    let s = TestServer::start(db, |_| {}).await;
+    let owner = WorkspaceId::new("agent:legacy").unwrap();
+    let w = s.ensure(owner.as_str()).await;
+    assert_eq!(w.volume.name, VolumeName::derive(&s.app.install, &owner, Generation(1)).as_str());
+    // The name the derivation without the installation gave this owner.
+    let legacy = "ws-agent-legacy-5f0c2a9e1";
+    s.admin.close(owner.as_str()).await.unwrap();
+    let r = s.admin.gc_run(&GcRun::default()).await.unwrap();
+    assert_eq!(r.counts["removed"], 1, "{r:?}");
+    sqlx_exec(&s, &format!("UPDATE workspaces SET volume = '{legacy}' WHERE owner = 'agent:legacy'")).await;
+    let volumes = s.data_dir.join("volumes");
+
+    let w = s.ensure(owner.as_str()).await;
+    assert_eq!((w.volume.name.as_str(), w.volume.state), (legacy, VolumeState::Present));
+    assert!(volumes.join(legacy).is_dir(), "reopened under its recorded name");
+    assert!(!volumes.join(VolumeName::derive(&s.app.install, &owner, Generation(1)).as_str()).exists());
+    let a = s.attach(owner.as_str(), "pod").await;
+    assert_eq!(volume_path(&a.mount), volumes.join(legacy).to_str().unwrap());
+    std::fs::write(volumes.join(legacy).join("work"), b"kept").unwrap();
+    let c = s.client(&a.token);
+    c.publish_snapshot(owner.as_str(), &PublishSnapshot { final_snapshot: true, ..snap(a.epoch, 1) }).await.unwrap();
+    c.detach(&a.session_id).await.unwrap();
+    s.admin.close(owner.as_str()).await.unwrap();
+    s.ensure(owner.as_str()).await;
+    assert_eq!(std::fs::read(volumes.join(legacy).join("work")).unwrap(), b"kept", "the volume is not made anew");
+
+    // Deleted, the next generation's volume is named with the installation.
+    s.admin.delete(owner.as_str()).await.unwrap();
+    eventually(20, "the deletion to complete", || async {
+        (s.admin.workspace(owner.as_str()).await.unwrap().state == WorkspaceState::Deleted).then_some(())
+    })
+    .await;
+    assert!(!volumes.join(legacy).exists(), "deletion removed the recorded volume");
+    let w = s.ensure(owner.as_str()).await;
+    assert_eq!(w.volume.name, VolumeName::derive(&s.app.install, &owner, Generation(2)).as_str());
 }

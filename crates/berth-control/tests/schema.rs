@@ -18,7 +18,9 @@ async fn migrated_schema_matches_the_expectation(db: Db) {
         Db::Postgres => (common::pg_database().await, "postgres"),
     };
     let meta = Meta::open(&url, 2, Default::default()).await.unwrap();
-    assert_eq!(meta.migrate().await.unwrap(), 3, "a fresh store applies every migration");
+    let n_migrations =
+        std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations").join(name)).unwrap().count();
+    assert_eq!(meta.migrate().await.unwrap(), n_migrations, "a fresh store applies every migration");
     assert_eq!(meta.migrate().await.unwrap(), 0, "migrating twice changes nothing");
     let got = meta.schema().await.unwrap();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schema").join(format!("{name}.txt"));

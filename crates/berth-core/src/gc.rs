@@ -274,7 +274,7 @@ mod tests {
             None => Lease::default(),
         };
         Candidate {
-            volume: VolumeName::derive(&owner, Generation(1)),
+            volume: VolumeName::derive("inst", &owner, Generation(1)),
             owner,
             generation: Generation(1),
             lease,

@@ -115,7 +115,8 @@ impl VolumeState {
 /// A workspace's volume as recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Volume {
-    /// Its name, derived from the owner and generation.
+    /// Its name, derived from the installation, owner and generation when the generation
+    /// started, and kept as recorded.
     pub name: VolumeName,
     /// Where it stands.
     pub state: VolumeState,
@@ -126,10 +127,11 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// A volume of `owner`'s `generation` that the substrate does not have yet.
-    pub fn pending(owner: &WorkspaceId, generation: Generation) -> Volume {
+    /// A volume of `owner`'s `generation` in installation `install` that the substrate does not
+    /// have yet.
+    pub fn pending(install: &str, owner: &WorkspaceId, generation: Generation) -> Volume {
         Volume {
-            name: VolumeName::derive(owner, generation),
+            name: VolumeName::derive(install, owner, generation),
             state: VolumeState::Pending,
             removed_at: None,
             last_outcome: None,
@@ -309,7 +311,10 @@ pub struct Record {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Ensure it exists and is active.
-    Ensure,
+    Ensure {
+        /// The installation's id, which a new generation's volume name is derived with.
+        install: String,
+    },
     /// The substrate created the volume of `generation`.
     VolumeCreated {
         /// The generation the volume belongs to.
@@ -546,15 +551,16 @@ pub enum Refusal {
 /// The result of a step: the record to store and the effects to carry out.
 pub type Transition = (Record, Vec<Effect>);
 
-/// Creates `owner`'s first record: what an ensure does when there is none.
-pub fn create(owner: &WorkspaceId) -> Transition {
+/// Creates `owner`'s first record in installation `install`: what an ensure does when there is
+/// none.
+pub fn create(install: &str, owner: &WorkspaceId) -> Transition {
     let generation = Generation(1);
     let record = Record {
         owner: owner.clone(),
         generation,
         state: State::Active,
         closed_at: None,
-        volume: Volume::pending(owner, generation),
+        volume: Volume::pending(install, owner, generation),
         lease: Lease::default(),
         delete_step: None,
         cleanup: Cleanup::default(),
@@ -569,7 +575,9 @@ pub fn step(record: &Record, event: Event, now: Timestamp) -> Result<Transition,
     let unchanged = || Ok((record.clone(), Vec::new()));
     let mut next = record.clone();
     let effects = match (record.state, event) {
-        (State::Active | State::Closed | State::Deleted, Event::Ensure) => ensure(&mut next, now)?,
+        (State::Active | State::Closed | State::Deleted, Event::Ensure { install }) => {
+            ensure(&mut next, &install, now)?
+        }
         (State::Active, Event::VolumeCreated { generation })
             if generation == record.generation && record.volume.state == VolumeState::Pending =>
         {
@@ -634,7 +642,7 @@ pub fn step(record: &Record, event: Event, now: Timestamp) -> Result<Transition,
         }
         (_, Event::RescueFinished { session, result }) => rescue_finished(&mut next, session, result),
         (_, Event::StepDone { .. } | Event::StepFailed { .. } | Event::Collected { .. }) => Vec::new(),
-        (state, Event::Ensure | Event::Close | Event::Attach | Event::Publish | Event::RescueStarted { .. }) => {
+        (state, Event::Ensure { .. } | Event::Close | Event::Attach | Event::Publish | Event::RescueStarted { .. }) => {
             return Err(Refusal::WrongState(state))
         }
     };
@@ -725,8 +733,9 @@ fn rescue_finished(next: &mut Record, session: SessionId, result: Result<Snapsho
 }
 
 /// Ensure on an existing record (`next`, not deleting): active stays, closed reopens unless a
-/// GC sweep holds it, deleted starts the next generation.
-fn ensure(next: &mut Record, now: Timestamp) -> Result<Vec<Effect>, Refusal> {
+/// GC sweep holds it, deleted starts the next generation (its volume named for `install`). A
+/// reopen keeps the recorded volume name, whatever derivation made it.
+fn ensure(next: &mut Record, install: &str, now: Timestamp) -> Result<Vec<Effect>, Refusal> {
     match next.state {
         State::Closed => {
             if let Some(claim) = next.claim.as_ref().filter(|c| c.until > now) {
@@ -745,7 +754,7 @@ fn ensure(next: &mut Record, now: Timestamp) -> Result<Vec<Effect>, Refusal> {
             // The generation was bumped when the deletion completed.
             next.state = State::Active;
             next.closed_at = None;
-            next.volume = Volume::pending(&next.owner, next.generation);
+            next.volume = Volume::pending(install, &next.owner, next.generation);
             next.lease = Lease { holder: None, expires: Timestamp(0), ..next.lease.clone() };
             next.delete_step = None;
             next.cleanup = Cleanup::default();
@@ -825,11 +834,17 @@ mod tests {
         WorkspaceId::new("agent:42").unwrap()
     }
 
+    const INSTALL: &str = "0123456789abcdef";
+
+    fn ensure_ev() -> Event {
+        Event::Ensure { install: INSTALL.to_string() }
+    }
+
     /// A record of generation 3 in `state`, with the volume present, epoch 7 and no holder.
     fn rec(state: State) -> Record {
-        let mut r = create(&owner()).0;
+        let mut r = create(INSTALL, &owner()).0;
         r.generation = Generation(3);
-        r.volume = Volume { state: VolumeState::Present, ..Volume::pending(&owner(), Generation(3)) };
+        r.volume = Volume { state: VolumeState::Present, ..Volume::pending(INSTALL, &owner(), Generation(3)) };
         r.lease.epoch = Epoch(7);
         r.state = state;
         if state == State::Deleting {
@@ -876,23 +891,33 @@ mod tests {
     fn ensure() {
         use State::*;
         use VolumeState::*;
-        let (first, effects) = create(&owner());
+        let (first, effects) = create(INSTALL, &owner());
         assert_eq!((first.state, first.volume.state, first.generation.0), (Active, Pending, 1));
         assert_eq!(effects, [Effect::Create, audit(Audit::Ensured)]);
-        check(rec(Active), Event::Ensure, Ok((Active, Present, 3, vec![])));
+        check(rec(Active), ensure_ev(), Ok((Active, Present, 3, vec![])));
         let mut collected_volume = rec(Closed);
         collected_volume.volume.state = Removed;
-        check(collected_volume, Event::Ensure, Ok((Active, Pending, 3, vec![audit(Audit::Reopened)])));
-        check(rec(Closed), Event::Ensure, Ok((Active, Present, 3, vec![audit(Audit::Reopened)])));
+        check(collected_volume, ensure_ev(), Ok((Active, Pending, 3, vec![audit(Audit::Reopened)])));
+        check(rec(Closed), ensure_ev(), Ok((Active, Present, 3, vec![audit(Audit::Reopened)])));
         // A GC sweep holding the closed workspace's volume refuses the reopen until its claim ends.
         let until = T0.plus_secs(10);
-        check(claimed(rec(Closed), until), Event::Ensure, Err(Refusal::Collecting { until }));
-        check(claimed(rec(Closed), T0), Event::Ensure, Ok((Active, Present, 3, vec![audit(Audit::Reopened)])));
-        check(rec(Deleting), Event::Ensure, Err(Refusal::WrongState(Deleting)));
+        check(claimed(rec(Closed), until), ensure_ev(), Err(Refusal::Collecting { until }));
+        check(claimed(rec(Closed), T0), ensure_ev(), Ok((Active, Present, 3, vec![audit(Audit::Reopened)])));
+        check(rec(Deleting), ensure_ev(), Err(Refusal::WrongState(Deleting)));
         let new_generation = vec![Effect::StartGeneration, audit(Audit::Ensured)];
-        check(rec(Deleted), Event::Ensure, Ok((Active, Pending, 3, new_generation)));
-        let (next, _) = step(&live(rec(Deleted)), Event::Ensure, T0).unwrap();
-        assert_eq!(next.volume.name, VolumeName::derive(&owner(), Generation(3)));
+        check(rec(Deleted), ensure_ev(), Ok((Active, Pending, 3, new_generation)));
+        let (next, _) = step(&live(rec(Deleted)), ensure_ev(), T0).unwrap();
+        assert_eq!(next.volume.name, VolumeName::derive(INSTALL, &owner(), Generation(3)));
+        let (other, _) = step(&rec(Deleted), Event::Ensure { install: "fedcba9876543210".into() }, T0).unwrap();
+        assert_ne!(other.volume.name, next.volume.name, "another installation's new generation is named apart");
+        // A reopen keeps the recorded name, even one derived otherwise (before the installation
+        // was part of the name): the volume that exists is the one used, never a new one.
+        for state in [Active, Closed] {
+            let mut old = rec(state);
+            old.volume.name = VolumeName::new("ws-agent-42-0a1b2c3d4").unwrap();
+            let (next, _) = step(&old, ensure_ev(), T0).unwrap();
+            assert_eq!(next.volume.name.as_str(), "ws-agent-42-0a1b2c3d4");
+        }
         assert_eq!(next.lease.holder, None, "no holder survives a deletion");
     }
 
@@ -900,7 +925,7 @@ mod tests {
     fn volume_created() {
         use State::*;
         use VolumeState::*;
-        let pending = |s| Record { volume: Volume::pending(&owner(), Generation(3)), ..rec(s) };
+        let pending = |s| Record { volume: Volume::pending(INSTALL, &owner(), Generation(3)), ..rec(s) };
         let created = |g| Event::VolumeCreated { generation: Generation(g) };
         check(pending(Active), created(3), Ok((Active, Present, 3, vec![audit(Audit::VolumeCreated)])));
         check(pending(Active), created(2), Ok((Active, Pending, 3, vec![])));
@@ -941,7 +966,7 @@ mod tests {
         use VolumeState::*;
         check(rec(Active), Event::Attach, Ok((Active, Present, 3, vec![])));
         check(rec(Active), Event::Publish, Ok((Active, Present, 3, vec![])));
-        let pending = Record { volume: Volume::pending(&owner(), Generation(3)), ..rec(Active) };
+        let pending = Record { volume: Volume::pending(INSTALL, &owner(), Generation(3)), ..rec(Active) };
         check(pending, Event::Attach, Err(Refusal::VolumeNotReady));
         for s in [Closed, Deleting, Deleted] {
             check(rec(s), Event::Attach, Err(Refusal::WrongState(s)));

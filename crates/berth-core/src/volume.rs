@@ -1,9 +1,15 @@
-//! Volume names: derived from the owner and generation, valid on every substrate.
+//! Volume names: derived from the installation, owner and generation, valid on every substrate.
 //!
 //! **Invariant:** a name is a Kubernetes DNS-1123 label (lowercase alphanumerics and `-`, at most
 //! 63 characters, alphanumeric at both ends) and a valid Docker volume name, and two
-//! (owner, generation) pairs get different names unless 36 bits of BLAKE3 collide, which the
-//! metadata store's unique constraint then catches.
+//! (installation, owner, generation) triples get different names unless 36 bits of BLAKE3
+//! collide: within an installation the metadata store's unique constraint then catches it, and
+//! across installations sharing an engine or namespace the substrate's label check refuses the
+//! other installation's volume (never adopted).
+//!
+//! A name is derived once, when a generation starts, and recorded; everything after reads the
+//! record. So a change of the derivation never renames a volume that exists: records written
+//! before the installation was part of the hash keep their names.
 
 use std::fmt;
 
@@ -27,8 +33,10 @@ pub struct VolumeName(String);
 pub struct VolumeNameError(pub String);
 
 impl VolumeName {
-    /// Derives the name of `owner`'s volume in `generation`: `ws-<slug>-<hash>`.
-    pub fn derive(owner: &WorkspaceId, generation: Generation) -> VolumeName {
+    /// Derives the name of `owner`'s volume in `generation` for installation `install` (its id
+    /// in the metadata store): `ws-<slug>-<hash>`, the hash over all three, so two
+    /// installations on one Docker Engine or Kubernetes namespace never want the same name.
+    pub fn derive(install: &str, owner: &WorkspaceId, generation: Generation) -> VolumeName {
         let mut slug = String::with_capacity(SLUG_MAX);
         for c in owner.as_str().chars() {
             let c = c.to_ascii_lowercase();
@@ -45,6 +53,9 @@ impl VolumeName {
             slug.pop();
         }
         let mut hasher = blake3::Hasher::new();
+        // Neither an installation id nor an owner key holds a NUL: the input is unambiguous.
+        hasher.update(install.as_bytes());
+        hasher.update(&[0]);
         hasher.update(owner.as_str().as_bytes());
         hasher.update(&[0]);
         hasher.update(&generation.0.to_le_bytes());
@@ -170,7 +181,7 @@ mod tests {
     use super::*;
 
     fn check(owner: &str, generation: u64, expect_prefix: &str) {
-        let name = VolumeName::derive(&WorkspaceId::new(owner).unwrap(), Generation(generation));
+        let name = VolumeName::derive("0123456789abcdef", &WorkspaceId::new(owner).unwrap(), Generation(generation));
         assert!(name.as_str().starts_with(expect_prefix), "{name} does not start with {expect_prefix}");
         assert!(VolumeName::new(name.as_str()).is_ok(), "{name} is not valid");
         assert!(name.as_str().len() <= 63);
@@ -192,14 +203,19 @@ mod tests {
         let a = WorkspaceId::new("agent:42").unwrap();
         let b = WorkspaceId::new("agent-42").unwrap();
         let names = [
-            VolumeName::derive(&a, Generation(1)),
-            VolumeName::derive(&b, Generation(1)),
-            VolumeName::derive(&a, Generation(2)),
+            VolumeName::derive("i1", &a, Generation(1)),
+            VolumeName::derive("i1", &b, Generation(1)),
+            VolumeName::derive("i1", &a, Generation(2)),
+            VolumeName::derive("i2", &a, Generation(1)),
         ];
-        assert_ne!(names[0], names[1]);
-        assert_ne!(names[0], names[2]);
-        // Deterministic.
-        assert_eq!(names[0], VolumeName::derive(&a, Generation(1)));
+        for (i, x) in names.iter().enumerate() {
+            for y in &names[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        // Deterministic, and readable whatever the installation.
+        assert_eq!(names[0], VolumeName::derive("i1", &a, Generation(1)));
+        assert!(names[3].as_str().starts_with("ws-agent-42-"), "{}", names[3]);
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //!   any container (running or stopped) mounts, and berth answers `Referenced` naming those
 //!   containers.
 //!
+//! # Guarantees
+//! - A volume in use is never removed, even when a container starts using it between delete's
+//!   inspect and its removal: the removal is never forced, so the engine checks for users
+//!   atomically with the removal and refuses (409), which berth answers `Referenced`.
+//!
 //! # Caveats
 //! - Delete inspects the volume, then removes it by name: a volume removed and re-created
 //!   under the same name by another tool between the two calls would be removed. The names

@@ -1,6 +1,7 @@
 //! What the contract suite does not cover, on the real engine: driver options with the size
 //! placeholder, refused drivers and options, the `Referenced` reason naming running and stopped
-//! containers, unsupported `DOCKER_HOST`s, and an engine that comes and goes behind a socket.
+//! containers, a container that starts between delete's inspect and its removal, unsupported
+//! `DOCKER_HOST`s, and an engine that comes and goes behind a socket.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +12,7 @@ use berth_core::workspace::{Generation, WorkspaceId};
 use berth_docker::testing::{TestRun, LABEL_TEST_RUN};
 use berth_docker::{DockerVolumes, Engine};
 use berth_substrate::{volume_labels, Removal, VolumeErrorKind, VolumeSpec, Volumes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
@@ -18,7 +20,7 @@ fn spec(run: &TestRun, install: &str, owner: &str) -> VolumeSpec {
     let owner = WorkspaceId::new(format!("{owner}:{}", run.id())).unwrap();
     let extra: BTreeMap<String, String> = [(LABEL_TEST_RUN.to_string(), run.id().to_string())].into();
     VolumeSpec {
-        name: VolumeName::derive(&owner, Generation(1)),
+        name: VolumeName::derive(install, &owner, Generation(1)),
         labels: volume_labels(install, &owner, Generation(1), &extra),
         size_bytes: 64 << 20,
         storage_class: None,
@@ -171,4 +173,78 @@ async fn an_engine_that_comes_and_goes_is_unhealthy_then_healthy_without_a_resta
     vols.health().await.unwrap();
     assert_eq!(vols.delete(&s.name).await.unwrap(), Removal::Removed);
     serving.abort();
+}
+
+/// Forwards connections on `path` to the engine's own socket; before it passes on the first
+/// request that removes volume `name`, it runs `racer` to completion.
+fn racing_proxy(path: &Path, name: String, racer: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    let listener = UnixListener::bind(path).unwrap();
+    let racer = Arc::new(std::sync::Mutex::new(Some(racer)));
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else { return };
+            let (name, racer) = (name.clone(), racer.clone());
+            tokio::spawn(async move {
+                let Ok(engine) = UnixStream::connect("/var/run/docker.sock").await else { return };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut engine_rx, mut engine_tx) = engine.into_split();
+                let back = tokio::spawn(async move { tokio::io::copy(&mut engine_rx, &mut client_tx).await });
+                let path = format!("/volumes/{name}");
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match client_rx.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    let first = text.lines().next().unwrap_or_default();
+                    let removes = first.starts_with("DELETE ") && first.contains(&path);
+                    let racer = if removes { racer.lock().unwrap().take() } else { None };
+                    if let Some(racer) = racer {
+                        tokio::task::spawn_blocking(racer).await.unwrap();
+                    }
+                    if engine_tx.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = back.await;
+            });
+        }
+    })
+}
+
+/// A container that starts using the volume after delete's inspect and before its removal: the
+/// engine refuses the removal, and the outcome is `Referenced` naming it, never `Removed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_starting_between_inspect_and_removal_keeps_the_volume() {
+    let run = TestRun::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("engine.sock");
+    let install = format!("race-{}", run.id());
+    let s = spec(&run, &install, "race");
+    volumes(&install, &[]).ensure(&s).await.unwrap();
+    let raced = Arc::new(std::sync::Mutex::new(String::new()));
+    let (label, image, mount) = (run.label(), berth_docker::testing::image(), format!("{}:/workspace", s.name));
+    let out = raced.clone();
+    let serving = racing_proxy(&sock, s.name.to_string(), move || {
+        let started = std::process::Command::new("docker")
+            .args(["run", "-d", "--label", &label, "-v", &mount, &image, "sleep", "600"])
+            .output()
+            .unwrap();
+        assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+        *out.lock().unwrap() = String::from_utf8_lossy(&started.stdout).trim().to_string();
+    });
+    let engine = Engine::new(&format!("unix://{}", sock.display())).unwrap();
+    let vols = DockerVolumes::new(engine, &install, BTreeMap::new()).unwrap();
+    let removal = vols.delete(&s.name).await.unwrap();
+    let racer = raced.lock().unwrap().clone();
+    assert!(!racer.is_empty(), "the racer never ran: delete sent no removal");
+    let Removal::Referenced { by } = removal else { panic!("expected referenced, got {removal:?}") };
+    assert!(by.contains(&racer[..12]), "{by}");
+    assert!(run.volume_exists(s.name.as_str()), "a volume in use was removed");
+    let state = run.docker(&["inspect", "-f", "{{.State.Running}}", &racer]);
+    assert_eq!(state, "true");
+    serving.abort();
+    run.docker(&["rm", "-f", &racer]);
+    assert_eq!(volumes(&install, &[]).delete(&s.name).await.unwrap(), Removal::Removed);
 }

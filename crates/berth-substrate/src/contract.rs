@@ -69,7 +69,7 @@ impl Case {
         let generation = Generation(generation);
         let extra: BTreeMap<String, String> = [(LABEL_TEST_RUN.to_string(), h.run().to_string())].into();
         let spec = VolumeSpec {
-            name: VolumeName::derive(&owner, generation),
+            name: VolumeName::derive(install, &owner, generation),
             labels: volume_labels(install, &owner, generation, &extra),
             size_bytes: 64 << 20,
             storage_class: None,

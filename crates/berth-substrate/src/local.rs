@@ -335,7 +335,7 @@ mod tests {
 
     fn spec(owner: &str) -> VolumeSpec {
         let owner = WorkspaceId::new(owner).unwrap();
-        let name = VolumeName::derive(&owner, Generation(1));
+        let name = VolumeName::derive("inst", &owner, Generation(1));
         VolumeSpec {
             labels: volume_labels("inst", &owner, Generation(1), &BTreeMap::new()),
             name,

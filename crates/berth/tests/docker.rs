@@ -75,6 +75,14 @@ async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, secs: u64
     }
 }
 
+/// The server's installation id, read from the labels of a probe workspace's volume.
+async fn install_of(c: &Client, run: &TestRun) -> String {
+    let probe = format!("agent:probe-{}", run.id());
+    let name = c.ensure(&probe, &labelled(run)).await.unwrap().0.volume.name;
+    let inspect: serde_json::Value = serde_json::from_str(&run.volume_json(&name)).unwrap();
+    inspect[0]["Labels"]["berth.install"].as_str().unwrap().to_string()
+}
+
 #[test]
 fn sigkill_during_a_docker_gc_sweep_then_restart_never_retries_marked_volumes() {
     const TOTAL: usize = 30;
@@ -154,7 +162,7 @@ fn orphans_are_removed_after_the_grace_and_nothing_else_is_touched() {
 
     // This installation's labels, no record: an orphan.
     let ghost = WorkspaceId::new("agent:ghost").unwrap();
-    let orphan = VolumeName::derive(&ghost, Generation(1)).to_string();
+    let orphan = VolumeName::derive(&install, &ghost, Generation(1)).to_string();
     run.create_volume(
         &orphan,
         &[
@@ -205,7 +213,8 @@ fn a_foreign_volume_under_a_workspace_name_is_refused_with_409_and_left_alone() 
     let server = start(tmp.path(), "serve.log", &["--gc-interval", "3600s"], &[]);
     let c = server.client(ADMIN);
     let owner = format!("agent:{}", run.id());
-    let name = VolumeName::derive(&WorkspaceId::new(&owner).unwrap(), Generation(1)).to_string();
+    let install = rt.block_on(install_of(&c, &run));
+    let name = VolumeName::derive(&install, &WorkspaceId::new(&owner).unwrap(), Generation(1)).to_string();
     run.create_volume(&name, &[("app", "someone-else")]);
     run.docker(&[
         "run",
@@ -244,6 +253,43 @@ fn a_foreign_volume_under_a_workspace_name_is_refused_with_409_and_left_alone() 
     ]);
     assert_eq!(content, "theirs");
     server.terminate(10);
+}
+
+#[test]
+fn two_installations_on_one_engine_keep_one_owner_apart() {
+    let run = TestRun::new();
+    let (tmp_a, tmp_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rt = rt();
+    let a = start(tmp_a.path(), "serve.log", &["--gc-interval", "3600s"], &[]);
+    let b = start(tmp_b.path(), "serve.log", &["--gc-interval", "3600s"], &[]);
+    let (ca, cb) = (a.client(ADMIN), b.client(ADMIN));
+    let owner = format!("agent:{}", run.id());
+    let label = |name: &str| -> String {
+        let inspect: serde_json::Value = serde_json::from_str(&run.volume_json(name)).unwrap();
+        inspect[0]["Labels"]["berth.install"].as_str().unwrap().to_string()
+    };
+    rt.block_on(async {
+        // Each installation gets its own volume for the same owner (one name for both used to
+        // answer the second with 409 volume_foreign).
+        let va = ca.ensure(&owner, &labelled(&run)).await.unwrap().0.volume.name;
+        let vb = cb.ensure(&owner, &labelled(&run)).await.unwrap().0.volume.name;
+        assert_ne!(va, vb);
+        assert_ne!(label(&va), label(&vb));
+        for (c, v) in [(&ca, &va), (&cb, &vb)] {
+            let again = c.ensure(&owner, &labelled(&run)).await.unwrap().0.volume.name;
+            assert_eq!(&again, v, "an ensure again keeps the volume");
+        }
+        // One installation's deletion removes its own volume only.
+        ca.delete(&owner).await.unwrap();
+        wait_until("the workspace deleted", 30, || async {
+            ca.workspace(&owner).await.unwrap().state == WorkspaceState::Deleted
+        })
+        .await;
+        assert!(!run.volume_exists(&va), "{va} was not removed");
+        assert!(run.volume_exists(&vb), "{vb} of the other installation was removed");
+    });
+    a.terminate(10);
+    b.terminate(10);
 }
 
 #[test]
@@ -329,9 +375,14 @@ impl Sandboxed {
         assert!(out.status.success(), "sandbox start failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// The name of `owner`'s volume, as its record holds it.
+    fn volume_name(&self, owner: &str) -> String {
+        rt().block_on(self.server.client(ADMIN).workspace(owner)).unwrap().volume.name
+    }
+
     /// The host path of `owner`'s volume (the engine runs on this machine).
     fn volume_path(&self, owner: &str) -> std::path::PathBuf {
-        let name = VolumeName::derive(&WorkspaceId::new(owner).unwrap(), Generation(1)).to_string();
+        let name = self.volume_name(owner);
         self.run.docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", &name]).into()
     }
 
@@ -405,7 +456,7 @@ fn sandbox_snapshots_drains_on_stop_and_comes_back_after_kill_and_volume_loss() 
     rt.block_on(wait_until("the session ended and the container removed", 30, || async {
         c.workspace(&owner).await.unwrap().lease.is_none() && t.containers(&owner).is_empty()
     }));
-    let name = VolumeName::derive(&WorkspaceId::new(&owner).unwrap(), Generation(1)).to_string();
+    let name = t.volume_name(&owner);
     t.run.docker(&["volume", "rm", &name]);
     t.start_sandbox(&owner, &[], "sleep 600");
     let volume = t.volume_path(&owner);
@@ -567,7 +618,7 @@ fn an_at_risk_docker_volume_is_rescued_by_a_short_container_before_gc_removes_it
         let kinds: Vec<String> = events(&c, "rescue_succeeded").await.into_iter().filter_map(|e| e.owner).collect();
         assert!(kinds.contains(&owner), "no rescue_succeeded for {owner}");
     });
-    let name = VolumeName::derive(&WorkspaceId::new(&owner).unwrap(), Generation(1)).to_string();
+    let name = t.volume_name(&owner);
     assert!(!t.run.volume_exists(&name), "the volume is removed once rescued");
     let restored = t.restore_latest(&owner, "rescued");
     util::assert_same_tree(&expected, &work_tree(&restored));

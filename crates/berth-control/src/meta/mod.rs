@@ -21,6 +21,7 @@ mod workspaces;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_core::gc::{DeleteStep, Outcome};
@@ -81,6 +82,8 @@ pub struct Meta {
     rules: Rules,
     /// SQLite: heartbeats queue here for the batching writer.
     beats: Option<tokio::sync::mpsc::Sender<heartbeat::Queued>>,
+    /// This installation's id, read (or made) once.
+    install: Arc<tokio::sync::OnceCell<String>>,
 }
 
 /// A workspace record as stored: its lifecycle (decided by `berth_core::lifecycle`) and what
@@ -350,11 +353,13 @@ fn migrator(dialect: Dialect) -> Migrator {
             (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
             (2, "at risk", include_str!("../../migrations/sqlite/0002_at_risk.sql")),
             (3, "row horizons", include_str!("../../migrations/sqlite/0003_row_horizons.sql")),
+            (7, "live session of an instance", include_str!("../../migrations/sqlite/0007_live_session_of.sql")),
         ],
         Dialect::Postgres => &[
             (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
             (2, "at risk", include_str!("../../migrations/postgres/0002_at_risk.sql")),
             (3, "row horizons", include_str!("../../migrations/postgres/0003_row_horizons.sql")),
+            (7, "live session of an instance", include_str!("../../migrations/postgres/0007_live_session_of.sql")),
         ],
     };
     let migrations = sql
@@ -402,7 +407,7 @@ impl Meta {
                         .await?
                 };
                 let (beats, queue) = tokio::sync::mpsc::channel(4 * 1024);
-                let inner = Meta { write, read, dialect, rules, beats: None };
+                let inner = Meta { write, read, dialect, rules, beats: None, install: Default::default() };
                 tokio::spawn(heartbeat::batcher(inner.clone(), queue));
                 Ok(Meta { beats: Some(beats), ..inner })
             }
@@ -412,7 +417,7 @@ impl Meta {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
                     .await?;
-                Ok(Meta { write: pool.clone(), read: pool, dialect, rules, beats: None })
+                Ok(Meta { write: pool.clone(), read: pool, dialect, rules, beats: None, install: Default::default() })
             }
         }
     }
@@ -432,8 +437,14 @@ impl Meta {
         Ok(after.saturating_sub(before))
     }
 
-    /// Returns this installation's id, creating it on first use. Volumes carry it as a label.
+    /// Returns this installation's id, creating it on first use (once per process: it never
+    /// changes). Volumes carry it as a label, and new volume names are derived with it.
     pub async fn install_id(&self) -> Result<String> {
+        let id = self.install.get_or_try_init(|| self.read_install_id()).await?;
+        Ok(id.clone())
+    }
+
+    async fn read_install_id(&self) -> Result<String> {
         let mut conn = self.write.acquire().await?;
         sqlx::query("INSERT INTO meta (key, value) VALUES ('install_id', $1) ON CONFLICT (key) DO NOTHING")
             .bind(random_hex(8))

@@ -76,13 +76,17 @@ impl Meta {
         opts: &EnsureOptions,
         now: Timestamp,
     ) -> Result<(WorkspaceRow, Ensured)> {
+        let install = self.install_id().await?;
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
         let how = loop {
             let before = self.ws_for_update(&mut tx, owner).await?;
             let transition = match &before {
-                None => lifecycle::create(owner),
-                Some(ws) => lifecycle::step(&ws.record, Event::Ensure, now).map_err(|r| refused(owner, r, now))?,
+                None => lifecycle::create(&install, owner),
+                Some(ws) => {
+                    let ensure = Event::Ensure { install: install.clone() };
+                    lifecycle::step(&ws.record, ensure, now).map_err(|r| refused(owner, r, now))?
+                }
             };
             let how = Ensured::of(&transition.1);
             // Not stored: a concurrent first ensure inserted the record; decide again on it.
