@@ -3,7 +3,8 @@
 //! workspaces; the seconds since the last snapshot update without a reload while the agent
 //! works, and the at-risk flag appears once it is SIGKILLed; the typed delete removes the
 //! volume; hostile text renders as text; a POST without the CSRF token and a viewer's forged
-//! POST get 403, and a viewer is offered no button. Screenshots of every page are saved under
+//! POST get 403, and a viewer is offered no button; GC runs after its dry-run preview, and the
+//! store's scheduled retention and prune runs show up. Screenshots of every page are saved under
 //! `target/console-screenshots/` (the README's come from there).
 
 mod util;
@@ -101,13 +102,22 @@ fn the_console_in_a_browser() {
         "1s",
         "--viewer-token-file",
         viewers.to_str().unwrap(),
+        "--gc-interval",
+        "1h",
+        "--gc-cooldown",
+        "0s",
+        "--retention-interval",
+        "2s",
+        "--prune-interval",
+        "4s",
     ];
     let server = Server::start(&root, &root.join("serve.log"), &args, &[("BERTH_ADMIN_TOKEN", ADMIN)]);
     let admin = server.client(ADMIN);
     let labelled = EnsureWorkspace { labels: [("team".to_string(), "infra".to_string())].into(), ..Default::default() };
-    for owner in ["agent:live", "agent:doomed", "agent:idle"] {
+    for owner in ["agent:live", "agent:doomed", "agent:idle", "agent:done"] {
         rt().block_on(admin.ensure(owner, &labelled)).unwrap();
     }
+    rt().block_on(admin.close("agent:done")).unwrap();
     rt().block_on(admin.start_drain(&StartDrain {
         scope: "node:node-b".into(),
         instance_id: None,
@@ -123,7 +133,7 @@ fn the_console_in_a_browser() {
     login(&b, &url, ADMIN);
     let row = b.get("tr[data-owner='agent:live']");
     assert!(b.text(&row).contains("pod-live"), "the lease holder is shown: {}", b.text(&row));
-    assert_eq!(b.count("tr[data-owner]"), 3);
+    assert_eq!(b.count("tr[data-owner]"), 4);
 
     // While the agent works, the row follows its snapshots without a reload.
     b.run("window.notReloaded = true;", json!([]));
@@ -157,10 +167,30 @@ fn the_console_in_a_browser() {
     assert!(b.text(&b.get("#pending")).contains(HOSTILE), "the reason shows as written");
     assert_eq!(b.count("main img"), 0, "the reason made no element");
     b.screenshot(&shots.join("drains.png"));
-    for page in ["gc", "store"] {
-        b.goto(&format!("{url}/ui/{page}"));
-        b.screenshot(&shots.join(format!("{page}.png")));
-    }
+
+    // GC: a dry-run preview names the closed workspace's volume, then the run removes it and
+    // the sweep shows in the history.
+    let done = rt().block_on(admin.workspace("agent:done")).unwrap();
+    b.goto(&format!("{url}/ui/gc"));
+    b.click(&b.get("main a.button"));
+    let preview = b.text(&b.get("section.confirm"));
+    assert!(preview.contains(&done.volume.name), "the preview names the volume: {preview}");
+    assert!(data.join("volumes").join(&done.volume.name).is_dir(), "the preview removed nothing");
+    b.screenshot(&shots.join("gc-preview.png"));
+    b.click(&b.get("section.confirm form button"));
+    b.wait_until(30, "the GC result", |b| b.find("main h1").filter(|h| b.text(h) == "GC ran"));
+    assert!(!data.join("volumes").join(&done.volume.name).exists(), "the run removed the volume");
+    b.goto(&format!("{url}/ui/gc"));
+    assert!(b.text(&b.get("#sweeps")).contains("ago"), "the sweep is in the history");
+    b.screenshot(&shots.join("gc.png"));
+
+    // Store: the scheduled retention and prune runs appear as they are recorded.
+    b.goto(&format!("{url}/ui/store"));
+    b.wait_until(30, "a retention and a prune run", |b| {
+        let runs = b.find("#runs").map(|t| b.text(&t)).unwrap_or_default();
+        (runs.contains("retention") && runs.contains("prune")).then_some(())
+    });
+    b.screenshot(&shots.join("store.png"));
 
     // A POST without the CSRF token is refused, even with the admin's cookie.
     b.goto(&format!("{url}/ui/workspaces"));

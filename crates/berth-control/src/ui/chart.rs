@@ -32,7 +32,7 @@ pub fn bars(title: &str, class: &str, bars: &[Bar], fmt: fn(f64) -> String) -> M
     let plot_h = HEIGHT - BOTTOM - TOP;
     let slot = plot_w / bars.len() as f64;
     let bar_w = (slot * 0.8).max(1.0);
-    let (first, last) = (bars[0].at, bars[bars.len() - 1].at);
+    let (first, last) = (tick(bars[0].at), tick(bars[bars.len() - 1].at));
     html! {
         figure.chart {
             figcaption { (title) }
@@ -41,8 +41,8 @@ pub fn bars(title: &str, class: &str, bars: &[Bar], fmt: fn(f64) -> String) -> M
                 line.axis x1=(LEFT) y1=(HEIGHT - BOTTOM) x2=(WIDTH - 4.0) y2=(HEIGHT - BOTTOM) {}
                 text.tick x=(LEFT - 4.0) y=(TOP + 8.0) text-anchor="end" { (fmt(max)) }
                 text.tick x=(LEFT - 4.0) y=(HEIGHT - BOTTOM) text-anchor="end" { "0" }
-                text.tick x=(LEFT) y=(HEIGHT - 4.0) { (first.to_string()) }
-                text.tick x=(WIDTH - 4.0) y=(HEIGHT - 4.0) text-anchor="end" { (last.to_string()) }
+                text.tick x=(LEFT) y=(HEIGHT - 4.0) { (first) }
+                text.tick x=(WIDTH - 4.0) y=(HEIGHT - 4.0) text-anchor="end" { (last) }
                 @for (i, b) in bars.iter().enumerate() {
                     @let h = (b.value / max * plot_h).max(if b.value > 0.0 { 1.0 } else { 0.0 });
                     rect class=(class) x=(format!("{:.1}", LEFT + 1.0 + i as f64 * slot)) y=(format!("{:.1}", HEIGHT - BOTTOM - h))
@@ -52,6 +52,16 @@ pub fn bars(title: &str, class: &str, bars: &[Bar], fmt: fn(f64) -> String) -> M
                 }
             }
         }
+    }
+}
+
+/// A time on the axis: the date alone for a day's bucket (midnight UTC), else the full time.
+fn tick(t: Timestamp) -> String {
+    let text = t.to_string();
+    if t.0.rem_euclid(86_400 * 1_000_000_000) == 0 {
+        text[..10].to_string()
+    } else {
+        text
     }
 }
 

@@ -332,11 +332,49 @@ pub async fn store(console: Console, State(app): State<Arc<App>>) -> Response {
         (chart::bars("Uploaded per day (30 days)", "b1", &per_day, chart::fmt_bytes))
         (chart::bars("Uploaded, cumulative", "b2", &cumulative, chart::fmt_bytes))
         h2 { "Retention and prune runs" }
+        (upkeep(&app))
         @if runs.is_empty() {
-            p.muted { "No retention or prune run recorded. `berth snapshot forget` and `berth snapshot prune` run against the store; scheduled runs record retention_applied and prune_done events, shown here." }
-        } @else { (events_table(&runs, now, false)) }
+            p.muted { "No retention or prune run recorded yet." }
+        } @else { (runs_table(&runs, now)) }
     };
     page(&console, Section::Store, "Store", "all", body).into_response()
+}
+
+/// What upkeep the server is configured to run on the store.
+fn upkeep(app: &App) -> Markup {
+    let r = &app.config.retention;
+    let store = app.config.store.is_some();
+    html! {
+        p {
+            @match (&r.policy, store) {
+                (Some(policy), true) => { "Retention " code { (policy.to_string()) } " every " (r.interval_secs) " s; " },
+                _ => "No scheduled retention; ",
+            }
+            @if store && r.prune_interval_secs > 0 {
+                "prune every " (r.prune_interval_secs) " s, deleting unreferenced data after a grace of " (r.prune_grace_secs) " s."
+            } @else { "no scheduled prune." }
+        }
+    }
+}
+
+/// Retention and prune runs, each summarised from its event.
+fn runs_table(runs: &[EventRow], now: Timestamp) -> Markup {
+    let n = |e: &EventRow, k: &str| e.detail[k].as_u64().unwrap_or(0);
+    html! {
+        table.list #runs { thead { tr { th scope="col" { "When" } th scope="col" { "Run" } th scope="col" { "Result" } th scope="col" { "Duration" } } }
+        tbody { @for e in runs { tr {
+            td { (ago(e.at, now)) }
+            @if e.kind == "retention_applied" {
+                td { "retention " code { (e.detail["policy"].as_str().unwrap_or("")) } }
+                td { (n(e, "workspaces")) " workspace generation(s): kept " (n(e, "kept")) " (" (n(e, "pinned")) " pinned), forgot " (n(e, "forgotten")) }
+            } @else {
+                td { "prune" }
+                td { "deleted " (n(e, "packs_deleted")) " pack(s), " (bytes(n(e, "bytes_deleted"))) "; marked " (n(e, "marked"))
+                    "; " (n(e, "waiting")) " waiting out the grace, of " (n(e, "packs_total")) " pack(s)" }
+            }
+            td.num { (n(e, "duration_ms")) " ms" }
+        } } } }
+    }
 }
 
 /// The stylesheet.
