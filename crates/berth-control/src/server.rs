@@ -13,12 +13,15 @@ use crate::reconcile;
 
 /// Runs the control plane until `shutdown` is cancelled: serves the API on `config.listen` and
 /// runs the reconcilers (deletion, volume GC, orphan sweep, lease and drain expiry).
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<()> {
     let listen = config.listen;
-    let app = App::new(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
+    // With port 0 the system picks the port: the log and the URL sandboxes are given name the
+    // one bound.
+    config.listen = listener.local_addr().map_err(|e| Error::Config(format!("listener: {e}")))?;
+    let app = App::new(config).await?;
     serve(app, listener, shutdown).await
 }
 

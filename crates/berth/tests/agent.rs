@@ -424,6 +424,9 @@ fn writer(dir: &Path) -> PathBuf {
     path
 }
 
+/// What a loaded 2-core machine may add to a snapshot's latency in the crash rounds.
+const LOADED_MARGIN_SECS: f64 = 2.5;
+
 #[test]
 fn sigkill_at_random_moments_never_restores_a_torn_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
@@ -461,7 +464,10 @@ fn sigkill_at_random_moments_never_restores_a_torn_snapshot() {
         ];
         let mut agent = Agent::start(&args, &[writer.to_str().unwrap()], &root.join(format!("agent-{round}.log")));
         agent.wait_for(&["init_phase", "ready"], 60);
-        std::thread::sleep(Duration::from_millis(1500 + rng.below(2500)));
+        // Every round has work to lose: the kill comes after the round's first durable
+        // snapshot, at a random moment within an interval of it.
+        agent.wait_for(&["snapshot_durable"], 60);
+        std::thread::sleep(Duration::from_millis(rng.below(interval * 1000)));
         agent.child.kill().unwrap();
         let killed = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         agent.child.wait().unwrap();
@@ -472,12 +478,7 @@ fn sigkill_at_random_moments_never_restores_a_torn_snapshot() {
         let out = init_from_store(&next, &store, "agent:crash", &root.join("jobs"));
         let report = out.json();
         assert!(report["ready"].as_bool().unwrap(), "round {round}: {out:?}");
-        if report["restore"] != "restored" {
-            assert_eq!(report["restore"], "never_backed_up", "round {round}");
-            assert_eq!(round, 0, "only the first round may end before any snapshot");
-            dir = next;
-            continue;
-        }
+        assert_eq!(report["restore"], "restored", "round {round}: a snapshot was durable before the kill");
         // Never torn: the restored tree is consistent within each file (the log has every line up
         // to its last), and the counter is one the writer wrote.
         let log = fs::read_to_string(next.join("log.txt")).unwrap();
@@ -491,18 +492,23 @@ fn sigkill_at_random_moments_never_restores_a_torn_snapshot() {
             .filter_map(|l| l.split_once(' '))
             .filter_map(|(n, t)| Some((n.parse().ok()?, t.parse().ok()?)))
             .collect();
-        if let Some(t_restored) = written.get(&restored) {
-            // Lost work: how long before the kill the restored state was current.
-            let next_write = written.range(restored + 1..).next().map_or(killed, |(_, t)| *t);
-            let lost = killed - next_write;
-            worst_lost = worst_lost.max(lost);
-            eprintln!("round {round}: restored counter {restored}, lost {lost:.2} s");
-            assert!(
-                lost <= interval as f64 + debounce_ms as f64 / 1000.0,
-                "round {round}: lost {lost:.2} s of work (restored {restored} written at {t_restored}); log:\n{}",
-                agent.log()
-            );
-        }
+        // The restored counter was written in this round (a snapshot of this round existed, so
+        // there was work to lose and the lost-work check below always runs).
+        let t_restored = *written.get(&restored).unwrap_or_else(|| {
+            panic!("round {round}: restored counter {restored} was not written in this round; log:\n{}", agent.log())
+        });
+        // Lost work: how long before the kill the restored state was current. The bound has a
+        // margin for a loaded machine (bench/agent.py measures the real RPO).
+        let next_write = written.range(restored + 1..).next().map_or(killed, |(_, t)| *t);
+        let lost = killed - next_write;
+        worst_lost = worst_lost.max(lost);
+        eprintln!("round {round}: restored counter {restored}, lost {lost:.2} s");
+        let bound = interval as f64 + debounce_ms as f64 / 1000.0 + LOADED_MARGIN_SECS;
+        assert!(
+            lost <= bound,
+            "round {round}: lost {lost:.2} s of work, over {bound} s (restored {restored} written at {t_restored}); log:\n{}",
+            agent.log()
+        );
         dir = next;
     }
     eprintln!("worst lost work over 20 rounds: {worst_lost:.2} s");
@@ -593,16 +599,13 @@ fn sigterm_during_init_never_leaves_a_ready_marker_and_no_store_is_ephemeral() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The sync point: the clone has connected to the host that never answers, so init is in
+    // its clone phase when SIGTERM comes.
+    hole.set_nonblocking(true).unwrap();
+    let _stuck = eventually(60, "the clone to connect to the stuck git host", || hole.accept().ok());
     util::serve::signal(&child, rustix::process::Signal::TERM);
-    let started = Instant::now();
-    let out = loop {
-        if child.try_wait().unwrap().is_some() {
-            break child.wait_with_output().unwrap();
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "init did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    exit_code(&mut child, 60, "init after SIGTERM");
+    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not marked ready"));
     assert!(!ws.join(".berth/run/ready").exists());

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use berth_api::client::EventQuery;
 use berth_api::{Attach, Client, EnsureWorkspace, WorkspaceState};
+use berth_testkit::eventually_async;
 use util::Run;
 
 use util::serve::{metric_blocking as metric, rt, Server, ADMIN};
@@ -148,10 +149,35 @@ fn start(tmp: &Path, data: &Path, log: &str, extra: &[&str]) -> Server {
 }
 
 fn start_gc_every(tmp: &Path, data: &Path, log: &str, gc_interval: &str, extra: &[&str]) -> Server {
+    start_with_env(tmp, data, log, gc_interval, extra, &[])
+}
+
+fn start_with_env(
+    tmp: &Path,
+    data: &Path,
+    log: &str,
+    gc_interval: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Server {
     let mut args = serve_args(data, gc_interval);
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(tmp, &tmp.join(log), &args, &[("BERTH_ADMIN_TOKEN", ADMIN)])
+    let mut env = env.to_vec();
+    env.push(("BERTH_ADMIN_TOKEN", ADMIN));
+    Server::start(tmp, &tmp.join(log), &args, &env)
+}
+
+/// Starts a server whose substrate lets `n` volume deletes through and holds every later one
+/// (the `BERTH_TEST_PAUSE_DELETES_AFTER` hook), so a SIGKILL lands at a known point.
+fn start_paused_after(tmp: &Path, data: &Path, log: &str, gc_interval: &str, n: usize) -> Server {
+    let n = n.to_string();
+    start_with_env(tmp, data, log, gc_interval, &[], &[("BERTH_TEST_PAUSE_DELETES_AFTER", n.as_str())])
+}
+
+/// How many events of `kind` the server recorded.
+async fn count_events(c: &Client, kind: &str) -> usize {
+    all_events(c, kind).await.len()
 }
 
 async fn make_workspaces(c: &Client, n: usize, files: usize, data: &Path) -> Vec<String> {
@@ -163,18 +189,6 @@ async fn make_workspaces(c: &Client, n: usize, files: usize, data: &Path) -> Vec
         owners.push(owner);
     }
     owners
-}
-
-async fn wait_for_event(c: &Client, kind: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let q = EventQuery { kind: Some(kind.into()), limit: Some(1), ..Default::default() };
-        if !c.events(&q).await.unwrap().items.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("no {kind} event within 60 s");
 }
 
 async fn all_events(c: &Client, kind: &str) -> Vec<berth_api::Event> {
@@ -200,22 +214,28 @@ async fn open_meta(data: &Path) -> berth_control::meta::Meta {
 fn sigkill_during_deletion_then_restart_completes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let server = start(tmp.path(), &data, "a.log", &[]);
+    // The substrate lets 10 volume deletes through and holds the rest: the kill lands with
+    // exactly 10 deletions done, whatever the machine's speed.
+    const DONE: usize = 10;
+    let server = start_paused_after(tmp.path(), &data, "a.log", "1s", DONE);
     let rt = rt();
     let c = server.client(ADMIN);
-    let owners = rt.block_on(make_workspaces(&c, 40, 200, &data));
+    let owners = rt.block_on(make_workspaces(&c, 40, 20, &data));
     rt.block_on(async {
         for o in &owners {
             c.delete(o).await.unwrap();
         }
-        wait_for_event(&c, "workspace_deleted").await;
+        eventually_async(60, "10 deletions done", || async {
+            (count_events(&c, "workspace_deleted").await == DONE).then_some(())
+        })
+        .await;
     });
     server.kill9();
     let deleting = rt.block_on(async {
         open_meta(&data).await.count_workspaces(berth_control::meta::State::Deleting).await.unwrap()
     });
     eprintln!("killed with {deleting} of {} workspaces still deleting", owners.len());
-    assert!(deleting > 0, "the kill landed after every deletion finished; make the workload larger");
+    assert_eq!(deleting as usize, owners.len() - DONE, "the kill lands with exactly the held deletions unfinished");
 
     let server = start(tmp.path(), &data, "b.log", &[]);
     let c = server.client(ADMIN);
@@ -262,7 +282,7 @@ fn sigkill_during_a_gc_sweep_then_restart_never_retries_marked_volumes() {
     let rt = rt();
     let c = server.client(ADMIN);
     let owners = rt.block_on(async {
-        let owners = make_workspaces(&c, 150, 60, &data).await;
+        let owners = make_workspaces(&c, 60, 10, &data).await;
         for o in &owners {
             c.close(o).await.unwrap();
         }
@@ -270,15 +290,28 @@ fn sigkill_during_a_gc_sweep_then_restart_never_retries_marked_volumes() {
     });
     server.kill9();
     eprintln!("{:?}: {} closed workspaces made", t0.elapsed(), owners.len());
-    let server = start(tmp.path(), &data, "b.log", &[]);
+    // The substrate lets PAUSE_AFTER removals through and holds every later one: the kill
+    // lands inside a sweep after exactly that many, whatever the machine's speed.
+    const PAUSE_AFTER: usize = 20;
+    let server = start_paused_after(tmp.path(), &data, "b.log", "1s", PAUSE_AFTER);
     let c = server.client(ADMIN);
-    rt.block_on(wait_for_event(&c, "volume_removed"));
+    rt.block_on(async {
+        eventually_async(60, "20 volumes marked removed", || async {
+            (count_events(&c, "volume_removed").await == PAUSE_AFTER).then_some(())
+        })
+        .await;
+        // The sweep is stuck on the held removals: attempts beyond PAUSE_AFTER started.
+        eventually_async(10, "the held removals started", || async {
+            (util::serve::metric(&server.url, "berth_gc_attempts_total").await as usize > PAUSE_AFTER).then_some(())
+        })
+        .await;
+    });
     server.kill9();
     eprintln!("{:?}: killed during a sweep", t0.elapsed());
 
     let unmarked = rt.block_on(async { open_meta(&data).await.count_unremoved().await.unwrap() as usize });
     eprintln!("killed with {unmarked} of {} closed volumes not yet marked removed", owners.len());
-    assert!(unmarked > 0 && unmarked < owners.len(), "the kill must land inside the sweeps");
+    assert_eq!(unmarked, owners.len() - PAUSE_AFTER, "the kill lands after exactly the removals let through");
 
     let server = start(tmp.path(), &data, "c.log", &[]);
     let c = server.client(ADMIN);

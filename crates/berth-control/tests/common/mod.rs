@@ -90,7 +90,14 @@ impl TestServer {
         let stop = CancellationToken::new();
         let (a, s) = (app.clone(), stop.clone());
         let task = tokio::spawn(async move {
-            berth_control::serve(a, listener, s).await.expect("serve");
+            // A server that fails or stops on its own fails the test at once: each test is its
+            // own process under nextest, and a panic here would only end this task.
+            // (serve cancels the token it is given when it returns, so it gets a child token.)
+            let result = berth_control::serve(a, listener, s.child_token()).await;
+            if result.is_err() || !s.is_cancelled() {
+                eprintln!("the test server stopped on its own: {result:?}");
+                std::process::abort();
+            }
         });
         TestServer {
             admin: Client::new(&url, ADMIN).unwrap(),

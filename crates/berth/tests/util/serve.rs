@@ -1,7 +1,7 @@
-//! A real `berth serve` process for end-to-end tests, on a free loopback port.
+//! A real `berth serve` process for end-to-end tests, on a loopback port it picks itself.
 
 use std::fs;
-use std::net::TcpListener;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -11,9 +11,10 @@ use berth_api::Client;
 /// The admin token of test servers.
 pub const ADMIN: &str = "serve-test-admin-token-42";
 
-/// Returns a free loopback port.
+/// Returns a loopback port that was free a moment ago, for third-party servers that cannot bind
+/// port 0 and report it (berth serve does; see [`Server::start`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running `berth serve`.
@@ -26,14 +27,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `berth serve` in `cwd` with `args`, logging JSON to `log`.
+    /// Starts `berth serve` in `cwd` with `args`, logging JSON to `log` (appended to), and waits
+    /// until it is ready: it binds port 0 itself, its `serve_started` line names the address,
+    /// and `/healthz` there answers 200.
     pub fn start(cwd: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
         let mut cmd = super::berth_command();
         cmd.current_dir(cwd)
             .arg("serve")
-            .args(["--listen", &listen])
+            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("BERTH_LOG_FORMAT", "json")
             .stdin(Stdio::null())
@@ -42,26 +43,20 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn berth serve");
+        // Lines of an earlier server in the same log are not this one's.
+        let from = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        let mut child = cmd.spawn().expect("spawn berth serve");
+        let listen =
+            berth_testkit::eventually(60, &format!("berth serve's serve_started line in {}", log.display()), || {
+                if let Some(status) = child.try_wait().expect("wait for berth serve") {
+                    panic!("berth serve exited with {status} before it was ready; log:\n{}", read_from(log, from));
+                }
+                read_from(log, from).lines().find_map(started_at)
+            });
         let server = Server { child, url: format!("http://{listen}"), log: log.to_path_buf() };
-        server.wait_healthy();
+        let status = http_status(&listen, "/healthz");
+        assert_eq!(status, Some(200), "berth serve at {listen} is not healthy; log:\n{}", read_from(log, from));
         server
-    }
-
-    fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = self.url.trim_start_matches("http://").to_string();
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "berth serve did not come up at {}; log:\n{}",
-            self.url,
-            fs::read_to_string(&self.log).unwrap_or_default()
-        );
     }
 
     /// A client acting with `token`.
@@ -128,4 +123,32 @@ pub async fn metric(url: &str, name: &str) -> f64 {
 pub fn metric_blocking(url: &str, name: &str) -> f64 {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(metric(url, name))
+}
+
+/// The log from byte `from` on.
+fn read_from(log: &Path, from: u64) -> String {
+    let bytes = fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default()).into_owned()
+}
+
+/// The address in a `serve_started` JSON log line.
+fn started_at(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = v.get("fields").unwrap_or(&v);
+    if fields.get("event")?.as_str()? != "serve_started" {
+        return None;
+    }
+    Some(fields.get("listen")?.as_str()?.to_string())
+}
+
+/// The status of `GET path` at `addr` (one HTTP/1.1 request), `None` when nothing answers.
+pub fn http_status(addr: &str, path: &str) -> Option<u16> {
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).ok()?;
+    let line = String::from_utf8_lossy(&response);
+    line.split_whitespace().nth(1)?.parse().ok()
 }
