@@ -19,6 +19,7 @@ that the upkeep happens within the run; the policy is the default one.
 Usage:
   cargo build --release -p berth --target-dir target-rel
   BERTH_BIN=target-rel/release/berth python3 bench/soak.py [--scale 1] [--snapshots 2000]
+  (BERTH_BENCH_SHARED=DIR names the directory of make_corpus.py when it is not ../shared/bench)
 """
 import argparse
 import json
@@ -38,6 +39,8 @@ import agent as a  # noqa: E402  (the agent benchmark's helpers: corpus, agent r
 
 if os.environ.get("BERTH_BIN"):
     a.BERTH = os.path.abspath(os.environ["BERTH_BIN"])
+if os.environ.get("BERTH_BENCH_SHARED"):
+    a.SHARED = os.environ["BERTH_BENCH_SHARED"]
 
 
 def secs(duration):
@@ -75,6 +78,7 @@ def main():
     p.add_argument("--retention-interval", default="60s")
     p.add_argument("--prune-interval", default="90s")
     p.add_argument("--min-gap", default="1s")
+    p.add_argument("--max-soak-secs", type=int, default=3000)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--work", default=os.path.join(a.REPO, "bench-work"))
     p.add_argument("--keep", action="store_true")
@@ -102,7 +106,7 @@ def main():
     time.sleep(min(60, secs(args.prune_interval) - 5))
     n1 = len(published(log)) - first_n
     r["growth_per_snapshot_first_minute"] = (a.store_bytes(store) - first_size) / max(n1, 1)
-    while len(published(log)) - first_n < args.snapshots:
+    while len(published(log)) - first_n < args.snapshots and time.time() - t0 < args.max_soak_secs:
         time.sleep(1)
         if agent.poll() is not None:
             raise RuntimeError(f"the agent exited during the soak; see {log}")
@@ -153,12 +157,35 @@ def main():
         def cmd():
             n[0] += 1
             target = os.path.join(root, f"restore-{n[0]}")
-            return f"{a.BERTH} snapshot restore --store file://{s} --workspace bench:soak latest {target}"
+            return f"{a.BERTH} snapshot restore --store file://{s} --workspace bench:soak --no-cache {target}"
         return cmd
 
     r["restore_soaked"], r["restore_single"] = timed_median([restore(store), restore(single)], args.reps)
     for i in range(1, n[0] + 1):
         shutil.rmtree(os.path.join(root, f"restore-{i}"), ignore_errors=True)
+    # verify --read-data and a diff of the two newest snapshots on the soaked store, and a
+    # prune plan over it (compare with the engine's figures at scale 1).
+    soaked = f"--store file://{store} --workspace bench:soak"
+    ids = [x["id"] for x in sorted(ls, key=lambda x: (x["record"]["epoch"], x["record"]["seq"]))]
+    r["verify_read_data_soaked"], r["verify_read_data_single"] = timed_median(
+        [f"{a.BERTH} snapshot verify {soaked} --read-data",
+         f"{a.BERTH} snapshot verify --store file://{single} --workspace bench:soak --read-data"], 1)
+    if len(ids) >= 2:
+        r["diff_two_newest"] = a.timed(f"{a.BERTH} snapshot diff {soaked} {ids[-2][:12]} {ids[-1][:12]}")
+    r["prune_dry_run"] = a.timed(f"{a.BERTH} snapshot prune --store file://{store} --dry-run")
+    # A 10-file edit over 10 directories against a no-change snapshot (same store and cache).
+    snap = (f"{a.BERTH} snapshot create {soaked} --cache-dir {cache} --no-default-excludes "
+            f"--budget unlimited --json {ws}")
+    json.loads(a.sh(snap))
+    nochange = json.loads(a.sh(snap))
+    dirs = sorted({d for d, _, fs in os.walk(ws) if fs and "/.git" not in d and "/.berth" not in d})[:10]
+    for i, d in enumerate(dirs):
+        f = sorted(x for x in os.listdir(d) if os.path.isfile(os.path.join(d, x)))[0]
+        with open(os.path.join(d, f), "a") as fh:
+            fh.write(f"edit {i}\n")
+    edit = json.loads(a.sh(snap))
+    r["edit10_bytes_uploaded"] = edit["bytes_uploaded"]
+    r["edit10_secs"], r["nochange_secs"] = edit["duration_secs"], nochange["duration_secs"]
     r["machine"] = f"{platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()}"
     print(json.dumps(r, indent=2))
     if not args.keep:
