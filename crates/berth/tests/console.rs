@@ -4,7 +4,7 @@
 //! works, and the at-risk flag appears once it is SIGKILLed; the typed delete removes the
 //! volume; hostile text renders as text; a POST without the CSRF token and a viewer's forged
 //! POST get 403, and a viewer is offered no button; GC runs after its dry-run preview, and the
-//! store's scheduled retention and prune runs show up. Screenshots of every page are saved under
+//! store's scheduled retention and prune runs show up; dark mode follows the system. Screenshots of every page are saved under
 //! `target/console-screenshots/` (the README's come from there).
 
 mod util;
@@ -224,6 +224,13 @@ fn the_console_in_a_browser() {
     let forged = json!({"csrf": csrf, "confirm": "agent:idle"});
     assert_eq!(page_post(&b, "/ui/workspaces/agent:idle/delete", forged), 403);
     b.screenshot(&shots.join("viewer.png"));
+    // Dark mode follows the system.
+    let background = "return getComputedStyle(document.body).backgroundColor;";
+    assert_eq!(b.run(background, json!([])), json!("rgb(255, 255, 255)"));
+    b.prefer_dark(true);
+    assert_eq!(b.run(background, json!([])), json!("rgb(15, 20, 25)"), "a dark system gets the dark theme");
+    b.goto(&format!("{url}/ui/workspaces"));
+    b.screenshot(&shots.join("workspaces-dark.png"));
     let ws = rt().block_on(admin.workspace("agent:idle")).unwrap();
     assert_eq!(ws.state, berth_api::WorkspaceState::Active, "the viewer changed nothing");
     drop(b);
