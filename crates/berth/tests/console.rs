@@ -140,7 +140,7 @@ fn the_console_in_a_browser() {
     let (first, _) = b.wait_until(30, "a first snapshot", |b| since_of(b, "agent:live"));
     let (newer, shown) =
         b.wait_until(30, "a newer snapshot on the page", |b| since_of(b, "agent:live").filter(|(t, _)| *t > first));
-    assert!(shown < 5, "a fresh snapshot reads as a few seconds old, not {shown}");
+    assert!(shown < 15, "a fresh snapshot reads as a few seconds old, not {shown}");
     assert_eq!(b.run("return window.notReloaded === true;", json!([])), json!(true), "the page was not reloaded");
     assert!(newer > first);
     b.screenshot(&shots.join("workspaces.png"));
