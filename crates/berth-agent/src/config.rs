@@ -455,7 +455,18 @@ fn identity(flags: &Flags, spec: &Spec, session: Option<&Session>) -> Result<Age
             )
         })?;
     let workspace = WorkspaceId::new(workspace).map_err(|e| invalid(&e))?;
-    let instance = flags.instance.clone().or(spec.instance_id.clone()).unwrap_or_else(hostname);
+    let attached = session.map(|s| s.instance_id.clone());
+    let instance = flags.instance.clone().or(spec.instance_id.clone());
+    if let (Some(given), Some(attached)) = (&instance, &attached) {
+        if given != attached {
+            return Err(AgentError::Config(format!(
+                "the session was attached by instance {attached}, but --instance (or the spec's instance_id) \
+                 says {given}: heartbeats must name the attached instance; leave --instance out, or attach \
+                 with --instance {given}"
+            )));
+        }
+    }
+    let instance = instance.or(attached).unwrap_or_else(hostname);
     let instance = InstanceId::new(instance).map_err(|e| invalid(&e))?;
     let mount_path = match session.map(|s| &s.mount) {
         Some(Mount::Local { path, .. }) => Some(PathBuf::from(path)),

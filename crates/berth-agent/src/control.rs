@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_api::client::WRONG_INSTANCE;
 use berth_api::{Client, ClientError, Handover, Heartbeat, PublishSnapshot, Ready, SnapshotStats, StartDrain};
 use berth_core::id::SnapshotId;
 use berth_core::lease::{Epoch, Fenced};
@@ -163,8 +164,8 @@ impl Control {
     }
 
     /// Sends one heartbeat. A success renews the write deadline from the moment it was sent.
-    /// A stale epoch, or a session the server no longer knows (404, or 401: its token died
-    /// with it), fences this sandbox.
+    /// A stale epoch, a session the server no longer knows (404, or 401: its token died with
+    /// it), or one attached by another instance id fences this sandbox.
     pub async fn heartbeat(&self) -> Result<(), AgentError> {
         let body = Heartbeat { epoch: self.cfg.epoch, instance_id: self.instance.clone() };
         let sent = self.now_ms();
@@ -191,7 +192,9 @@ impl Control {
                 });
                 Ok(())
             }
-            Err(e) if matches!(e.status(), Some(404 | 401)) => {
+            // A session the server no longer knows, or one attached by another instance id:
+            // this sandbox can never renew it.
+            Err(e) if matches!(e.status(), Some(404 | 401)) || e.code() == Some(WRONG_INSTANCE) => {
                 let fenced = Fenced { presented: self.cfg.epoch, current: None };
                 self.fence(fenced, &e.to_string());
                 Err(fenced.into())

@@ -98,6 +98,10 @@ impl ClientError {
 /// The error code of a write refused for its epoch.
 pub const STALE_EPOCH: &str = "stale_epoch";
 
+/// The error code of a heartbeat from an instance other than the one its session attached
+/// with: that sandbox must attach a session of its own.
+pub const WRONG_INSTANCE: &str = "wrong_instance";
+
 /// Query of `GET /v1/workspaces`.
 #[derive(Clone, Debug, Default)]
 pub struct WorkspaceQuery {

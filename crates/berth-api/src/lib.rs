@@ -299,6 +299,8 @@ pub struct Session {
     pub generation: u64,
     /// The workspace id of that generation.
     pub workspace_id: String,
+    /// The sandbox instance the session is attached for: every heartbeat names it.
+    pub instance_id: String,
     /// The fencing epoch every write of this session carries.
     #[schema(value_type = u64)]
     pub epoch: Epoch,
@@ -325,7 +327,8 @@ pub struct Heartbeat {
     /// The session's fencing epoch.
     #[schema(value_type = u64)]
     pub epoch: Epoch,
-    /// The sending instance (a resumed sandbox may have a new one).
+    /// The sending instance: the one the session attached with (a heartbeat naming another is
+    /// refused with `wrong_instance`; a sandbox with a new instance id attaches a new session).
     pub instance_id: String,
 }
 

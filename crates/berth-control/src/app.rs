@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -102,6 +102,30 @@ impl RetentionConfig {
     }
 }
 
+/// The limits of the HTTP server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Time to send a complete request head (from the accept, or the first byte of a request).
+    pub header_timeout: Duration,
+    /// Time to send a request's body, once its head has arrived.
+    pub body_timeout: Duration,
+    /// Time a connection may stay open with no request under way.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
 impl Default for RetentionConfig {
     fn default() -> Self {
         const DAY: i64 = 24 * 3600;
@@ -118,6 +142,13 @@ impl Default for RetentionConfig {
             purge_batch: 1000,
         }
     }
+}
+
+/// 1024 connections, or half the open-file limit when that is lower: the metadata store, the
+/// substrate and the reconcilers keep descriptors of their own.
+pub fn default_max_connections() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    soft.map_or(1024, |n| (n / 2).clamp(16, 1024) as usize)
 }
 
 /// Everything `berth serve` is configured with.
@@ -164,6 +195,8 @@ pub struct Config {
     pub viewer_tokens: Vec<String>,
     /// Seconds a console login lasts.
     pub console_session_secs: i64,
+    /// The HTTP server's connection cap and timeouts.
+    pub http: HttpLimits,
 }
 
 impl Config {
@@ -190,6 +223,7 @@ impl Config {
             expiry_interval_secs: 2,
             viewer_tokens: Vec::new(),
             console_session_secs: 12 * 3600,
+            http: HttpLimits::default(),
         }
     }
 
@@ -262,7 +296,10 @@ fn admin_token(config: &Config) -> Result<String> {
     }
     let path = config.data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(t) if !t.trim().is_empty() => {
+            crate::modes::tighten(&path, 0o600, "the admin token file")?;
+            return Ok(t.trim().to_string());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::Config(format!("cannot read {}: {e}", path.display()))),
@@ -286,20 +323,44 @@ fn admin_token(config: &Config) -> Result<String> {
     }
 }
 
-fn create_private_dir(path: &Path) -> Result<()> {
+/// The mode of the directories above local volumes (the data dir, the volumes root): 0700, or
+/// 0711 when sandboxes run as another user (`volume_owner`), who must pass through to their
+/// workspace directory (but may not list or read anything else).
+fn private_dir_mode(config: &Config) -> u32 {
+    match (config.substrate, config.volume_owner) {
+        (Substrate::Local, Some(_)) => 0o711,
+        _ => 0o700,
+    }
+}
+
+/// Creates the data dir if missing, and gives it its mode.
+fn create_private_dir(config: &Config) -> Result<()> {
+    let path = &config.data_dir;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", path.display())))
+        .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", path.display())))?;
+    crate::modes::set(path, private_dir_mode(config), "the data dir")
+}
+
+/// The database file of a SQLite URL (`sqlite://PATH?...`), if it names one.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
 /// Opens the metadata store of `config` and applies migrations; returns it and how many ran.
+/// A SQLite database file is kept 0600.
 pub async fn open_meta(config: &Config) -> Result<(Meta, usize)> {
     if config.database_url.is_none() {
-        create_private_dir(&config.data_dir)?;
+        create_private_dir(config)?;
     }
     let url = config.database_url();
+    if let Some(file) = sqlite_file(&url) {
+        crate::modes::private_sqlite(&file)?;
+    }
     let rules = Rules { lease_ttl_secs: config.lease_ttl_secs, drain_timeout_secs: config.drain_timeout_secs };
     let meta = Meta::open(&url, config.db_max_connections, rules).await.map_err(|e| match e {
         Error::Db(e) => Error::Config(format!("cannot open the metadata store {}: {e}", redact_url(&url))),
@@ -312,7 +373,7 @@ pub async fn open_meta(config: &Config) -> Result<(Meta, usize)> {
 impl App {
     /// Builds the application state: opens and migrates the store, sets up the substrate.
     pub async fn new(mut config: Config) -> Result<Arc<App>> {
-        create_private_dir(&config.data_dir)?;
+        create_private_dir(&config)?;
         // Mount paths handed to sandboxes must not depend on this process's working directory.
         config.data_dir = std::fs::canonicalize(&config.data_dir)
             .map_err(|e| Error::Config(format!("cannot resolve data dir {}: {e}", config.data_dir.display())))?;
@@ -322,6 +383,9 @@ impl App {
         }
         let install = meta.install_id().await?;
         let volumes = crate::volumes::open(&config, &install)?;
+        if config.substrate == Substrate::Local {
+            crate::modes::set(&config.data_dir.join("volumes"), private_dir_mode(&config), "the volumes root")?;
+        }
         let sandboxes = crate::sandboxes::open(&config)?;
         let rescuer = match &sandboxes {
             Some(s) => crate::docker_rescue::open(&config, s.clone(), &install),

@@ -3,10 +3,8 @@
 //! console's session cookie); this module decides who it is.
 //!
 //! **Invariant:** tokens are compared and stored only as BLAKE3 hashes and never logged; a
-//! sandbox token acts only on its own session, workspace and drain scope.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! sandbox token acts only on its own session, workspace and drain scope, and only while that
+//! session lives.
 
 use berth_core::scope::Scope;
 use berth_core::session::SessionId;
@@ -14,9 +12,6 @@ use berth_core::workspace::WorkspaceId;
 
 use crate::error::{Error, Result};
 use crate::meta::{token_hash, Meta};
-
-/// Cached sandbox principals, at most this many (cleared when full).
-const CACHE_MAX: usize = 100_000;
 
 /// The caller of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,16 +126,16 @@ pub enum Login {
     Viewer(String),
 }
 
-/// Resolves bearer tokens: the admin token's hash, the viewer tokens' hashes, and a cache of
-/// sandbox tokens' sessions. A session's owner never changes, so cached entries never name the
-/// wrong workspace.
+/// Resolves bearer tokens: the admin token's hash, the viewer tokens' hashes, and sandbox tokens
+/// through the sessions they belong to. A sandbox token dies with its session (detach, lease
+/// expiry, takeover, the owner's deletion), so it is looked up every time and never cached:
+/// another replica may have ended the session a moment ago.
 pub struct Tokens {
     admin: blake3::Hash,
     viewers: Vec<blake3::Hash>,
     /// Signs the console's session cookies; derived from the admin token, so replicas sharing
     /// it accept each other's cookies, and changing it ends every console session.
     console_key: [u8; 32],
-    sandboxes: Mutex<HashMap<String, (SessionId, WorkspaceId)>>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -156,7 +151,6 @@ impl Tokens {
             admin: blake3::hash(admin_token.as_bytes()),
             viewers: viewer_tokens.iter().map(|t| blake3::hash(t.as_bytes())).collect(),
             console_key: blake3::derive_key("berth console session cookie v1", admin_token.as_bytes()),
-            sandboxes: Mutex::default(),
         }
     }
 
@@ -180,7 +174,8 @@ impl Tokens {
         self.viewers.iter().any(|v| &v.to_hex()[..16] == name)
     }
 
-    /// Returns who `token` is; an unknown token is `Unauthorized`.
+    /// Returns who `token` is; an unknown token, or the token of a session that has ended, is
+    /// `Unauthorized`.
     pub async fn principal(&self, meta: &Meta, token: &str) -> Result<Principal> {
         let hash = blake3::hash(token.as_bytes());
         // blake3::Hash compares in constant time.
@@ -192,28 +187,9 @@ impl Tokens {
         }
         let hex = hash.to_hex().to_string();
         debug_assert_eq!(hex, token_hash(token));
-        if let Some((session, owner)) = self.cached(&hex) {
-            return Ok(Principal::Sandbox { session, owner });
-        }
         match meta.session_by_token(&hex).await? {
-            Some(s) => {
-                self.remember(hex, (s.id.clone(), s.owner.clone()));
-                Ok(Principal::Sandbox { session: s.id, owner: s.owner })
-            }
+            Some(s) => Ok(Principal::Sandbox { session: s.id, owner: s.owner }),
             None => Err(Error::Unauthorized),
-        }
-    }
-
-    fn cached(&self, hash: &str) -> Option<(SessionId, WorkspaceId)> {
-        self.sandboxes.lock().ok()?.get(hash).cloned()
-    }
-
-    fn remember(&self, hash: String, value: (SessionId, WorkspaceId)) {
-        if let Ok(mut map) = self.sandboxes.lock() {
-            if map.len() >= CACHE_MAX {
-                map.clear();
-            }
-            map.insert(hash, value);
         }
     }
 }

@@ -28,6 +28,20 @@ pub enum Error {
     /// workspace and must stop writing (attaching again gives it a new epoch).
     #[error("{0}")]
     Fenced(#[from] Fenced),
+    /// A heartbeat came from an instance other than the one its session attached with; nothing
+    /// changed.
+    #[error(
+        "session {session} was attached by instance {attached}, not {presented}: a sandbox heartbeats with the \
+         instance id it attached with, and a new instance attaches a session of its own"
+    )]
+    WrongInstance {
+        /// The session.
+        session: berth_core::session::SessionId,
+        /// The instance it attached with.
+        attached: berth_core::session::InstanceId,
+        /// The instance the heartbeat named.
+        presented: berth_core::session::InstanceId,
+    },
     /// The resource's state does not allow the operation; the message says what to do.
     #[error("{0}")]
     WrongState(String),

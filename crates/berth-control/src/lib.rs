@@ -11,6 +11,7 @@ pub mod docker_rescue;
 pub mod error;
 pub mod http;
 pub mod meta;
+pub mod modes;
 pub mod reconcile;
 pub mod rescue;
 pub mod retention;
@@ -19,5 +20,5 @@ pub mod server;
 pub mod ui;
 pub mod volumes;
 
-pub use app::{App, Config, GcConfig, RetentionConfig};
+pub use app::{App, Config, GcConfig, HttpLimits, RetentionConfig};
 pub use server::{run, serve};

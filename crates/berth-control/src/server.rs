@@ -39,18 +39,19 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, shutdown: C
         substrate = app.volumes.kind(),
         install = %app.install,
         replica = %app.replica,
+        max_connections = app.config.http.max_connections,
     );
     let router = crate::http::router(app.clone()).merge(crate::ui::router(app.clone()));
+    // Event streams end at shutdown, so their connections can finish.
     let (stop, streams) = (shutdown.clone(), app.streams.clone());
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            stop.cancelled().await;
-            streams.cancel();
-        })
-        .await;
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        streams.cancel();
+    });
+    crate::http::conn::serve(listener, router, app.config.http, shutdown.clone()).await;
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;
     tracing::info!(event = "serve_stopped");
-    served.map_err(|e| Error::Config(format!("server failed: {e}")))
+    Ok(())
 }

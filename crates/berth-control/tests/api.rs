@@ -34,6 +34,129 @@ both!(
     a_recorded_volume_name_is_kept_and_new_generations_carry_the_installation,
 );
 
+/// Reads from `conn` until the server closes it (or resets it); returns what it sent. Panics
+/// when it stays open for `secs` seconds.
+async fn read_until_closed(conn: &mut tokio::net::TcpStream, secs: u64) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(secs), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                panic!("the server kept the connection open for {secs} s; it sent {:?}", String::from_utf8_lossy(&out))
+            }
+        }
+    }
+}
+
+/// Stalled clients cannot hold the server: half a request head is cut after the header timeout,
+/// half a body gets 408, an idle keep-alive connection is closed after the idle timeout, and past
+/// the connection cap a fresh connection is served once a slot frees, while the reconcilers go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_connections_time_out_under_the_cap() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let s = TestServer::start(Db::Sqlite, |c| {
+        c.http = berth_control::HttpLimits {
+            header_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(3),
+            max_connections: 3,
+        };
+        c.lease_ttl_secs = 1;
+        c.expiry_interval_secs = 1;
+    })
+    .await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    s.ensure("agent:h").await;
+    let a = s.attach("agent:h", "pod").await;
+    // Three connections fill the cap, each with half a request head; a fourth waits unserved.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        stalled.push(c);
+    }
+    let fresh = tokio::spawn({
+        let url = s.url.clone();
+        async move { reqwest::Client::new().get(format!("{url}/healthz")).send().await.map(|r| r.status().as_u16()) }
+    });
+    // The reconcilers are not held up: the unrenewed lease expires and its session ends.
+    let session = berth_core::session::SessionId::new(a.session_id.clone()).unwrap();
+    eventually(10, "the lease to expire", || async { s.app.meta.session(&session).await.unwrap().ended_at }).await;
+    for c in &mut stalled {
+        assert!(read_until_closed(c, 10).await.is_empty(), "a stalled head gets no answer, only a close");
+    }
+    assert_eq!(fresh.await.unwrap().unwrap(), 200, "the fresh connection is served once a slot frees");
+
+    // Half a body: 408 after the body timeout, and the connection closes.
+    let mut c = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/gc/run HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        common::ADMIN
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut c, 10).await).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+
+    // An idle keep-alive connection lives past the header timeout, then closes at the idle one.
+    let mut c = TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answered = tokio::time::Instant::now();
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut c, 10).await).to_string();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let open_for = answered.elapsed();
+    assert!(open_for >= Duration::from_secs(2), "closed after {open_for:?}, before the idle timeout");
+    let metrics = scrape(&s).await;
+    for phase in ["header", "body", "idle"] {
+        let n = metrics
+            .lines()
+            .find(|l| l.starts_with("berth_http_timeouts_total") && l.contains(&format!("phase=\"{phase}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert!(n.is_some_and(|n| n >= 1.0), "no {phase} timeout counted:\n{metrics}");
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// The data dir, the database, the admin token and the volumes root end up private whoever made
+/// them: a data dir left 0755 with a 0644 database and token and a 0755 volumes root is
+/// tightened at start. With a sandbox user set, the directories let it pass through, nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_are_private_whoever_made_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for dir in [data.clone(), data.join("volumes")] {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (file, body) in [("berth.db", ""), ("admin-token", "pre-made-admin-token-0123456789\n")] {
+        std::fs::write(data.join(file), body).unwrap();
+        std::fs::set_permissions(data.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let s = TestServer::start_with(berth_control::Config::new(&data), None).await;
+    let admin = s.client("pre-made-admin-token-0123456789");
+    admin.ensure("agent:m", &EnsureWorkspace::default()).await.unwrap();
+    let modes = |names: &[&str]| names.iter().map(|n| (n.to_string(), mode_of(&data.join(n)))).collect::<Vec<_>>();
+    let want = |pairs: &[(&str, u32)]| pairs.iter().map(|(n, m)| (n.to_string(), *m)).collect::<Vec<_>>();
+    assert_eq!(
+        modes(&["", "berth.db", "berth.db-wal", "admin-token", "volumes"]),
+        want(&[("", 0o700), ("berth.db", 0o600), ("berth.db-wal", 0o600), ("admin-token", 0o600), ("volumes", 0o700)])
+    );
+    s.stop().await;
+    // A sandbox user needs to pass through to its workspace directory.
+    let mut config = berth_control::Config::new(&data);
+    config.volume_owner = Some((1000, 1000));
+    let s = TestServer::start_with(config, None).await;
+    assert_eq!(modes(&["", "volumes", "berth.db"]), want(&[("", 0o711), ("volumes", 0o711), ("berth.db", 0o600)]));
+    s.stop().await;
+}
+
 fn code(e: &ClientError) -> (u16, &str) {
     (e.status().unwrap_or(0), e.code().unwrap_or("?"))
 }
@@ -173,32 +296,38 @@ async fn concurrent_attaches_give_one_lease(db: Db) {
 
 async fn leases_expire_and_fence_the_old_holder(db: Db) {
     // Four seconds, so the new holder's lease outlives the old holder's refused writes on a loaded
-    // machine.
-    let s = TestServer::start(db, |c| c.lease_ttl_secs = 4).await;
+    // machine; no expiry reconciler, so the expired session lives on until the takeover.
+    let s = TestServer::start(db, |c| {
+        c.lease_ttl_secs = 4;
+        c.expiry_interval_secs = 3600;
+    })
+    .await;
     s.ensure("agent:2").await;
     let a = s.attach("agent:2", "pod-a").await;
     let a_client = s.client(&a.token);
     a_client.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(4300)).await;
+    // A lease that expired is stale even before anyone takes over.
+    let e = a_client.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err();
+    assert_eq!(code(&e), (409, "stale_epoch"));
     let b = s.attach("agent:2", "pod-b").await;
     assert!(b.epoch > a.epoch, "the epoch only grows");
-    // Every later write of the old holder is rejected as stale.
-    // The client hands the writer the one fencing error, naming both epochs.
+    // Every later write under the old epoch is rejected as stale; the client hands the writer the
+    // one fencing error, naming both epochs.
     let fenced = Some(Fenced { presented: a.epoch, current: Some(b.epoch) });
-    let e = a_client.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err();
-    assert_eq!((code(&e), e.fenced()), ((409, "stale_epoch"), fenced));
-    let e = a_client.publish_snapshot("agent:2", &snap(a.epoch, 1)).await.unwrap_err();
+    let e = s.admin.publish_snapshot("agent:2", &snap(a.epoch, 1)).await.unwrap_err();
     assert_eq!((code(&e), e.fenced()), ((409, "stale_epoch"), fenced));
     assert!(!e.is_temporary());
-    let d = a_client
-        .start_drain(&StartDrain { scope: "workspace:agent:2".into(), instance_id: None, reason: None })
-        .await
-        .unwrap();
-    let e = a_client
-        .ready("workspace:agent:2", &Ready { nonce: d.nonce.unwrap(), epoch: Some(a.epoch) })
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), (409, "stale_epoch"));
+    // The takeover ended the old session, and its token with it: it can neither write nor
+    // start a drain that would evict the new holder.
+    assert_eq!(
+        code(&a_client.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err()),
+        (401, "unauthorized")
+    );
+    assert_eq!(code(&a_client.publish_snapshot("agent:2", &snap(a.epoch, 1)).await.unwrap_err()).0, 401);
+    let evict = StartDrain { scope: "workspace:agent:2".into(), instance_id: None, reason: None };
+    assert_eq!(code(&a_client.start_drain(&evict).await.unwrap_err()).0, 401);
+    assert!(!s.admin.drain("workspace:agent:2").await.unwrap().draining);
     // The new holder writes fine.
     s.client(&b.token).publish_snapshot("agent:2", &snap(b.epoch, 2)).await.unwrap();
     let kinds: Vec<_> =
@@ -217,9 +346,11 @@ async fn heartbeats_keep_the_lease(db: Db) {
     }
     let e = s.admin.attach("agent:3", &attach_body("pod-b")).await.unwrap_err();
     assert_eq!(code(&e), (409, "lease_held"));
-    // Detach releases at once; the next attach gets a higher epoch.
+    // Detach releases at once; the next attach gets a higher epoch. Detach is idempotent for the
+    // admin; the session's own token died with the session.
     c.detach(&a.session_id).await.unwrap();
-    c.detach(&a.session_id).await.unwrap();
+    s.admin.detach(&a.session_id).await.unwrap();
+    assert_eq!(code(&c.detach(&a.session_id).await.unwrap_err()).0, 401);
     let b = s.attach("agent:3", "pod-b").await;
     assert_eq!(b.epoch, a.epoch.next());
 }
@@ -270,8 +401,18 @@ async fn drain_handover_clears_only_by_the_rules(db: Db) {
     let r = ac.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap();
     assert!(r.draining);
     assert_eq!(r.drains[0].nonce.as_deref(), Some(nonce.as_str()));
+    // A heartbeat naming another instance (a made-up "new instance") is refused and clears nothing.
+    let e = ac.heartbeat(&a.session_id, &hb(a.epoch, "pod-made-up")).await.unwrap_err();
+    assert_eq!(code(&e), (409, "wrong_instance"));
+    assert!(e.to_string().contains("attached by instance pod-a"), "{e}");
+    assert!(s.admin.drain(scope).await.unwrap().draining);
+    assert_eq!(s.admin.workspace("agent:5").await.unwrap().lease.unwrap().instance_id, "pod-a");
+    // The drained session cannot acknowledge its own drain, even with the right nonce.
+    let e = ac.ready(scope, &Ready { nonce: nonce.clone(), epoch: Some(a.epoch) }).await.unwrap_err();
+    assert_eq!(code(&e), (403, "forbidden"));
+    assert!(s.admin.drain(scope).await.unwrap().draining);
     // A wrong nonce leaves it draining.
-    let e = ac.ready(scope, &Ready { nonce: "wrong".into(), epoch: None }).await.unwrap_err();
+    let e = s.admin.ready(scope, &Ready { nonce: "wrong".into(), epoch: None }).await.unwrap_err();
     assert_eq!(code(&e), (409, "wrong_nonce"));
     assert!(s.admin.drain(scope).await.unwrap().draining);
     // While the old sandbox still holds its lease, the replacement waits (503, Retry-After).
@@ -283,8 +424,8 @@ async fn drain_handover_clears_only_by_the_rules(db: Db) {
     let handover = b.handover.clone().expect("a handover");
     assert_eq!((handover.scope.as_str(), handover.nonce.as_str()), (scope, nonce.as_str()));
     assert!(s.admin.workspace("agent:5").await.unwrap().draining);
-    // The old session's late heartbeat is stale and clears nothing.
-    assert_eq!(code(&ac.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err()), (409, "stale_epoch"));
+    // The old session's late heartbeat is refused (its token died with it) and clears nothing.
+    assert_eq!(code(&ac.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err()), (401, "unauthorized"));
     assert!(s.admin.drain(scope).await.unwrap().draining);
     let bc = s.client(&b.token);
     let r = bc.ready(scope, &Ready { nonce: nonce.clone(), epoch: Some(b.epoch) }).await.unwrap();
@@ -295,14 +436,24 @@ async fn drain_handover_clears_only_by_the_rules(db: Db) {
     assert!(!r.cleared);
     assert!(!r.drain.draining);
 
-    // A heartbeat from a new instance id (a resumed sandbox) clears a drain.
+    // The heartbeat of a new instance's session clears a drain; the drained session's own
+    // heartbeats cannot, whatever instance they name.
     let d = s.admin.start_drain(&StartDrain { scope: scope.into(), instance_id: None, reason: None }).await.unwrap();
     assert_eq!(d.instance_id.as_deref(), Some("pod-b"));
     assert!(bc.heartbeat(&b.session_id, &hb(b.epoch, "pod-b")).await.unwrap().draining);
-    let r = bc.heartbeat(&b.session_id, &hb(b.epoch, "pod-b-resumed")).await.unwrap();
+    let e = bc.heartbeat(&b.session_id, &hb(b.epoch, "pod-b-resumed")).await.unwrap_err();
+    assert_eq!(code(&e), (409, "wrong_instance"));
+    assert!(s.admin.drain(scope).await.unwrap().draining);
+    bc.detach(&b.session_id).await.unwrap();
+    let c = s.attach("agent:5", "pod-c").await;
+    assert_eq!(c.instance_id, "pod-c");
+    let r = s.client(&c.token).heartbeat(&c.session_id, &hb(c.epoch, "pod-c")).await.unwrap();
     assert!(!r.draining);
     let d = s.admin.drain(scope).await.unwrap();
     assert_eq!((d.draining, d.cleared_by.as_deref()), (false, Some("new_instance")));
+    let refused =
+        s.admin.events(&EventQuery { kind: Some("drain_own_ack_refused".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(refused.items.len(), 1, "the refused ack is audited");
 }
 
 async fn drains_refuse_attaches_and_time_out(db: Db) {
@@ -369,7 +520,8 @@ async fn deletion_ends_sessions_and_starts_a_new_generation(db: Db) {
     assert!(!Path::new(&dir).exists(), "the volume is gone");
     assert_eq!(done.generation, w.generation + 1);
     assert_eq!(done.volume.state, VolumeState::Removed);
-    assert_eq!(code(&c.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err()), (409, "stale_epoch"));
+    // The deletion ended the session: its token is dead.
+    assert_eq!(code(&c.heartbeat(&a.session_id, &hb(a.epoch, "pod-a")).await.unwrap_err()), (401, "unauthorized"));
     // A second delete is idempotent.
     assert_eq!(s.admin.delete("thread:7").await.unwrap().state, WorkspaceState::Deleted);
     // The reused name is a new generation with a new volume and none of the old state.

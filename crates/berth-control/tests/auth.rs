@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::{Db, TestServer, ADMIN};
+use berth_api::{EnsureWorkspace, Heartbeat, WorkspaceState};
+use common::{eventually, Db, TestServer, ADMIN};
 use reqwest::Method;
 
-both!(every_endpoint_checks_who_asks);
+both!(every_endpoint_checks_who_asks, sandbox_tokens_die_with_their_session);
 
 /// One call: method, path, body.
 struct Call(Method, String, &'static str);
@@ -96,4 +97,73 @@ async fn every_endpoint_checks_who_asks(db: Db) {
     for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
         assert_eq!(status(&s, None, &Call(Method::GET, path.into(), "")).await, 200, "{path}");
     }
+}
+
+/// What a sandbox token of `owner`'s session `session` may still do: read the workspace, start a
+/// drain of it (`drain` is the body), heartbeat. Returns the three statuses.
+async fn token_statuses(s: &TestServer, token: &str, owner: &str, session: &str, drain: &'static str) -> [u16; 3] {
+    let hb = r#"{"epoch": 1, "instance_id": "pod"}"#;
+    let calls = [
+        Call(Method::GET, format!("/v1/workspaces/{owner}"), ""),
+        Call(Method::POST, "/v1/drains".into(), drain),
+        Call(Method::POST, format!("/v1/sessions/{session}/heartbeat"), hb),
+    ];
+    let mut out = [0; 3];
+    for (i, call) in calls.iter().enumerate() {
+        out[i] = status(s, Some(token), call).await;
+    }
+    out
+}
+
+async fn sandbox_tokens_die_with_their_session(db: Db) {
+    let s = TestServer::start(db, |c| {
+        c.lease_ttl_secs = 2;
+        c.expiry_interval_secs = 1;
+    })
+    .await;
+    // Detach: the token is dead at once (on every replica: nothing is cached).
+    s.ensure("agent:d").await;
+    let a = s.attach("agent:d", "pod").await;
+    let c = s.client(&a.token);
+    c.heartbeat(&a.session_id, &Heartbeat { epoch: a.epoch, instance_id: "pod".into() }).await.unwrap();
+    c.workspace("agent:d").await.unwrap();
+    c.detach(&a.session_id).await.unwrap();
+    assert_eq!(
+        token_statuses(&s, &a.token, "agent:d", &a.session_id, r#"{"scope": "workspace:agent:d"}"#).await,
+        [401; 3],
+        "after detach"
+    );
+    assert!(!s.admin.drain("workspace:agent:d").await.unwrap().draining, "a dead token started no drain");
+
+    // Lease expiry: once the reconciler ends the session, its token is dead.
+    s.ensure("agent:e").await;
+    let e = s.attach("agent:e", "pod").await;
+    s.client(&e.token).workspace("agent:e").await.unwrap();
+    eventually(15, "the expired session's token to die", || async {
+        (status(&s, Some(&e.token), &Call(Method::GET, "/v1/workspaces/agent:e".into(), "")).await == 401).then_some(())
+    })
+    .await;
+    assert_eq!(
+        token_statuses(&s, &e.token, "agent:e", &e.session_id, r#"{"scope": "workspace:agent:e"}"#).await,
+        [401; 3],
+        "after expiry"
+    );
+
+    // The owner's deletion, and a new workspace of the same name: the old token acts on neither.
+    s.ensure("agent:x").await;
+    let x = s.attach("agent:x", "pod").await;
+    s.admin.delete("agent:x").await.unwrap();
+    eventually(20, "the deletion to complete", || async {
+        (s.admin.workspace("agent:x").await.unwrap().state == WorkspaceState::Deleted).then_some(())
+    })
+    .await;
+    s.admin.ensure("agent:x", &EnsureWorkspace::default()).await.unwrap();
+    assert_eq!(
+        token_statuses(&s, &x.token, "agent:x", &x.session_id, r#"{"scope": "workspace:agent:x"}"#).await,
+        [401; 3],
+        "after delete + recreate"
+    );
+    // A live session's token still works.
+    let y = s.attach("agent:x", "pod-2").await;
+    assert_eq!(status(&s, Some(&y.token), &Call(Method::GET, "/v1/workspaces/agent:x".into(), "")).await, 200);
 }

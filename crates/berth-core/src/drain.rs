@@ -1,13 +1,14 @@
 //! The drain of a scope (a node, a pool, one workspace): set by an eviction, cleared only by
 //! the replacement's acknowledgement with the matching nonce, a heartbeat from a new instance,
-//! or a hard timeout. A late heartbeat from the old instance never clears it.
+//! or a hard timeout. A late heartbeat from the old instance never clears it, and the drained
+//! session can never acknowledge its own drain.
 //!
 //! `step(state, event, now) -> (state, outcome)`: the shell stores the state and records the
 //! outcome in the audit log.
 
 use serde::{Deserialize, Serialize};
 
-use crate::session::InstanceId;
+use crate::session::{InstanceId, SessionId};
 use crate::time::Timestamp;
 
 /// Default hard timeout after which a drain clears by itself.
@@ -44,6 +45,10 @@ pub enum Drain {
         /// The instance being drained: its heartbeats never clear the drain, another
         /// instance's heartbeat does. `None` (a node or pool drain): heartbeats never clear it.
         instance: Option<InstanceId>,
+        /// The session being drained: it may not acknowledge the drain. `None`: no session
+        /// held the scope when the drain started.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<SessionId>,
     },
 }
 
@@ -54,6 +59,8 @@ pub enum Event {
     Evict {
         /// The instance being evicted, if one is.
         instance: Option<InstanceId>,
+        /// Its session, if one is.
+        session: Option<SessionId>,
         /// A fresh random nonce.
         nonce: String,
     },
@@ -66,6 +73,8 @@ pub enum Event {
     Ack {
         /// The nonce it presents.
         nonce: String,
+        /// The session acknowledging; `None` for the admin.
+        by: Option<SessionId>,
     },
     /// Time passes (the reconciler's tick).
     Tick,
@@ -94,6 +103,8 @@ pub enum Outcome {
     Cleared(ClearedBy),
     /// An acknowledgement with the wrong nonce: still draining.
     WrongNonce,
+    /// An acknowledgement by the drained session itself: refused, still draining.
+    OwnAck,
     /// Nothing changed.
     Unchanged,
 }
@@ -101,8 +112,8 @@ pub enum Outcome {
 /// Applies `event` at `now` with the given hard timeout.
 pub fn step(state: &Drain, event: Event, now: Timestamp, hard_timeout_secs: i64) -> (Drain, Outcome) {
     match (state, event) {
-        (Drain::Open, Event::Evict { instance, nonce }) => {
-            (Drain::Draining { nonce: nonce.clone(), since: now, instance }, Outcome::Started(nonce))
+        (Drain::Open, Event::Evict { instance, session, nonce }) => {
+            (Drain::Draining { nonce: nonce.clone(), since: now, instance, session }, Outcome::Started(nonce))
         }
         (Drain::Draining { nonce, .. }, Event::Evict { .. }) => {
             (state.clone(), Outcome::AlreadyDraining(nonce.clone()))
@@ -110,7 +121,10 @@ pub fn step(state: &Drain, event: Event, now: Timestamp, hard_timeout_secs: i64)
         (Drain::Draining { since, .. }, _) if now >= since.plus_secs(hard_timeout_secs) => {
             (Drain::Open, Outcome::Cleared(ClearedBy::Timeout))
         }
-        (Drain::Draining { nonce, .. }, Event::Ack { nonce: given }) => {
+        (Drain::Draining { session: Some(drained), .. }, Event::Ack { by: Some(by), .. }) if *drained == by => {
+            (state.clone(), Outcome::OwnAck)
+        }
+        (Drain::Draining { nonce, .. }, Event::Ack { nonce: given, .. }) => {
             if *nonce == given {
                 (Drain::Open, Outcome::Cleared(ClearedBy::Ack))
             } else {
@@ -139,8 +153,12 @@ mod tests {
         InstanceId::new(s).unwrap()
     }
 
+    fn ses(s: &str) -> SessionId {
+        SessionId::new(s).unwrap()
+    }
+
     fn evict() -> Event {
-        Event::Evict { instance: Some(inst("old")), nonce: "n1".into() }
+        Event::Evict { instance: Some(inst("old")), session: Some(ses("ses_old")), nonce: "n1".into() }
     }
 
     fn check(events: &[(i64, Event)], expect: &[Outcome], draining_at_end: bool) {
@@ -167,11 +185,16 @@ mod tests {
     fn clearing_rules() {
         use Outcome::*;
         let hb = |i: &str| Event::Heartbeat { instance: inst(i) };
-        let ack = |n: &str| Event::Ack { nonce: n.into() };
+        let ack = |n: &str| Event::Ack { nonce: n.into(), by: Some(ses("ses_new")) };
+        let own_ack = |n: &str| Event::Ack { nonce: n.into(), by: Some(ses("ses_old")) };
+        let admin_ack = |n: &str| Event::Ack { nonce: n.into(), by: None };
         // A late heartbeat from the old instance never clears it; a wrong nonce leaves it draining.
         check(&[(0, evict()), (1, hb("old")), (2, ack("nope"))], &[Started("n1".into()), Unchanged, WrongNonce], true);
-        // The matching nonce clears it.
+        // The matching nonce clears it, from the replacement's session or the admin.
         check(&[(0, evict()), (5, ack("n1"))], &[Started("n1".into()), Cleared(ClearedBy::Ack)], false);
+        check(&[(0, evict()), (5, admin_ack("n1"))], &[Started("n1".into()), Cleared(ClearedBy::Ack)], false);
+        // The drained session never acknowledges its own drain, even with the right nonce.
+        check(&[(0, evict()), (5, own_ack("n1"))], &[Started("n1".into()), OwnAck], true);
         // A heartbeat from a new instance clears it.
         check(&[(0, evict()), (5, hb("new"))], &[Started("n1".into()), Cleared(ClearedBy::NewInstance)], false);
         // The hard timeout clears it, whatever comes.
@@ -179,10 +202,10 @@ mod tests {
         check(&[(0, evict()), (HARD - 1, Event::Tick)], &[Started("n1".into()), Unchanged], true);
         // An ack while not draining is a no-op; a second eviction keeps the first nonce.
         check(&[(0, ack("n1"))], &[Unchanged], false);
-        let again = Event::Evict { instance: Some(inst("old")), nonce: "n2".into() };
+        let again = Event::Evict { instance: Some(inst("old")), session: Some(ses("ses_old")), nonce: "n2".into() };
         check(&[(0, evict()), (1, again)], &[Started("n1".into()), AlreadyDraining("n1".into())], true);
         // A drain that names no instance (a node or pool) is not cleared by any heartbeat.
-        let node = Event::Evict { instance: None, nonce: "n3".into() };
+        let node = Event::Evict { instance: None, session: None, nonce: "n3".into() };
         check(&[(0, node), (1, hb("new"))], &[Started("n3".into()), Unchanged], true);
     }
 }

@@ -135,6 +135,8 @@ pub struct Serve {
     db_max_connections: u32,
     #[command(flatten)]
     upkeep: UpkeepArgs,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 /// The store's upkeep and how long rows are kept; each job runs once per period across replicas.
@@ -185,6 +187,37 @@ impl UpkeepArgs {
     }
 }
 
+/// The HTTP server's limits: clients that stall cannot hold it.
+#[derive(Debug, Args)]
+struct HttpArgs {
+    /// Time a client has to send a complete request head, from its connect or the first byte of
+    /// a request; past it the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
+    http_header_timeout: i64,
+    /// Time a client has to send a request's body once its head arrived (408 past it).
+    #[arg(long, default_value = "30s", value_parser = units::parse_duration)]
+    http_body_timeout: i64,
+    /// Time a connection may stay open with no request under way.
+    #[arg(long, default_value = "60s", value_parser = units::parse_duration)]
+    http_idle_timeout: i64,
+    /// HTTP connections served at once; more wait in the listen backlog until one closes
+    /// [default: 1024, or half the open-file limit when that is lower].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+}
+
+impl HttpArgs {
+    fn limits(&self) -> berth_control::HttpLimits {
+        let timeout = |v: i64| std::time::Duration::from_secs(secs(v).max(1));
+        berth_control::HttpLimits {
+            header_timeout: timeout(self.http_header_timeout),
+            body_timeout: timeout(self.http_body_timeout),
+            idle_timeout: timeout(self.http_idle_timeout),
+            max_connections: self.max_connections.unwrap_or_else(berth_control::app::default_max_connections).max(1),
+        }
+    }
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     units::parse_size(s)?.ok_or_else(|| "a volume needs a size".to_string())
 }
@@ -214,6 +247,27 @@ fn parse_owner(s: &str) -> Result<(u32, u32), String> {
     Ok((u.parse().map_err(|_| format!("'{u}' is not a uid"))?, g.parse().map_err(|_| format!("'{g}' is not a gid"))?))
 }
 
+/// Reads `--admin-token-file`, refusing a file that group or others may read or write.
+fn read_admin_token(path: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the admin token file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the admin token file {} is mode {:04o}, open to group or others: run `chmod 600 {}` (it holds the \
+             token that may do everything)",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        );
+    }
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+    Ok(token.trim().to_string())
+}
+
 fn secs(v: i64) -> u64 {
     v.max(0) as u64
 }
@@ -221,12 +275,7 @@ fn secs(v: i64) -> u64 {
 impl Serve {
     fn config(self) -> Result<Config> {
         let admin_token = match (&self.admin_token_file, std::env::var("BERTH_ADMIN_TOKEN")) {
-            (Some(path), _) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the admin token file {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
+            (Some(path), _) => Some(read_admin_token(path)?),
             (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
             _ => None,
         };
@@ -257,6 +306,7 @@ impl Serve {
         config.substrate = self.substrate;
         config.volume_opts = self.volume_opts.into_iter().collect();
         config.expiry_interval_secs = secs(self.expiry_interval);
+        config.http = self.http.limits();
         config.sandbox = berth_control::sandboxes::SandboxConfig {
             network: self.sandbox_network,
             server_url: self.sandbox_server_url,

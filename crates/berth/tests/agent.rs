@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use berth_api::client::EventQuery;
 use berth_api::{Attach, Client, EnsureWorkspace, RepoSpec, Session};
 use berth_testkit::{eventually, eventually_async};
 use util::git::{bare_repo, git, GitHttp};
@@ -297,6 +298,12 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
     assert!(w.lease.is_none(), "the drained sandbox detached");
     let final_snapshot = w.latest_snapshot.clone().unwrap();
     assert!(agent.log().contains(&final_snapshot[..16]), "the final snapshot is the drain's");
+    // The session ended clean (drained: its final snapshot is the latest), so nothing is at risk.
+    assert!(!w.at_risk, "a drained workspace is at risk: {w:?}");
+    let q = EventQuery { owner: Some("agent:e2e".into()), kind: Some("session_ended".into()), ..Default::default() };
+    let ended = rt().block_on(admin.events(&q)).unwrap().items;
+    let outcomes: Vec<_> = ended.iter().map(|e| e.detail["outcome"].as_str().unwrap_or("?").to_string()).collect();
+    assert_eq!(outcomes, ["drained"], "how the session ended");
 
     // The replacement attaches (the handover nonce comes with it) and initialises a fresh dir.
     let spec_b = root.join("spec-b.json");
@@ -336,9 +343,10 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&notes.stdout).trim(), "50", "the SQLite database came back whole");
     assert!(fresh.join(".berth/run/ready").exists());
-    // The replacement's ready-ack cleared the drain.
+    // The replacement cleared the drain: its first heartbeat (from a new instance, pod-b) or its
+    // ready-ack, whichever came first.
     let d = rt().block_on(admin.drain("workspace:agent:e2e")).unwrap();
-    assert_eq!((d.draining, d.cleared_by.as_deref()), (false, Some("ack")));
+    assert!(!d.draining && matches!(d.cleared_by.as_deref(), Some("ack" | "new_instance")), "{d:?}");
 
     // No token anywhere: logs, the restored tree (the snapshot, git metadata included), the
     // original workspace's git metadata, the store's objects.

@@ -589,3 +589,68 @@ fn made_up_methods_and_huge_inputs_stay_bounded() {
         assert!(text.len() < 4 * 1024, "the error echoed {} bytes of input", text.len());
     });
 }
+
+/// A `--admin-token-file` open to others is refused; and with its descriptors limited as in
+/// `ulimit -n 256`, 300 connections that stall mid-header neither stop the API nor the reconcilers:
+/// at most `--max-connections` are served at once, each stalled one is cut after
+/// `--http-header-timeout`, and a fresh request is answered.
+#[test]
+fn stalled_clients_past_the_fd_limit_stop_neither_the_api_nor_the_reconcilers() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let token_file = tmp.path().join("admin-token");
+    fs::write(&token_file, format!("{ADMIN}\n")).unwrap();
+    fs::set_permissions(&token_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = Run::of({
+        let mut c = util::berth_command();
+        c.current_dir(tmp.path()).args(["serve", "--listen", "127.0.0.1:0", "--admin-token-file"]).arg(&token_file);
+        c.arg("--data-dir").arg(&data).env_remove("BERTH_ADMIN_TOKEN");
+        c
+    })
+    .fails(1);
+    assert!(refused.stderr.contains(&format!("chmod 600 {}", token_file.display())), "{refused:?}");
+    fs::set_permissions(&token_file, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let token_arg = token_file.to_str().unwrap();
+    let args = ["--data-dir", data.to_str().unwrap(), "--admin-token-file", token_arg, "--lease-ttl", "1s"];
+    let limits = ["--expiry-interval", "1s", "--http-header-timeout", "1s", "--max-connections", "100"];
+    let server = Server::start(tmp.path(), &tmp.path().join("serve.log"), &[&args[..], &limits[..]].concat(), &[]);
+    let pid = rustix::process::Pid::from_raw(server.pid() as i32).unwrap();
+    let was = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let fds = rustix::process::Rlimit { current: Some(256), maximum: was.maximum };
+    rustix::process::prlimit(Some(pid), rustix::process::Resource::Nofile, fds).unwrap();
+    let admin = server.client(ADMIN);
+    rt().block_on(admin.ensure("agent:fd", &EnsureWorkspace::default())).unwrap();
+    let session =
+        rt().block_on(admin.attach("agent:fd", &Attach { instance_id: "pod".into(), node: None, pool: None }));
+    let session = session.unwrap();
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut stalled: Vec<_> = (0..300)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+            c
+        })
+        .collect();
+    let w: berth_api::Workspace = rt().block_on(async {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let answered = http.get(format!("{}/v1/workspaces/agent:fd", server.url)).bearer_auth(ADMIN).send().await;
+        answered.expect("the API answers past the stalled clients").json().await.unwrap()
+    });
+    // The unrenewed lease expired meanwhile: the reconcilers kept running.
+    assert!(w.lease.is_none(), "the lease of {} was not expired: {w:?}", session.session_id);
+    let events = rt().block_on(admin.events(&EventQuery { kind: Some("lease_expired".into()), ..Default::default() }));
+    assert_eq!(events.unwrap().items.len(), 1);
+    for c in &mut stalled {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = std::io::Read::read(c, &mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "a stalled head got an answer instead of a close");
+    }
+    let log = fs::read_to_string(&server.log).unwrap();
+    assert!(!log.contains("accept_failed"), "the server ran out of descriptors:\n{log}");
+    assert!(metric(&server.url, "berth_http_connections") <= 100.0);
+    server.terminate(10);
+}

@@ -93,7 +93,7 @@ pub fn workspace(ws: &WorkspaceRow, now: Timestamp) -> api::Workspace {
 pub fn drain(row: &DrainRow) -> api::DrainInfo {
     let (draining, nonce, since, instance) = match &row.state {
         Drain::Open => (false, None, None, None),
-        Drain::Draining { nonce, since, instance } => (true, Some(nonce.clone()), Some(*since), instance.clone()),
+        Drain::Draining { nonce, since, instance, .. } => (true, Some(nonce.clone()), Some(*since), instance.clone()),
     };
     api::DrainInfo {
         scope: row.scope.to_string(),

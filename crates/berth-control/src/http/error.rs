@@ -3,7 +3,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use berth_api::client::STALE_EPOCH;
+use berth_api::client::{STALE_EPOCH, WRONG_INSTANCE};
 use berth_api::{ErrorBody, ErrorDetail};
 
 use super::dto::lease_info;
@@ -26,6 +26,7 @@ impl Error {
             Error::WrongState(_) => (StatusCode::CONFLICT, "wrong_state"),
             Error::AtRisk(_) => (StatusCode::CONFLICT, "at_risk"),
             Error::WrongNonce(_) => (StatusCode::CONFLICT, "wrong_nonce"),
+            Error::WrongInstance { .. } => (StatusCode::CONFLICT, WRONG_INSTANCE),
             Error::Draining { .. } => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
             Error::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Error::Volume(v) => match v.kind {

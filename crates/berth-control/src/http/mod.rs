@@ -2,6 +2,7 @@
 //! `/metrics`. Handlers authorise first (401, 403), then parse (400), then act.
 
 pub mod auth;
+pub mod conn;
 pub mod dto;
 mod error;
 mod openapi;

@@ -247,6 +247,7 @@ pub(crate) fn session_reply(app: &App, a: Attached) -> api::Session {
         owner: owner.to_string(),
         generation: a.session.generation.0,
         workspace_id: a.workspace.id.clone(),
+        instance_id: a.session.instance.to_string(),
         epoch: a.session.epoch,
         lease_expires_at: dto::ts(a.expires),
         lease_ttl_secs: app.meta.rules().lease_ttl_secs as u64,
@@ -349,10 +350,16 @@ pub async fn start_drain(principal: Principal, State(app): State<Arc<App>>, body
     let scope = scope_param(&body.scope)?;
     principal.scope(&scope)?;
     let mut instance = body.instance_id.map(instance_param).transpose()?;
-    if instance.is_none() {
-        if let Principal::Sandbox { session, .. } = &principal {
-            instance = Some(app.meta.session(session).await?.instance);
+    if let Principal::Sandbox { session, .. } = &principal {
+        // A sandbox evicts only itself, so the drain records its session, which may then
+        // not acknowledge it.
+        let own = app.meta.session(session).await?.instance;
+        if instance.as_ref().is_some_and(|i| *i != own) {
+            return Err(Error::Forbidden(format!(
+                "a sandbox token may drain only its own instance {own}; leave instance_id out"
+            )));
         }
+        instance = Some(own);
     }
     let reason = body.reason.map(|r| r.chars().take(500).collect::<String>());
     let (row, started) = app.meta.start_drain(&scope, instance.as_ref(), reason.as_deref(), now()).await?;

@@ -58,7 +58,7 @@ fn cleared_by_str(by: ClearedBy) -> &'static str {
     }
 }
 
-const DRAIN_COLS: &str = "scope, state, nonce, instance, since, reason, cleared_at, cleared_by";
+const DRAIN_COLS: &str = "scope, state, nonce, instance, session, since, reason, cleared_at, cleared_by";
 
 fn drain_from_row(row: &sqlx::any::AnyRow, rules: Rules) -> Result<DrainRow> {
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
@@ -71,6 +71,11 @@ fn drain_from_row(row: &sqlx::any::AnyRow, rules: Rules) -> Result<DrainRow> {
             instance: row
                 .try_get::<Option<String>, _>("instance")?
                 .map(InstanceId::new)
+                .transpose()
+                .map_err(|e| corrupt(&e))?,
+            session: row
+                .try_get::<Option<String>, _>("session")?
+                .map(SessionId::new)
                 .transpose()
                 .map_err(|e| corrupt(&e))?,
         },
@@ -111,21 +116,23 @@ impl Meta {
         let (state, outcome) = drain::step(&row.state, event, now, self.rules.drain_timeout_secs);
         let scope = row.scope.to_string();
         match (&state, &outcome) {
-            (Drain::Draining { nonce, since, instance }, Outcome::Started(_)) => {
+            (Drain::Draining { nonce, since, instance, session }, Outcome::Started(_)) => {
                 sqlx::query(
-                    "INSERT INTO drains (scope, state, nonce, instance, since, reason, updated_at) \
-                 VALUES ($1, 'draining', $2, $3, $4, $5, $4) ON CONFLICT (scope) DO UPDATE SET state = 'draining', \
-                 nonce = excluded.nonce, instance = excluded.instance, since = excluded.since, \
-                 reason = excluded.reason, updated_at = excluded.updated_at",
+                    "INSERT INTO drains (scope, state, nonce, instance, session, since, reason, updated_at) \
+                 VALUES ($1, 'draining', $2, $3, $4, $5, $6, $5) ON CONFLICT (scope) DO UPDATE SET state = 'draining', \
+                 nonce = excluded.nonce, instance = excluded.instance, session = excluded.session, \
+                 since = excluded.since, reason = excluded.reason, updated_at = excluded.updated_at",
                 )
                 .bind(&scope)
                 .bind(nonce)
                 .bind(instance.as_ref().map(|i| i.to_string()))
+                .bind(session.as_ref().map(|s| s.to_string()))
                 .bind(since.0)
                 .bind(reason.clone())
                 .execute(&mut *conn)
                 .await?;
-                let detail = json!({"instance": instance.as_ref().map(|i| i.as_str()), "reason": reason});
+                let detail = json!({"instance": instance.as_ref().map(|i| i.as_str()),
+                    "session": session.as_ref().map(|s| s.as_str()), "reason": reason});
                 record(
                     conn,
                     now,
@@ -151,13 +158,9 @@ impl Meta {
                 )
                 .await?;
             }
-            (_, Outcome::WrongNonce) => {
-                record(
-                    conn,
-                    now,
-                    NewEvent { kind: "drain_wrong_nonce", scope: Some(row.scope.clone()), ..Default::default() },
-                )
-                .await?;
+            (_, Outcome::WrongNonce | Outcome::OwnAck) => {
+                let kind = if outcome == Outcome::OwnAck { "drain_own_ack_refused" } else { "drain_wrong_nonce" };
+                record(conn, now, NewEvent { kind, scope: Some(row.scope.clone()), ..Default::default() }).await?;
             }
             _ => {}
         }
@@ -188,8 +191,9 @@ impl Meta {
     }
 
     /// Starts draining `scope` (or returns the running drain). For a workspace scope without
-    /// an instance, the instance is the live lease holder's. Returns the row and whether this
-    /// call started the drain.
+    /// an instance, the instance is the live lease holder's; the drained session is the live
+    /// holder's when it is that instance. Returns the row and whether this call started the
+    /// drain.
     pub async fn start_drain(
         &self,
         scope: &Scope,
@@ -200,9 +204,13 @@ impl Meta {
         let mut conn = self.write.acquire().await?;
         let mut tx = begin(&mut conn).await?;
         let mut instance = instance.cloned();
-        if let (Scope::Workspace(owner), None) = (scope, &instance) {
-            if let Some(ws) = self.ws_for_update(&mut tx, owner).await? {
-                instance = ws.record.lease.live_holder(now).map(|h| h.instance.clone());
+        let mut session = None;
+        if let Scope::Workspace(owner) = scope {
+            let holder =
+                self.ws_for_update(&mut tx, owner).await?.and_then(|ws| ws.record.lease.live_holder(now).cloned());
+            if let Some(h) = holder.filter(|h| instance.as_ref().is_none_or(|i| *i == h.instance)) {
+                instance = Some(h.instance);
+                session = Some(h.session);
             }
         }
         let row = self.drain_in(&mut tx, scope, true).await?;
@@ -210,7 +218,8 @@ impl Meta {
         let (state, _) = self.apply_drain(&mut tx, &row, drain::Event::Tick, now).await?;
         let row = DrainRow { state, reason: reason.map(String::from), ..row };
         let nonce = random_hex(16);
-        let (state, outcome) = self.apply_drain(&mut tx, &row, drain::Event::Evict { instance, nonce }, now).await?;
+        let (state, outcome) =
+            self.apply_drain(&mut tx, &row, drain::Event::Evict { instance, session, nonce }, now).await?;
         let started = matches!(outcome, Outcome::Started(_));
         let row = self.drain_in(&mut tx, scope, false).await?;
         tx.commit().await?;
@@ -232,9 +241,9 @@ impl Meta {
     }
 
     /// Acknowledges the handover of `scope` with `nonce`. A sandbox's ack (`session`) is fenced:
-    /// its session must hold its workspace's live lease. Returns the row after the ack and
-    /// whether it cleared the drain; the wrong nonce is `WrongNonce` (it keeps draining); an ack
-    /// while not draining is a no-op.
+    /// its session must hold its workspace's live lease, and it must not be the drained session
+    /// (`Forbidden`). Returns the row after the ack and whether it cleared the drain; the wrong
+    /// nonce is `WrongNonce` (it keeps draining); an ack while not draining is a no-op.
     pub async fn ack_drain(
         &self,
         scope: &Scope,
@@ -253,11 +262,16 @@ impl Meta {
             lease.check(epoch, now)?;
         }
         let row = self.drain_in(&mut tx, scope, true).await?;
-        let (_, outcome) = self.apply_drain(&mut tx, &row, drain::Event::Ack { nonce: nonce.to_string() }, now).await?;
+        let ack = drain::Event::Ack { nonce: nonce.to_string(), by: session.map(|(s, _)| s.clone()) };
+        let (_, outcome) = self.apply_drain(&mut tx, &row, ack, now).await?;
         let after = self.drain_in(&mut tx, scope, false).await?;
         tx.commit().await?;
         match outcome {
             Outcome::WrongNonce => Err(Error::WrongNonce(scope.clone())),
+            Outcome::OwnAck => Err(Error::Forbidden(format!(
+                "the drained session cannot acknowledge the drain of {scope}: its replacement acknowledges \
+                 it once attached (or the admin does)"
+            ))),
             Outcome::Cleared(ClearedBy::Ack) => Ok((after, true)),
             _ => Ok((after, false)),
         }

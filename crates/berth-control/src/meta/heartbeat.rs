@@ -37,7 +37,9 @@ pub(super) type Queued = (Beat, oneshot::Sender<Result<HeartbeatOutcome>>);
 
 impl Meta {
     /// Renews a session's lease and returns the drain state of its scopes, in one transaction.
-    /// A heartbeat from an instance other than the drained one clears a workspace drain.
+    /// A heartbeat must come from the instance the session attached with (`WrongInstance`
+    /// otherwise, and nothing changes); one from a session of another instance than the drained
+    /// one (the replacement's) clears a workspace drain.
     pub async fn heartbeat(
         &self,
         session: &SessionId,
@@ -60,7 +62,7 @@ impl Meta {
     }
 
     /// Applies one heartbeat inside the caller's transaction. Refusals (stale epoch, unknown
-    /// session) write nothing.
+    /// session, another instance) write nothing.
     async fn beat_in(&self, conn: &mut AnyConnection, beat: &Beat) -> Result<HeartbeatOutcome> {
         // One statement reads the session, locks its workspace and counts draining scopes; the
         // drain rows themselves are read only when there are some (rarely).
@@ -91,20 +93,15 @@ impl Meta {
         if holder.as_deref() != Some(s.id.as_str()) || s.epoch != beat.epoch {
             return Err(lease.fence(beat.epoch).into());
         }
+        if beat.instance != s.instance {
+            return Err(Error::WrongInstance { session: s.id, attached: s.instance, presented: beat.instance.clone() });
+        }
         let lease = lease.renew(beat.epoch, beat.now, self.rules.lease_ttl_secs)?;
-        sqlx::query("UPDATE workspaces SET lease_expires = $2, lease_instance = $3 WHERE owner = $1")
+        sqlx::query("UPDATE workspaces SET lease_expires = $2 WHERE owner = $1")
             .bind(s.owner.as_str())
             .bind(lease.expires.0)
-            .bind(beat.instance.as_str())
             .execute(&mut *conn)
             .await?;
-        if beat.instance != s.instance {
-            sqlx::query("UPDATE sessions SET instance = $2 WHERE id = $1")
-                .bind(s.id.as_str())
-                .bind(beat.instance.as_str())
-                .execute(&mut *conn)
-                .await?;
-        }
         let mut draining = Vec::new();
         if row.try_get::<i64, _>("n_draining")? > 0 {
             for d in self.drains_for_update(conn, &s.scopes()).await? {

@@ -353,12 +353,14 @@ fn migrator(dialect: Dialect) -> Migrator {
             (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
             (2, "at risk", include_str!("../../migrations/sqlite/0002_at_risk.sql")),
             (3, "row horizons", include_str!("../../migrations/sqlite/0003_row_horizons.sql")),
+            (5, "drain session", include_str!("../../migrations/sqlite/0005_drain_session.sql")),
             (7, "live session of an instance", include_str!("../../migrations/sqlite/0007_live_session_of.sql")),
         ],
         Dialect::Postgres => &[
             (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
             (2, "at risk", include_str!("../../migrations/postgres/0002_at_risk.sql")),
             (3, "row horizons", include_str!("../../migrations/postgres/0003_row_horizons.sql")),
+            (5, "drain session", include_str!("../../migrations/postgres/0005_drain_session.sql")),
             (7, "live session of an instance", include_str!("../../migrations/postgres/0007_live_session_of.sql")),
         ],
     };

@@ -281,9 +281,10 @@ impl Meta {
         row.as_ref().map(session_from_row).transpose()
     }
 
-    /// Finds the session a sandbox token belongs to.
+    /// Finds the live session a sandbox token belongs to; the token of an ended session finds
+    /// nothing.
     pub async fn session_by_token(&self, hash: &str) -> Result<Option<SessionRow>> {
-        let sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE token_hash = $1");
+        let sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE token_hash = $1 AND ended_at IS NULL");
         let row = sqlx::query(&sql).bind(hash).fetch_optional(&self.read).await?;
         row.as_ref().map(session_from_row).transpose()
     }

@@ -252,7 +252,7 @@ pub async fn drains(console: Console, State(app): State<Arc<App>>) -> Response {
             table.list #pending { thead { tr {
                 th scope="col" { "Scope" } th scope="col" { "Since" } th scope="col" { "Reason" } th scope="col" { "Instance" }
                 th scope="col" { "Nonce" } th scope="col" { "Clears by timeout" } th scope="col" {}
-            } } tbody { @for d in &pending { @if let Drain::Draining { nonce, since, instance } = &d.state { tr {
+            } } tbody { @for d in &pending { @if let Drain::Draining { nonce, since, instance, .. } = &d.state { tr {
                 td { (d.scope.to_string()) }
                 td { (ago(*since, now)) }
                 td { @if let Some(r) = &d.reason { (r) } }

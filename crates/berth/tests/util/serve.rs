@@ -59,6 +59,11 @@ impl Server {
         server
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A client acting with `token`.
     pub fn client(&self, token: &str) -> Client {
         Client::new(&self.url, token).unwrap()

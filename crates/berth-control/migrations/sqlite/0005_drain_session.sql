@@ -1,0 +1,3 @@
+-- The session a workspace drain evicts: it may not acknowledge its own drain.
+
+ALTER TABLE drains ADD COLUMN session TEXT;
