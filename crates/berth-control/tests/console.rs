@@ -19,6 +19,7 @@ both!(
     delete_needs_the_owner_typed_and_removes_the_volume,
     gc_sweeps_that_act_are_recorded_and_shown,
     the_event_stream_resumes_after_the_last_event_id,
+    the_list_filters_searches_and_pages,
 );
 
 const VIEWER: &str = "test-viewer-token-0123456789";
@@ -299,4 +300,52 @@ async fn the_event_stream_resumes_after_the_last_event_id(db: Db) {
     // Shutdown ends open streams instead of waiting for them.
     tokio::time::timeout(Duration::from_secs(10), s.stop()).await.expect("the server stops with streams open");
     drop((live, resumed));
+}
+
+/// The owners of the rows of a list page, in order, and its next page's link.
+fn rows_of(page: &str) -> (Vec<String>, Option<String>) {
+    let owners = page.split(" data-owner=\"").skip(1).map(|r| r[..r.find('"').unwrap()].to_string()).collect();
+    let next = page.find("rel=\"next\" href=\"").map(|i| {
+        let rest = &page[i + "rel=\"next\" href=\"".len()..];
+        rest[..rest.find('"').unwrap()].replace("&amp;", "&")
+    });
+    (owners, next)
+}
+
+async fn the_list_filters_searches_and_pages(db: Db) {
+    let s = start(db).await;
+    for i in 0..60 {
+        let team = if i % 3 == 0 { "a" } else { "b" };
+        let body = berth_api::EnsureWorkspace { labels: [("team".into(), team.into())].into(), ..Default::default() };
+        s.admin.ensure(&format!("agent:{i:03}"), &body).await.unwrap();
+    }
+    s.admin.close("agent:007").await.unwrap();
+    let cookie = login(&s, VIEWER).await;
+    // Pages of 50, in owner order, with a link to the next.
+    let (status, page) = get(&s, &cookie, "/ui/workspaces").await;
+    assert_eq!(status, StatusCode::OK);
+    let (first, next) = rows_of(&page);
+    assert_eq!(first.len(), 50, "{page}");
+    assert_eq!((first[0].as_str(), first[49].as_str()), ("agent:000", "agent:049"));
+    let next = next.expect("a next page");
+    let (second, last) = rows_of(&get(&s, &cookie, &next).await.1);
+    assert_eq!((second.len(), second[0].as_str(), last), (10, "agent:050", None));
+    // A label filter over pages (20 of 60 match), the state filter, the owner search.
+    let (team_a, next) = rows_of(&get(&s, &cookie, "/ui/workspaces?label=team%3Da").await.1);
+    assert_eq!((team_a.len(), next), (20, None));
+    assert!(team_a.iter().all(|o| o[6..].parse::<u32>().unwrap() % 3 == 0), "{team_a:?}");
+    let (closed, _) = rows_of(&get(&s, &cookie, "/ui/workspaces?state=closed").await.1);
+    assert_eq!(closed, ["agent:007"]);
+    let (found, _) = rows_of(&get(&s, &cookie, "/ui/workspaces?q=05").await.1);
+    let want: Vec<String> = [5].into_iter().chain(50..60).map(|i| format!("agent:{i:03}")).collect();
+    assert_eq!(found, want);
+    // LIKE's wildcards are searched as text.
+    assert_eq!(rows_of(&get(&s, &cookie, "/ui/workspaces?q=%25").await.1).0.len(), 0);
+    assert_eq!(rows_of(&get(&s, &cookie, "/ui/workspaces?q=agent_0").await.1).0.len(), 0);
+    // Nothing is at risk yet.
+    assert_eq!(rows_of(&get(&s, &cookie, "/ui/workspaces?risk=1").await.1).0.len(), 0);
+    let (status, page) = get(&s, &cookie, "/ui/workspaces?state=bogus").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("not one of active, closed, deleting, deleted"));
+    s.stop().await;
 }
