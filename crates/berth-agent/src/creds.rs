@@ -7,7 +7,8 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -23,7 +24,10 @@ pub struct Creds {
     pub token_file: PathBuf,
     /// Where the token came from: endpoint or static.
     pub source: &'static str,
-    secret: String,
+    redactor: Redactor,
+    /// When the endpoint's token expires, if it said (shared by clones: a refresh is seen by
+    /// every holder).
+    expires: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for Creds {
@@ -33,9 +37,44 @@ impl std::fmt::Debug for Creds {
 }
 
 impl Creds {
-    /// Returns a redactor that knows this token.
+    /// Returns a redactor that knows this token, and every token a refresh brings.
     pub fn redactor(&self) -> Redactor {
-        Redactor(vec![self.secret.clone()])
+        self.redactor.clone()
+    }
+
+    /// How long the token is still valid, if its endpoint said when it expires.
+    pub fn valid_for(&self) -> Option<Duration> {
+        let expires = *self.expires.lock().unwrap_or_else(PoisonError::into_inner);
+        expires.map(|e| e.saturating_duration_since(Instant::now()))
+    }
+
+    /// Exchanges a new token at the endpoint when this one expires within `within` (a token from
+    /// the endpoint with a known expiry only), and installs it in the token file the helper reads.
+    /// Returns whether it did.
+    pub async fn refresh_if_expiring(&self, cfg: &CredentialConfig, within: Duration) -> Result<bool, CredError> {
+        let (Some(endpoint), Some(left)) = (&cfg.endpoint, self.valid_for()) else { return Ok(false) };
+        if self.source != "endpoint" || left > within {
+            return Ok(false);
+        }
+        let identity = match &cfg.identity_token_file {
+            Some(p) => Some(read_token("identity token", p)?),
+            None => None,
+        };
+        let (token, ttl) = exchange(endpoint, identity.as_deref()).await?;
+        let dir = self.token_file.parent().map(Path::to_path_buf).unwrap_or_default();
+        write_private(&self.token_file, token.as_bytes(), 0o600).map_err(|source| CredError::Write {
+            what: "token",
+            dir,
+            source,
+        })?;
+        self.redactor.learn(&token);
+        *self.expires.lock().unwrap_or_else(PoisonError::into_inner) = ttl.map(|t| Instant::now() + t);
+        tracing::info!(
+            event = "credentials_refreshed",
+            left_ms = left.as_millis() as u64,
+            valid_secs = ttl.map(|t| t.as_secs())
+        );
+        Ok(true)
     }
 
     /// Git configuration, as `GIT_CONFIG_*` environment entries: reset any inherited credential
@@ -51,15 +90,26 @@ impl Creds {
     }
 }
 
-/// Replaces secrets in text with `***` and strips `user:password@` from URLs.
+/// Replaces secrets in text with `***` and strips `user:password@` from URLs. Clones share what
+/// they know, so a refreshed token is redacted everywhere.
 #[derive(Clone, Debug, Default)]
-pub struct Redactor(Vec<String>);
+pub struct Redactor(Arc<Mutex<Vec<String>>>);
 
 impl Redactor {
+    /// A redactor of `secrets`.
+    pub fn of(secrets: Vec<String>) -> Redactor {
+        Redactor(Arc::new(Mutex::new(secrets)))
+    }
+
+    /// Adds `secret` to what it removes.
+    pub fn learn(&self, secret: &str) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(secret.to_string());
+    }
+
     /// Returns `s` with every known secret and URL credential removed.
     pub fn redact(&self, s: &str) -> String {
         let mut out = s.to_string();
-        for secret in self.0.iter().filter(|t| t.len() >= 4) {
+        for secret in self.0.lock().unwrap_or_else(PoisonError::into_inner).iter().filter(|t| t.len() >= 4) {
             out = out.replace(secret.as_str(), "***");
         }
         redact_urls(&out)
@@ -140,9 +190,13 @@ impl CredError {
 struct TokenReply {
     #[serde(alias = "access_token")]
     token: String,
+    /// Seconds the token is valid for, if the endpoint says.
+    #[serde(default)]
+    expires_in: Option<f64>,
 }
 
-async fn exchange(endpoint: &str, identity: Option<&str>) -> Result<String, CredError> {
+/// Exchanges the workload identity for a token; returns it and how long it is valid, if said.
+async fn exchange(endpoint: &str, identity: Option<&str>) -> Result<(String, Option<Duration>), CredError> {
     let unavailable = |reason: String| CredError::Unavailable { reason };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -165,7 +219,8 @@ async fn exchange(endpoint: &str, identity: Option<&str>) -> Result<String, Cred
                 if reply.token.trim().is_empty() {
                     return Err(bad("token endpoint returned an empty token".into()));
                 }
-                return Ok(reply.token.trim().to_string());
+                let ttl = reply.expires_in.filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64);
+                return Ok((reply.token.trim().to_string(), ttl));
             }
             Ok(resp) if resp.status().is_client_error() => {
                 return Err(CredError::Refused { status: resp.status().to_string() });
@@ -187,7 +242,8 @@ fn write_private(path: &PathBuf, body: &[u8], mode: u32) -> std::io::Result<()> 
 /// Fetches credentials as configured and installs them in the job's credential directory.
 /// `Ok(None)`: none configured (public repositories only).
 pub async fn fetch(cfg: &CredentialConfig, job: &Job) -> Result<Option<Creds>, CredError> {
-    let Some((token, source)) = token(cfg).await? else { return Ok(None) };
+    let fetched_at = Instant::now();
+    let Some((token, source, ttl)) = token(cfg).await? else { return Ok(None) };
     let token_file = job.creds.join("token");
     let helper = job.creds.join("git-credential");
     let write = |what, source| CredError::Write { what, dir: job.creds.clone(), source };
@@ -212,7 +268,8 @@ pub async fn fetch(cfg: &CredentialConfig, job: &Job) -> Result<Option<Creds>, C
         token_file.display()
     );
     write_private(&helper, script.as_bytes(), 0o700).map_err(|e| write("credential helper", e))?;
-    Ok(Some(Creds { helper, token_file, source, secret: token }))
+    let expires = Arc::new(Mutex::new(ttl.map(|t| fetched_at + t)));
+    Ok(Some(Creds { helper, token_file, source, redactor: Redactor::of(vec![token]), expires }))
 }
 
 /// Reads a token file, trimmed.
@@ -221,26 +278,26 @@ fn read_token(what: &'static str, path: &Path) -> Result<String, CredError> {
     Ok(t.trim().to_string())
 }
 
-/// The token and where it came from: the endpoint, else the static fallback; `None` when
-/// neither is configured.
-async fn token(cfg: &CredentialConfig) -> Result<Option<(String, &'static str)>, CredError> {
+/// The token, where it came from (the endpoint, else the static fallback) and how long it is
+/// valid if the endpoint said; `None` when neither is configured.
+async fn token(cfg: &CredentialConfig) -> Result<Option<(String, &'static str, Option<Duration>)>, CredError> {
     let static_token = || -> Result<Option<String>, CredError> {
         if let Some(path) = &cfg.static_token_file {
             return Ok(Some(read_token("git token file", path)?).filter(|t| !t.is_empty()));
         }
         Ok(cfg.static_token.clone().filter(|t| !t.trim().is_empty()))
     };
-    let Some(endpoint) = &cfg.endpoint else { return Ok(static_token()?.map(|t| (t, "static"))) };
+    let Some(endpoint) = &cfg.endpoint else { return Ok(static_token()?.map(|t| (t, "static", None))) };
     let identity = match &cfg.identity_token_file {
         Some(p) => Some(read_token("identity token", p)?),
         None => None,
     };
     match exchange(endpoint, identity.as_deref()).await {
-        Ok(t) => Ok(Some((t, "endpoint"))),
+        Ok((t, ttl)) => Ok(Some((t, "endpoint", ttl))),
         Err(e) => match static_token()? {
             Some(t) => {
                 tracing::warn!(event = "credentials_fallback", reason = %e);
-                Ok(Some((t, "static")))
+                Ok(Some((t, "static", None)))
             }
             None => Err(e),
         },
@@ -288,7 +345,7 @@ mod tests {
 
     #[test]
     fn redacts() {
-        let r = Redactor(vec!["s3cr3t-token".into()]);
+        let r = Redactor::of(vec!["s3cr3t-token".into()]);
         assert_eq!(
             r.redact("push to https://x:s3cr3t-token@h/r.git failed: s3cr3t-token"),
             "push to https://h/r.git failed: ***"

@@ -1,6 +1,7 @@
 //! The drain on SIGTERM, in order of value, each step bounded by what is
-//! left of the budget: tell the control plane, nudge the agent to commit and push, wait for it,
-//! stop what is left, commit work in progress, push it, take the final snapshot, hand over.
+//! left of the budget: tell the control plane, renew a git token that would expire before the
+//! drain ends, nudge the agent to commit and push, wait for it, stop what is left, commit work in
+//! progress, push it, take the final snapshot, hand over.
 //!
 //! # Guarantees
 //! - It never fails past its caller: every step's failure is logged and the next step runs.
@@ -22,7 +23,7 @@ use crate::supervise::{self, Child};
 /// One step of a drain.
 #[derive(Clone, Debug, Serialize)]
 struct Step {
-    /// notify, nudge, wait, freeze, commit, push, snapshot, handover, detach.
+    /// notify, credentials, nudge, wait, freeze, commit, push, snapshot, handover, detach.
     pub name: &'static str,
     /// What happened.
     pub detail: String,
@@ -73,6 +74,22 @@ impl Drain<'_> {
             if nonce.is_some() { "control plane recorded the drain" } else { "control plane not told (see log)" };
         self.step("notify", detail.into(), t);
         nonce
+    }
+
+    /// Renews the git token when it would expire before the drain ends (and a little after, for
+    /// the push under way then), so the agent's pushes and the WIP push are not refused.
+    async fn refresh_credentials(&mut self) {
+        let t = Instant::now();
+        let within = self.left() + Duration::from_secs(30);
+        let bound = self.left().min(Duration::from_secs(10));
+        let detail =
+            match tokio::time::timeout(bound, self.git.refresh_credentials(&self.cfg.credentials, within)).await {
+                Ok(Ok(false)) => return,
+                Ok(Ok(true)) => "renewed the git token, which would have expired during the drain".to_string(),
+                Ok(Err(e)) => format!("could not renew the git token: {e}"),
+                Err(_) => "renewing the git token timed out".to_string(),
+            };
+        self.step("credentials", detail, t);
     }
 
     /// Nudges the agent to commit and push, waits for it, and stops what is left of it.
@@ -194,6 +211,7 @@ pub async fn drain(
     let reserve = (budget * 2 / 5).max(Duration::from_secs(2)).min(budget);
     let mut d = Drain { cfg, control, git, started, deadline: started + budget, reserve, steps: Vec::new() };
     let nonce = d.notify().await;
+    d.refresh_credentials().await;
     d.stop_agent(child).await;
     d.commit_and_push(scratch).await;
     if let (Some(n), Some(_)) = (&nonce, control) {

@@ -37,6 +37,7 @@ pub struct GitError {
 pub struct Git {
     env: Vec<(String, String)>,
     redactor: Redactor,
+    creds: Option<Creds>,
 }
 
 /// A repository's git state, as captured into `.berth/state/git/<repo>/state.json`.
@@ -100,6 +101,20 @@ impl Git {
         Git {
             env: creds.map(Creds::git_env).unwrap_or_default(),
             redactor: creds.map(Creds::redactor).unwrap_or_default(),
+            creds: creds.cloned(),
+        }
+    }
+
+    /// Renews the credentials the helper hands git when they expire within `within` (see
+    /// [`Creds::refresh_if_expiring`]); returns whether it did.
+    pub async fn refresh_credentials(
+        &self,
+        cfg: &crate::config::CredentialConfig,
+        within: std::time::Duration,
+    ) -> Result<bool, crate::creds::CredError> {
+        match &self.creds {
+            Some(c) => c.refresh_if_expiring(cfg, within).await,
+            None => Ok(false),
         }
     }
 

@@ -1123,3 +1123,49 @@ fn without_a_control_plane_the_agent_forgets_and_prunes_on_its_schedule() {
     let log = fs::read_to_string(next.join("log.txt")).unwrap();
     assert!(log.lines().count() > 10, "the restored log holds the writer's lines");
 }
+
+/// A git token from the credential endpoint that expires mid-run (the server refuses it after
+/// 4 s) is renewed before the drain pushes the work in progress, and the push gets through.
+#[test]
+fn a_token_that_expires_mid_run_is_renewed_before_the_drains_push() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = fs::canonicalize(tmp.path()).unwrap();
+    let http_root = root.join("http");
+    fs::create_dir_all(&http_root).unwrap();
+    let lib = bare_repo(&http_root, "lib");
+    let gh = GitHttp::start_expiring(&http_root, &root.join("githttp"), GIT_TOKEN, 4);
+    let (ws, jobs) = (root.join("ws"), root.join("jobs"));
+    let repos = format!(r#"[{{"url": "{}/lib.git", "branch": "main", "path": "lib"}}]"#, gh.url);
+    let agent_script = script(&root, &["lib"], false);
+    let args = [
+        "--dir",
+        ws.to_str().unwrap(),
+        "--workspace",
+        "agent:expiring",
+        "--base",
+        jobs.to_str().unwrap(),
+        "--repos",
+        &repos,
+        "--grace",
+        "20",
+        "--credential-endpoint",
+        &format!("{}/token", gh.url),
+        "--identity-token-file",
+        gh.identity_file.to_str().unwrap(),
+    ];
+    let mut agent = Agent::start(&args, &[agent_script.to_str().unwrap()], &root.join("agent.log"));
+    wait_file(&root.join("agent-ready"), 60);
+    // Let the token the run started with expire (by the server's clock: a real wait for time to pass).
+    let first = *gh.exchanges().first().expect("init exchanged a token");
+    let now = || SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
+    while now() < first + 4.5 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    terminate(&mut agent.child, 25, "berth agent run");
+    let log = agent.log();
+    assert!(log.contains("credentials_refreshed"), "the drain did not renew the token:\n{log}");
+    assert_eq!(gh.exchanges().len(), 2, "one exchange at init, one renewal in the drain:\n{log}");
+    let subject = git(&lib, &["log", "-1", "--format=%s", "berth/wip/main"]);
+    assert!(subject.starts_with("berth: work in progress of agent:expiring"), "{subject}\n{log}");
+    assert!(!log.contains(GIT_TOKEN), "a token is in the log");
+}

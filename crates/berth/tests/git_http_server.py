@@ -6,7 +6,11 @@ clients presenting HTTP Basic auth whose password is the token in TOKEN_FILE. `P
 workload token exchange: a Bearer IDENTITY (the content of IDENTITY_FILE) gets {"token": TOKEN}.
 Binds 127.0.0.1 on a free port and writes the port to PORT_FILE.
 
-Usage: git_http_server.py ROOT TOKEN_FILE IDENTITY_FILE PORT_FILE
+With TOKEN_TTL_SECS, tokens expire: each exchange issues a new token (TOKEN.N) that the
+repositories accept for that many seconds, and answers its `expires_in`; TOKEN itself is refused.
+Every exchange is appended to EXCHANGES_FILE (PORT_FILE + ".exchanges"), one line each.
+
+Usage: git_http_server.py ROOT TOKEN_FILE IDENTITY_FILE PORT_FILE [TOKEN_TTL_SECS]
 """
 import base64
 import http.server
@@ -14,8 +18,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 root, token_file, identity_file, port_file = sys.argv[1:5]
+TTL = float(sys.argv[5]) if len(sys.argv) > 5 else None
+ISSUED = {}  # token -> when it expires (monotonic), with a TTL
+LOCK = threading.Lock()
 TOKEN = open(token_file).read().strip()
 IDENTITY = open(identity_file).read().strip()
 BACKEND = os.path.join(subprocess.check_output(["git", "--exec-path"], text=True).strip(), "git-http-backend")
@@ -48,7 +57,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def token_exchange(self, body):
         if self.headers.get("Authorization", "") != "Bearer " + IDENTITY:
             return self.reply(403, b'{"error": "unknown workload"}', [("Content-Type", "application/json")])
-        self.reply(200, json.dumps({"token": TOKEN, "expires_in": 3600}).encode(), [("Content-Type", "application/json")])
+        token, ttl = TOKEN, 3600
+        if TTL is not None:
+            with LOCK:
+                token, ttl = "%s.%d" % (TOKEN, len(ISSUED) + 1), TTL
+                ISSUED[token] = time.monotonic() + TTL
+        with open(port_file + ".exchanges", "a") as f:
+            f.write("%s\n" % time.time())
+        self.reply(200, json.dumps({"token": token, "expires_in": ttl}).encode(), [("Content-Type", "application/json")])
+
+    def valid(self, password):
+        if TTL is None:
+            return password == TOKEN
+        with LOCK:
+            return time.monotonic() < ISSUED.get(password, 0)
 
     def handle_any(self):
         body = self.body()
@@ -61,7 +83,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if auth.startswith("Basic "):
             try:
                 user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
-                ok = password == TOKEN
+                ok = self.valid(password)
             except ValueError:
                 ok = False
         if not ok:

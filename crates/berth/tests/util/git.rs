@@ -46,11 +46,28 @@ pub struct GitHttp {
     pub token: String,
     /// The workload identity its `/token` endpoint exchanges for the token.
     pub identity_file: PathBuf,
+    port_file: PathBuf,
 }
 
 impl GitHttp {
     /// Serves the bare repositories under `root`; state files go to `work`.
     pub fn start(root: &Path, work: &Path, token: &str) -> GitHttp {
+        GitHttp::start_with(root, work, token, None)
+    }
+
+    /// Like [`GitHttp::start`], but each token from `/token` is valid for `ttl_secs` only
+    /// (the repositories refuse it after that); `/token` calls are logged in `exchanges`.
+    pub fn start_expiring(root: &Path, work: &Path, token: &str, ttl_secs: u64) -> GitHttp {
+        GitHttp::start_with(root, work, token, Some(ttl_secs))
+    }
+
+    /// When each `/token` exchange happened (seconds since the epoch), first to last.
+    pub fn exchanges(&self) -> Vec<f64> {
+        let text = fs::read_to_string(self.port_file.with_extension("exchanges")).unwrap_or_default();
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    fn start_with(root: &Path, work: &Path, token: &str, ttl_secs: Option<u64>) -> GitHttp {
         fs::create_dir_all(work).unwrap();
         let token_file = work.join("server-token");
         fs::write(&token_file, token).unwrap();
@@ -61,13 +78,15 @@ impl GitHttp {
         let child = Command::new("python3")
             .arg(script)
             .args([root, &token_file, &identity_file, &port_file])
+            .args(ttl_secs.map(|t| t.to_string()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .expect("start the git HTTP server (python3)");
         let port =
             berth_testkit::eventually(20, "the git HTTP server's port file", || fs::read_to_string(&port_file).ok());
-        GitHttp { child, url: format!("http://127.0.0.1:{}", port.trim()), token: token.to_string(), identity_file }
+        let url = format!("http://127.0.0.1:{}", port.trim());
+        GitHttp { child, url, token: token.to_string(), identity_file, port_file }
     }
 }
 
