@@ -180,6 +180,8 @@ pub struct Config {
     pub volume_owner: Option<(u32, u32)>,
     /// Where workspace volumes live.
     pub substrate: Substrate,
+    /// The namespace of the kubernetes substrate [default: the kubeconfig's, else the pod's].
+    pub namespace: Option<String>,
     /// Driver options of every new volume (docker: `--volume-opt K=V`; `{size}` in a value is
     /// replaced by the workspace's size in bytes).
     pub volume_opts: std::collections::BTreeMap<String, String>,
@@ -216,6 +218,7 @@ impl Config {
             access_mode: AccessMode::ReadWriteOnce,
             volume_owner: None,
             substrate: Substrate::Local,
+            namespace: None,
             volume_opts: Default::default(),
             gc: GcConfig::default(),
             retention: RetentionConfig::default(),
@@ -382,7 +385,7 @@ impl App {
             tracing::info!(event = "migrations_applied", count = applied);
         }
         let install = meta.install_id().await?;
-        let volumes = crate::volumes::open(&config, &install)?;
+        let volumes = crate::volumes::open(&config, &install).await?;
         if config.substrate == Substrate::Local {
             crate::modes::set(&config.data_dir.join("volumes"), private_dir_mode(&config), "the volumes root")?;
         }

@@ -112,6 +112,7 @@ pub fn open(config: &Config) -> Result<Option<Arc<dyn Sandboxes>>> {
     match config.substrate {
         Substrate::Local => Ok(None),
         Substrate::Docker => docker(),
+        Substrate::Kubernetes => Ok(None),
     }
 }
 

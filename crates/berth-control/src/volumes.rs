@@ -20,17 +20,21 @@ pub enum Substrate {
     Local,
     /// Docker named volumes on the engine `DOCKER_HOST` names.
     Docker,
+    /// PersistentVolumeClaims in one namespace of the cluster kube-rs finds (`KUBECONFIG`,
+    /// `~/.kube/config`, or the pod's service account).
+    Kubernetes,
 }
 
 impl Substrate {
     /// Every substrate.
-    pub const ALL: [Substrate; 2] = [Substrate::Local, Substrate::Docker];
+    pub const ALL: [Substrate; 3] = [Substrate::Local, Substrate::Docker, Substrate::Kubernetes];
 
     /// Returns its name, as `--substrate` takes it.
     pub fn as_str(self) -> &'static str {
         match self {
             Substrate::Local => "local",
             Substrate::Docker => "docker",
+            Substrate::Kubernetes => "kubernetes",
         }
     }
 }
@@ -57,8 +61,9 @@ impl FromStr for Substrate {
 pub const PAUSE_DELETES_ENV: &str = "BERTH_TEST_PAUSE_DELETES_AFTER";
 
 /// Opens the substrate `config` names, acting for installation `install`. Nothing is contacted
-/// yet: an engine that is down makes `health` (and so `/readyz`) fail, not the start.
-pub fn open(config: &Config, install: &str) -> Result<Arc<dyn Volumes>> {
+/// yet: an engine or API server that is down makes `health` (and so `/readyz`) fail, not the
+/// start; a missing configuration (no kubeconfig) fails the start.
+pub async fn open(config: &Config, install: &str) -> Result<Arc<dyn Volumes>> {
     let volumes: Arc<dyn Volumes> = match config.substrate {
         Substrate::Local => {
             if !config.volume_opts.is_empty() {
@@ -69,6 +74,7 @@ pub fn open(config: &Config, install: &str) -> Result<Arc<dyn Volumes>> {
             Arc::new(LocalVolumes::new(config.data_dir.join("volumes"), install, config.volume_owner)?)
         }
         Substrate::Docker => docker(config, install)?,
+        Substrate::Kubernetes => kubernetes(config, install).await?,
     };
     match std::env::var(PAUSE_DELETES_ENV).ok().map(|v| v.parse::<u64>()) {
         None => Ok(volumes),
@@ -91,4 +97,24 @@ fn docker(config: &Config, install: &str) -> Result<Arc<dyn Volumes>> {
 #[cfg(not(feature = "docker"))]
 fn docker(_: &Config, _: &str) -> Result<Arc<dyn Volumes>> {
     Err(Error::Config("this berth was built without the docker substrate (cargo feature `docker`)".into()))
+}
+
+#[cfg(feature = "kubernetes")]
+async fn kubernetes(config: &Config, install: &str) -> Result<Arc<dyn Volumes>> {
+    if !config.volume_opts.is_empty() {
+        return Err(Error::Config(
+            "--volume-opt applies to the docker substrate; on kubernetes the storage class says how volumes are made"
+                .into(),
+        ));
+    }
+    let kube = berth_kube::Kube::infer(config.namespace.clone(), Default::default())
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
+    tracing::info!(event = "kubernetes_substrate", namespace = kube.namespace());
+    Ok(Arc::new(berth_kube::KubeVolumes::new(kube, install)))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes(_: &Config, _: &str) -> Result<Arc<dyn Volumes>> {
+    Err(Error::Config("this berth was built without the kubernetes substrate (cargo feature `kubernetes`)".into()))
 }

@@ -59,11 +59,18 @@ pub struct Serve {
     /// Default volume size.
     #[arg(long, default_value = "10GiB", value_parser = parse_size)]
     volume_size: u64,
-    /// Where workspace volumes live: local (directories under the data dir) or docker (named
-    /// volumes on the engine DOCKER_HOST names, the unix socket by default).
+    /// Where workspace volumes live: local (directories under the data dir), docker (named
+    /// volumes on the engine DOCKER_HOST names, the unix socket by default) or kubernetes
+    /// (PersistentVolumeClaims; the cluster from KUBECONFIG, ~/.kube/config or the pod's service
+    /// account).
     #[arg(long, env = "BERTH_SUBSTRATE", default_value = "local")]
     substrate: Substrate,
-    /// Default storage class [default: the substrate's]; on docker, the volume driver.
+    /// Namespace of the kubernetes substrate's claims [default: the kubeconfig context's, else
+    /// the pod's own].
+    #[arg(long, env = "BERTH_NAMESPACE", value_name = "NS")]
+    namespace: Option<String>,
+    /// Default storage class [default: the substrate's]; on docker, the volume driver; on
+    /// kubernetes, the claims' storageClassName.
     #[arg(long)]
     storage_class: Option<String>,
     /// Driver option of every new docker volume, as KEY=VALUE (repeatable); `{size}` in a value
@@ -304,6 +311,7 @@ impl Serve {
         config.access_mode = self.access_mode;
         config.volume_owner = self.volume_owner;
         config.substrate = self.substrate;
+        config.namespace = self.namespace;
         config.volume_opts = self.volume_opts.into_iter().collect();
         config.expiry_interval_secs = secs(self.expiry_interval);
         config.http = self.http.limits();

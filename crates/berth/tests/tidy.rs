@@ -36,7 +36,12 @@ const LAYERS: &[(&str, &[&str], &[&str])] = &[
     ("berth-substrate", &["berth-core"], &["sqlx", "axum", "reqwest", "object_store"]),
     ("berth-engine", &["berth-core"], &["sqlx", "axum", "bollard"]),
     ("berth-docker", &["berth-core", "berth-substrate"], &["sqlx", "axum", "object_store"]),
-    ("berth-control", &["berth-core", "berth-api", "berth-engine", "berth-substrate", "berth-docker"], &[]),
+    ("berth-kube", &["berth-core", "berth-substrate"], &["sqlx", "object_store", "bollard"]),
+    (
+        "berth-control",
+        &["berth-core", "berth-api", "berth-engine", "berth-substrate", "berth-docker", "berth-kube"],
+        &[],
+    ),
     ("berth-agent", &["berth-core", "berth-api", "berth-engine"], &["bollard"]),
     // Test support only (a dev-dependency): no berth crate, so every crate's tests can use it.
     ("berth-testkit", &[], &["axum", "bollard", "object_store", "reqwest"]),
