@@ -182,6 +182,8 @@ pub struct Config {
     pub substrate: Substrate,
     /// The namespace of the kubernetes substrate [default: the kubeconfig's, else the pod's].
     pub namespace: Option<String>,
+    /// Whether a cordoned node starts a `node:NAME` drain (kubernetes substrate).
+    pub watch_nodes: bool,
     /// Driver options of every new volume (docker: `--volume-opt K=V`; `{size}` in a value is
     /// replaced by the workspace's size in bytes).
     pub volume_opts: std::collections::BTreeMap<String, String>,
@@ -219,6 +221,7 @@ impl Config {
             volume_owner: None,
             substrate: Substrate::Local,
             namespace: None,
+            watch_nodes: false,
             volume_opts: Default::default(),
             gc: GcConfig::default(),
             retention: RetentionConfig::default(),

@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod meta;
 pub mod modes;
+pub mod nodes;
 pub mod reconcile;
 pub mod rescue;
 pub mod retention;

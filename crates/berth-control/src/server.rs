@@ -32,6 +32,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, shutdown: C
     reconcile::spawn(&app, &tracker, shutdown.clone());
     crate::retention::spawn(&app, &tracker, shutdown.clone());
     crate::sandboxes::spawn(&app, &tracker, shutdown.clone());
+    crate::nodes::spawn(&app, &tracker, shutdown.clone());
     tracing::info!(
         event = "serve_started",
         listen = %addr,

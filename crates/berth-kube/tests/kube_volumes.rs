@@ -18,7 +18,7 @@ const PVC: &str = "persistentvolumeclaims";
 fn spec(owner: &str, install: &str) -> VolumeSpec {
     let owner = WorkspaceId::new(owner).expect("owner");
     VolumeSpec {
-        name: VolumeName::derive(&owner, Generation(1)),
+        name: VolumeName::derive(install, &owner, Generation(1)),
         labels: volume_labels(install, &owner, Generation(1), &BTreeMap::new()),
         size_bytes: 5 << 30,
         storage_class: Some("fast-ssd".into()),

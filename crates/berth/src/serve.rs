@@ -69,6 +69,10 @@ pub struct Serve {
     /// the pod's own].
     #[arg(long, env = "BERTH_NAMESPACE", value_name = "NS")]
     namespace: Option<String>,
+    /// Watch the cluster's nodes (kubernetes substrate): a cordoned node starts a `node:NAME`
+    /// drain, and uncordoning it clears that drain. Needs list and watch on nodes (a ClusterRole).
+    #[arg(long)]
+    watch_nodes: bool,
     /// Default storage class [default: the substrate's]; on docker, the volume driver; on
     /// kubernetes, the claims' storageClassName.
     #[arg(long)]
@@ -312,6 +316,7 @@ impl Serve {
         config.volume_owner = self.volume_owner;
         config.substrate = self.substrate;
         config.namespace = self.namespace;
+        config.watch_nodes = self.watch_nodes;
         config.volume_opts = self.volume_opts.into_iter().collect();
         config.expiry_interval_secs = secs(self.expiry_interval);
         config.http = self.http.limits();

@@ -1,0 +1,255 @@
+//! `berth serve --substrate kubernetes` as a real process against the fake Kubernetes API
+//! server (in this test's process, reached through a kubeconfig): killed with SIGKILL in the
+//! middle of a GC sweep and restarted (nothing is deleted twice), and two replicas on one
+//! PostgreSQL sharing the work (every claim deleted exactly once).
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_api::client::EventQuery;
+use berth_api::{Client, EnsureWorkspace, WorkspaceState};
+use berth_kube::fake::harness::NAMESPACE;
+use berth_kube::fake::FakeApi;
+
+use util::serve::{metric, rt, Server, ADMIN};
+
+const PVC: &str = "persistentvolumeclaims";
+
+/// A kubeconfig pointing at `fake`, in `dir`.
+fn kubeconfig(dir: &Path, fake: &FakeApi) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  \
+         context:\n    cluster: fake\n    user: fake\n    namespace: other\ncurrent-context: fake\nusers:\n- name: fake\n  \
+         user: {{}}\n",
+        fake.url()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `berth serve --substrate kubernetes --namespace berth-test` with fast GC settings.
+fn start(tmp: &Path, kubeconfig: &Path, log: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let data = tmp.join("data");
+    let mut args = vec![
+        "--substrate",
+        "kubernetes",
+        "--namespace",
+        NAMESPACE,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--gc-cooldown",
+        "0s",
+        "--gc-timeout",
+        "1s",
+        "--claim-ttl",
+        "2s",
+    ];
+    args.extend(extra);
+    let mut env = env.to_vec();
+    env.push(("BERTH_ADMIN_TOKEN", ADMIN));
+    env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
+    Server::start(tmp, &tmp.join(log), &args, &env)
+}
+
+fn claims(fake: &FakeApi) -> usize {
+    let store = fake.store();
+    store.list(PVC, Some(NAMESPACE), &Default::default(), &Default::default()).len()
+}
+
+fn deletes(fake: &FakeApi) -> usize {
+    fake.calls().iter().filter(|(v, r)| v == "delete" && r == PVC).count()
+}
+
+async fn events(c: &Client, kind: &str) -> Vec<berth_api::Event> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let q = EventQuery { kind: Some(kind.into()), after: Some(after), limit: Some(1000), ..Default::default() };
+        let page = c.events(&q).await.unwrap().items;
+        let Some(last) = page.last() else { return out };
+        after = last.id;
+        out.extend(page);
+    }
+}
+
+/// How many volumes are marked removed (by removed or not_found), per owner.
+async fn marks(c: &Client) -> BTreeMap<String, usize> {
+    let mut marks = BTreeMap::new();
+    for kind in ["volume_removed", "volume_not_found"] {
+        for e in events(c, kind).await {
+            *marks.entry(e.owner.unwrap()).or_default() += 1;
+        }
+    }
+    marks
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn sigkill_during_a_kubernetes_gc_sweep_then_restart_deletes_nothing_twice() {
+    const TOTAL: usize = 12;
+    const PAUSE_AFTER: usize = 5;
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let fake = rt.block_on(FakeApi::start());
+    let config = kubeconfig(tmp.path(), &fake);
+
+    let server = start(tmp.path(), &config, "a.log", &["--gc-interval", "3600s"], &[]);
+    let c = server.client(ADMIN);
+    let owners: Vec<String> = rt.block_on(async {
+        let mut owners = Vec::new();
+        for i in 0..TOTAL {
+            let owner = format!("thread:{i:03}");
+            let (w, _) = c.ensure(&owner, &EnsureWorkspace::default()).await.unwrap();
+            assert!(fake.store().get(PVC, NAMESPACE, &w.volume.name).is_ok(), "no claim {}", w.volume.name);
+            c.close(&owner).await.unwrap();
+            owners.push(owner);
+        }
+        owners
+    });
+    assert_eq!(claims(&fake), TOTAL, "the claims are in --namespace, not the kubeconfig's namespace");
+    server.kill9();
+
+    // The substrate lets 5 deletes through and holds every later one, so the kill lands inside
+    // a sweep after exactly 5 removals.
+    let pause = PAUSE_AFTER.to_string();
+    let server =
+        start(tmp.path(), &config, "b.log", &["--gc-interval", "1s"], &[("BERTH_TEST_PAUSE_DELETES_AFTER", &pause)]);
+    let c = server.client(ADMIN);
+    rt.block_on(async {
+        wait_until("5 volumes marked", 60, || async { marks(&c).await.len() == PAUSE_AFTER }).await;
+        wait_until("the held removals started", 10, || async {
+            metric(&server.url, "berth_gc_attempts_total").await as usize > PAUSE_AFTER
+        })
+        .await;
+    });
+    assert_eq!(claims(&fake), TOTAL - PAUSE_AFTER, "exactly the marked claims are gone");
+    assert_eq!(deletes(&fake), PAUSE_AFTER);
+    server.kill9();
+
+    let server = start(tmp.path(), &config, "c.log", &["--gc-interval", "1s"], &[]);
+    let c = server.client(ADMIN);
+    rt.block_on(async {
+        wait_until("every volume marked after the restart", 60, || async { marks(&c).await.len() == TOTAL }).await;
+        let marks = marks(&c).await;
+        assert_eq!(marks.keys().cloned().collect::<Vec<_>>(), owners);
+        assert!(marks.values().all(|n| *n == 1), "a volume was marked twice: {marks:?}");
+        assert_eq!(metric(&server.url, "berth_gc_attempts_total").await as usize, TOTAL - PAUSE_AFTER);
+        for o in &owners {
+            assert_eq!(c.workspace(o).await.unwrap().state, WorkspaceState::Closed);
+        }
+    });
+    assert_eq!(claims(&fake), 0, "claims left behind");
+    assert_eq!(deletes(&fake), TOTAL, "a claim was deleted twice: {:?}", fake.calls());
+    server.terminate(10);
+}
+
+#[test]
+fn two_replicas_on_postgres_share_the_claims_and_delete_each_once() {
+    const TOTAL: usize = 20;
+    let Ok(base) = std::env::var("BERTH_TEST_PG_URL") else {
+        panic!("BERTH_TEST_PG_URL is not set: this test needs the PostgreSQL test cluster; run it with `./dev test`");
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let fake = rt.block_on(FakeApi::start());
+    let config = kubeconfig(tmp.path(), &fake);
+    let db = rt.block_on(create_db(&base));
+    let extra = ["--database-url", db.as_str(), "--gc-interval", "1s"];
+    let r1 = start(tmp.path(), &config, "r1.log", &extra, &[]);
+    let r2 = start(tmp.path(), &config, "r2.log", &extra, &[]);
+    let (c1, c2) = (r1.client(ADMIN), r2.client(ADMIN));
+    rt.block_on(async {
+        // Both replicas ensure every workspace at once: one claim each.
+        let mut owners = Vec::new();
+        for i in 0..TOTAL {
+            let owner = format!("agent:{i:03}");
+            let e = EnsureWorkspace::default();
+            let (a, b) = tokio::join!(c1.ensure(&owner, &e), c2.ensure(&owner, &e));
+            assert_eq!(a.unwrap().0.volume.name, b.unwrap().0.volume.name);
+            owners.push(owner);
+        }
+        assert_eq!(claims(&fake), TOTAL);
+        for (i, o) in owners.iter().enumerate() {
+            let c = if i % 2 == 0 { &c1 } else { &c2 };
+            if i % 4 == 0 {
+                c.delete(o).await.unwrap();
+            } else {
+                c.close(o).await.unwrap();
+            }
+        }
+        wait_until("every claim gone", 90, || async { claims(&fake) == 0 }).await;
+        wait_until("every volume marked", 30, || async { marks(&c1).await.len() == TOTAL }).await;
+        let removed = events(&c1, "volume_removed").await;
+        assert_eq!(removed.len(), TOTAL, "every volume removed once");
+        assert!(events(&c2, "volume_not_found").await.is_empty(), "a replica acted on a volume already removed");
+    });
+    assert_eq!(deletes(&fake), TOTAL, "a claim was deleted twice: {:?}", fake.calls());
+    let creates = fake.calls().iter().filter(|(v, r)| v == "create" && r == PVC).count();
+    assert!(creates >= TOTAL, "{creates} creates");
+    r1.terminate(10);
+    r2.terminate(10);
+}
+
+async fn create_db(base: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(base).await.expect("connect to the PostgreSQL test cluster");
+    let mut buf = [0u8; 6];
+    rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty()).unwrap();
+    let name = format!("berth_kube_{}", buf.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
+    pool.close().await;
+    format!("{}/{name}", &base[..base.rfind('/').unwrap()])
+}
+
+fn node(name: &str, unschedulable: bool) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"unschedulable": unschedulable}})
+}
+
+#[test]
+fn a_cordoned_node_drains_and_uncordoning_clears_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let fake = rt.block_on(FakeApi::start());
+    fake.store().put("nodes", "", node("node-a", false));
+    fake.store().put("nodes", "", node("node-b", true));
+    let config = kubeconfig(tmp.path(), &fake);
+    let server = start(tmp.path(), &config, "n.log", &["--watch-nodes"], &[]);
+    let c = server.client(ADMIN);
+    rt.block_on(async {
+        let draining = |n: &'static str| {
+            let c = c.clone();
+            async move { c.drain(&format!("node:{n}")).await.unwrap().draining }
+        };
+        // Cordoned before the server started: found by the first list.
+        wait_until("node-b draining", 30, || draining("node-b")).await;
+        assert!(!draining("node-a").await);
+        // Cordoned while watched.
+        fake.store().put("nodes", "", node("node-a", true));
+        wait_until("node-a draining", 30, || draining("node-a")).await;
+        let info = c.drain("node:node-a").await.unwrap();
+        assert!(info.reason.as_deref().unwrap_or("").contains("cordoned"), "{info:?}");
+        // Uncordoned: the drain clears; the other node stays drained.
+        fake.store().put("nodes", "", node("node-a", false));
+        wait_until("node-a cleared", 30, || async { !draining("node-a").await }).await;
+        assert!(draining("node-b").await);
+        // A watch that expires lists again and still sees changes.
+        fake.store().expire_watches = 1;
+        fake.store().compact();
+        fake.store().put("nodes", "", node("node-b", false));
+        wait_until("node-b cleared", 30, || async { !draining("node-b").await }).await;
+    });
+    let calls = fake.calls();
+    assert!(calls.iter().any(|(v, r)| v == "watch" && r == "nodes"), "{calls:?}");
+    server.terminate(10);
+}
