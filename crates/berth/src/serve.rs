@@ -258,25 +258,21 @@ fn parse_owner(s: &str) -> Result<(u32, u32), String> {
     Ok((u.parse().map_err(|_| format!("'{u}' is not a uid"))?, g.parse().map_err(|_| format!("'{g}' is not a gid"))?))
 }
 
-/// Reads `--admin-token-file`, refusing a file that group or others may read or write.
-fn read_admin_token(path: &std::path::Path) -> Result<String> {
+/// Reads a file of tokens (`what`: "admin token", "viewer token"), refusing one that group or
+/// others may read or write.
+fn read_private(path: &std::path::Path, what: &str) -> Result<String> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the admin token file {}", path.display()))?
-        .permissions()
-        .mode();
+    let cannot = || format!("cannot read the {what} file {}", path.display());
+    let mode = std::fs::metadata(path).with_context(cannot)?.permissions().mode();
     if mode & 0o077 != 0 {
         anyhow::bail!(
-            "the admin token file {} is mode {:04o}, open to group or others: run `chmod 600 {}` (it holds the \
-             token that may do everything)",
+            "the {what} file {} is mode {:04o}, open to group or others: run `chmod 600 {}`",
             path.display(),
             mode & 0o7777,
             path.display()
         );
     }
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
-    Ok(token.trim().to_string())
+    std::fs::read_to_string(path).with_context(cannot)
 }
 
 fn secs(v: i64) -> u64 {
@@ -286,13 +282,12 @@ fn secs(v: i64) -> u64 {
 impl Serve {
     fn config(self) -> Result<Config> {
         let admin_token = match (&self.admin_token_file, std::env::var("BERTH_ADMIN_TOKEN")) {
-            (Some(path), _) => Some(read_admin_token(path)?),
+            (Some(path), _) => Some(read_private(path, "admin token")?.trim().to_string()),
             (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
             _ => None,
         };
         let viewer_tokens = match &self.viewer_token_file {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the viewer token file {}", path.display()))?
+            Some(path) => read_private(path, "viewer token")?
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && !l.starts_with('#'))

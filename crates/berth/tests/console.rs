@@ -91,6 +91,7 @@ fn the_console_in_a_browser() {
     let store = format!("file://{}", root.join("store").display());
     fs::write(root.join("viewers"), format!("# read-only\n{VIEWER}\n")).unwrap();
     let viewers = root.join("viewers");
+    fs::set_permissions(&viewers, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let args = [
         "--data-dir",
         data.to_str().unwrap(),

@@ -654,3 +654,26 @@ fn stalled_clients_past_the_fd_limit_stop_neither_the_api_nor_the_reconcilers() 
     assert!(metric(&server.url, "berth_http_connections") <= 100.0);
     server.terminate(10);
 }
+
+/// A data dir open to others that berth cannot tighten (another user's) is refused with the
+/// `chmod` to run, not used as it is: `berth serve` runs as `nobody` on a root-owned 0755 dir.
+#[test]
+fn a_data_dir_berth_cannot_make_private_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // A copy, so that nobody needs no access to the build directory.
+    let exe = tmp.path().join("berth");
+    fs::copy(env!("CARGO_BIN_EXE_berth"), &exe).unwrap();
+    let data = tmp.path().join("data");
+    fs::create_dir(&data).unwrap();
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&exe);
+    c.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data).env("BERTH_ADMIN_TOKEN", ADMIN);
+    let refused = Run::of(c).fails(1);
+    let want = format!("run `chmod 700 {}` as its owner", data.display());
+    assert!(refused.stderr.contains(&want), "{refused:?}");
+    assert_eq!(fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o755, "berth changed it anyway");
+    assert_eq!(fs::read_dir(&data).unwrap().count(), 0, "berth wrote into it");
+}
