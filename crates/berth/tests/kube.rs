@@ -1,7 +1,9 @@
 //! `berth serve --substrate kubernetes` as a real process against the fake Kubernetes API
 //! server (in this test's process, reached through a kubeconfig): killed with SIGKILL in the
 //! middle of a GC sweep and restarted (nothing is deleted twice), and two replicas on one
-//! PostgreSQL sharing the work (every claim deleted exactly once).
+//! PostgreSQL sharing the work (every claim deleted exactly once), an ensure over a claim that
+//! is terminating (waits, then a new claim), orphans found by label selector, node cordons
+//! driving drains, and an API server that does not answer.
 
 mod util;
 
@@ -10,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_api::client::EventQuery;
-use berth_api::{Client, EnsureWorkspace, WorkspaceState};
+use berth_api::{Client, EnsureWorkspace, GcRun, WorkspaceState};
+use berth_core::volume::VolumeName;
+use berth_core::workspace::{Generation, WorkspaceId};
 use berth_kube::fake::harness::NAMESPACE;
 use berth_kube::fake::FakeApi;
 
@@ -251,5 +255,130 @@ fn a_cordoned_node_drains_and_uncordoning_clears_it() {
     });
     let calls = fake.calls();
     assert!(calls.iter().any(|(v, r)| v == "watch" && r == "nodes"), "{calls:?}");
+    server.terminate(10);
+}
+
+fn claim_uid(fake: &FakeApi, name: &str) -> serde_json::Value {
+    fake.store().get(PVC, NAMESPACE, name).expect("the claim")["metadata"]["uid"].clone()
+}
+
+#[test]
+fn an_ensure_over_a_terminating_claim_waits_and_makes_a_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let fake = rt.block_on(FakeApi::start());
+    let config = kubeconfig(tmp.path(), &fake);
+    let server = start(tmp.path(), &config, "t.log", &[], &[]);
+    let c = server.client(ADMIN);
+    let first = rt.block_on(c.ensure("agent:first", &EnsureWorkspace::default())).unwrap().0.volume.name;
+    let labels = fake.store().get(PVC, NAMESPACE, &first).unwrap()["metadata"]["labels"].clone();
+    let install = labels["berth.install"].as_str().unwrap().to_string();
+    // The claim this installation's agent:t would get, left from before (a server that died
+    // between creating it and recording it), mounted by a pod and being deleted: the finalizer
+    // keeps it terminating until the pod ends.
+    let owner = WorkspaceId::new("agent:t").unwrap();
+    let name = VolumeName::derive(&install, &owner, Generation(1)).to_string();
+    let full = serde_json::json!({"berth.managed": "true", "berth.install": install, "berth.owner": "agent:t", "berth.generation": "1"});
+    let object = serde_json::json!({
+        "metadata": {
+            "name": name,
+            "labels": {"berth.managed": "true", "berth.install": install, "berth.owner": berth_kube::label_value("agent:t"), "berth.generation": "1"},
+            "annotations": {berth_kube::ANNOTATION_LABELS: full.to_string()},
+        },
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    });
+    fake.store().create(PVC, NAMESPACE, object).unwrap();
+    let pod = serde_json::json!({
+        "metadata": {"name": "user"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                 "volumes": [{"name": "ws", "persistentVolumeClaim": {"claimName": name}}]},
+    });
+    fake.store().create("pods", NAMESPACE, pod).unwrap();
+    fake.store().set_pod_phase(NAMESPACE, "user", "Running").unwrap();
+    fake.store().delete(PVC, NAMESPACE, &name, &serde_json::json!({})).unwrap();
+    let old = claim_uid(&fake, &name);
+    rt.block_on(async {
+        let watches = || fake.calls().iter().filter(|(v, r)| v == "watch" && r == PVC).count();
+        let ensure = tokio::spawn({
+            let c = c.clone();
+            async move { c.ensure("agent:t", &EnsureWorkspace::default()).await }
+        });
+        wait_until("the server watches the terminating claim", 30, || async { watches() > 0 }).await;
+        assert!(!ensure.is_finished(), "ensure answered while the claim was terminating");
+        fake.store().set_pod_phase(NAMESPACE, "user", "Succeeded").unwrap();
+        let ws = ensure.await.unwrap().unwrap().0;
+        assert_eq!(ws.volume.name, name);
+    });
+    assert_ne!(claim_uid(&fake, &name), old, "the terminating claim was reused");
+    assert!(fake.store().get(PVC, NAMESPACE, &name).unwrap()["metadata"]["deletionTimestamp"].is_null());
+    server.terminate(10);
+}
+
+#[test]
+fn orphan_claims_are_found_by_label_and_nothing_else_is_touched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let fake = rt.block_on(FakeApi::start());
+    let config = kubeconfig(tmp.path(), &fake);
+    let server = start(tmp.path(), &config, "o.log", &["--orphan-interval", "3600s", "--orphan-grace", "1s"], &[]);
+    let c = server.client(ADMIN);
+    let kept = rt.block_on(c.ensure("agent:kept", &EnsureWorkspace::default())).unwrap().0.volume.name;
+    let labels = fake.store().get(PVC, NAMESPACE, &kept).unwrap()["metadata"]["labels"].clone();
+    let install = labels["berth.install"].as_str().unwrap().to_string();
+    let claim = |name: &str, labels: serde_json::Value| {
+        let object = serde_json::json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        });
+        fake.store().create(PVC, NAMESPACE, object).unwrap();
+    };
+    // This installation's labels without a record: an orphan. Unlabelled, and another
+    // installation's: never touched.
+    claim(
+        "ws-ghost-1",
+        serde_json::json!({"berth.managed": "true", "berth.install": install, "berth.generation": "1"}),
+    );
+    claim("ws-unlabelled", serde_json::json!({}));
+    claim("ws-other", serde_json::json!({"berth.managed": "true", "berth.install": "another"}));
+    let sweep = GcRun { dry_run: false, orphans: true, force: false };
+    rt.block_on(async {
+        let items = c.gc_run(&sweep).await.unwrap().orphans.unwrap();
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!((items[0].volume.as_str(), items[0].action.as_str()), ("ws-ghost-1", "track"));
+        wait_until("the orphan removed after the grace", 30, || async {
+            let items = c.gc_run(&sweep).await.unwrap().orphans.unwrap();
+            assert!(items.iter().all(|i| i.volume == "ws-ghost-1"), "{items:?}");
+            items.iter().any(|i| i.action == "removed")
+        })
+        .await;
+    });
+    assert!(fake.store().get(PVC, NAMESPACE, "ws-ghost-1").is_err());
+    for name in [kept.as_str(), "ws-unlabelled", "ws-other"] {
+        assert!(fake.store().get(PVC, NAMESPACE, name).is_ok(), "{name} was removed");
+    }
+    server.terminate(10);
+}
+
+#[test]
+fn an_api_server_that_does_not_answer_fails_readyz_and_ensure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let fake = rt.block_on(FakeApi::start());
+    let config = kubeconfig(tmp.path(), &fake);
+    // The same kubeconfig, pointing at a port nobody listens on.
+    let text = std::fs::read_to_string(&config).unwrap().replace(&fake.url(), "http://127.0.0.1:1");
+    std::fs::write(&config, text).unwrap();
+    let server = start(tmp.path(), &config, "u.log", &[], &[]);
+    let c = server.client(ADMIN);
+    rt.block_on(async {
+        assert_eq!(reqwest::get(format!("{}/healthz", server.url)).await.unwrap().status(), 200);
+        let ready = reqwest::get(format!("{}/readyz", server.url)).await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let body = ready.text().await.unwrap();
+        assert!(body.contains("127.0.0.1:1") && body.contains(NAMESPACE), "{body}");
+        let e = c.ensure("agent:1", &EnsureWorkspace::default()).await.unwrap_err();
+        assert_eq!((e.status(), e.code()), (Some(503), Some("substrate")), "{e}");
+    });
+    assert!(fake.calls().is_empty());
     server.terminate(10);
 }
