@@ -17,7 +17,9 @@ One run, on the test image (images/test-image), of:
                   the command prints its clock; stopped afterwards, and the pool refilled before
                   the next rep
 
-Every time is the median of --reps runs. Targets: cold start <= docker run + 300 ms (its restore
+Every time is the median of --reps runs. Where a start's time goes is printed after the table:
+when the `berth sandbox start` call returned, when the engine started the container (cold), and
+the supervisor's init phases as its log reports them (`init_phase` events). Targets: cold start <= docker run + 300 ms (its restore
 is empty); warm claim <= 1.5x the restore alone.
 
 Every container and volume carries berth-test-run=<run id>, removed when the script ends.
@@ -31,6 +33,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -130,13 +133,61 @@ def docker_run(image, run, reps):
     return times
 
 
-def cold_starts(server, image, run, reps):
+def started_at_ns(container):
+    """When the engine started `container` (its RFC 3339 StartedAt, nanoseconds, on this clock)."""
+    ts = sh(["docker", "inspect", "-f", "{{.State.StartedAt}}", container])
+    base, _, frac = ts.rstrip("Z").partition(".")
+    secs = datetime.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc).timestamp()
+    return int(secs) * 10**9 + int((frac + "000000000")[:9])
+
+
+PHASE = re.compile(r'init_phase.*?phase=("?)([\w-]+)\1.*?\bms=(\d+)')
+
+
+def phases_of(container):
+    """The supervisor's init phases and their ms, from its log (`init_phase` events)."""
+    logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
+    out = {}
+    for line in (logs.stdout + logs.stderr).splitlines():
+        m = PHASE.search(line)
+        if m:
+            out[m.group(2)] = out.get(m.group(2), 0) + int(m.group(3))
+    return out
+
+
+class Split:
+    """Where a start's time goes: the `berth sandbox start` call (control plane, engine), the
+    container's start as the engine saw it (cold only), and the supervisor's init phases."""
+
+    def __init__(self):
+        self.api, self.started, self.phases = [], [], {}
+
+    def add(self, t0, t_api, container, mark, cold):
+        self.api.append((t_api - t0) / 1e9)
+        if cold:
+            self.started.append((started_at_ns(container) - t0) / 1e9)
+        for k, ms in phases_of(container).items():
+            self.phases.setdefault(k, []).append(ms / 1e3)
+
+    def lines(self, name):
+        out = [f"{name}: the start call returned after {med(self.api) * 1000:.0f} ms (median)"]
+        if self.started:
+            out.append(f"{name}: the engine started the container {med(self.started) * 1000:.0f} ms after the call")
+        for k, xs in self.phases.items():
+            out.append(f"{name}: supervisor init phase {k}: {med(xs) * 1000:.0f} ms")
+        return out
+
+
+def cold_starts(server, image, run, reps, split):
     times = []
     for i in range(reps):
         owner = f"bench:cold-{run}-{i}"
         t0 = now_ns()
         s = server.start(owner, image, run, MARK)
-        times.append((mark_of(s["id"]) - t0) / 1e9)
+        t_api = now_ns()
+        mark = mark_of(s["id"])
+        times.append((mark - t0) / 1e9)
+        split.add(t0, t_api, s["id"], mark, True)
         server.stop(owner)
     return times
 
@@ -171,7 +222,7 @@ def restores(berth, image, run, store, owner, reps):
     return times
 
 
-def warm_claims(server, image, run, owner, reps):
+def warm_claims(server, image, run, owner, reps, split):
     times = []
     for _ in range(reps):
         end = time.time() + 300
@@ -181,9 +232,12 @@ def warm_claims(server, image, run, owner, reps):
             time.sleep(0.2)
         t0 = now_ns()
         s = server.start(owner, image, run, MARK)
+        t_api = now_ns()
         if not s["warm"]:
             sys.exit(f"bench: the start did not claim a warm container: {s}")
-        times.append((mark_of(s["id"]) - t0) / 1e9)
+        mark = mark_of(s["id"])
+        times.append((mark - t0) / 1e9)
+        split.add(t0, t_api, s["id"], mark, False)
         server.stop(owner)
     return times
 
@@ -216,11 +270,12 @@ def main():
     load = open("/proc/loadavg").read().split()[:3]
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
           f"kernel {platform.release()}, load {' '.join(load)}, image {image}, berth {berth}")
+    cold_split, warm_split = Split(), Split()
     try:
         plain = docker_run(image, run, a.reps)
         cold_server = Server(berth, work, store, image, run, 0)
         try:
-            cold = cold_starts(cold_server, image, run, a.reps)
+            cold = cold_starts(cold_server, image, run, a.reps, cold_split)
             owner = f"bench:warm-{run}"
             seed(cold_server, image, run, owner)
         finally:
@@ -228,7 +283,7 @@ def main():
         alone = restores(berth, image, run, store, owner, a.reps)
         warm_server = Server(berth, work, store, image, run, 1)
         try:
-            warm = warm_claims(warm_server, image, run, owner, a.reps)
+            warm = warm_claims(warm_server, image, run, owner, a.reps, warm_split)
         finally:
             warm_server.close()
     finally:
@@ -242,6 +297,8 @@ def main():
         print(f"| {name} | {med(xs) * 1000:.0f} ms | {min(xs) * 1000:.0f}-{max(xs) * 1000:.0f} ms |")
     print(f"cold overhead over docker run: {(med(cold) - med(plain)) * 1000:.0f} ms (target <= 300 ms + the restore)")
     print(f"warm claim / restore alone: {med(warm) / med(alone):.2f}x (target <= 1.5x)")
+    for line in cold_split.lines("cold") + warm_split.lines("warm"):
+        print(line)
 
 
 if __name__ == "__main__":
