@@ -223,3 +223,40 @@ async fn watches_send_bookmarks_and_gone() {
         other => panic!("expected 410 Gone, got {other:?}"),
     }
 }
+
+/// API_CALLS is exact: the adapter's operations and the node watch, run once each against one
+/// fake, make every listed call and no other, so a Role built from the list grants nothing unused.
+#[tokio::test]
+async fn api_calls_is_exactly_what_the_adapters_call() {
+    let h = KubeHarness::start().await;
+    let vols = h.adapter("inst");
+    let s = spec("agent:calls", "inst");
+    vols.health().await.expect("health");
+    vols.ensure(&s).await.expect("ensure");
+    vols.ensure(&s).await.expect("ensure again (AlreadyExists: get)");
+    assert_eq!(vols.list(&BTreeMap::new()).await.expect("list").len(), 1);
+    // A claim in use: delete lists the pods; once terminating, ensure watches it until it goes.
+    h.run_pod("keeps", s.name.as_str());
+    assert!(matches!(vols.delete(&s.name).await.expect("delete in use"), Removal::Referenced { .. }));
+    h.fake.store().delete(PVC, NAMESPACE, s.name.as_str(), &json!({})).expect("mark terminating");
+    let ensuring = tokio::spawn({
+        let (vols, s) = (vols.clone(), s.clone());
+        async move { vols.ensure(&s).await }
+    });
+    served(&h.fake, "watch", PVC, 1).await;
+    h.fake.store().set_pod_phase(NAMESPACE, "keeps", "Succeeded").expect("pod done");
+    ensuring.await.expect("task").expect("ensure over the terminating claim");
+    assert_eq!(vols.delete(&s.name).await.expect("delete"), Removal::Removed);
+    h.fake.store().put("nodes", "", json!({"metadata": {"name": "n1"}, "spec": {}}));
+    let mut nodes = berth_kube::NodeWatch::new(h.fake.kube(NAMESPACE)).spawn();
+    assert_eq!(nodes.recv().await.expect("a node").name, "n1");
+    h.fake.store().put("nodes", "", json!({"metadata": {"name": "n1"}, "spec": {"unschedulable": true}}));
+    assert!(nodes.recv().await.expect("a change").cordoned);
+    let mut made: Vec<(String, String)> = h.fake.calls();
+    made.sort();
+    made.dedup();
+    let mut listed: Vec<(String, String)> =
+        API_CALLS.iter().map(|c| (c.verb.to_string(), c.resource.to_string())).collect();
+    listed.sort();
+    assert_eq!(made, listed, "API_CALLS differs from the calls the adapters make");
+}
