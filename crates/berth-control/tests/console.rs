@@ -20,6 +20,7 @@ both!(
     gc_sweeps_that_act_are_recorded_and_shown,
     the_event_stream_resumes_after_the_last_event_id,
     the_list_filters_searches_and_pages,
+    an_event_stream_outlives_the_idle_timeout,
 );
 
 const VIEWER: &str = "test-viewer-token-0123456789";
@@ -347,5 +348,22 @@ async fn the_list_filters_searches_and_pages(db: Db) {
     let (status, page) = get(&s, &cookie, "/ui/workspaces?state=bogus").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(page.contains("not one of active, closed, deleting, deleted"));
+    s.stop().await;
+}
+
+/// An open event stream is a request under way, not an idle connection: the idle timeout
+/// does not cut it.
+async fn an_event_stream_outlives_the_idle_timeout(db: Db) {
+    let s = TestServer::start(db, |c| {
+        c.viewer_tokens = vec![VIEWER.into()];
+        c.http.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut stream = http().get(format!("{}/v1/events/stream", s.url)).bearer_auth(VIEWER).send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    // Quiet for four idle timeouts, then an event: it still arrives on the same stream.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.ensure("agent:late").await;
+    assert_eq!(read_events(&mut stream, 1).await[0].1, "workspace_ensured");
     s.stop().await;
 }

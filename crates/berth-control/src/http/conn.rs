@@ -6,7 +6,8 @@
 //! - **head**: from the accept, or from the first byte after an idle phase, until hyper hands a
 //!   complete request head to the router: at most `header_timeout`;
 //! - **busy**: the router has the request; its body must arrive within `body_timeout` (checked
-//!   where the body is read), the handler itself is not timed;
+//!   where the body is read), the handler and its answer's body are not timed (an event stream
+//!   is busy for as long as it streams);
 //! - **idle**: after the answer, until the next byte: at most `idle_timeout`.
 //!
 //! A connection past its deadline is closed; one the server never accepts (past the cap) waits
@@ -284,9 +285,55 @@ impl Service<hyper::Request<Incoming>> for Phased {
         let answer = self.inner.call(req);
         let activity = self.activity.clone();
         Box::pin(async move {
-            let resp = answer.await;
-            activity.set(|_| Phase::Idle(Instant::now()));
-            resp
+            // The request stays under way until its answer's body ends (an event stream's
+            // lasts as long as the client listens): only then is the connection idle.
+            let resp = answer.await?;
+            let (parts, body) = resp.into_parts();
+            Ok(Response::from_parts(parts, Body::new(Answering { inner: body, activity: Some(activity) })))
         })
+    }
+}
+
+/// An answer's body, marking its connection idle once the body has ended (or was dropped).
+struct Answering {
+    inner: Body,
+    activity: Option<Arc<Activity>>,
+}
+
+impl Answering {
+    fn ended(&mut self) {
+        if let Some(activity) = self.activity.take() {
+            activity.set(|_| Phase::Idle(Instant::now()));
+        }
+    }
+}
+
+impl axum::body::HttpBody for Answering {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.ended();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.ended();
     }
 }
