@@ -3,6 +3,10 @@
 //! tree (or to the new state, when the run published before the kill), and a store that
 //! verifies.
 //!
+//! Kills land at random moments, and every fourth round at a sync point (the run's first pack
+//! appearing); the test asserts kills did interrupt runs before they published, so the check
+//! cannot pass by never killing anything mid-run.
+//!
 //! The run is deterministic given its seed, printed at the start; rerun a failure with
 //! `SIGKILL_SEED=<seed> cargo nextest run -p berth --test sigkill`.
 
@@ -102,6 +106,12 @@ impl Tree<'_> {
     }
 }
 
+/// Every file under the store's `packs/`, finished or being written.
+fn pack_files(env: &Env) -> usize {
+    let Ok(dirs) = fs::read_dir(env.store.join("packs")) else { return 0 };
+    dirs.flatten().filter_map(|d| fs::read_dir(d.path()).ok()).map(|files| files.count()).sum()
+}
+
 /// Restores the latest snapshot into a fresh directory and returns its digest.
 fn restored_digest(env: &Env, name: &str) -> String {
     let out = env.path(name);
@@ -142,20 +152,32 @@ fn sigkill_during_create_leaves_a_complete_latest_snapshot() {
     eprintln!("an uninterrupted create takes {durations:?}; kill delays are drawn from [0, {window:?}]");
 
     let (mut killed, mut published_anyway, mut finished) = (0, 0, 0);
+    // Kills that interrupted a run before it published (at the sync point, and in all).
+    let (mut mid_run, mut sync_mid_run) = (0usize, 0usize);
     for round in 0..ROUNDS {
         tree.mutate(&mut rng);
         let state = tree_digest(&src);
         assert!(!complete.contains(&state), "round {round}: a mutation must change the tree");
         // A delay past the end of the run also lets it finish; a few runs are never killed.
+        // Every fourth round is killed at a sync point instead: as soon as the run starts
+        // writing its first pack, with more packs, the index and the record still to come.
         let let_finish = rng.chance(1, 10);
+        let at_first_pack = round % 4 == 1;
         let delay = Duration::from_micros(rng.below(window.as_micros() as u64 + 1));
 
         let mut cmd = create(&env);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let packs_before = env.packs().len();
         let started = Instant::now();
+        let pack_files_before = pack_files(&env);
         let mut child = cmd.spawn().expect("spawn berth");
-        if !let_finish {
+        if at_first_pack {
+            // Polled tightly: the rest of the run is milliseconds to seconds.
+            while pack_files(&env) == pack_files_before && child.try_wait().expect("wait").is_none() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            child.kill().expect("kill berth");
+        } else if !let_finish {
             std::thread::sleep(delay);
             // SIGKILL on Unix; a child that already exited is left as it is.
             child.kill().expect("kill berth");
@@ -181,6 +203,8 @@ fn sigkill_during_create_leaves_a_complete_latest_snapshot() {
                 published_anyway += 1;
                 "killed after publishing".to_string()
             } else {
+                mid_run += 1;
+                sync_mid_run += usize::from(at_first_pack);
                 // Shows how far the run got: packs it uploaded stay behind, unreferenced.
                 format!("killed, {} pack(s) left behind", env.packs().len() - packs_before)
             }
@@ -191,7 +215,9 @@ fn sigkill_during_create_leaves_a_complete_latest_snapshot() {
             latest = state.clone();
             complete.push(state);
         }
-        if let_finish {
+        if at_first_pack {
+            eprintln!("round {round:2}: at the first pack, {outcome} after {ran:?}");
+        } else if let_finish {
             eprintln!("round {round:2}: {outcome} in {ran:?}");
         } else {
             eprintln!("round {round:2}: delay {delay:>12?} {outcome}");
@@ -208,6 +234,10 @@ fn sigkill_during_create_leaves_a_complete_latest_snapshot() {
         );
     }
     eprintln!("{killed} runs killed ({published_anyway} of them after publishing), {finished} completed");
+    // The check above means something only if kills landed inside runs: at the sync point at
+    // least once, and more often overall.
+    assert!(sync_mid_run >= 1, "seed {seed}: no kill at the first pack interrupted a run");
+    assert!(mid_run >= 3, "seed {seed}: only {mid_run} kills interrupted a run before it published");
 
     // After all that, a normal run works and restores to the final tree.
     let state = tree_digest(&src);
