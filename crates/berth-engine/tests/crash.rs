@@ -470,8 +470,10 @@ async fn faulty_store_fails_from_k_on() {
     assert_eq!(s.put_if_absent("a", bytes::Bytes::from_static(b"1")).await.expect("op 0"), Put::Created);
     assert_eq!(s.get("a").await.expect("op 1").as_ref(), b"1");
     assert!(s.get("a").await.expect_err("op 2").is_temporary());
-    assert!(s.list("").await.is_err(), "op 3");
-    assert!(s.put_if_absent("b", bytes::Bytes::new()).await.is_err(), "op 4");
+    let e = s.list("").await.expect_err("op 3");
+    assert!(e.is_temporary() && e.to_string().contains("injected fault at operation 3"), "{e}");
+    let e = s.put_if_absent("b", bytes::Bytes::new()).await.expect_err("op 4");
+    assert!(e.is_temporary() && e.to_string().contains("injected fault at operation 4"), "{e}");
     assert_eq!(s.ops(), 5);
     // A failed put wrote nothing.
     assert!(inner.list("").await.expect("list").iter().all(|o| o.key == "a"));
