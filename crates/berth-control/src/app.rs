@@ -392,10 +392,10 @@ impl App {
         if config.substrate == Substrate::Local {
             crate::modes::set(&config.data_dir.join("volumes"), private_dir_mode(&config), "the volumes root")?;
         }
-        let sandboxes = crate::sandboxes::open(&config)?;
-        let rescuer = match &sandboxes {
-            Some(s) => crate::docker_rescue::open(&config, s.clone(), &install),
-            None => crate::rescue::open(&config),
+        let sandboxes = crate::sandboxes::open(&config).await?;
+        let rescuer = match (&sandboxes, config.substrate) {
+            (Some(s), Substrate::Docker) => crate::docker_rescue::open(&config, s.clone(), &install),
+            _ => crate::rescue::open(&config),
         };
         if let Err(why) = &rescuer {
             tracing::warn!(event = "rescue_unavailable", reason = %why, "at-risk volumes are kept until rescued or forced");

@@ -84,6 +84,9 @@ pub struct SandboxConfig {
     pub labels: BTreeMap<String, String>,
     /// The image of rescue containers; `None`: the first warm pool's.
     pub rescue_image: Option<String>,
+    /// The image holding berth's binary, copied into sandbox pods by an init container
+    /// (kubernetes substrate); `None`: no sandboxes on kubernetes.
+    pub berth_image: Option<String>,
 }
 
 impl SandboxConfig {
@@ -107,13 +110,36 @@ impl SandboxConfig {
     }
 }
 
-/// Opens the sandbox substrate `config` names: Docker's, or none on the local substrate.
-pub fn open(config: &Config) -> Result<Option<Arc<dyn Sandboxes>>> {
+/// Opens the sandbox substrate `config` names: Docker's; Kubernetes' when a berth image is
+/// given (`--sandbox-berth-image`); none on the local substrate.
+pub async fn open(config: &Config) -> Result<Option<Arc<dyn Sandboxes>>> {
     match config.substrate {
         Substrate::Local => Ok(None),
         Substrate::Docker => docker(),
-        Substrate::Kubernetes => Ok(None),
+        Substrate::Kubernetes => kubernetes(config).await,
     }
+}
+
+#[cfg(feature = "kubernetes")]
+async fn kubernetes(config: &Config) -> Result<Option<Arc<dyn Sandboxes>>> {
+    let Some(image) = config.sandbox.berth_image.clone() else { return Ok(None) };
+    if !config.sandbox.warm_pools.is_empty() {
+        return Err(Error::Config("--warm-pool is not supported on the kubernetes substrate yet".into()));
+    }
+    let kube = berth_kube::Kube::infer(config.namespace.clone(), Default::default())
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let settings = berth_kube::PodSettings {
+        berth_image: image,
+        berth_in_image: berth_kube::DEFAULT_BERTH_IN_IMAGE.into(),
+        fs_group: config.volume_owner.map(|(_, gid)| gid),
+    };
+    Ok(Some(Arc::new(berth_kube::KubeSandboxes::new(kube, settings))))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes(_: &Config) -> Result<Option<Arc<dyn Sandboxes>>> {
+    Ok(None)
 }
 
 #[cfg(feature = "docker")]
@@ -131,7 +157,8 @@ fn docker() -> Result<Option<Arc<dyn Sandboxes>>> {
 pub fn of(app: &App) -> Result<&Arc<dyn Sandboxes>> {
     app.sandboxes.as_ref().ok_or_else(|| {
         Error::WrongState(format!(
-            "the {} substrate runs no sandboxes: start berth serve with --substrate docker",
+            "the {} substrate runs no sandboxes: start berth serve with --substrate docker, or --substrate \
+             kubernetes --sandbox-berth-image IMAGE",
             app.volumes.kind()
         ))
     })

@@ -42,6 +42,13 @@ pub const API_CALLS: &[ApiCall] = &[
     call("list", "persistentvolumeclaims"),
     call("watch", "persistentvolumeclaims"),
     call("list", "pods"),
+    // Sandbox pods and the Secrets holding their private files.
+    call("create", "pods"),
+    call("get", "pods"),
+    call("delete", "pods"),
+    call("watch", "pods"),
+    call("create", "secrets"),
+    call("delete", "secrets"),
     // Cluster-scoped, with --watch-nodes only (a ClusterRole).
     call("list", "nodes"),
     call("watch", "nodes"),

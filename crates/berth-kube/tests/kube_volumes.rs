@@ -252,6 +252,32 @@ async fn api_calls_is_exactly_what_the_adapters_call() {
     assert_eq!(nodes.recv().await.expect("a node").name, "n1");
     h.fake.store().put("nodes", "", json!({"metadata": {"name": "n1"}, "spec": {"unschedulable": true}}));
     assert!(nodes.recv().await.expect("a change").cordoned);
+    // Sandboxes: start (secret, pod), deaths (list, watch), wait (get), stop (delete both).
+    use berth_substrate::Sandboxes;
+    let settings = berth_kube::PodSettings { berth_image: "b".into(), berth_in_image: "/b".into(), fs_group: None };
+    let sb = berth_kube::KubeSandboxes::new(h.fake.kube(NAMESPACE), settings);
+    let sandbox = berth_substrate::SandboxSpec {
+        name: "sb-calls".into(),
+        image: "i".into(),
+        command: vec!["sh".into()],
+        env: vec![],
+        volume: None,
+        binds: vec![],
+        private_file: Some(berth_substrate::PrivateFile { path: "/berth/spec.json".into(), content: b"{}".to_vec() }),
+        user: (1000, 1000),
+        memory_bytes: None,
+        cpus: None,
+        stop_timeout_secs: 5,
+        network: None,
+        labels: [("berth.sandbox".to_string(), "calls".to_string())].into(),
+    };
+    sb.start(&sandbox).await.expect("start");
+    let mut deaths = sb.deaths(sandbox.labels.clone());
+    served(&h.fake, "watch", "pods", 1).await;
+    h.fake.store().set_pod_phase(NAMESPACE, "sb-calls", "Succeeded").expect("ended");
+    assert_eq!(deaths.recv().await.expect("a death").id, "sb-calls");
+    assert!(sb.wait("sb-calls", 5).await.expect("wait").is_some());
+    assert!(sb.stop("sb-calls", 1).await.expect("stop").is_some());
     let mut made: Vec<(String, String)> = h.fake.calls();
     made.sort();
     made.dedup();

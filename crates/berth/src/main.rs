@@ -44,7 +44,7 @@ enum Command {
     /// Start, inspect and acknowledge drains.
     #[command(subcommand)]
     Drain(control::DrainCmd),
-    /// Start, stop, list and read sandboxes (docker substrate).
+    /// Start, stop, list and read sandboxes (docker and kubernetes substrates).
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCmd),
     /// Run volume garbage collection.

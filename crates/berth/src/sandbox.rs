@@ -1,5 +1,5 @@
 //! `berth sandbox ...`: start, stop, list and read sandboxes through the control plane (the
-//! docker substrate runs them).
+//! docker and kubernetes substrates run them).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

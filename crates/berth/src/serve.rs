@@ -141,6 +141,10 @@ pub struct Serve {
     /// into the store) [default: the first --warm-pool image].
     #[arg(long, value_name = "IMAGE")]
     rescue_image: Option<String>,
+    /// Image holding berth's binary at /usr/local/bin/berth (kubernetes substrate): each sandbox
+    /// pod's init container copies it into the pod. Without it, kubernetes runs no sandboxes.
+    #[arg(long, value_name = "IMAGE")]
+    sandbox_berth_image: Option<String>,
     /// PostgreSQL connection pool size.
     #[arg(long, default_value_t = 16)]
     db_max_connections: u32,
@@ -323,6 +327,7 @@ impl Serve {
             warm_pools: self.warm_pools,
             labels: self.sandbox_labels.into_iter().collect(),
             rescue_image: self.rescue_image,
+            berth_image: self.sandbox_berth_image,
         };
         config.gc = GcConfig {
             interval_secs: secs(self.gc_interval),

@@ -382,3 +382,41 @@ fn an_api_server_that_does_not_answer_fails_readyz_and_ensure() {
     assert!(fake.calls().is_empty());
     server.terminate(10);
 }
+
+#[test]
+fn a_sandbox_is_a_pod_on_the_claim_and_its_death_leaves_the_workspace_at_risk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let fake = rt.block_on(FakeApi::start());
+    let config = kubeconfig(tmp.path(), &fake);
+    let server = start(tmp.path(), &config, "s.log", &["--sandbox-berth-image", "berth:test"], &[]);
+    let c = server.client(ADMIN);
+    rt.block_on(async {
+        let body = berth_api::StartSandbox {
+            image: "agent:1".into(),
+            command: vec!["sh".into(), "-c".into(), "sleep 600".into()],
+            grace_secs: Some(20),
+            memory_bytes: Some(256 << 20),
+            ..Default::default()
+        };
+        let sb = c.start_sandbox("agent:sb", &body).await.unwrap();
+        let ws = c.workspace("agent:sb").await.unwrap();
+        let pod = fake.store().get("pods", NAMESPACE, &sb.id).unwrap();
+        let claim = pod["spec"]["volumes"].as_array().unwrap().iter().find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str().map(String::from));
+        assert_eq!(claim.as_deref(), Some(ws.volume.name.as_str()), "{pod}");
+        assert!(pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap() > 20, "{pod}");
+        assert_eq!(pod["spec"]["initContainers"][0]["image"], "berth:test");
+        assert_eq!(pod["spec"]["containers"][0]["command"][0], "/berth/bin/berth");
+        let secret = fake.store().get("secrets", NAMESPACE, &format!("{}-files", sb.id)).unwrap();
+        assert!(secret["data"]["spec.json"].is_string());
+        // The pod runs, then dies without a final snapshot (OOM-killed).
+        fake.store().set_pod_phase(NAMESPACE, &sb.id, "Running").unwrap();
+        let mut dead = fake.store().get("pods", NAMESPACE, &sb.id).unwrap();
+        dead["status"] = serde_json::json!({"phase": "Failed", "containerStatuses": [{"name": "sandbox", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]});
+        fake.store().put("pods", NAMESPACE, dead);
+        wait_until("the workspace at risk", 30, || async { c.workspace("agent:sb").await.unwrap().at_risk }).await;
+        wait_until("the dead pod removed", 30, || async { fake.store().get("pods", NAMESPACE, &sb.id).is_err() }).await;
+        assert!(fake.store().get("secrets", NAMESPACE, &format!("{}-files", sb.id)).is_err(), "the secret outlived its pod");
+    });
+    server.terminate(10);
+}

@@ -1,0 +1,176 @@
+//! `KubeSandboxes` against the fake API server: the pod berth makes (init container, the
+//! private file as a 0400 Secret, grace, fsGroup, limits, labels), deaths from the watch, stop,
+//! wait and the clean-up of a start that failed. Nothing runs containers here: the tests move
+//! pods through their phases, so this shows what berth asks of the API and how it reads the
+//! answers, not that a kubelet runs the pod.
+
+use std::collections::BTreeMap;
+
+use berth_core::volume::VolumeName;
+use berth_kube::fake::harness::{KubeHarness, NAMESPACE};
+use berth_kube::fake::Fault;
+use berth_kube::{KubeSandboxes, PodSettings};
+use berth_substrate::{PrivateFile, SandboxSpec, Sandboxes, LABEL_OWNER};
+use serde_json::{json, Value};
+
+fn sandboxes(h: &KubeHarness) -> KubeSandboxes {
+    let settings = PodSettings {
+        berth_image: "berth:test".into(),
+        berth_in_image: "/usr/local/bin/berth".into(),
+        fs_group: Some(2000),
+    };
+    KubeSandboxes::new(h.fake.kube(NAMESPACE), settings)
+}
+
+fn spec(name: &str) -> SandboxSpec {
+    SandboxSpec {
+        name: name.into(),
+        image: "agent:1".into(),
+        command: vec![
+            "/berth/bin/berth".into(),
+            "agent".into(),
+            "run".into(),
+            "--spec".into(),
+            "/berth/spec.json".into(),
+            "--".into(),
+            "sh".into(),
+        ],
+        env: vec!["A=1".into(), "B=x=y".into()],
+        volume: Some(VolumeName::new("ws-agent-42-abc").unwrap()),
+        binds: vec![("/usr/bin/berth".into(), "/berth/bin/berth".into(), true)],
+        private_file: Some(PrivateFile {
+            path: "/berth/spec.json".into(),
+            content: b"{\"token\":\"secret-token\"}".to_vec(),
+        }),
+        user: (1000, 1000),
+        memory_bytes: Some(512 << 20),
+        cpus: Some(1.5),
+        stop_timeout_secs: 40,
+        network: None,
+        labels: [("berth.managed".to_string(), "true".to_string()), (LABEL_OWNER.to_string(), "agent:42".to_string())]
+            .into(),
+    }
+}
+
+fn pod(h: &KubeHarness, name: &str) -> Value {
+    h.fake.store().get("pods", NAMESPACE, name).expect("the pod")
+}
+
+fn end_pod(h: &KubeHarness, name: &str, phase: &str, exit: i32, reason: &str) {
+    let mut p = pod(h, name);
+    p["status"] = json!({"phase": phase, "containerStatuses": [{"name": "sandbox", "state": {"terminated": {"exitCode": exit, "reason": reason}}}]});
+    h.fake.store().put("pods", NAMESPACE, p);
+}
+
+#[tokio::test]
+async fn the_pod_carries_the_sandbox_spec() {
+    let h = KubeHarness::start().await;
+    let sb = sandboxes(&h);
+    let info = sb.start(&spec("sb-one")).await.expect("start");
+    assert_eq!((info.id.as_str(), info.state.as_str()), ("sb-one", "created"));
+    assert_eq!(info.labels[LABEL_OWNER], "agent:42");
+    let p = pod(&h, "sb-one");
+    let s = &p["spec"];
+    assert_eq!(s["restartPolicy"], "Never");
+    assert_eq!(s["terminationGracePeriodSeconds"], 40);
+    assert_eq!(s["securityContext"]["fsGroup"], 2000);
+    assert_eq!(
+        (s["securityContext"]["runAsUser"].clone(), s["securityContext"]["runAsGroup"].clone()),
+        (json!(1000), json!(1000))
+    );
+    let init = &s["initContainers"][0];
+    assert_eq!(init["image"], "berth:test");
+    assert_eq!(init["command"], json!(["cp", "/usr/local/bin/berth", "/berth/bin/berth"]));
+    let main = &s["containers"][0];
+    assert_eq!(main["image"], "agent:1");
+    assert_eq!(main["command"][0], "/berth/bin/berth");
+    assert_eq!(main["env"], json!([{"name": "A", "value": "1"}, {"name": "B", "value": "x=y"}]));
+    assert_eq!(main["resources"]["limits"], json!({"memory": (512u64 << 20).to_string(), "cpu": "1500m"}));
+    assert_eq!(main["resources"]["requests"], main["resources"]["limits"]);
+    let mounts = main["volumeMounts"].as_array().unwrap();
+    let mount = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("no mount at {path}: {mounts:?}"))
+    };
+    assert_eq!(mount("/berth/bin")["readOnly"], true);
+    assert_eq!(mount("/workspace")["name"], "workspace");
+    assert_eq!(mount("/berth/spec.json")["subPath"], "spec.json");
+    let volumes = s["volumes"].as_array().unwrap();
+    let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).cloned().unwrap();
+    assert_eq!(volume("workspace")["persistentVolumeClaim"]["claimName"], "ws-agent-42-abc");
+    assert!(volume("berth-bin")["emptyDir"].is_object());
+    assert_eq!(volume("files")["secret"]["secretName"], "sb-one-files");
+    assert_eq!(volume("files")["secret"]["defaultMode"], 0o400);
+    // The token is in the Secret only: never in the pod (env, command, annotations).
+    assert!(!p.to_string().contains("secret-token"), "the token leaked into the pod: {p}");
+    let secret = h.fake.store().get("secrets", NAMESPACE, "sb-one-files").expect("the secret");
+    assert!(secret["data"]["spec.json"].is_string());
+    assert_eq!(sb.list(&BTreeMap::new()).await.expect("list").len(), 1);
+}
+
+#[tokio::test]
+async fn deaths_are_reported_once_with_how_the_pod_ended() {
+    let h = KubeHarness::start().await;
+    let sb = sandboxes(&h);
+    let mut early = spec("sb-early");
+    early.volume = None;
+    sb.start(&early).await.expect("start");
+    end_pod(&h, "sb-early", "Succeeded", 0, "Completed");
+    let selector: BTreeMap<String, String> = [("berth.managed".to_string(), "true".to_string())].into();
+    let mut deaths = sb.deaths(selector);
+    let d = deaths.recv().await.expect("the pod that ended before the watch");
+    assert_eq!((d.id.as_str(), d.ended.exit_code, d.ended.oom_killed), ("sb-early", Some(0), false));
+    let mut late = spec("sb-late");
+    late.volume = None;
+    sb.start(&late).await.expect("start");
+    h.fake.store().set_pod_phase(NAMESPACE, "sb-late", "Running").unwrap();
+    end_pod(&h, "sb-late", "Failed", 137, "OOMKilled");
+    let d = deaths.recv().await.expect("the pod that ended while watched");
+    assert_eq!((d.id.as_str(), d.ended.exit_code, d.ended.oom_killed), ("sb-late", Some(137), true));
+    assert_eq!(d.labels[LABEL_OWNER], "agent:42");
+    // Ended pods seen again (a later modification) are not reported twice.
+    end_pod(&h, "sb-late", "Failed", 137, "OOMKilled");
+    let again = tokio::time::timeout(std::time::Duration::from_millis(300), deaths.recv()).await;
+    assert!(again.is_err(), "a death was reported twice: {again:?}");
+}
+
+#[tokio::test]
+async fn stop_wait_and_remove() {
+    let h = KubeHarness::start().await;
+    let sb = sandboxes(&h);
+    sb.start(&spec("sb-stop")).await.expect("start");
+    h.fake.store().set_pod_phase(NAMESPACE, "sb-stop", "Running").unwrap();
+    let ended = sb.stop("sb-stop", 5).await.expect("stop").expect("it existed");
+    assert_eq!(ended.exit_code, None);
+    assert!(h.fake.store().get("pods", NAMESPACE, "sb-stop").is_err());
+    assert!(h.fake.store().get("secrets", NAMESPACE, "sb-stop-files").is_err(), "the secret outlived its pod");
+    assert_eq!(sb.stop("sb-stop", 5).await.expect("stop again"), None);
+
+    sb.start(&spec("sb-wait")).await.expect("start");
+    let waiting = tokio::spawn({
+        let sb = sb.clone();
+        async move { sb.wait("sb-wait", 30).await }
+    });
+    end_pod(&h, "sb-wait", "Succeeded", 0, "Completed");
+    assert_eq!(waiting.await.unwrap().expect("wait").expect("ended").exit_code, Some(0));
+    sb.remove("sb-wait").await.expect("remove");
+    sb.remove("sb-wait").await.expect("remove again");
+    assert!(sb.list(&BTreeMap::new()).await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn a_start_that_fails_leaves_nothing() {
+    let h = KubeHarness::start().await;
+    let sb = sandboxes(&h);
+    h.fake.inject(Fault::new("create", "pods", 422, 1));
+    sb.start(&spec("sb-bad")).await.expect_err("start against a refusing server");
+    assert!(h.fake.store().get("secrets", NAMESPACE, "sb-bad-files").is_err(), "the secret stayed");
+    let mut bind = spec("sb-bind");
+    bind.binds.push(("/srv/store".into(), "/srv/store".into(), false));
+    let e = sb.start(&bind).await.expect_err("a host bind");
+    assert!(e.message.contains("/srv/store") && e.message.contains("s3://"), "{e}");
+    assert!(h.fake.store().get("secrets", NAMESPACE, "sb-bind-files").is_err());
+}
