@@ -394,7 +394,9 @@ impl App {
         }
         let sandboxes = crate::sandboxes::open(&config).await?;
         let rescuer = match (&sandboxes, config.substrate) {
-            (Some(s), Substrate::Docker) => crate::docker_rescue::open(&config, s.clone(), &install),
+            (Some(s), Substrate::Docker | Substrate::Kubernetes) => {
+                crate::docker_rescue::open(&config, s.clone(), &install)
+            }
             _ => crate::rescue::open(&config),
         };
         if let Err(why) = &rescuer {

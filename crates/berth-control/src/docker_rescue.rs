@@ -1,7 +1,9 @@
-//! The Docker substrate's `Rescuer`: a short container of the rescue image mounts the at-risk
+//! The container substrates' `Rescuer`, over the `Sandboxes` port: a short container (docker)
+//! or pod (kubernetes: the claim mounted read-only) of the rescue image mounts the at-risk
 //! volume read-only at `/workspace` and runs one `berth snapshot create` into the store under
-//! the rescue session's epoch (berth's binary bind-mounted, as in every sandbox), then is
-//! removed. The control plane records the snapshot as the session's final one.
+//! the rescue session's epoch (berth's binary bind-mounted, or copied in by the init container,
+//! as in every sandbox), then is removed. The control plane records the snapshot as the
+//! session's final one.
 //!
 //! The container carries the configured sandbox labels and `berth.rescue`, not the labels of
 //! sandboxes, so the death watcher leaves it to the rescuer.
@@ -150,9 +152,11 @@ pub fn open(config: &Config, sandboxes: Arc<dyn Sandboxes>, install: &str) -> Re
     let image =
         config.sandbox.rescue_image.clone().or_else(|| config.sandbox.warm_pools.first().map(|(i, _)| i.clone()));
     let image = image.ok_or_else(|| {
-        "the docker substrate rescues a volume with a short container: start berth serve with --rescue-image IMAGE \
-         (an image berth's binary runs in, such as the sandboxes' image)"
-            .to_string()
+        format!(
+            "the {} substrate rescues a volume with a short container or pod: start berth serve with --rescue-image \
+             IMAGE (an image berth's binary runs in, such as the sandboxes' image)",
+            config.substrate
+        )
     })?;
     Ok(Arc::new(DockerRescuer::new(sandboxes, image, install.to_string(), config.clone())))
 }

@@ -47,6 +47,7 @@ pub const API_CALLS: &[ApiCall] = &[
     call("get", "pods"),
     call("delete", "pods"),
     call("watch", "pods"),
+    call("get", "pods/log"),
     call("create", "secrets"),
     call("delete", "secrets"),
     // Cluster-scoped, with --watch-nodes only (a ClusterRole).

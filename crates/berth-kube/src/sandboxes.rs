@@ -15,18 +15,22 @@
 //!   from a watch of the installation's pods (listed first, so a pod that ended while nobody
 //!   watched is reported too).
 //!
+//! - A bind of a claim at `/workspace` (the rescue job's) mounts that claim, read-only when the
+//!   bind is; logs are the main container's (`pods/log`).
+//!
 //! Not supported yet: putting a file into a running pod and renaming one (the warm pools'
-//! claim), host binds other than berth's binary (a `file://` store), and logs.
+//! claim), and host binds other than berth's binary (a `file://` store).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use berth_core::volume::VolumeName;
 use berth_substrate::{Death, Ended, PrivateFile, SandboxInfo, SandboxSpec, Sandboxes, VolumeError, WORKSPACE_PATH};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
 use crate::client::{Failure, Kube};
@@ -119,7 +123,12 @@ impl KubeSandboxes {
 
     /// The pod of `spec`.
     pub fn pod(&self, spec: &SandboxSpec) -> Result<Pod, VolumeError> {
-        if let Some((host, _, _)) = spec.binds.iter().find(|(_, inside, _)| !inside.starts_with(BERTH_DIR)) {
+        // A bind of a claim at the workspace path (the rescue job's, read-only) mounts the claim.
+        let claim_bind = spec.binds.iter().find_map(|(host, inside, ro)| {
+            (inside == WORKSPACE_PATH).then(|| VolumeName::new(host.as_str()).ok().map(|v| (v, *ro))).flatten()
+        });
+        let other = |inside: &String| !inside.starts_with(BERTH_DIR) && inside != WORKSPACE_PATH;
+        if let Some((host, _, _)) = spec.binds.iter().find(|(_, inside, _)| other(inside)) {
             return Err(VolumeError::permanent(format!(
                 "sandbox {}: host path {host} cannot be mounted into a pod: use an s3:// store on the kubernetes substrate",
                 spec.name
@@ -133,13 +142,14 @@ impl KubeSandboxes {
             .collect();
         let mut mounts = vec![json!({"name": "berth-bin", "mountPath": BERTH_DIR, "readOnly": true})];
         let mut volumes = vec![json!({"name": "berth-bin", "emptyDir": {}})];
-        match &spec.volume {
-            Some(claim) => {
-                volumes.push(json!({"name": "workspace", "persistentVolumeClaim": {"claimName": claim.as_str()}}))
-            }
+        let claim = spec.volume.clone().map(|v| (v, false)).or(claim_bind);
+        let read_only = claim.as_ref().is_some_and(|(_, ro)| *ro);
+        match &claim {
+            Some((c, ro)) => volumes
+                .push(json!({"name": "workspace", "persistentVolumeClaim": {"claimName": c.as_str(), "readOnly": ro}})),
             None => volumes.push(json!({"name": "workspace", "emptyDir": {}})),
         }
-        mounts.push(json!({"name": "workspace", "mountPath": WORKSPACE_PATH}));
+        mounts.push(json!({"name": "workspace", "mountPath": WORKSPACE_PATH, "readOnly": read_only}));
         if let Some(file) = &spec.private_file {
             let key = key_of(file);
             volumes.push(json!({"name": "files", "secret": {
@@ -386,10 +396,11 @@ impl Sandboxes for KubeSandboxes {
         Ok(out)
     }
 
-    async fn logs(&self, id: &str, _tail: usize) -> Result<String, VolumeError> {
-        Err(VolumeError::permanent(format!(
-            "pod {id}: read its logs with kubectl logs {id} -c sandbox (berth does not read pod logs yet)"
-        )))
+    async fn logs(&self, id: &str, tail: usize) -> Result<String, VolumeError> {
+        let api = self.pods();
+        let lp = LogParams { container: Some("sandbox".into()), tail_lines: Some(tail as i64), ..Default::default() };
+        let what = format!("reading the logs of pod {id}");
+        self.kube.retry(&what, || api.logs(id, &lp)).await.map_err(|f| self.kube.error(&what, f))
     }
 
     async fn put_file(&self, id: &str, file: &PrivateFile, _user: (u32, u32)) -> Result<(), VolumeError> {

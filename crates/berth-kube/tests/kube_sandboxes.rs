@@ -174,3 +174,28 @@ async fn a_start_that_fails_leaves_nothing() {
     assert!(e.message.contains("/srv/store") && e.message.contains("s3://"), "{e}");
     assert!(h.fake.store().get("secrets", NAMESPACE, "sb-bind-files").is_err());
 }
+
+#[tokio::test]
+async fn a_rescue_job_mounts_the_claim_read_only_and_its_logs_are_read() {
+    let h = KubeHarness::start().await;
+    let sb = sandboxes(&h);
+    // The rescue job's spec: no volume, the claim bound read-only at /workspace.
+    let mut job = spec("rescue-agent-42");
+    job.volume = None;
+    job.private_file = None;
+    job.binds.push(("ws-agent-42-abc".into(), "/workspace".into(), true));
+    sb.start(&job).await.expect("start");
+    let p = pod(&h, "rescue-agent-42");
+    let volumes = p["spec"]["volumes"].as_array().unwrap();
+    let ws = volumes.iter().find(|v| v["name"] == "workspace").unwrap();
+    assert_eq!(ws["persistentVolumeClaim"], json!({"claimName": "ws-agent-42-abc", "readOnly": true}));
+    let mounts = p["spec"]["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert_eq!(mounts.iter().find(|m| m["mountPath"] == "/workspace").unwrap()["readOnly"], true);
+    h.fake.store().set_logs(NAMESPACE, "rescue-agent-42", "one\ntwo\n{\n  \"snapshot\": \"x\"\n}\n");
+    assert_eq!(sb.logs("rescue-agent-42", 3).await.expect("logs"), "{\n  \"snapshot\": \"x\"\n}\n");
+    // A sandbox's own claim is read-write.
+    sb.start(&spec("sb-rw")).await.expect("start");
+    let p = pod(&h, "sb-rw");
+    let ws = p["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "workspace").cloned().unwrap();
+    assert_eq!(ws["persistentVolumeClaim"]["readOnly"], false);
+}

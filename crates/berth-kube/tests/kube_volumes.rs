@@ -277,6 +277,7 @@ async fn api_calls_is_exactly_what_the_adapters_call() {
     h.fake.store().set_pod_phase(NAMESPACE, "sb-calls", "Succeeded").expect("ended");
     assert_eq!(deaths.recv().await.expect("a death").id, "sb-calls");
     assert!(sb.wait("sb-calls", 5).await.expect("wait").is_some());
+    sb.logs("sb-calls", 10).await.expect("logs");
     assert!(sb.stop("sb-calls", 1).await.expect("stop").is_some());
     let mut made: Vec<(String, String)> = h.fake.calls();
     made.sort();

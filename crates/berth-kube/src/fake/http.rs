@@ -41,6 +41,7 @@ fn target(method: &Method, path: &str, query: &HashMap<String, String>) -> Optio
     let (namespace, resource, name) = match parts.as_slice() {
         ["namespaces", ns, resource] => (Some(ns.to_string()), *resource, None),
         ["namespaces", ns, resource, name] => (Some(ns.to_string()), *resource, Some(name.to_string())),
+        ["namespaces", ns, "pods", name, "log"] => (Some(ns.to_string()), "pods/log", Some(name.to_string())),
         [resource] => (None, *resource, None),
         [resource, name] => (None, *resource, Some(name.to_string())),
         _ => return None,
@@ -99,6 +100,13 @@ async fn handle(
     }
     if let Some(fault) = take_fault(&shared, &t) {
         return fault;
+    }
+    if t.resource == "pods/log" {
+        let tail = query.get("tailLines").and_then(|n| n.parse().ok());
+        return match lock(&shared.store).logs(t.namespace.as_deref().unwrap_or(""), &name, tail) {
+            Ok(text) => text.into_response(),
+            Err(e) => status(&e, &name, "pods"),
+        };
     }
     if kind_of(&t.resource).is_none()
         || (namespaced(&t.resource) && t.namespace.is_none() && !matches!(t.verb, "list" | "watch"))

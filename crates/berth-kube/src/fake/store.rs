@@ -130,6 +130,8 @@ pub struct Store {
     /// The next this many watches from a version end at once with `410 Gone`, as after a
     /// compaction that raced them.
     pub expire_watches: u32,
+    /// What each pod printed, as the test says.
+    logs: BTreeMap<(String, String), String>,
 }
 
 fn labels_of(object: &Value) -> BTreeMap<String, String> {
@@ -179,6 +181,7 @@ impl Default for Store {
             tx: broadcast::channel(4096).0,
             hold_pod_deletions: false,
             expire_watches: 0,
+            logs: BTreeMap::new(),
         }
     }
 }
@@ -462,6 +465,20 @@ impl Store {
             object["metadata"]["uid"] = old["metadata"]["uid"].clone();
         }
         self.write(key, object, kind)
+    }
+
+    /// Sets what pod `name` printed.
+    pub fn set_logs(&mut self, namespace: &str, name: &str, text: &str) {
+        self.logs.insert((namespace.into(), name.into()), text.into());
+    }
+
+    /// `GET pods/NAME/log`: the last `tail` lines of what the pod printed.
+    pub fn logs(&self, namespace: &str, name: &str, tail: Option<usize>) -> Result<String, ApiError> {
+        self.get("pods", namespace, name)?;
+        let text = self.logs.get(&(namespace.into(), name.into())).cloned().unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = tail.map_or(0, |t| lines.len().saturating_sub(t));
+        Ok(lines[from..].iter().map(|l| format!("{l}\n")).collect())
     }
 
     /// Forgets the history: watches from any version before now get `410 Gone`.
