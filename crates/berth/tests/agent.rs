@@ -53,8 +53,14 @@ struct Agent {
 
 impl Agent {
     fn start(args: &[&str], command: &[&str], log: &Path) -> Agent {
+        Agent::start_with(args, command, log, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables.
+    fn start_with(args: &[&str], command: &[&str], log: &Path, env: &[(&str, &str)]) -> Agent {
         let mut c = berth();
         c.arg("agent").arg("run").args(args).arg("--").args(command);
+        c.envs(env.iter().copied());
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(log).unwrap());
         Agent { child: c.spawn().expect("spawn berth agent run"), log: log.to_path_buf() }
     }
@@ -162,23 +168,45 @@ fn attach(server: &Server, admin: &Client, owner: &str, instance: &str, path: &P
     session
 }
 
-/// Every file under `dir`, with its content.
+/// Every file under `dir`, with its content. A directory or file the scan cannot read fails
+/// it: a secret could hide there.
 fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
+        let entries = fs::read_dir(&d).unwrap_or_else(|e| panic!("the secret scan cannot list {}: {e}", d.display()));
+        for e in entries {
+            let e = e.unwrap_or_else(|e| panic!("the secret scan cannot list {}: {e}", d.display()));
             let p = e.path();
-            let Ok(t) = e.file_type() else { continue };
+            let t = e.file_type().unwrap_or_else(|e| panic!("the secret scan cannot stat {}: {e}", p.display()));
             if t.is_dir() {
                 stack.push(p);
             } else if t.is_file() {
-                out.push((p.clone(), fs::read(&p).unwrap_or_default()));
+                let bytes = fs::read(&p).unwrap_or_else(|e| panic!("the secret scan cannot read {}: {e}", p.display()));
+                out.push((p, bytes));
             }
         }
     }
     out
+}
+
+/// A directory holding a `git` that appends each invocation's argv and environment to `log`,
+/// then runs the real git; put first on `PATH`, it shows every git command berth runs, however
+/// short-lived. Returns the `PATH` value.
+fn git_recorder(dir: &Path, log: &Path) -> String {
+    let bin = dir.join("git-recorder");
+    fs::create_dir_all(&bin).unwrap();
+    let real = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("git")).find(|g| g.is_file()))
+        .expect("git on PATH");
+    let script = format!(
+        "#!/bin/sh\n{{ printf 'argv:'; for a in \"$@\"; do printf ' %s' \"$a\"; done; printf '\\n'; env; printf '\\n'; }} >> '{}'\nexec '{}' \"$@\"\n",
+        log.display(),
+        real.display()
+    );
+    fs::write(bin.join("git"), script).unwrap();
+    fs::set_permissions(bin.join("git"), fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
 }
 
 fn assert_absent(secret: &str, what: &str, haystacks: &[(PathBuf, Vec<u8>)]) {
@@ -258,7 +286,12 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
         "--identity-token-file",
         gh.identity_file.to_str().unwrap(),
     ];
-    let mut agent = Agent::start(&args, &[agent_script.to_str().unwrap()], &root.join("agent-a.log"));
+    // Every git command berth runs is recorded (argv and environment), and the log is at debug
+    // level: both are scanned for the secrets below.
+    let git_log = root.join("git-invocations.log");
+    let path = git_recorder(&root, &git_log);
+    let env = [("PATH", path.as_str()), ("BERTH_LOG", "debug")];
+    let mut agent = Agent::start_with(&args, &[agent_script.to_str().unwrap()], &root.join("agent-a.log"), &env);
     agent.wait_for(&["init_phase", "ready"], 60);
     wait_file(&ws.join("../agent-ready"), 60);
     let hook_path = ws.join("app/.git/hooks/pre-push");
@@ -311,7 +344,8 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
     assert!(replacement.handover.is_some(), "the attach carries the handover");
     let fresh = root.join("fresh");
     let mut init = berth();
-    init.args(["agent", "init", "--json", "--spec", spec_b.to_str().unwrap(), "--dir", fresh.to_str().unwrap()])
+    init.envs(env)
+        .args(["agent", "init", "--json", "--spec", spec_b.to_str().unwrap(), "--dir", fresh.to_str().unwrap()])
         .args(["--base", root.join("jobs").to_str().unwrap()])
         .args([
             "--credential-endpoint",
@@ -353,9 +387,17 @@ fn sigterm_drains_to_both_remotes_and_a_fresh_init_restores_everything() {
     let mut haystacks = all_files(&fresh);
     haystacks.extend(all_files(&ws.join("app/.git")));
     haystacks.extend(all_files(&ws.join("libs/lib/.git")));
-    for log in ["agent-a.log", "serve.log"] {
+    for log in ["agent-a.log", "serve.log", "git-invocations.log"] {
         haystacks.push((root.join(log), fs::read(root.join(log)).unwrap()));
     }
+    // The recorder saw berth's git commands (clones at init, the drain's push), so its log
+    // being clean means something.
+    let invocations = fs::read_to_string(&git_log).unwrap();
+    for cmd in ["argv: clone", "argv: push"] {
+        assert!(invocations.lines().any(|l| l.starts_with(cmd)), "no git {cmd:?} recorded: {invocations}");
+    }
+    let debug_lines = fs::read_to_string(root.join("agent-a.log")).unwrap();
+    assert!(debug_lines.contains("\"level\":\"DEBUG\""), "the agent's log is at debug level");
     haystacks.push((PathBuf::from("init stdout+stderr"), format!("{}{}", out.stdout, out.stderr).into_bytes()));
     assert_absent(GIT_TOKEN, "the git token", &haystacks);
     assert_absent(&session.token, "the sandbox token", &haystacks);
