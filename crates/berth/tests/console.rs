@@ -4,7 +4,8 @@
 //! works, and the at-risk flag appears once it is SIGKILLed; the typed delete removes the
 //! volume; hostile text renders as text; a POST without the CSRF token and a viewer's forged
 //! POST get 403, and a viewer is offered no button; GC runs after its dry-run preview, and the
-//! store's scheduled retention and prune runs show up; dark mode follows the system. Screenshots of every page are saved under
+//! store's scheduled retention and prune runs show up; the keyboard reaches the skip link and
+//! the search; dark mode follows the system. Screenshots of every page are saved under
 //! `target/console-screenshots/` (the README's come from there).
 
 mod util;
@@ -135,6 +136,14 @@ fn the_console_in_a_browser() {
     let row = b.get("tr[data-owner='agent:live']");
     assert!(b.text(&row).contains("pod-live"), "the lease holder is shown: {}", b.text(&row));
     assert_eq!(b.count("tr[data-owner]"), 4);
+    // The keyboard: the first Tab reaches the skip link, and "/" focuses the owner search.
+    let focused = "const a = document.activeElement; return a.className || a.type || a.tagName;";
+    b.press("\u{E004}");
+    assert_eq!(b.run(focused, json!([])), json!("skip"));
+    b.run("document.activeElement.blur();", json!([]));
+    b.press("/");
+    assert_eq!(b.run(focused, json!([])), json!("search"));
+    b.run("document.activeElement.blur();", json!([]));
 
     // While the agent works, the row follows its snapshots without a reload.
     b.run("window.notReloaded = true;", json!([]));

@@ -146,6 +146,14 @@ impl Browser {
         }
     }
 
+    /// Presses and releases `key` (a character, or a WebDriver key code such as `\u{E004}`
+    /// for Tab) on whatever has the focus.
+    pub fn press(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.ok("POST", "/actions", Some(actions));
+    }
+
     /// Makes the page see `prefers-color-scheme: dark` (or light), as a system setting would
     /// (Chromium's DevTools emulation, through chromedriver).
     pub fn prefer_dark(&self, dark: bool) {
