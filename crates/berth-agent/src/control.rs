@@ -354,3 +354,59 @@ pub fn lock_workspace(dir: &Path, mount_lock: Option<&Path>) -> Result<Locks, Ag
     };
     Ok(Locks { _agent: f, _mount: mount })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::session::{InstanceId, SessionId};
+    use berth_core::workspace::WorkspaceId;
+
+    /// A control plane that refuses every call as a write under an old epoch (409 `stale_epoch`),
+    /// as it does for a session whose lease lapsed and was taken over but is not yet ended.
+    async fn refusing_server() -> String {
+        let body = serde_json::json!({"error": {"code": "stale_epoch", "message": "epoch 1 is stale; the lease is at 2",
+            "presented_epoch": 1, "current_epoch": 2}});
+        let app = axum::Router::new().fallback(move || {
+            let body = body.clone();
+            async move { (axum::http::StatusCode::CONFLICT, axum::Json(body)) }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("refusing server runs") });
+        format!("http://{addr}")
+    }
+
+    fn control(server: String) -> Arc<Control> {
+        let instance = InstanceId::new("sandbox-a").expect("valid instance");
+        let agent =
+            AgentConfig::new("/nonexistent".into(), WorkspaceId::new("agent:1").expect("valid owner"), instance);
+        let cfg = ControlConfig {
+            server,
+            token: "t".into(),
+            session: SessionId::new("ses_1").expect("valid session"),
+            epoch: Epoch(1),
+            lease_ttl_secs: 60,
+            lease_margin_secs: 15,
+            pointer: None,
+            handover: None,
+            mount_lock: None,
+        };
+        Control::new(&agent, &cfg).expect("client")
+    }
+
+    #[tokio::test]
+    async fn a_stale_epoch_answer_fences_the_sandbox_for_good() {
+        let expected = Fenced { presented: Epoch(1), current: Some(Epoch(2)) };
+        let hb = control(refusing_server().await);
+        let e = hb.heartbeat().await.expect_err("a refused heartbeat is an error");
+        assert_eq!(e.fenced(), Some(expected), "the heartbeat's error is the fencing: {e}");
+        assert_eq!(hb.view.borrow().fenced, Some(expected), "the heartbeat fenced the sandbox");
+        assert!(hb.fenced() && !hb.holds(), "a fenced sandbox writes nothing more");
+
+        let publisher = control(refusing_server().await);
+        let snapshot = SnapshotId::from_hex(&"ab".repeat(32)).expect("valid snapshot id");
+        let e = publisher.publish(&snapshot, SnapshotStats::default(), false).await.expect_err("refused publish");
+        assert_eq!(e.fenced(), Some(expected), "the publish's error is the fencing: {e}");
+        assert!(publisher.fenced() && !publisher.holds(), "a refused publish fences the sandbox");
+    }
+}
