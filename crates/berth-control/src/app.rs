@@ -395,7 +395,7 @@ impl App {
         let sandboxes = crate::sandboxes::open(&config).await?;
         let rescuer = match (&sandboxes, config.substrate) {
             (Some(s), Substrate::Docker | Substrate::Kubernetes) => {
-                crate::docker_rescue::open(&config, s.clone(), &install)
+                crate::container_rescue::open(&config, s.clone(), &install)
             }
             _ => crate::rescue::open(&config),
         };

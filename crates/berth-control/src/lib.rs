@@ -7,7 +7,7 @@
 
 pub mod app;
 pub mod auth;
-pub mod docker_rescue;
+pub mod container_rescue;
 pub mod error;
 pub mod http;
 pub mod meta;

@@ -27,19 +27,19 @@ const RESCUE_TIMEOUT_SECS: u64 = 600;
 /// Log lines read back for the snapshot's summary.
 const LOG_LINES: usize = 2000;
 
-/// Rescues Docker volumes with a short container.
+/// Rescues volumes with a short container or pod of the rescue image.
 #[derive(Debug)]
-pub struct DockerRescuer {
+pub struct ContainerRescuer {
     sandboxes: Arc<dyn Sandboxes>,
     image: String,
     install: String,
     config: Config,
 }
 
-impl DockerRescuer {
+impl ContainerRescuer {
     /// A rescuer running `image` through `sandboxes`, for installation `install`.
-    pub fn new(sandboxes: Arc<dyn Sandboxes>, image: String, install: String, config: Config) -> DockerRescuer {
-        DockerRescuer { sandboxes, image, install, config }
+    pub fn new(sandboxes: Arc<dyn Sandboxes>, image: String, install: String, config: Config) -> ContainerRescuer {
+        ContainerRescuer { sandboxes, image, install, config }
     }
 
     fn spec(&self, req: &RescueRequest) -> Result<SandboxSpec, RescueError> {
@@ -115,7 +115,7 @@ fn summary(logs: &str) -> Option<RescueOutcome> {
 }
 
 #[async_trait]
-impl Rescuer for DockerRescuer {
+impl Rescuer for ContainerRescuer {
     fn kind(&self) -> &'static str {
         "docker"
     }
@@ -158,7 +158,7 @@ pub fn open(config: &Config, sandboxes: Arc<dyn Sandboxes>, install: &str) -> Re
             config.substrate
         )
     })?;
-    Ok(Arc::new(DockerRescuer::new(sandboxes, image, install.to_string(), config.clone())))
+    Ok(Arc::new(ContainerRescuer::new(sandboxes, image, install.to_string(), config.clone())))
 }
 
 #[cfg(test)]
