@@ -7,18 +7,15 @@
 
 mod util;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use berth_api::client::EventQuery;
-use berth_api::{Client, EnsureWorkspace, GcRun, WorkspaceState};
+use berth_api::{EnsureWorkspace, GcRun, WorkspaceState};
 use berth_core::volume::VolumeName;
 use berth_core::workspace::{Generation, WorkspaceId};
 use berth_kube::fake::harness::NAMESPACE;
 use berth_kube::fake::FakeApi;
 
-use util::serve::{metric, rt, Server, ADMIN};
+use util::serve::{events, marks, metric, rt, wait_until, Server, ADMIN};
 
 const PVC: &str = "persistentvolumeclaims";
 
@@ -66,37 +63,6 @@ fn claims(fake: &FakeApi) -> usize {
 
 fn deletes(fake: &FakeApi) -> usize {
     fake.calls().iter().filter(|(v, r)| v == "delete" && r == PVC).count()
-}
-
-async fn events(c: &Client, kind: &str) -> Vec<berth_api::Event> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let q = EventQuery { kind: Some(kind.into()), after: Some(after), limit: Some(1000), ..Default::default() };
-        let page = c.events(&q).await.unwrap().items;
-        let Some(last) = page.last() else { return out };
-        after = last.id;
-        out.extend(page);
-    }
-}
-
-/// How many volumes are marked removed (by removed or not_found), per owner.
-async fn marks(c: &Client) -> BTreeMap<String, usize> {
-    let mut marks = BTreeMap::new();
-    for kind in ["volume_removed", "volume_not_found"] {
-        for e in events(c, kind).await {
-            *marks.entry(e.owner.unwrap()).or_default() += 1;
-        }
-    }
-    marks
-}
-
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[test]

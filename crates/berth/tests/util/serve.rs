@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use berth_api::client::EventQuery;
 use berth_api::Client;
 
 /// The admin token of test servers.
@@ -156,4 +159,37 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     conn.read_to_end(&mut response).ok()?;
     let line = String::from_utf8_lossy(&response);
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every event of `kind`, oldest first.
+pub async fn events(c: &Client, kind: &str) -> Vec<berth_api::Event> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let q = EventQuery { kind: Some(kind.into()), after: Some(after), limit: Some(1000), ..Default::default() };
+        let page = c.events(&q).await.unwrap().items;
+        let Some(last) = page.last() else { return out };
+        after = last.id;
+        out.extend(page);
+    }
+}
+
+/// How many volumes are marked removed (by removed or not_found), per owner.
+pub async fn marks(c: &Client) -> BTreeMap<String, usize> {
+    let mut marks = BTreeMap::new();
+    for kind in ["volume_removed", "volume_not_found"] {
+        for e in events(c, kind).await {
+            *marks.entry(e.owner.unwrap()).or_default() += 1;
+        }
+    }
+    marks
+}
+
+/// Waits until `check` holds, for at most `secs` seconds, failing the test naming `what`.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut check: impl FnMut() -> F) {
+    berth_testkit::eventually_async(secs, what, || {
+        let held = check();
+        async move { held.await.then_some(()) }
+    })
+    .await
 }
