@@ -39,6 +39,7 @@ async fn contract(store: DynStore, adapter: Adapter) {
     binary_payloads_round_trip(&store).await;
     keys_in_the_workspace_alphabet(&store).await;
     full_listing_is_sorted_and_sized(&store).await;
+    listing_beside_deletes_never_fails(&store).await;
 }
 
 fn b(s: &str) -> Bytes {
@@ -168,6 +169,33 @@ async fn concurrent_puts_have_one_winner(s: &DynStore) {
         );
         assert_eq!(s.get(&key).await.expect("get"), winners[0].1, "round {round}: the winner's content is stored");
     }
+}
+
+/// A listing taken while other writers delete objects under the prefix (retention forgetting
+/// records beside a create looking for its parent) succeeds, and lists only objects that were
+/// stored. On a directory store an entry read from the directory can be gone by its stat.
+async fn listing_beside_deletes_never_fails(s: &DynStore) {
+    const N: usize = 600;
+    let keys: Vec<String> = (0..N).map(|i| format!("churn/{:04}", i)).collect();
+    for k in &keys {
+        s.put_if_absent(k, b("x")).await.expect("put");
+    }
+    let deleter = {
+        let (s, keys) = (s.clone(), keys.clone());
+        tokio::spawn(async move {
+            for k in keys {
+                s.delete(&k).await.expect("delete");
+            }
+        })
+    };
+    let mut lists = 0;
+    while !deleter.is_finished() || lists == 0 {
+        let listed = s.list("churn/").await.unwrap_or_else(|e| panic!("list beside deletes (listing {lists}): {e}"));
+        assert!(listed.iter().all(|o| keys.contains(&o.key) && o.size == 1), "{listed:?}");
+        lists += 1;
+    }
+    deleter.await.expect("deleter");
+    assert_eq!(s.list("churn/").await.expect("list"), vec![]);
 }
 
 async fn binary_payloads_round_trip(s: &DynStore) {

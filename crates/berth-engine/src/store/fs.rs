@@ -109,8 +109,16 @@ impl FsStore {
                 } else if ft.is_file() && !entry.file_name().to_string_lossy().starts_with(TMP_MARK) {
                     let Ok(rel) = path.strip_prefix(&self.root) else { continue };
                     let key = rel.to_string_lossy().into_owned();
-                    if key.starts_with(prefix) {
-                        out.push(ObjectInfo { key, size: entry.metadata()?.len() });
+                    if !key.starts_with(prefix) {
+                        continue;
+                    }
+                    // An object deleted between the directory read and this stat is simply not
+                    // in the listing, as with an object store: a concurrent forget or prune
+                    // must not fail a list (a create looking for its parent did).
+                    match entry.metadata() {
+                        Ok(m) => out.push(ObjectInfo { key, size: m.len() }),
+                        Err(e) if is_missing(&e) => {}
+                        Err(e) => return Err(e),
                     }
                 }
             }
