@@ -95,6 +95,14 @@ pub struct StopReply {
 }
 
 impl Client {
+    /// The claim of the calling warm sandbox (whose own token its claim made the session's):
+    /// `spec` (the supervisor's spec without the token), `command` and `env`. A 401 while the
+    /// sandbox is not claimed.
+    pub async fn sandbox_claim(&self) -> Result<serde_json::Value, ClientError> {
+        let url = self.url(&["v1", "sandboxes", "claim"], &[]);
+        Ok(self.call::<(), _>(Method::GET, url, None).await?.1)
+    }
+
     /// Starts a sandbox for `owner`'s workspace.
     pub async fn start_sandbox(&self, owner: &str, body: &StartSandbox) -> Result<Sandbox, ClientError> {
         let url = self.url(&["v1", "workspaces", owner, "sandboxes"], &[]);

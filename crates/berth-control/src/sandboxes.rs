@@ -17,10 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{now, App, Config};
 use crate::error::{Error, Result};
-use crate::meta::random_hex;
+use crate::meta::{random_hex, token_hash};
 use crate::volumes::{
-    Death, SandboxInfo, SandboxKind, SandboxSpec, Sandboxes, Substrate, LABEL_INSTALL, LABEL_MANAGED, LABEL_POOL,
-    LABEL_SANDBOX, LABEL_SESSION,
+    Death, HandOver, PrivateFile, SandboxInfo, SandboxKind, SandboxSpec, Sandboxes, Substrate, LABEL_INSTALL,
+    LABEL_MANAGED, LABEL_POOL, LABEL_SANDBOX, LABEL_SESSION, RUN_DIR,
 };
 
 /// The UID:GID sandboxes run as unless configured.
@@ -31,6 +31,10 @@ pub const LABEL_STOP_TIMEOUT: &str = "berth.stop-timeout";
 pub const SPEC_PATH: &str = "/berth/spec.json";
 /// Where a claimed warm sandbox finds its claim.
 pub const CLAIM_PATH: &str = "/berth/claim.json";
+/// Where a warm sandbox that fetches its claim finds the control plane's URL and its token.
+pub const WARM_PATH: &str = "/berth/warm.json";
+/// Label holding the hash of a fetching warm sandbox's token (its session's token once claimed).
+pub const LABEL_TOKEN_HASH: &str = "berth.token-hash";
 /// Where berth's binary is bind-mounted inside a sandbox.
 pub const BERTH_PATH: &str = "/berth/bin/berth";
 /// Drain budget of a sandbox that names none, in seconds.
@@ -123,9 +127,6 @@ pub async fn open(config: &Config) -> Result<Option<Arc<dyn Sandboxes>>> {
 #[cfg(feature = "kubernetes")]
 async fn kubernetes(config: &Config) -> Result<Option<Arc<dyn Sandboxes>>> {
     let Some(image) = config.sandbox.berth_image.clone() else { return Ok(None) };
-    if !config.sandbox.warm_pools.is_empty() {
-        return Err(Error::Config("--warm-pool is not supported on the kubernetes substrate yet".into()));
-    }
     let kube = berth_kube::Kube::infer(config.namespace.clone(), Default::default())
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
@@ -212,19 +213,33 @@ fn idle_warm(s: &SandboxInfo) -> bool {
 }
 
 /// A warm container of `image`: berth's supervisor waiting for a claim, no workspace volume.
-fn warm_spec(app: &App, image: &str) -> Result<SandboxSpec> {
+/// Where the claim is fetched, the container holds a token of its own from the start (in its
+/// private file, its hash in a label): the claim makes it the session's token.
+fn warm_spec(app: &App, image: &str, hand_over: HandOver) -> Result<SandboxSpec> {
     let stop_timeout = stop_timeout_secs(DEFAULT_GRACE_SECS);
     let mut labels = new_warm_labels(app, image);
     labels.insert(LABEL_STOP_TIMEOUT.into(), stop_timeout.to_string());
     let pool: String = blake3::hash(image.as_bytes()).to_hex().chars().take(8).collect();
+    let wait = [BERTH_PATH, "agent", "wait"].map(String::from).to_vec();
+    let (command, private_file) = match hand_over {
+        HandOver::PutFiles => ([wait, vec!["--claim".into(), CLAIM_PATH.into()]].concat(), None),
+        HandOver::Fetch => {
+            let token = format!("bst_{}", random_hex(32));
+            labels.insert(LABEL_TOKEN_HASH.into(), token_hash(&token));
+            let warm = serde_json::json!({"server": app.config.sandbox.server_url(&app.config), "token": token});
+            let file = PrivateFile { path: WARM_PATH.into(), content: warm.to_string().into_bytes() };
+            let fetch = ["--fetch", WARM_PATH, "--spec-out"].map(String::from).to_vec();
+            ([wait, fetch, vec![format!("{RUN_DIR}/spec.json")]].concat(), Some(file))
+        }
+    };
     Ok(SandboxSpec {
         name: format!("{WARM_PREFIX}{pool}-{}", random_hex(4)),
         image: image.to_string(),
-        command: vec![BERTH_PATH.into(), "agent".into(), "wait".into(), "--claim".into(), CLAIM_PATH.into()],
+        command,
         env: store_env_of(&app.config),
         volume: None,
         binds: binds_of(&app.config)?,
-        private_file: None,
+        private_file,
         user: app.config.sandbox.user(),
         memory_bytes: None,
         cpus: None,
@@ -246,7 +261,7 @@ pub async fn refill(app: &App, sandboxes: &dyn Sandboxes) -> Result<usize> {
         let filled = async {
             let idle = sandboxes.list(&warm_labels(app, image)).await?.iter().filter(|s| idle_warm(s)).count();
             for _ in idle..*want {
-                let info = sandboxes.start(&warm_spec(app, image)?).await?;
+                let info = sandboxes.start(&warm_spec(app, image, sandboxes.hand_over())?).await?;
                 tracing::info!(event = "warm_started", image = %image, container = %info.name);
                 started += 1;
             }

@@ -17,5 +17,5 @@ mod volumes;
 pub use client::{ConnectError, Failure, Kube, RetryPolicy};
 pub use names::{label_value, ApiCall, ANNOTATION_LABELS, ANNOTATION_OWNER, API_CALLS};
 pub use nodes::{NodeState, NodeWatch};
-pub use sandboxes::{KubeSandboxes, PodSettings, BERTH_DIR, DEFAULT_BERTH_IN_IMAGE};
+pub use sandboxes::{KubeSandboxes, PodSettings, ANNOTATION_NAME, BERTH_DIR, DEFAULT_BERTH_IN_IMAGE};
 pub use volumes::{KubeVolumes, DEFAULT_TERMINATING_WAIT};

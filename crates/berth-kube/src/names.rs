@@ -47,6 +47,8 @@ pub const API_CALLS: &[ApiCall] = &[
     call("get", "pods"),
     call("delete", "pods"),
     call("watch", "pods"),
+    // Naming a claimed warm pod (an annotation).
+    call("patch", "pods"),
     call("get", "pods/log"),
     call("create", "secrets"),
     call("delete", "secrets"),

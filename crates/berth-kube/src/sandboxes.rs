@@ -17,20 +17,28 @@
 //!
 //! - A bind of a claim at `/workspace` (the rescue job's) mounts that claim, read-only when the
 //!   bind is; logs are the main container's (`pods/log`).
+//! - Every pod has an in-memory `emptyDir` at `/berth/run` ([`RUN_DIR`]) for the files its
+//!   supervisor writes (a claimed warm pod's spec): never in the workspace, never on disk.
+//! - Warm pods: nothing can be put into a running pod (its volumes are fixed at creation, and a
+//!   Secret created later reaches a mounted volume only at the kubelet's next sync, up to a
+//!   minute), so a claimed warm pod fetches its claim from the control plane
+//!   ([`HandOver::Fetch`]). A pod's name is fixed too: renaming one sets the annotation
+//!   [`ANNOTATION_NAME`] (a merge patch), which is the sandbox's name from then on.
 //!
-//! Not supported yet: putting a file into a running pod and renaming one (the warm pools'
-//! claim), and host binds other than berth's binary (a `file://` store).
+//! Not supported: host binds other than berth's binary (a `file://` store).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_core::volume::VolumeName;
-use berth_substrate::{Death, Ended, PrivateFile, SandboxInfo, SandboxSpec, Sandboxes, VolumeError, WORKSPACE_PATH};
+use berth_substrate::{
+    Death, Ended, HandOver, PrivateFile, SandboxInfo, SandboxSpec, Sandboxes, VolumeError, RUN_DIR, WORKSPACE_PATH,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
 use crate::client::{Failure, Kube};
@@ -38,6 +46,8 @@ use crate::names::{annotations, berth_labels, kube_labels, selector};
 
 /// Where the init container puts berth's binary, and where the main container finds it.
 pub const BERTH_DIR: &str = "/berth/bin";
+/// Annotation holding a sandbox's name once renamed (a claimed warm pod): pods cannot be renamed.
+pub const ANNOTATION_NAME: &str = "berth.dev/name";
 /// The path of berth's binary inside the berth image, by default.
 pub const DEFAULT_BERTH_IN_IMAGE: &str = "/usr/local/bin/berth";
 /// How often a stop or wait looks at the pod.
@@ -96,9 +106,10 @@ fn ended_of(pod: &Pod) -> Option<Ended> {
 fn info_of(pod: &Pod) -> SandboxInfo {
     let m = &pod.metadata;
     let image = pod.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.clone());
+    let renamed = m.annotations.as_ref().and_then(|a| a.get(ANNOTATION_NAME)).cloned();
     SandboxInfo {
         id: m.name.clone().unwrap_or_default(),
-        name: m.name.clone().unwrap_or_default(),
+        name: renamed.or_else(|| m.name.clone()).unwrap_or_default(),
         image: image.unwrap_or_default(),
         state: state_of(pod),
         status: pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into()),
@@ -140,8 +151,14 @@ impl KubeSandboxes {
             .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
             .map(|(k, v)| json!({"name": k, "value": v}))
             .collect();
-        let mut mounts = vec![json!({"name": "berth-bin", "mountPath": BERTH_DIR, "readOnly": true})];
-        let mut volumes = vec![json!({"name": "berth-bin", "emptyDir": {}})];
+        let mut mounts = vec![
+            json!({"name": "berth-bin", "mountPath": BERTH_DIR, "readOnly": true}),
+            json!({"name": "berth-run", "mountPath": RUN_DIR}),
+        ];
+        let mut volumes = vec![
+            json!({"name": "berth-bin", "emptyDir": {}}),
+            json!({"name": "berth-run", "emptyDir": {"medium": "Memory"}}),
+        ];
         let claim = spec.volume.clone().map(|v| (v, false)).or(claim_bind);
         let read_only = claim.as_ref().is_some_and(|(_, ro)| *ro);
         match &claim {
@@ -403,17 +420,23 @@ impl Sandboxes for KubeSandboxes {
         self.kube.retry(&what, || api.logs(id, &lp)).await.map_err(|f| self.kube.error(&what, f))
     }
 
+    fn hand_over(&self) -> HandOver {
+        HandOver::Fetch
+    }
+
     async fn put_file(&self, id: &str, file: &PrivateFile, _user: (u32, u32)) -> Result<(), VolumeError> {
         Err(VolumeError::permanent(format!(
-            "pod {id}: {} cannot be put into a running pod on the kubernetes substrate (warm pools are not supported there yet)",
+            "pod {id}: {} cannot be put into a running pod (a claimed warm pod fetches its claim)",
             file.path
         )))
     }
 
     async fn rename(&self, id: &str, name: &str) -> Result<(), VolumeError> {
-        Err(VolumeError::permanent(format!(
-            "pod {id} cannot be renamed {name}: pods have fixed names (warm pools are not supported on kubernetes yet)"
-        )))
+        let api = self.pods();
+        let patch = Patch::Merge(json!({"metadata": {"annotations": {ANNOTATION_NAME: name}}}));
+        let pp = PatchParams::default();
+        let what = format!("naming pod {id} {name}");
+        self.kube.retry(&what, || api.patch(id, &pp, &patch)).await.map(|_| ()).map_err(|f| self.kube.error(&what, f))
     }
 
     fn deaths(&self, wanted: BTreeMap<String, String>) -> tokio::sync::mpsc::Receiver<Death> {

@@ -1,6 +1,7 @@
 //! `KubeSandboxes` against the fake API server: the pod berth makes (init container, the
 //! private file as a 0400 Secret, grace, fsGroup, limits, labels), deaths from the watch, stop,
-//! wait and the clean-up of a start that failed. Nothing runs containers here: the tests move
+//! wait, the clean-up of a start that failed, a warm pod (no claim; renamed by an annotation)
+//! and the fake's merge patch. Nothing runs containers here: the tests move
 //! pods through their phases, so this shows what berth asks of the API and how it reads the
 //! answers, not that a kubelet runs the pod.
 
@@ -10,7 +11,7 @@ use berth_core::volume::VolumeName;
 use berth_kube::fake::harness::{KubeHarness, NAMESPACE};
 use berth_kube::fake::Fault;
 use berth_kube::{KubeSandboxes, PodSettings};
-use berth_substrate::{PrivateFile, SandboxSpec, Sandboxes, LABEL_OWNER};
+use berth_substrate::{HandOver, PrivateFile, SandboxSpec, Sandboxes, LABEL_OWNER};
 use serde_json::{json, Value};
 
 fn sandboxes(h: &KubeHarness) -> KubeSandboxes {
@@ -198,4 +199,55 @@ async fn a_rescue_job_mounts_the_claim_read_only_and_its_logs_are_read() {
     let p = pod(&h, "sb-rw");
     let ws = p["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "workspace").cloned().unwrap();
     assert_eq!(ws["persistentVolumeClaim"]["readOnly"], false);
+}
+
+#[tokio::test]
+async fn a_warm_pod_mounts_no_claim_and_a_rename_names_it() {
+    let h = KubeHarness::start().await;
+    let sb = sandboxes(&h);
+    assert_eq!(sb.hand_over(), HandOver::Fetch);
+    let mut warm = spec("warm-abc");
+    warm.volume = None;
+    warm.private_file = Some(PrivateFile { path: "/berth/warm.json".into(), content: b"{\"token\":\"t\"}".to_vec() });
+    let info = sb.start(&warm).await.expect("start");
+    assert_eq!(info.name, "warm-abc");
+    let p = pod(&h, "warm-abc");
+    let volumes = p["spec"]["volumes"].as_array().unwrap();
+    assert!(volumes.iter().all(|v| v["persistentVolumeClaim"].is_null()), "a warm pod mounts a claim: {p}");
+    let by_name = |name: &str| volumes.iter().find(|v| v["name"] == name).cloned().unwrap();
+    assert!(by_name("workspace")["emptyDir"].is_object());
+    assert_eq!(by_name("berth-run")["emptyDir"]["medium"], "Memory");
+    let mounts = p["spec"]["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["mountPath"] == "/berth/run" && m["readOnly"].is_null()), "{mounts:?}");
+    assert!(mounts.iter().any(|m| m["mountPath"] == "/berth/warm.json" && m["subPath"] == "warm.json"), "{mounts:?}");
+
+    // Pods cannot be renamed: the name goes into an annotation, by a merge patch.
+    sb.rename("warm-abc", "sb-agent-42-abc-1").await.expect("rename");
+    let listed = sb.list(&BTreeMap::new()).await.expect("list");
+    assert_eq!((listed[0].id.as_str(), listed[0].name.as_str()), ("warm-abc", "sb-agent-42-abc-1"));
+    assert_eq!(listed[0].labels[LABEL_OWNER], "agent:42", "the patch kept the other annotations");
+    assert!(h.fake.calls().contains(&("patch".to_string(), "pods".to_string())));
+    let e = sb.rename("warm-gone", "sb-x").await.expect_err("no such pod");
+    assert!(e.message.contains("warm-gone"), "{e}");
+    let e = sb.put_file("warm-abc", &PrivateFile { path: "/x".into(), content: vec![] }, (1, 1)).await;
+    assert!(e.expect_err("no files into a running pod").message.contains("fetches its claim"));
+}
+
+#[test]
+fn the_fakes_merge_patch_follows_rfc_7386_and_checks_the_resource_version() {
+    let mut store = berth_kube::fake::Store::default();
+    let object = json!({"metadata": {"name": "p", "annotations": {"a.dev/x": "1", "a.dev/y": "2"}},
+        "spec": {"containers": [{"name": "c", "image": "i"}]}});
+    let created = store.create("pods", NAMESPACE, object).unwrap();
+    let rv = created["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let patch = json!({"metadata": {"annotations": {"a.dev/x": null, "a.dev/z": "3"}, "uid": "forged"}});
+    let patched = store.patch("pods", NAMESPACE, "p", &patch).unwrap();
+    assert_eq!(patched["metadata"]["annotations"], json!({"a.dev/y": "2", "a.dev/z": "3"}));
+    assert_eq!(patched["metadata"]["uid"], created["metadata"]["uid"], "the server owns the uid");
+    assert_ne!(patched["metadata"]["resourceVersion"], rv);
+    let stale = json!({"metadata": {"resourceVersion": rv, "annotations": {"a.dev/w": "4"}}});
+    assert_eq!(store.patch("pods", NAMESPACE, "p", &stale).unwrap_err().code, 409);
+    assert_eq!(store.patch("pods", NAMESPACE, "nope", &json!({})).unwrap_err().code, 404);
+    let bad = json!({"metadata": {"labels": {"k": "not a label value"}}});
+    assert_eq!(store.patch("pods", NAMESPACE, "p", &bad).unwrap_err().code, 422);
 }

@@ -252,7 +252,8 @@ async fn api_calls_is_exactly_what_the_adapters_call() {
     assert_eq!(nodes.recv().await.expect("a node").name, "n1");
     h.fake.store().put("nodes", "", json!({"metadata": {"name": "n1"}, "spec": {"unschedulable": true}}));
     assert!(nodes.recv().await.expect("a change").cordoned);
-    // Sandboxes: start (secret, pod), deaths (list, watch), wait (get), stop (delete both).
+    // Sandboxes: start (secret, pod), rename (patch), deaths (list, watch), wait (get), stop
+    // (delete both).
     use berth_substrate::Sandboxes;
     let settings = berth_kube::PodSettings { berth_image: "b".into(), berth_in_image: "/b".into(), fs_group: None };
     let sb = berth_kube::KubeSandboxes::new(h.fake.kube(NAMESPACE), settings);
@@ -272,6 +273,7 @@ async fn api_calls_is_exactly_what_the_adapters_call() {
         labels: [("berth.sandbox".to_string(), "calls".to_string())].into(),
     };
     sb.start(&sandbox).await.expect("start");
+    sb.rename("sb-calls", "sb-renamed").await.expect("rename");
     let mut deaths = sb.deaths(sandbox.labels.clone());
     served(&h.fake, "watch", "pods", 1).await;
     h.fake.store().set_pod_phase(NAMESPACE, "sb-calls", "Succeeded").expect("ended");

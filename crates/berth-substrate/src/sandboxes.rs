@@ -19,6 +19,9 @@ pub const LABEL_SANDBOX: &str = "berth.sandbox";
 pub const LABEL_SESSION: &str = "berth.session";
 /// Label naming the image a warm container was started for (its pool).
 pub const LABEL_POOL: &str = "berth.pool";
+/// A directory every sandbox of a [`HandOver::Fetch`] substrate has, writable by its user and
+/// in memory: where the supervisor writes the spec it fetched.
+pub const RUN_DIR: &str = "/berth/run";
 /// Where the workspace is inside a sandbox.
 pub const WORKSPACE_PATH: &str = "/workspace";
 
@@ -39,6 +42,19 @@ impl SandboxKind {
             SandboxKind::Warm => "warm",
         }
     }
+}
+
+/// How a claimed warm sandbox receives its claim (the spec with the session and the agent
+/// command).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandOver {
+    /// The control plane puts the files into the running sandbox ([`Sandboxes::put_file`])
+    /// and renames it: the substrate can write into a running sandbox (Docker's archive API).
+    PutFiles,
+    /// The sandbox's supervisor asks the control plane for its claim with a token of its own
+    /// (in its private file from the start); the control plane only renames it: the substrate
+    /// cannot write into a running sandbox (a pod's volumes are fixed when it is created).
+    Fetch,
 }
 
 /// A file put into a sandbox before it starts: owned by the sandbox's user, mode 0400.
@@ -156,9 +172,15 @@ pub trait Sandboxes: Send + Sync + fmt::Debug {
     async fn list(&self, selector: &BTreeMap<String, String>) -> Result<Vec<SandboxInfo>, VolumeError>;
     /// The last `tail` lines of a sandbox's output (stdout and stderr).
     async fn logs(&self, id: &str, tail: usize) -> Result<String, VolumeError>;
-    /// Puts `file` into a running sandbox (owned by `user`, mode 0400).
+    /// How a claimed warm sandbox receives its claim.
+    fn hand_over(&self) -> HandOver {
+        HandOver::PutFiles
+    }
+    /// Puts `file` into a running sandbox (owned by `user`, mode 0400); only where
+    /// [`Sandboxes::hand_over`] is [`HandOver::PutFiles`].
     async fn put_file(&self, id: &str, file: &PrivateFile, user: (u32, u32)) -> Result<(), VolumeError>;
-    /// Renames a sandbox (a warm one, once claimed).
+    /// Renames a sandbox (a warm one, once claimed): its [`SandboxInfo::name`] is `name` from
+    /// then on; its id does not change.
     async fn rename(&self, id: &str, name: &str) -> Result<(), VolumeError>;
     /// Reports the deaths of sandboxes carrying every label of `selector`.
     fn deaths(&self, selector: BTreeMap<String, String>) -> tokio::sync::mpsc::Receiver<Death>;

@@ -176,12 +176,19 @@ pub enum Command {
         #[arg(last = true, value_name = "AGENT COMMAND")]
         command: Vec<String>,
     },
-    /// A warm sandbox's first process: wait until the control plane claims it (puts FILE in
-    /// place), then become `berth agent run` with the claim's spec and command.
+    /// A warm sandbox's first process: wait until the control plane claims it (puts the claim
+    /// file in place, or answers the fetch), then become `berth agent run` with the claim's spec
+    /// and command.
     Wait {
-        /// The claim file to wait for.
+        /// The claim file to wait for (the control plane puts it into the sandbox).
+        #[arg(long, value_name = "FILE", required_unless_present = "fetch", conflicts_with = "fetch")]
+        claim: Option<PathBuf>,
+        /// Ask the control plane for the claim instead, with the URL and token FILE holds.
+        #[arg(long, value_name = "FILE", requires = "spec_out")]
+        fetch: Option<PathBuf>,
+        /// Where the fetched spec goes (mode 0400; outside the workspace).
         #[arg(long, value_name = "FILE")]
-        claim: PathBuf,
+        spec_out: Option<PathBuf>,
     },
     /// Remove per-job leftovers older than the TTL; a live job's files are never touched.
     Sweep {
@@ -366,7 +373,9 @@ pub async fn run(cmd: Command) -> Result<i32> {
             let cfg = AgentConfig::resolve(args.flags())?;
             finish(run::run(cfg, command, signals(), &people).await, people.json)
         }
-        Command::Wait { claim } => wait_for_claim(&claim).await,
+        Command::Wait { claim: Some(claim), .. } => wait_for_claim(&claim).await,
+        Command::Wait { fetch: Some(fetch), spec_out: Some(out), .. } => fetch_claim(&fetch, &out).await,
+        Command::Wait { .. } => Err(anyhow::anyhow!("give --claim FILE, or --fetch FILE with --spec-out FILE")),
         Command::Sweep { base, ttl, dry_run, json } => {
             let base = base.unwrap_or_else(default_base);
             let report = berth_agent::sweep::sweep(&base, ttl.unwrap_or(defaults::TTL_SECS), dry_run, None);
@@ -418,6 +427,33 @@ async fn wait_for_claim(path: &std::path::Path) -> Result<i32> {
             _ = signals.term.cancelled() => return Ok(0),
             _ = signals.int.cancelled() => return Ok(0),
             _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+        }
+    }
+}
+
+/// `berth agent wait --fetch`: asks the control plane for the claim every
+/// [`FETCH_INTERVAL`] until it comes (a 401 meanwhile: the token is nobody's yet), or exits 0
+/// on SIGTERM or SIGINT.
+async fn fetch_claim(warm: &std::path::Path, spec_out: &std::path::Path) -> Result<i32> {
+    const FETCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+    let signals = signals();
+    let warm = berth_agent::wait::read_warm(warm)?;
+    let client =
+        berth_api::Client::new(&warm.server, warm.token.clone())?.with_timeout(std::time::Duration::from_secs(10));
+    loop {
+        match berth_agent::wait::fetch_claim(&client).await {
+            Ok(Some(fetched)) => {
+                let claim = berth_agent::wait::write_fetched(&fetched, &warm.token, spec_out)?;
+                tracing::info!(event = "claimed", spec = %claim.spec.display());
+                return Err(berth_agent::wait::exec_run(&claim).into());
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(event = "claim_fetch_failed", error = %e, hint = "asking again"),
+        }
+        tokio::select! {
+            _ = signals.term.cancelled() => return Ok(0),
+            _ = signals.int.cancelled() => return Ok(0),
+            _ = tokio::time::sleep(FETCH_INTERVAL) => {}
         }
     }
 }

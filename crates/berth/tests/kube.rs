@@ -3,18 +3,29 @@
 //! middle of a GC sweep and restarted (nothing is deleted twice), and two replicas on one
 //! PostgreSQL sharing the work (every claim deleted exactly once), an ensure over a claim that
 //! is terminating (waits, then a new claim), orphans found by label selector, node cordons
-//! driving drains, and an API server that does not answer.
+//! driving drains, and an API server that does not answer. With a kubelet of the test's own
+//! (`util/kubelet.rs`: a pod's command as a local process) and an S3 store: a warm pool whose
+//! pods never hold a ReadWriteOnce claim that is not their lease's, and a pod that ended
+//! uncleanly rescued by a pod mounting the claim.
 
 mod util;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-use berth_api::{EnsureWorkspace, GcRun, WorkspaceState};
+use berth_api::{Client, EnsureWorkspace, GcRun, WorkspaceState};
 use berth_core::volume::VolumeName;
 use berth_core::workspace::{Generation, WorkspaceId};
 use berth_kube::fake::harness::NAMESPACE;
+use berth_kube::fake::store::{claims_of, finished};
 use berth_kube::fake::FakeApi;
+use berth_kube::ANNOTATION_NAME;
+use serde_json::Value;
 
+use util::kubelet::RunningPod;
 use util::serve::{events, marks, metric, rt, wait_until, Server, ADMIN};
 
 const PVC: &str = "persistentvolumeclaims";
@@ -384,5 +395,315 @@ fn a_sandbox_is_a_pod_on_the_claim_and_its_death_leaves_the_workspace_at_risk() 
         wait_until("the dead pod removed", 30, || async { fake.store().get("pods", NAMESPACE, &sb.id).is_err() }).await;
         assert!(fake.store().get("secrets", NAMESPACE, &format!("{}-files", sb.id)).is_err(), "the secret outlived its pod");
     });
+    server.terminate(10);
+}
+
+/// The S3 store of a test (`./dev services`), and its endpoint for `serve`'s environment.
+fn s3_store(hint: &str) -> (String, String) {
+    let store = format!("s3://{}/ws", berth_testkit::services::s3_bucket(hint));
+    (store, berth_testkit::services::s3_endpoint())
+}
+
+fn pod(fake: &FakeApi, name: &str) -> Value {
+    fake.store().get("pods", NAMESPACE, name).unwrap()
+}
+
+fn pods(fake: &FakeApi) -> Vec<Value> {
+    fake.store().list("pods", Some(NAMESPACE), &Default::default(), &Default::default())
+}
+
+/// A pod's sandbox name: a claimed warm pod's is its annotation.
+fn sandbox_name(pod: &Value) -> String {
+    let renamed = pod["metadata"]["annotations"][ANNOTATION_NAME].as_str();
+    renamed.or(pod["metadata"]["name"].as_str()).unwrap_or_default().to_string()
+}
+
+/// Pods running (neither finished nor terminating) that mount a claim of `owners`' workspaces
+/// without being the pod of the session holding that workspace's lease. The pods are read
+/// before the lease: a sandbox's session is attached before its pod is made.
+async fn double_mounts(fake: &FakeApi, c: &Client, owners: &[&str]) -> Vec<String> {
+    let pods = pods(fake);
+    let mut bad = Vec::new();
+    for owner in owners {
+        let Ok(ws) = c.workspace(owner).await else { continue };
+        let holder = ws.lease.map(|l| l.instance_id);
+        for pod in &pods {
+            let running = !finished(pod) && pod["metadata"]["deletionTimestamp"].is_null();
+            if running && claims_of(pod).contains(&ws.volume.name) && holder.as_deref() != Some(&sandbox_name(pod)) {
+                bad.push(format!(
+                    "pod {} mounts claim {} of {owner}, whose lease {holder:?} holds",
+                    sandbox_name(pod),
+                    ws.volume.name
+                ));
+            }
+        }
+    }
+    bad
+}
+
+/// The idle warm pods (their phase set `Running`, as a kubelet would, once seen).
+fn idle_warm_pods(fake: &FakeApi) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in pods(fake) {
+        let name = p["metadata"]["name"].as_str().unwrap().to_string();
+        if sandbox_name(&p).starts_with("warm-") && !finished(&p) {
+            if p["status"]["phase"] == "Pending" {
+                fake.store().set_pod_phase(NAMESPACE, &name, "Running").unwrap();
+            }
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The warm token in pod `name`'s Secret.
+fn warm_token(fake: &FakeApi, name: &str) -> String {
+    let secret = fake.store().get("secrets", NAMESPACE, &format!("{name}-files")).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(secret).unwrap();
+    let warm: Value = serde_json::from_slice(&secret.data.unwrap()["warm.json"].0).unwrap();
+    warm["token"].as_str().unwrap().to_string()
+}
+
+/// Stops `owner`'s sandbox whose pod runs as `running`: the deletion leaves the pod
+/// terminating, the kubelet (this test) sends SIGTERM, the supervisor drains and exits, and the
+/// pod goes.
+fn stop_running(
+    rt: &tokio::runtime::Runtime,
+    fake: &FakeApi,
+    c: &Client,
+    owner: &str,
+    pod_id: &str,
+    mut running: RunningPod,
+) {
+    fake.store().hold_pod_deletions = true;
+    let stop = {
+        let (c, owner) = (c.clone(), owner.to_string());
+        rt.spawn(async move { c.stop_sandbox(&owner).await })
+    };
+    rt.block_on(wait_until("the pod terminating", 30, || async {
+        !pod(fake, pod_id)["metadata"]["deletionTimestamp"].is_null()
+    }));
+    let what = format!("pod {pod_id} (its output: {})", running.log.display());
+    util::serve::terminate(&mut running.child, 60, &what);
+    fake.store().finish_pod(NAMESPACE, pod_id).unwrap();
+    fake.store().hold_pod_deletions = false;
+    let stopped = rt.block_on(stop).unwrap().unwrap();
+    assert_eq!(stopped.stopped.len(), 1, "{stopped:?}");
+}
+
+#[test]
+fn a_warm_pool_with_rwo_claims_never_double_mounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let fake = Arc::new(rt.block_on(FakeApi::start()));
+    let config = kubeconfig(tmp.path(), &fake);
+    let (store, endpoint) = s3_store("kube-warm");
+    let extra = [
+        "--sandbox-berth-image",
+        "berth:test",
+        "--warm-pool",
+        "agent:1=2",
+        "--store",
+        &store,
+        "--gc-interval",
+        "3600s",
+    ];
+    let server = start(tmp.path(), &config, "w.log", &extra, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let c = server.client(ADMIN);
+    let owners = ["agent:warm", "agent:cold"];
+    let kubelet = tmp.path().join("kubelet");
+
+    // Two warm pods, mounting no claim, each with a token of its own that is nobody's yet.
+    let warm = rt.block_on(berth_testkit::eventually_async(60, "two warm pods", || async {
+        let w = idle_warm_pods(&fake);
+        (w.len() == 2).then_some(w)
+    }));
+    for name in &warm {
+        let p = pod(&fake, name);
+        assert!(claims_of(&p).is_empty(), "a warm pod mounts a claim: {p}");
+        let token = warm_token(&fake, name);
+        assert!(!p.to_string().contains(&token), "the warm token is in the pod: {p}");
+        assert_eq!(p["spec"]["containers"][0]["command"][2], "wait", "{p}");
+        let e = rt.block_on(Client::new(&server.url, token).unwrap().sandbox_claim()).unwrap_err();
+        assert_eq!(e.status(), Some(401), "an unclaimed warm pod's token is nobody's: {e}");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let checker = {
+        let (fake, c, stop) = (fake.clone(), c.clone(), stop.clone());
+        rt.spawn(async move {
+            let (mut rounds, mut bad) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                bad.extend(double_mounts(&fake, &c, &owners).await);
+                rounds += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (rounds, bad)
+        })
+    };
+
+    // A start claims a warm pod: named by an annotation, its token now the session's, the
+    // claim (with no credential in it) fetched by the pod's own supervisor.
+    let body = |script: &str| berth_api::StartSandbox {
+        image: "agent:1".into(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: [("GREETING".to_string(), "hello".to_string())].into(),
+        grace_secs: Some(20),
+        ..Default::default()
+    };
+    let first =
+        rt.block_on(c.start_sandbox(owners[0], &body("echo \"$GREETING\" > note.txt; exec sleep 600"))).unwrap();
+    assert!(warm.contains(&first.id) && first.name.starts_with("sb-"), "{first:?}");
+    let p = pod(&fake, &first.id);
+    assert!(claims_of(&p).is_empty(), "a claimed warm pod mounts a claim: {p}");
+    let ws = rt.block_on(c.workspace(owners[0])).unwrap();
+    let rwo = fake.store().get(PVC, NAMESPACE, ws.volume.name.as_str()).unwrap();
+    assert_eq!(rwo["spec"]["accessModes"], serde_json::json!(["ReadWriteOnce"]), "{rwo}");
+    assert_eq!(ws.lease.as_ref().map(|l| l.instance_id.as_str()), Some(first.name.as_str()));
+    let token = warm_token(&fake, &first.id);
+    let claim = rt.block_on(Client::new(&server.url, token.clone()).unwrap().sandbox_claim()).unwrap();
+    assert_eq!(claim["spec"]["session"]["token"], "", "the claim carries no credential: {claim}");
+    assert_eq!(claim["spec"]["session"]["session_id"], ws.lease.as_ref().unwrap().session_id.as_str());
+    assert_eq!(claim["command"][0], "sh");
+    let running = util::kubelet::run_pod(&fake, &first.id, &kubelet);
+    let note = running.path("/workspace/note.txt");
+    rt.block_on(wait_until("the agent command ran", 60, || async {
+        std::fs::read_to_string(&note).is_ok_and(|t| t.trim() == "hello")
+    }));
+    let spec = running.path("/berth/run/spec.json");
+    assert_eq!(std::fs::metadata(&spec).unwrap().permissions().mode() & 0o777, 0o400);
+    assert!(std::fs::read_to_string(&spec).unwrap().contains(&token), "the fetched spec holds the pod's own token");
+    stop_running(&rt, &fake, &c, owners[0], &first.id, running);
+    let ws = rt.block_on(c.workspace(owners[0])).unwrap();
+    assert!(!ws.at_risk && ws.latest_snapshot.is_some(), "the drain published a final snapshot: {ws:?}");
+
+    // The next warm start restores the work from the store into its own emptyDir.
+    let second = rt.block_on(c.start_sandbox(owners[0], &body("cp note.txt seen.txt; exec sleep 600"))).unwrap();
+    assert!(second.id.starts_with("warm-") && second.id != first.id, "{second:?}");
+    let running = util::kubelet::run_pod(&fake, &second.id, &kubelet);
+    let seen = running.path("/workspace/seen.txt");
+    rt.block_on(wait_until("the restored work seen", 60, || async {
+        std::fs::read_to_string(&seen).is_ok_and(|t| t.trim() == "hello")
+    }));
+    stop_running(&rt, &fake, &c, owners[0], &second.id, running);
+
+    // A sandbox with limits is cold: its pod mounts the claim, and its session holds the lease.
+    let cold = berth_api::StartSandbox { memory_bytes: Some(256 << 20), ..body("sleep 600") };
+    let sb = rt.block_on(c.start_sandbox(owners[1], &cold)).unwrap();
+    let ws = rt.block_on(c.workspace(owners[1])).unwrap();
+    assert_eq!(claims_of(&pod(&fake, &sb.id)), [ws.volume.name.as_str()]);
+    rt.block_on(wait_until("the pool refilled", 60, || async { idle_warm_pods(&fake).len() == 2 }));
+    rt.block_on(c.stop_sandbox(owners[1])).unwrap();
+
+    stop.store(true, Ordering::Relaxed);
+    let (rounds, bad) = rt.block_on(checker).unwrap();
+    assert!(rounds > 10, "the check ran {rounds} times");
+    assert!(bad.is_empty(), "a claim was held by a pod that is not the lease holder's: {bad:?}");
+    for p in pods(&fake) {
+        if sandbox_name(&p).starts_with("warm-") {
+            assert!(claims_of(&p).is_empty(), "{p}");
+        }
+    }
+    server.terminate(10);
+}
+
+#[test]
+fn an_unclean_pod_end_is_rescued_by_a_pod_on_the_claim() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let fake = Arc::new(rt.block_on(FakeApi::start()));
+    let config = kubeconfig(tmp.path(), &fake);
+    let (store, endpoint) = s3_store("kube-rescue");
+    let extra = [
+        "--sandbox-berth-image",
+        "berth:test",
+        "--rescue-image",
+        "rescue:1",
+        "--store",
+        &store,
+        "--gc-interval",
+        "3600s",
+    ];
+    let server = start(tmp.path(), &config, "r.log", &extra, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let c = server.client(ADMIN);
+    let owner = "agent:rescued";
+    let kubelet = tmp.path().join("kubelet");
+    let body = berth_api::StartSandbox {
+        image: "agent:1".into(),
+        command: vec!["sh".into(), "-c".into(), "echo saved > saved.txt; exec sleep 600".into()],
+        grace_secs: Some(20),
+        interval_secs: Some(3600),
+        ..Default::default()
+    };
+    let sb = rt.block_on(c.start_sandbox(owner, &body)).unwrap();
+    let ws = rt.block_on(c.workspace(owner)).unwrap();
+    let claim = util::kubelet::claim_dir(&kubelet, &ws.volume.name);
+    let mut running = util::kubelet::run_pod(&fake, &sb.id, &kubelet);
+    fake.store().set_pod_phase(NAMESPACE, &sb.id, "Running").unwrap();
+    rt.block_on(wait_until("a snapshot published", 60, || async {
+        c.snapshots(owner).await.map(|s| !s.items.is_empty()).unwrap_or(false)
+    }));
+    // The pod ends uncleanly (SIGKILL): the workspace is at risk, the pod removed.
+    util::serve::signal(&running.child, rustix::process::Signal::KILL);
+    running.child.wait().unwrap();
+    util::kubelet::end_pod(&fake, &sb.id, 137, "Error");
+    rt.block_on(wait_until("at risk", 30, || async { c.workspace(owner).await.unwrap().at_risk }));
+    rt.block_on(wait_until("the dead pod removed", 30, || async {
+        fake.store().get("pods", NAMESPACE, &sb.id).is_err()
+    }));
+    // Work after the last snapshot: only the claim has it.
+    std::fs::write(claim.join("unsaved.txt"), b"written after the last snapshot").unwrap();
+    let expected = util::read_tree(&claim).without(".berth");
+
+    rt.block_on(c.close(owner)).unwrap();
+    let gc = {
+        let c = c.clone();
+        rt.spawn(async move { c.gc_run(&GcRun { dry_run: false, orphans: false, force: false }).await })
+    };
+    // The rescue job: a pod of the rescue image mounting the claim read-only, run to its end.
+    let rescue = rt.block_on(berth_testkit::eventually_async(60, "a rescue pod", || async {
+        pods(&fake).into_iter().find(|p| p["metadata"]["labels"]["berth.rescue"].is_string())
+    }));
+    let name = rescue["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(rescue["spec"]["containers"][0]["image"], "rescue:1", "{rescue}");
+    assert_eq!(claims_of(&rescue), [ws.volume.name.as_str()]);
+    let volume =
+        rescue["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["persistentVolumeClaim"].is_object()).unwrap();
+    assert_eq!(volume["persistentVolumeClaim"]["readOnly"], true, "{rescue}");
+    let mount = rescue["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/workspace")
+        .unwrap();
+    assert_eq!(mount["readOnly"], true, "{rescue}");
+    fake.store().set_pod_phase(NAMESPACE, &name, "Running").unwrap();
+    let mut job = util::kubelet::run_pod(&fake, &name, &kubelet);
+    let status = job.child.wait().unwrap();
+    let output = job.output();
+    fake.store().set_logs(NAMESPACE, &name, &output);
+    util::kubelet::end_pod(&fake, &name, status.code().unwrap_or(1), "Completed");
+    assert!(status.success(), "the rescue job failed: {output}");
+
+    let report = rt.block_on(gc).unwrap().unwrap();
+    let mine: Vec<_> = report.volumes.iter().filter(|v| v.owner == owner).collect();
+    assert_eq!(mine.len(), 1, "{report:?}");
+    assert_eq!(mine[0].outcome, "removed", "{report:?}");
+    rt.block_on(async {
+        let w = c.workspace(owner).await.unwrap();
+        assert!(!w.at_risk, "{w:?}");
+        let rescued: Vec<String> = events(&c, "rescue_succeeded").await.into_iter().filter_map(|e| e.owner).collect();
+        assert_eq!(rescued, [owner.to_string()]);
+    });
+    assert!(fake.store().get(PVC, NAMESPACE, &ws.volume.name).is_err(), "the claim is deleted once rescued");
+    assert!(fake.store().get("pods", NAMESPACE, &name).is_err(), "the rescue pod was left behind");
+    let restored = tmp.path().join("restored");
+    let out = util::berth(tmp.path())
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .args(["snapshot", "restore", "--store", &store, "--workspace", owner, restored.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    util::assert_same_tree(&expected, &util::read_tree(&restored).without(".berth"));
     server.terminate(10);
 }

@@ -37,6 +37,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/workspaces/{owner}/sandboxes", post(sandboxes::start_sandbox).delete(sandboxes::stop_sandbox))
         .route("/v1/workspaces/{owner}/sandboxes/logs", get(sandboxes::sandbox_logs))
         .route("/v1/sandboxes", get(sandboxes::list_sandboxes))
+        .route("/v1/sandboxes/claim", get(sandboxes::sandbox_claim))
         .route("/v1/events", get(events))
         .route("/v1/gc/run", post(gc_run))
         .route("/healthz", get(healthz))

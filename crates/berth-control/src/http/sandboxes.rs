@@ -28,12 +28,12 @@ use crate::app::now;
 use crate::error::{Error, Result};
 use crate::meta::{random_hex, WorkspaceRow};
 use crate::sandboxes::{
-    self as sb, stop_timeout_secs, BERTH_PATH, CLAIM_PATH, DEFAULT_GRACE_SECS, LABEL_STOP_TIMEOUT, SANDBOX_PREFIX,
-    SPEC_PATH,
+    self as sb, stop_timeout_secs, BERTH_PATH, CLAIM_PATH, DEFAULT_GRACE_SECS, LABEL_STOP_TIMEOUT, LABEL_TOKEN_HASH,
+    SANDBOX_PREFIX, SPEC_PATH,
 };
 use crate::volumes::{
-    PrivateFile, SandboxInfo, SandboxKind, SandboxSpec, Sandboxes, LABEL_GENERATION, LABEL_OWNER, LABEL_SANDBOX,
-    LABEL_SESSION, WORKSPACE_PATH,
+    HandOver, PrivateFile, SandboxInfo, SandboxKind, SandboxSpec, Sandboxes, LABEL_GENERATION, LABEL_OWNER,
+    LABEL_SANDBOX, LABEL_SESSION, WORKSPACE_PATH,
 };
 
 /// Most log lines one call returns.
@@ -42,7 +42,7 @@ const LOG_TAIL_MAX: usize = 100_000;
 /// The OpenAPI description of these routes, merged into the API's.
 #[derive(OpenApi)]
 #[openapi(
-    paths(start_sandbox, stop_sandbox, list_sandboxes, sandbox_logs),
+    paths(start_sandbox, stop_sandbox, list_sandboxes, sandbox_logs, sandbox_claim),
     components(schemas(api::StartSandbox, api::Sandbox, api::SandboxList, api::StopReply, api::StoppedSandbox))
 )]
 pub struct SandboxDoc;
@@ -259,23 +259,9 @@ async fn start_with_session(
     let limits = body.memory_bytes.is_some() || body.cpus.is_some();
     let warm = if limits { None } else { sb::claim_warm(app, sandboxes, &body.image, name).await? };
     if let Some(info) = warm {
-        let stop_timeout = info
-            .labels
-            .get(LABEL_STOP_TIMEOUT)
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(stop_timeout_secs(DEFAULT_GRACE_SECS));
-        let spec = PrivateFile { path: SPEC_PATH.into(), content: agent_spec(app, name, body, session, stop_timeout)? };
-        let claim = serde_json::json!({"spec": SPEC_PATH, "command": body.command, "env": body.env});
-        let claim = PrivateFile { path: CLAIM_PATH.into(), content: claim.to_string().into_bytes() };
-        let user = app.config.sandbox.user();
-        // The spec first: the claim is what the waiting supervisor looks for.
-        let put = async {
-            sandboxes.put_file(&info.id, &spec, user).await?;
-            sandboxes.put_file(&info.id, &claim, user).await
-        };
-        if let Err(e) = put.await {
+        if let Err(e) = hand_over(app, sandboxes, &info, body, session).await {
             let _ = sandboxes.remove(&info.id).await;
-            return Err(e.into());
+            return Err(e);
         }
         return Ok(info);
     }
@@ -283,6 +269,64 @@ async fn start_with_session(
     let ws = routes::ensure_volume(app, ws, true).await?;
     let spec = sandbox_spec(app, &ws, name, body, session)?;
     Ok(sandboxes.start(&spec).await?)
+}
+
+/// Hands the attached session to claimed warm sandbox `info`: puts the spec, then the claim
+/// (what its supervisor waits for) into it; or, where the sandbox fetches its claim, makes the
+/// token it holds the session's and keeps the claim (its spec without a token) for it.
+async fn hand_over(
+    app: &App,
+    sandboxes: &dyn Sandboxes,
+    info: &SandboxInfo,
+    body: &api::StartSandbox,
+    mut session: api::Session,
+) -> Result<()> {
+    let stop_timeout = info
+        .labels
+        .get(LABEL_STOP_TIMEOUT)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(stop_timeout_secs(DEFAULT_GRACE_SECS));
+    match sandboxes.hand_over() {
+        HandOver::PutFiles => {
+            let spec = agent_spec(app, &info.name, body, session, stop_timeout)?;
+            let spec = PrivateFile { path: SPEC_PATH.into(), content: spec };
+            let claim = serde_json::json!({"spec": SPEC_PATH, "command": body.command, "env": body.env});
+            let claim = PrivateFile { path: CLAIM_PATH.into(), content: claim.to_string().into_bytes() };
+            let user = app.config.sandbox.user();
+            sandboxes.put_file(&info.id, &spec, user).await?;
+            Ok(sandboxes.put_file(&info.id, &claim, user).await?)
+        }
+        HandOver::Fetch => {
+            let hash = info.labels.get(LABEL_TOKEN_HASH).ok_or_else(|| {
+                Error::Corrupt(format!("warm sandbox {} carries no {LABEL_TOKEN_HASH} label", info.id))
+            })?;
+            let id = berth_core::session::SessionId::new(session.session_id.clone())
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            // The sandbox holds its token already: the attach's dies unseen.
+            session.token = String::new();
+            let spec: serde_json::Value =
+                serde_json::from_slice(&agent_spec(app, &info.name, body, session, stop_timeout)?)
+                    .map_err(|e| Error::Corrupt(format!("agent spec: {e}")))?;
+            let claim = serde_json::json!({"spec": spec, "command": body.command, "env": body.env});
+            app.meta.hand_to_warm(&id, hash, &claim.to_string()).await
+        }
+    }
+}
+
+/// The claim of the calling warm sandbox (by its own token, which its claim made the
+/// session's): the supervisor's spec without the token, the agent command and its environment.
+/// A warm sandbox not claimed yet holds a token of no session, so it gets 401 until then.
+#[utoipa::path(get, path = "/v1/sandboxes/claim", tag = "sandboxes",
+    responses((status = 200, body = Object), (status = 401, body = api::ErrorBody, description = "not claimed (yet)"),
+        (status = 404, body = api::ErrorBody, description = "the session was not handed to a warm sandbox")))]
+pub async fn sandbox_claim(principal: Principal, State(app): State<Arc<App>>) -> Result<impl IntoResponse> {
+    let session = principal
+        .sandbox_session()
+        .ok_or_else(|| Error::Forbidden("only a claimed warm sandbox's own token reads its claim".into()))?;
+    let claim = app.meta.warm_claim(session).await?;
+    let claim = claim.ok_or_else(|| Error::NotFound(format!("session {session} was not handed to a warm sandbox")))?;
+    let claim: serde_json::Value = serde_json::from_str(&claim).map_err(|e| Error::Corrupt(format!("claim: {e}")))?;
+    Ok(Json(claim))
 }
 
 /// Stops the workspace's sandbox: the stop signal drains it (work in progress pushed, final

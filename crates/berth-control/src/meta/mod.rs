@@ -355,6 +355,7 @@ fn migrator(dialect: Dialect) -> Migrator {
             (3, "row horizons", include_str!("../../migrations/sqlite/0003_row_horizons.sql")),
             (5, "drain session", include_str!("../../migrations/sqlite/0005_drain_session.sql")),
             (7, "live session of an instance", include_str!("../../migrations/sqlite/0007_live_session_of.sql")),
+            (8, "session claim", include_str!("../../migrations/sqlite/0008_session_claim.sql")),
         ],
         Dialect::Postgres => &[
             (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -362,6 +363,7 @@ fn migrator(dialect: Dialect) -> Migrator {
             (3, "row horizons", include_str!("../../migrations/postgres/0003_row_horizons.sql")),
             (5, "drain session", include_str!("../../migrations/postgres/0005_drain_session.sql")),
             (7, "live session of an instance", include_str!("../../migrations/postgres/0007_live_session_of.sql")),
+            (8, "session claim", include_str!("../../migrations/postgres/0008_session_claim.sql")),
         ],
     };
     let migrations = sql

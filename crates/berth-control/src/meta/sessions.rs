@@ -289,6 +289,32 @@ impl Meta {
         row.as_ref().map(session_from_row).transpose()
     }
 
+    /// Hands live `session` to a claimed warm sandbox that fetches its claim: the session's
+    /// token becomes the sandbox's own (made with the sandbox; only `token_hash` is known
+    /// here), and `claim` (holding no credential) is kept for the sandbox to read with it.
+    /// The token the attach made is dead from then on. `NotFound` when the session ended.
+    pub async fn hand_to_warm(&self, session: &SessionId, token_hash: &str, claim: &str) -> Result<()> {
+        let done = sqlx::query("UPDATE sessions SET token_hash = $1, claim = $2 WHERE id = $3 AND ended_at IS NULL")
+            .bind(token_hash)
+            .bind(claim)
+            .bind(session.as_str())
+            .execute(&self.write)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("session {session} ended before its warm sandbox was handed it")));
+        }
+        Ok(())
+    }
+
+    /// The claim kept for live `session` by [`Meta::hand_to_warm`], if any.
+    pub async fn warm_claim(&self, session: &SessionId) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT claim FROM sessions WHERE id = $1 AND ended_at IS NULL")
+            .bind(session.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten()))
+    }
+
     /// Ends the sessions whose lease expired without a renewal, releasing their leases.
     /// Returns how many.
     pub async fn expire_leases(&self, now: Timestamp) -> Result<u64> {

@@ -75,6 +75,7 @@ async fn handle(
     method: Method,
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let Some(t) = target(&method, uri.path(), &query) else {
@@ -141,6 +142,19 @@ async fn handle(
         "create" => lock(&shared.store).create(&t.resource, &ns, body),
         "update" => lock(&shared.store).update(&t.resource, &ns, &name, body),
         "delete" => lock(&shared.store).delete(&t.resource, &ns, &name, &body),
+        // "API Concepts", *Patch operations*: the content type names the patch's kind; this
+        // fake knows JSON merge patches only.
+        "patch" if headers.get(header::CONTENT_TYPE).is_some_and(|c| c == "application/merge-patch+json") => {
+            lock(&shared.store).patch(&t.resource, &ns, &name, &body)
+        }
+        "patch" => Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the fake serves application/merge-patch+json patches only, not {:?}",
+                headers.get(header::CONTENT_TYPE)
+            ),
+        )),
         "list" => {
             let store = lock(&shared.store);
             let items = store.list(&t.resource, t.namespace.as_deref(), &labels, &fields);

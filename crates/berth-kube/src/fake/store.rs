@@ -8,6 +8,9 @@
 //! - API conventions (*Concurrency Control and Consistency*): an update whose
 //!   `metadata.resourceVersion` is not the current one is `409 Conflict`; delete
 //!   `preconditions` (`uid`, `resourceVersion`) that do not hold are `409 Conflict` too.
+//! - "API Concepts" (*Patch operations*) and RFC 7386: a `merge-patch+json` body is merged into
+//!   the object (a `null` removes a field); a `metadata.resourceVersion` in it must be the
+//!   current one (`409 Conflict` otherwise), and the server-owned metadata stays as it was.
 //! - API conventions (*HTTP status codes*, *Response Status Kind*): a create of an existing name
 //!   is `409` with reason `AlreadyExists`; a missing object is `404 NotFound`; an invalid object is
 //!   `422 Invalid`.
@@ -361,6 +364,28 @@ impl Store {
         Ok(written)
     }
 
+    /// `PATCH` with a JSON merge patch (RFC 7386).
+    pub fn patch(&mut self, resource: &str, namespace: &str, name: &str, patch: &Value) -> Result<Value, ApiError> {
+        let key = (resource.to_string(), namespace.to_string(), name.to_string());
+        let current = self.get(resource, namespace, name)?;
+        if let Some(want) = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            if Some(want) != current.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+                return Err(conflict(resource, name));
+            }
+        }
+        let mut object = current.clone();
+        merge(&mut object, patch);
+        // The server owns these.
+        for field in ["name", "uid", "creationTimestamp", "deletionTimestamp", "namespace"] {
+            object["metadata"][field] = current["metadata"][field].clone();
+        }
+        if let Some(m) = object["metadata"].as_object_mut() {
+            m.retain(|_, v| !v.is_null());
+        }
+        Store::validate(resource, &object).map_err(|m| ApiError::new(422, "Invalid", m))?;
+        Ok(self.write(key, object, EventType::Modified))
+    }
+
     /// `DELETE` with `options` (a `DeleteOptions` object, possibly empty).
     pub fn delete(&mut self, resource: &str, namespace: &str, name: &str, options: &Value) -> Result<Value, ApiError> {
         let key = (resource.to_string(), namespace.to_string(), name.to_string());
@@ -518,6 +543,26 @@ impl Store {
     /// Subscribes to changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+}
+
+/// Applies a JSON merge patch (RFC 7386, section 2) to `target`.
+fn merge(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in fields {
+        if v.is_null() {
+            if let Some(t) = target.as_object_mut() {
+                t.remove(k);
+            }
+        } else {
+            merge(&mut target[k.as_str()], v);
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod fsync;
 pub mod git;
+pub mod kubelet;
 pub mod proxy;
 pub mod serve;
 pub mod webdriver;
