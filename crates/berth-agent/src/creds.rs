@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::CredentialConfig;
 use crate::job::Job;
@@ -25,10 +26,25 @@ pub struct Creds {
     /// Where the token came from: endpoint or static.
     pub source: &'static str,
     redactor: Redactor,
-    /// When the endpoint's token expires, if it said (shared by clones: a refresh is seen by
-    /// every holder).
-    expires: Arc<Mutex<Option<Instant>>>,
+    /// Where to renew the token (the endpoint and the identity that exchanges it).
+    cfg: Arc<CredentialConfig>,
+    /// When the endpoint's token expires and how long it was valid for, if it said (shared by
+    /// clones: a refresh is seen by every holder).
+    expires: Arc<Mutex<Option<Validity>>>,
 }
+
+/// When a token expires, and how long it was valid for when it came.
+#[derive(Clone, Copy, Debug)]
+struct Validity {
+    until: Instant,
+    ttl: Duration,
+}
+
+/// A token is renewed when this much of its life is left, or half of it for a short-lived one.
+pub const RENEW_AHEAD: Duration = Duration::from_secs(300);
+
+/// The least validity a token must have left before git talks to a remote with it.
+pub const REMOTE_MIN: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Creds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,36 +61,84 @@ impl Creds {
     /// How long the token is still valid, if its endpoint said when it expires.
     pub fn valid_for(&self) -> Option<Duration> {
         let expires = *self.expires.lock().unwrap_or_else(PoisonError::into_inner);
-        expires.map(|e| e.saturating_duration_since(Instant::now()))
+        expires.map(|e| e.until.saturating_duration_since(Instant::now()))
+    }
+
+    /// How long until the token is due for renewal: when [`RENEW_AHEAD`] of its life is left,
+    /// or half of it for a token valid for less than twice that. `None`: it never is (a static
+    /// token, or an endpoint that did not say when its token expires).
+    pub fn renewal_due_in(&self) -> Option<Duration> {
+        let v = (*self.expires.lock().unwrap_or_else(PoisonError::into_inner))?;
+        let ahead = RENEW_AHEAD.min(v.ttl / 2);
+        Some(v.until.checked_sub(ahead)?.saturating_duration_since(Instant::now()))
     }
 
     /// Exchanges a new token at the endpoint when this one expires within `within` (a token from
-    /// the endpoint with a known expiry only), and installs it in the token file the helper reads.
+    /// the endpoint with a known expiry only), and installs it in the token file the helper reads
+    /// (replaced in one rename, so a git reading it meanwhile gets the old token or the new one).
     /// Returns whether it did.
-    pub async fn refresh_if_expiring(&self, cfg: &CredentialConfig, within: Duration) -> Result<bool, CredError> {
-        let (Some(endpoint), Some(left)) = (&cfg.endpoint, self.valid_for()) else { return Ok(false) };
+    pub async fn refresh_if_expiring(&self, within: Duration) -> Result<bool, CredError> {
+        let (Some(endpoint), Some(left)) = (&self.cfg.endpoint, self.valid_for()) else { return Ok(false) };
         if self.source != "endpoint" || left > within {
             return Ok(false);
         }
-        let identity = match &cfg.identity_token_file {
+        let identity = match &self.cfg.identity_token_file {
             Some(p) => Some(read_token("identity token", p)?),
             None => None,
         };
         let (token, ttl) = exchange(endpoint, identity.as_deref()).await?;
+        let fetched_at = Instant::now();
         let dir = self.token_file.parent().map(Path::to_path_buf).unwrap_or_default();
-        write_private(&self.token_file, token.as_bytes(), 0o600).map_err(|source| CredError::Write {
-            what: "token",
-            dir,
-            source,
-        })?;
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staged = dir.join(format!(".token.new.{n}"));
+        write_private(&staged, token.as_bytes(), 0o600)
+            .and_then(|()| fs::rename(&staged, &self.token_file))
+            .map_err(|source| CredError::Write { what: "token", dir, source })?;
         self.redactor.learn(&token);
-        *self.expires.lock().unwrap_or_else(PoisonError::into_inner) = ttl.map(|t| Instant::now() + t);
+        *self.expires.lock().unwrap_or_else(PoisonError::into_inner) =
+            ttl.map(|ttl| Validity { until: fetched_at + ttl, ttl });
         tracing::info!(
             event = "credentials_refreshed",
             left_ms = left.as_millis() as u64,
             valid_secs = ttl.map(|t| t.as_secs())
         );
         Ok(true)
+    }
+
+    /// Keeps the token valid for as long as the run lasts: renews it when it is due (see
+    /// [`Creds::renewal_due_in`]), so the agent's own git commands and berth's find a valid
+    /// token in the file the helper reads, however long the run. A failed renewal is logged and
+    /// tried again (after 5 s, doubling up to 60 s) until one succeeds. Returns at
+    /// once for a token that never expires, and when `stop` is cancelled.
+    pub async fn keep_fresh(self, stop: CancellationToken) {
+        let mut retry = Duration::from_secs(5);
+        loop {
+            let Some(due) = self.renewal_due_in() else { return };
+            tokio::select! {
+                _ = tokio::time::sleep(due) => {}
+                _ = stop.cancelled() => return,
+            }
+            let within = self.valid_for().unwrap_or_default() + Duration::from_secs(1);
+            match self.refresh_if_expiring(within).await {
+                Ok(true) => retry = Duration::from_secs(5),
+                // Nothing to renew from (no endpoint): nothing more to do.
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(
+                        event = "credentials_refresh_failed",
+                        error = %self.redactor.redact(&e.to_string()),
+                        left_ms = self.valid_for().unwrap_or_default().as_millis() as u64,
+                        retry_ms = retry.as_millis() as u64
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    retry = (retry * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
     }
 
     /// Git configuration, as `GIT_CONFIG_*` environment entries: reset any inherited credential
@@ -268,8 +332,9 @@ pub async fn fetch(cfg: &CredentialConfig, job: &Job) -> Result<Option<Creds>, C
         token_file.display()
     );
     write_private(&helper, script.as_bytes(), 0o700).map_err(|e| write("credential helper", e))?;
-    let expires = Arc::new(Mutex::new(ttl.map(|t| fetched_at + t)));
-    Ok(Some(Creds { helper, token_file, source, redactor: Redactor::of(vec![token]), expires }))
+    let expires = Arc::new(Mutex::new(ttl.map(|ttl| Validity { until: fetched_at + ttl, ttl })));
+    let cfg = Arc::new(cfg.clone());
+    Ok(Some(Creds { helper, token_file, source, redactor: Redactor::of(vec![token]), cfg, expires }))
 }
 
 /// Reads a token file, trimmed.

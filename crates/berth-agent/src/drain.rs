@@ -82,13 +82,12 @@ impl Drain<'_> {
         let t = Instant::now();
         let within = self.left() + Duration::from_secs(30);
         let bound = self.left().min(Duration::from_secs(10));
-        let detail =
-            match tokio::time::timeout(bound, self.git.refresh_credentials(&self.cfg.credentials, within)).await {
-                Ok(Ok(false)) => return,
-                Ok(Ok(true)) => "renewed the git token, which would have expired during the drain".to_string(),
-                Ok(Err(e)) => format!("could not renew the git token: {e}"),
-                Err(_) => "renewing the git token timed out".to_string(),
-            };
+        let detail = match tokio::time::timeout(bound, self.git.refresh_credentials(within)).await {
+            Ok(Ok(false)) => return,
+            Ok(Ok(true)) => "renewed the git token, which would have expired during the drain".to_string(),
+            Ok(Err(e)) => format!("could not renew the git token: {e}"),
+            Err(_) => "renewing the git token timed out".to_string(),
+        };
         self.step("credentials", detail, t);
     }
 

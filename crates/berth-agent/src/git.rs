@@ -107,14 +107,19 @@ impl Git {
 
     /// Renews the credentials the helper hands git when they expire within `within` (see
     /// [`Creds::refresh_if_expiring`]); returns whether it did.
-    pub async fn refresh_credentials(
-        &self,
-        cfg: &crate::config::CredentialConfig,
-        within: std::time::Duration,
-    ) -> Result<bool, crate::creds::CredError> {
+    pub async fn refresh_credentials(&self, within: Duration) -> Result<bool, crate::creds::CredError> {
         match &self.creds {
-            Some(c) => c.refresh_if_expiring(cfg, within).await,
+            Some(c) => c.refresh_if_expiring(within).await,
             None => Ok(false),
+        }
+    }
+
+    /// Before git talks to a remote: renews a token with less than [`crate::creds::REMOTE_MIN`]
+    /// left. A failed renewal is logged and git goes on with the token it has (its own
+    /// failure, if any, says what the remote thought of it).
+    async fn fresh_for_remote(&self) {
+        if let Err(e) = self.refresh_credentials(crate::creds::REMOTE_MIN).await {
+            tracing::warn!(event = "credentials_refresh_failed", error = %self.redactor.redact(&e.to_string()));
         }
     }
 
@@ -136,6 +141,9 @@ impl Git {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // Nothing of berth's own secrets or store credentials reaches git, its helpers or the
+        // workspace's hooks.
+        crate::supervise::scrub(&mut c);
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -198,6 +206,7 @@ impl Git {
         let mut backoff = Duration::from_millis(500);
         loop {
             attempt += 1;
+            self.fresh_for_remote().await;
             let tmp = scratch.join(format!("clone-{}-{attempt}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             let mut args: Vec<String> = vec!["clone".into(), "--no-tags".into()];
@@ -450,6 +459,7 @@ impl Git {
             self.run(repo, &["update-ref", &format!("refs/heads/{wip}"), commit]).await?;
             return Ok(Pushed::Local(wip));
         }
+        self.fresh_for_remote().await;
         self.run(repo, &["push", "-q", "--no-verify", "origin", &format!("+{commit}:refs/heads/{wip}")]).await?;
         Ok(Pushed::To(wip))
     }

@@ -285,6 +285,10 @@ impl Running {
             serve_metrics(addr, persister.clone(), stop.clone());
         }
         tokio::spawn(status_lines(persister.clone(), stop.clone()));
+        // A token that expires is renewed before it does, for the whole run (the drain too).
+        if let Some(c) = &creds {
+            tokio::spawn(c.clone().keep_fresh(stop.clone()));
+        }
         let persist_stop = stop.child_token();
         let watch = persister.watch();
         let persist_task = Some(tokio::spawn({

@@ -21,8 +21,9 @@ pub const SUPERVISOR_ONLY_ENV: &str = "BERTH_SUPERVISOR_ONLY_ENV";
 const STORE_ENV_PREFIXES: [&str; 3] = ["AWS_", "AZURE_", "GOOGLE_"];
 
 /// Removes from `c`'s environment everything the agent process must not see: berth's secrets,
-/// the object store's credentials, and what `BERTH_SUPERVISOR_ONLY_ENV` names.
-fn scrub(c: &mut Command) {
+/// the object store's credentials, and what `BERTH_SUPERVISOR_ONLY_ENV` names. Every git berth
+/// runs gets the same: the hooks git runs are the workspace's, which the agent can write.
+pub(crate) fn scrub(c: &mut Command) {
     for k in SECRET_ENV {
         c.env_remove(k);
     }
