@@ -36,6 +36,7 @@ fn start_agent(root: &Path, server: &Server, owner: &str) -> (Child, PathBuf) {
     fs::write(&spec, serde_json::to_vec(&json!({"session": session, "server": server.url})).unwrap()).unwrap();
     fs::set_permissions(&spec, fs::Permissions::from_mode(0o600)).unwrap();
     let (dir, jobs, child_pid) = (root.join("ws"), root.join("jobs"), root.join("child.pid"));
+    fs::write(root.join("sandbox-token"), &session.token).unwrap();
     let script = format!(
         "echo $$ > {}; n=0; while true; do n=$((n+1)); echo \"step $n\" > work.txt; sleep 0.3; done",
         child_pid.display()
@@ -44,7 +45,12 @@ fn start_agent(root: &Path, server: &Server, owner: &str) -> (Child, PathBuf) {
     for v in ["BERTH_TOKEN", "BERTH_SERVER", "BERTH_STORE", "BERTH_DIR", "BERTH_WORKSPACE", "BERTH_AGENT_SPEC"] {
         c.env_remove(v);
     }
-    c.env("BERTH_LOG_FORMAT", "json").args(["agent", "run", "--spec"]).arg(&spec).arg("--dir").arg(&dir);
+    c.env("BERTH_LOG_FORMAT", "json")
+        .env("BERTH_LOG", "debug")
+        .args(["agent", "run", "--spec"])
+        .arg(&spec)
+        .arg("--dir")
+        .arg(&dir);
     c.args(["--instance", "pod-live", "--base"]).arg(&jobs);
     c.args(["--first-after", "1", "--interval", "1", "--debounce", "100", "--grace", "5", "--", "sh", "-c", &script]);
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(root.join("agent.log")).unwrap());
@@ -113,7 +119,8 @@ fn the_console_in_a_browser() {
         "--prune-interval",
         "4s",
     ];
-    let server = Server::start(&root, &root.join("serve.log"), &args, &[("BERTH_ADMIN_TOKEN", ADMIN)]);
+    let env = [("BERTH_ADMIN_TOKEN", ADMIN), ("BERTH_LOG", "debug")];
+    let server = Server::start(&root, &root.join("serve.log"), &args, &env);
     let admin = server.client(ADMIN);
     let labelled = EnsureWorkspace { labels: [("team".to_string(), "infra".to_string())].into(), ..Default::default() };
     for owner in ["agent:live", "agent:doomed", "agent:idle", "agent:done"] {
@@ -130,6 +137,13 @@ fn the_console_in_a_browser() {
     let b = Browser::start(1280, 860);
     let url = server.url.clone();
     let shots = screenshots();
+    // Every page shot is also kept as HTML, with the browser's cookies, for the secret scan.
+    let mut pages = Vec::new();
+    let mut shot = |b: &Browser, name: &str| {
+        b.screenshot(&shots.join(name));
+        pages.push((format!("the page of {name}"), b.html()));
+        pages.push((format!("the cookies at {name}"), b.cookies().to_string()));
+    };
 
     // Log in and see the workspaces, the agent's among them with its lease holder.
     login(&b, &url, ADMIN);
@@ -153,7 +167,7 @@ fn the_console_in_a_browser() {
     assert!(shown < 15, "a fresh snapshot reads as a few seconds old, not {shown}");
     assert_eq!(b.run("return window.notReloaded === true;", json!([])), json!(true), "the page was not reloaded");
     assert!(newer > first);
-    b.screenshot(&shots.join("workspaces.png"));
+    shot(&b, "workspaces.png");
 
     // SIGKILL: the lease lapses, the session ends expired, and the flag appears by itself.
     agent.kill().unwrap();
@@ -161,7 +175,7 @@ fn the_console_in_a_browser() {
     kill_pid_file(&child_pid);
     b.wait_until(30, "the at-risk flag", |b| b.find("tr[data-owner='agent:live'] .badge.risk"));
     assert_eq!(b.run("return window.notReloaded === true;", json!([])), json!(true), "the page was not reloaded");
-    b.screenshot(&shots.join("workspaces-at-risk.png"));
+    shot(&b, "workspaces-at-risk.png");
 
     // The detail page: sessions with their outcome, the timeline, the restore command.
     b.goto(&format!("{url}/ui/workspaces/agent:live"));
@@ -170,13 +184,13 @@ fn the_console_in_a_browser() {
     assert!(b.count("figure.chart svg rect") > 0, "the timeline has bars");
     let restore = b.text(&b.get("#restore-cmd"));
     assert!(restore.starts_with("berth snapshot restore --store") && restore.contains("agent:live"), "{restore}");
-    b.screenshot(&shots.join("workspace.png"));
+    shot(&b, "workspace.png");
 
     // Hostile text is text: no element is made of it, and no alert opened.
     b.goto(&format!("{url}/ui/drains"));
     assert!(b.text(&b.get("#pending")).contains(HOSTILE), "the reason shows as written");
     assert_eq!(b.count("main img"), 0, "the reason made no element");
-    b.screenshot(&shots.join("drains.png"));
+    shot(&b, "drains.png");
 
     // GC: a dry-run preview names the closed workspace's volume, then the run removes it and
     // the sweep shows in the history.
@@ -186,13 +200,13 @@ fn the_console_in_a_browser() {
     let preview = b.text(&b.get("section.confirm"));
     assert!(preview.contains(&done.volume.name), "the preview names the volume: {preview}");
     assert!(data.join("volumes").join(&done.volume.name).is_dir(), "the preview removed nothing");
-    b.screenshot(&shots.join("gc-preview.png"));
+    shot(&b, "gc-preview.png");
     b.click(&b.get("section.confirm form button"));
     b.wait_until(30, "the GC result", |b| b.find("main h1").filter(|h| b.text(h) == "GC ran"));
     assert!(!data.join("volumes").join(&done.volume.name).exists(), "the run removed the volume");
     b.goto(&format!("{url}/ui/gc"));
     assert!(b.text(&b.get("#sweeps")).contains("ago"), "the sweep is in the history");
-    b.screenshot(&shots.join("gc.png"));
+    shot(&b, "gc.png");
 
     // Store: the scheduled retention and prune runs appear as they are recorded.
     b.goto(&format!("{url}/ui/store"));
@@ -200,7 +214,7 @@ fn the_console_in_a_browser() {
         let runs = b.find("#runs").map(|t| b.text(&t)).unwrap_or_default();
         (runs.contains("retention") && runs.contains("prune")).then_some(())
     });
-    b.screenshot(&shots.join("store.png"));
+    shot(&b, "store.png");
 
     // A POST without the CSRF token is refused, even with the admin's cookie.
     b.goto(&format!("{url}/ui/workspaces"));
@@ -215,7 +229,7 @@ fn the_console_in_a_browser() {
     b.goto(&format!("{url}/ui/workspaces/agent:doomed"));
     b.click(&b.get("a.button.danger"));
     b.type_into(&b.get("#confirm-owner"), "agent:doomed");
-    b.screenshot(&shots.join("delete-confirm.png"));
+    shot(&b, "delete-confirm.png");
     b.click(&b.get("form button.danger"));
     b.wait_until(30, "the volume removed", |_| (!volume.exists()).then_some(()));
     b.wait_until(30, "the page showing it deleted", |b| {
@@ -233,16 +247,32 @@ fn the_console_in_a_browser() {
     let csrf = b.run("return document.querySelector('input[name=csrf]').value;", json!([]));
     let forged = json!({"csrf": csrf, "confirm": "agent:idle"});
     assert_eq!(page_post(&b, "/ui/workspaces/agent:idle/delete", forged), 403);
-    b.screenshot(&shots.join("viewer.png"));
+    shot(&b, "viewer.png");
     // Dark mode follows the system.
     let background = "return getComputedStyle(document.body).backgroundColor;";
     assert_eq!(b.run(background, json!([])), json!("rgb(255, 255, 255)"));
     b.prefer_dark(true);
     assert_eq!(b.run(background, json!([])), json!("rgb(15, 20, 25)"), "a dark system gets the dark theme");
     b.goto(&format!("{url}/ui/workspaces"));
-    b.screenshot(&shots.join("workspaces-dark.png"));
+    shot(&b, "workspaces-dark.png");
     let ws = rt().block_on(admin.workspace("agent:idle")).unwrap();
     assert_eq!(ws.state, berth_api::WorkspaceState::Active, "the viewer changed nothing");
     drop(b);
+    // Neither the admin, the viewer nor the sandbox token is in a page or a cookie, the logs
+    // (at debug level), the workspace, the store, or the events.
+    let events = rt().block_on(admin.events(&Default::default())).unwrap().items;
+    let mut scan = util::secrets::Scan::new();
+    scan.secret("the admin token", ADMIN)
+        .secret("the viewer token", VIEWER)
+        .secret("the sandbox token", fs::read_to_string(root.join("sandbox-token")).unwrap().trim());
+    for (place, html) in &pages {
+        scan.text(place, html);
+    }
+    scan.debug_log(&root.join("serve.log"))
+        .debug_log(&root.join("agent.log"))
+        .tree(&root.join("ws"))
+        .tree(&root.join("store"))
+        .json("the events", &events)
+        .assert_clean();
     server.terminate(30);
 }

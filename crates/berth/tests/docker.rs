@@ -316,7 +316,8 @@ impl Sandboxed {
         let store_url = format!("file://{}", store.display());
         let mut args = vec!["--gc-interval", "3600s", "--store", &store_url, "--sandbox-network", "host"];
         args.extend(extra);
-        let server = start(tmp.path(), "serve.log", &args, &[]);
+        // At debug level, for the secret scan.
+        let server = start(tmp.path(), "serve.log", &args, &[("BERTH_LOG", "debug")]);
         Sandboxed { server, run, tmp, store, image }
     }
 
@@ -361,6 +362,45 @@ impl Sandboxed {
         dir
     }
 
+    /// What a secret must not reach from `owner`'s running sandbox: the container as the engine
+    /// shows it (its command, environment, labels, mounts) and its logs. Returns them with the
+    /// sandbox token berth put into it (read from its spec file, where it belongs).
+    fn sandbox_secrets(&self, owner: &str) -> (String, Vec<(String, String)>) {
+        let ids = self.containers(owner);
+        assert_eq!(ids.len(), 1, "one running sandbox of {owner}: {ids:?}");
+        let spec = self.run.docker(&["exec", &ids[0], "cat", "/berth/spec.json"]);
+        let spec: serde_json::Value = serde_json::from_str(&spec).unwrap_or_else(|e| panic!("{e}: {spec}"));
+        let token = spec["session"]["token"].as_str().expect("a sandbox token in the spec").to_string();
+        let places = vec![
+            (format!("docker inspect {}", ids[0]), self.run.docker(&["inspect", &ids[0]])),
+            (format!("the logs of {owner}'s sandbox"), self.logs(owner)),
+        ];
+        (token, places)
+    }
+
+    /// Asserts no secret (the admin token, each of `tokens`) is in the server's log (at debug
+    /// level), any of `places`, `owner`'s volume, the store, or what the API and the CLI show.
+    fn assert_no_secret_leaked(&self, owner: &str, tokens: &[String], places: &[(String, String)]) {
+        let c = self.server.client(ADMIN);
+        let q = berth_api::client::EventQuery { owner: Some(owner.into()), ..Default::default() };
+        let events = rt().block_on(c.events(&q)).unwrap().items;
+        let mut scan = util::secrets::Scan::new();
+        scan.secret("the admin token", ADMIN);
+        for (i, t) in tokens.iter().enumerate() {
+            scan.secret(&format!("sandbox token {i}"), t);
+        }
+        for (place, text) in places {
+            scan.text(place, text);
+        }
+        scan.debug_log(&self.server.log)
+            .tree(&self.volume_path(owner))
+            .tree(&self.store)
+            .json("the events", &events)
+            .json("the workspace", &rt().block_on(c.workspace(owner)).unwrap())
+            .text("berth sandbox ls --json", self.berth(&["sandbox", "ls", "--json"]).stdout)
+            .assert_clean();
+    }
+
     /// The container ids of `owner`'s sandboxes.
     fn containers(&self, owner: &str) -> Vec<String> {
         let filter = format!("label=berth.owner={owner}");
@@ -392,6 +432,8 @@ fn sandbox_snapshots_drains_on_stop_and_comes_back_after_kill_and_volume_loss() 
     rt.block_on(wait_until("a snapshot published", 60, || async {
         c.snapshots(&owner).await.map(|s| s.items.len() >= 2).unwrap_or(false)
     }));
+    let (token, mut places) = t.sandbox_secrets(&owner);
+    let mut tokens = vec![token];
     let ls: serde_json::Value = serde_json::from_slice(&t.berth(&["sandbox", "ls", "--json"]).stdout).unwrap();
     let mine: Vec<_> = ls["items"].as_array().unwrap().iter().filter(|s| s["owner"] == owner.as_str()).collect();
     assert_eq!(mine.len(), 1, "{ls}");
@@ -415,6 +457,9 @@ fn sandbox_snapshots_drains_on_stop_and_comes_back_after_kill_and_volume_loss() 
     t.start_sandbox(&owner, &["--interval", "1s"], COUNTER);
     let before = read_counter(&volume);
     rt.block_on(wait_until("the counter moved on", 60, || async { read_counter(&volume) > before + 15 }));
+    let (token, more) = t.sandbox_secrets(&owner);
+    tokens.push(token);
+    places.extend(more);
     let ids = t.containers(&owner);
     assert_eq!(ids.len(), 1);
     t.run.docker(&["kill", &ids[0]]);
@@ -429,6 +474,9 @@ fn sandbox_snapshots_drains_on_stop_and_comes_back_after_kill_and_volume_loss() 
     rt.block_on(wait_until("the workspace restored", 60, || async { volume.join(".berth/run/ready").exists() }));
     let back = read_counter(&volume);
     assert_eq!(std::fs::read_to_string(volume.join("hello")).unwrap(), "hello\n");
+    let (token, more) = t.sandbox_secrets(&owner);
+    tokens.push(token);
+    places.extend(more);
     // One step is 0.2 s; the loss bound is the interval plus the debounce (1.5 s) plus a
     // snapshot's own time.
     let lost = killed_at.saturating_sub(back);
@@ -438,6 +486,7 @@ fn sandbox_snapshots_drains_on_stop_and_comes_back_after_kill_and_volume_loss() 
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let log = std::fs::read_to_string(&t.server.log).unwrap();
     assert!(log.contains("\"exit_code\":137"), "the kill was not seen as a death");
+    t.assert_no_secret_leaked(&owner, &tokens, &places);
 }
 
 #[test]

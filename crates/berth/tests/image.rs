@@ -59,24 +59,39 @@ fn the_image_runs_berth_and_serves_health() {
     let user = run.docker(&["image", "inspect", "-f", "{{.Config.User}}", &image.reference]);
     assert_eq!(user, "10001:10001", "berth runs as its own user, not root");
 
-    // The default command is `berth serve`: on the host's network, on a loopback port.
-    let port = util::serve::free_port();
-    let listen = format!("BERTH_LISTEN=127.0.0.1:{port}");
-    let id = run.docker(&["run", "-d", "--label", &run.label(), "--network", "host", "-e", &listen, &image.reference]);
+    // The default command is `berth serve`: on the host's network, on a loopback port it binds
+    // itself (port 0) and names in its `serve_started` line.
+    let listen = "BERTH_LISTEN=127.0.0.1:0";
+    let id = run.docker(&[
+        "run",
+        "-d",
+        "--label",
+        &run.label(),
+        "--network",
+        "host",
+        "-e",
+        listen,
+        "-e",
+        "BERTH_LOG_FORMAT=json",
+        &image.reference,
+    ]);
+    let logs = || {
+        let out = Command::new("docker").args(["logs", &id]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    let healthz = format!("http://127.0.0.1:{port}/healthz");
-    let answer = loop {
-        if let Some(answer) = get(&healthz) {
-            break answer;
+    let addr = loop {
+        if let Some(addr) = logs().lines().find_map(util::serve::started_at) {
+            break addr;
         }
-        if Instant::now() > deadline {
-            let logs = Command::new("docker").args(["logs", &id]).output().unwrap();
-            panic!("berth serve in the image did not answer {healthz}: {}", String::from_utf8_lossy(&logs.stderr));
-        }
+        assert!(Instant::now() < deadline, "berth serve in the image never said where it listens: {}", logs());
         std::thread::sleep(Duration::from_millis(100));
     };
+    let healthz = format!("http://{addr}/healthz");
+    let answer =
+        get(&healthz).unwrap_or_else(|| panic!("berth serve in the image did not answer {healthz}: {}", logs()));
     assert_eq!(answer.0, 200, "{answer:?}");
-    let ready = get(&format!("http://127.0.0.1:{port}/readyz")).unwrap();
+    let ready = get(&format!("http://{addr}/readyz")).unwrap();
     assert_eq!(ready.0, 200, "{ready:?}");
     // Its state is in the image's data dir, written as the berth user.
     let files = run.docker(&["exec", &id, "ls", "/var/lib/berth"]);

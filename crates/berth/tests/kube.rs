@@ -366,7 +366,9 @@ fn a_sandbox_is_a_pod_on_the_claim_and_its_death_leaves_the_workspace_at_risk() 
     let rt = rt();
     let fake = rt.block_on(FakeApi::start());
     let config = kubeconfig(tmp.path(), &fake);
-    let server = start(tmp.path(), &config, "s.log", &["--sandbox-berth-image", "berth:test"], &[]);
+    // At debug level, for the secret scan.
+    let server =
+        start(tmp.path(), &config, "s.log", &["--sandbox-berth-image", "berth:test"], &[("BERTH_LOG", "debug")]);
     let c = server.client(ADMIN);
     rt.block_on(async {
         let body = berth_api::StartSandbox {
@@ -385,7 +387,10 @@ fn a_sandbox_is_a_pod_on_the_claim_and_its_death_leaves_the_workspace_at_risk() 
         assert_eq!(pod["spec"]["initContainers"][0]["image"], "berth:test");
         assert_eq!(pod["spec"]["containers"][0]["command"][0], "/berth/bin/berth");
         let secret = fake.store().get("secrets", NAMESPACE, &format!("{}-files", sb.id)).unwrap();
-        assert!(secret["data"]["spec.json"].is_string());
+        let spec = util::decode_base64(secret["data"]["spec.json"].as_str().expect("the spec in the secret"));
+        let spec: serde_json::Value = serde_json::from_slice(&spec).unwrap();
+        let token = spec["session"]["token"].as_str().expect("a sandbox token in the spec").to_string();
+
         // The pod runs, then dies without a final snapshot (OOM-killed).
         fake.store().set_pod_phase(NAMESPACE, &sb.id, "Running").unwrap();
         let mut dead = fake.store().get("pods", NAMESPACE, &sb.id).unwrap();
@@ -394,6 +399,20 @@ fn a_sandbox_is_a_pod_on_the_claim_and_its_death_leaves_the_workspace_at_risk() 
         wait_until("the workspace at risk", 30, || async { c.workspace("agent:sb").await.unwrap().at_risk }).await;
         wait_until("the dead pod removed", 30, || async { fake.store().get("pods", NAMESPACE, &sb.id).is_err() }).await;
         assert!(fake.store().get("secrets", NAMESPACE, &format!("{}-files", sb.id)).is_err(), "the secret outlived its pod");
+        // The sandbox token was in the secret and is nowhere else: not in the pod (its command,
+        // environment, annotations), the claims, the server's log at debug level, or the API.
+        let claims = fake.store().list(PVC, Some(NAMESPACE), &Default::default(), &Default::default());
+        let q = berth_api::client::EventQuery { owner: Some("agent:sb".into()), ..Default::default() };
+        util::secrets::Scan::new()
+            .secret("the sandbox token", &token)
+            .secret("the admin token", ADMIN)
+            .json("the pod", &pod)
+            .json("the claims", &claims)
+            .json("the sandbox as started", &sb)
+            .json("the workspace", &c.workspace("agent:sb").await.unwrap())
+            .json("the events", &c.events(&q).await.unwrap().items)
+            .debug_log(&server.log)
+            .assert_clean();
     });
     server.terminate(10);
 }

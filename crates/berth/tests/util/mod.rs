@@ -10,6 +10,7 @@ pub mod fsync;
 pub mod git;
 pub mod kubelet;
 pub mod proxy;
+pub mod secrets;
 pub mod serve;
 pub mod webdriver;
 
@@ -211,4 +212,31 @@ pub fn write_symlink(root: &Path, rel: &str, target: &str) {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().expect("parent")).expect("mkdir -p");
     symlink(target, &p).expect("symlink");
+}
+
+/// Decodes standard base64 (what WebDriver returns screenshots in, and Kubernetes secret data); padding and anything
+/// outside the alphabet are skipped.
+pub fn decode_base64(s: &str) -> Vec<u8> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in s.bytes().filter_map(value) {
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
 }

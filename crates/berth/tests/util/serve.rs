@@ -14,12 +14,6 @@ use berth_api::Client;
 /// The admin token of test servers.
 pub const ADMIN: &str = "serve-test-admin-token-42";
 
-/// Returns a loopback port that was free a moment ago, for third-party servers that cannot bind
-/// port 0 and report it (berth serve does; see [`Server::start`]).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A running `berth serve`.
 pub struct Server {
     child: Child,
@@ -140,7 +134,7 @@ fn read_from(log: &Path, from: u64) -> String {
 }
 
 /// The address in a `serve_started` JSON log line.
-fn started_at(line: &str) -> Option<String> {
+pub fn started_at(line: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = v.get("fields").unwrap_or(&v);
     if fields.get("event")?.as_str()? != "serve_started" {

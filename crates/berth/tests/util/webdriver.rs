@@ -24,22 +24,24 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
 }
 
 impl Browser {
-    /// Starts chromedriver on a free port and opens a headless Chromium session with a
-    /// `width`x`height` window. Panics naming the packages when either is missing.
+    /// Starts chromedriver on a port it picks itself and opens a headless Chromium session with
+    /// a `width`x`height` window. Panics naming the packages when either is missing.
     pub fn start(width: u32, height: u32) -> Browser {
         let driver_bin = which("chromedriver").unwrap_or_else(|| {
             panic!("chromedriver is not on PATH: install Debian's chromium and chromium-driver (.ci/run does)")
         });
         let chromium =
             which("chromium").unwrap_or_else(|| panic!("chromium is not on PATH: install Debian's chromium"));
-        let port = super::serve::free_port();
-        let driver = Command::new(driver_bin)
-            .arg(format!("--port={port}"))
+        // `--port=0`: chromedriver binds a port the kernel chooses and says which on stdout
+        // ("... started successfully on port N."), so no other process can hold it meanwhile.
+        let mut driver = Command::new(driver_bin)
+            .arg("--port=0")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn chromedriver");
+        let port = started_on(driver.stdout.take().expect("chromedriver's stdout"));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let mut b = Browser { driver, http: reqwest::Client::new(), rt, base: format!("http://127.0.0.1:{port}") };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -162,10 +164,20 @@ impl Browser {
         self.ok("POST", "/goog/cdp/execute", Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": params})));
     }
 
+    /// The page's current HTML (as the browser has it, scripts' changes included).
+    pub fn html(&self) -> String {
+        self.run("return document.documentElement.outerHTML;", json!([])).as_str().unwrap_or_default().to_string()
+    }
+
+    /// The cookies the browser holds for the current page, as WebDriver lists them.
+    pub fn cookies(&self) -> Value {
+        self.ok("GET", "/cookie", None)
+    }
+
     /// Saves a PNG screenshot of the window to `path`.
     pub fn screenshot(&self, path: &Path) {
         let b64 = self.ok("GET", "/screenshot", None);
-        let png = decode_base64(b64.as_str().expect("base64 screenshot"));
+        let png = super::decode_base64(b64.as_str().expect("base64 screenshot"));
         assert!(png.starts_with(b"\x89PNG"), "a screenshot is a PNG");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, png).unwrap();
@@ -180,29 +192,21 @@ impl Drop for Browser {
     }
 }
 
-/// Decodes standard base64 (what WebDriver returns screenshots in); padding and anything
-/// outside the alphabet are skipped.
-fn decode_base64(s: &str) -> Vec<u8> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0);
-    for v in s.bytes().filter_map(value) {
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
+/// Reads chromedriver's stdout until it names the port it listens on; the rest of its output
+/// is drained in the background, so chromedriver never blocks on a full pipe.
+fn started_on(stdout: std::process::ChildStdout) -> u16 {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent {
+                let port = line.split_once("started successfully on port ").map(|(_, p)| p.trim_end_matches('.'));
+                if let Some(port) = port.and_then(|p| p.trim().parse::<u16>().ok()) {
+                    sent = tx.send(port).is_ok();
+                }
+            }
         }
-    }
-    out
+    });
+    rx.recv_timeout(Duration::from_secs(20)).expect("chromedriver did not say which port it listens on within 20 s")
 }
