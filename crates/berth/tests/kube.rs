@@ -548,16 +548,18 @@ fn a_warm_pool_with_rwo_claims_never_double_mounts() {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
     let checker = {
-        let (fake, c, stop) = (fake.clone(), c.clone(), stop.clone());
+        let (fake, c, stop, bad) = (fake.clone(), c.clone(), stop.clone(), bad.clone());
         rt.spawn(async move {
-            let (mut rounds, mut bad) = (0u64, Vec::new());
+            let mut rounds = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                bad.extend(double_mounts(&fake, &c, &owners).await);
+                let found = double_mounts(&fake, &c, &owners).await;
+                bad.lock().unwrap().extend(found);
                 rounds += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            (rounds, bad)
+            rounds
         })
     };
 
@@ -614,9 +616,21 @@ fn a_warm_pool_with_rwo_claims_never_double_mounts() {
     rt.block_on(wait_until("the pool refilled", 60, || async { idle_warm_pods(&fake).len() == 2 }));
     rt.block_on(c.stop_sandbox(owners[1])).unwrap();
 
+    // The check sees a pod on a claim whose lease nobody holds (the mistake it looks for).
+    let ws = rt.block_on(c.workspace(owners[1])).unwrap();
+    let intruder = serde_json::json!({"metadata": {"name": "intruder"}, "spec": {
+        "containers": [{"name": "main", "image": "busybox"}],
+        "volumes": [{"name": "ws", "persistentVolumeClaim": {"claimName": ws.volume.name}}]}});
+    fake.store().create("pods", NAMESPACE, intruder).unwrap();
+    rt.block_on(wait_until("the intruder seen", 30, || async {
+        bad.lock().unwrap().iter().any(|b| b.contains("intruder"))
+    }));
+    fake.store().delete("pods", NAMESPACE, "intruder", &serde_json::json!({})).unwrap();
+
     stop.store(true, Ordering::Relaxed);
-    let (rounds, bad) = rt.block_on(checker).unwrap();
+    let rounds = rt.block_on(checker).unwrap();
     assert!(rounds > 10, "the check ran {rounds} times");
+    let bad: Vec<String> = bad.lock().unwrap().iter().filter(|b| !b.contains("intruder")).cloned().collect();
     assert!(bad.is_empty(), "a claim was held by a pod that is not the lease holder's: {bad:?}");
     for p in pods(&fake) {
         if sandbox_name(&p).starts_with("warm-") {
