@@ -10,7 +10,7 @@
 //!
 //! # Caveats
 //! - A prune still running when the process exits leaves the store's prune lock behind; the
-//!   next prune takes it over once it is stale (`PRUNE_LOCK_STALE_SECS`).
+//!   next prune takes it over once it misses its heartbeats (`berth_engine::prune_lock`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,7 +73,15 @@ pub async fn forget(cfg: &AgentConfig, store: &SnapshotStore, policy: &berth_cor
 /// Prunes the store under its prune lock; logs `prune_done`.
 pub async fn prune(cfg: &AgentConfig, store: &SnapshotStore) {
     let started = Instant::now();
-    match maintain::prune(store, cfg.prune_grace_secs, cfg.instance.as_str(), false).await {
+    match maintain::prune(
+        store,
+        cfg.prune_grace_secs,
+        cfg.instance.as_str(),
+        berth_engine::prune_lock::HEARTBEAT,
+        false,
+    )
+    .await
+    {
         Ok((plan, outcome)) => {
             let o = outcome.unwrap_or_default();
             metrics::counter!("berth_agent_prune_bytes_deleted_total").increment(o.bytes_deleted);

@@ -10,7 +10,8 @@
 //!   every workspace's pointer, the last publish of each live session and the final snapshot of
 //!   a session whose scope is draining (`Meta::pinned_snapshots`, read after the store's records
 //!   are listed, so a publish meanwhile lands on a record the listing does not hold or is read).
-//! - Prune holds the store's prune lock; its grace period covers snapshot runs under way.
+//! - Prune holds the store's prune lock (refreshed while it runs, taken over once a replica that
+//!   died holding it misses its heartbeats); its grace period covers snapshot runs under way.
 //!
 //! # Caveats
 //! - A replica that dies inside a job leaves the rest of that period's work to the next period.
@@ -210,7 +211,8 @@ pub async fn prune(app: &App) -> Result<PruneReport> {
     let started = Instant::now();
     let Some(store) = open_store(app).await? else { return Ok(PruneReport::default()) };
     let grace = app.config.retention.prune_grace_secs;
-    let (plan, outcome) = maintain::prune(&store, grace, app.replica.as_str(), false).await?;
+    let (plan, outcome) =
+        maintain::prune(&store, grace, app.replica.as_str(), berth_engine::prune_lock::HEARTBEAT, false).await?;
     let outcome = outcome.unwrap_or_default();
     let report = PruneReport {
         packs_deleted: outcome.packs_deleted,

@@ -8,6 +8,8 @@
 //! snapshots/<workspace>/<gen>/<seq>    snapshot records; the highest seq is the latest
 //! prune/marks/<mark id>                objects found unreferenced, deleted after a grace period
 //! prune/lock                           held by the running prune
+//! prune/lock-beats/<nonce>/<seq>       its heartbeats (the newest one is kept)
+//! prune/lock-breaks/<nonce>            the claim of one takeover of a stale lock
 //! ```
 
 use crate::id::{IndexId, ManifestId, MarkId, PackId};
@@ -27,6 +29,25 @@ pub const SNAPSHOTS: &str = "snapshots/";
 pub const MARKS: &str = "prune/marks/";
 /// The lock a prune run holds, so that two prunes never interleave their deletions.
 pub const PRUNE_LOCK: &str = "prune/lock";
+/// Prefix of the prune lock's heartbeats.
+pub const PRUNE_LOCK_BEATS: &str = "prune/lock-beats/";
+/// Prefix of the claims of takeovers of a stale prune lock.
+pub const PRUNE_LOCK_BREAKS: &str = "prune/lock-breaks/";
+
+/// Returns the prefix of the heartbeats of the prune lock's holding `nonce`.
+pub fn prune_lock_beats(nonce: &str) -> String {
+    format!("{PRUNE_LOCK_BEATS}{nonce}/")
+}
+
+/// Returns one heartbeat's key. Zero-padded so that key order is beat order.
+pub fn prune_lock_beat(nonce: &str, seq: u64) -> String {
+    format!("{}{seq:020}", prune_lock_beats(nonce))
+}
+
+/// Returns the key that claims the takeover of the holding `name` of the prune lock.
+pub fn prune_lock_break(name: &str) -> String {
+    format!("{PRUNE_LOCK_BREAKS}{name}")
+}
 
 /// Returns a pack's key.
 pub fn pack(id: &PackId) -> String {

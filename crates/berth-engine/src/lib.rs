@@ -7,6 +7,7 @@ pub mod create;
 pub mod error;
 pub mod maintain;
 pub mod progress;
+pub mod prune_lock;
 pub mod rescan;
 pub mod restore;
 pub mod scan;

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::create::now;
 use crate::error::{EngineError, Result};
+use crate::prune_lock::PruneLock;
 use crate::snapshot_store::{Snapshot, SnapshotStore};
 use crate::store::Deleted;
 use crate::trees;
@@ -392,20 +393,24 @@ pub async fn prune_apply(store: &SnapshotStore, prune: &Prune) -> Result<PruneOu
     Ok(out)
 }
 
-/// Plans a prune and, unless `dry_run`, carries it out; both under the prune lock, so that two
-/// prunes never interleave. A dry run takes no lock and changes nothing.
+/// Plans a prune and, unless `dry_run`, carries it out; both under the prune lock (refreshed
+/// every `heartbeat`), so that two prunes never interleave. A dry run takes no lock and changes
+/// nothing.
 pub async fn prune(
     store: &SnapshotStore,
     grace_secs: i64,
     host: &str,
+    heartbeat: std::time::Duration,
     dry_run: bool,
 ) -> Result<(Prune, Option<PruneOutcome>)> {
     if dry_run {
         return Ok((prune_plan(store, grace_secs).await?, None));
     }
-    let lock = PruneLock::acquire(store, host).await?;
+    let lock = PruneLock::acquire(store, host, heartbeat).await?;
     let result = async {
         let prune = prune_plan(store, grace_secs).await?;
+        crate::prune_lock::pause_if_asked().await;
+        lock.check().await?;
         let outcome = prune_apply(store, &prune).await?;
         Ok::<_, EngineError>((prune, Some(outcome)))
     }
@@ -415,59 +420,4 @@ pub async fn prune(
     let done = result?;
     released?;
     Ok(done)
-}
-
-/// A lock older than this is taken to belong to a prune that died.
-pub const PRUNE_LOCK_STALE_SECS: i64 = 6 * 3600;
-
-/// The prune lock, held while a prune plans and applies. Release it with `release`; a lock
-/// left by a crash is taken over once it is older than `PRUNE_LOCK_STALE_SECS`.
-#[derive(Debug)]
-pub struct PruneLock {
-    store: SnapshotStore,
-}
-
-#[derive(Debug, Serialize, serde::Deserialize)]
-struct LockInfo {
-    host: String,
-    pid: u32,
-    time: berth_core::time::Timestamp,
-}
-
-impl PruneLock {
-    /// Takes the prune lock, or says who holds it.
-    pub async fn acquire(store: &SnapshotStore, host: &str) -> Result<PruneLock> {
-        let objects = store.objects();
-        let info = LockInfo { host: host.to_string(), pid: std::process::id(), time: now() };
-        let bytes = Bytes::from(serde_json::to_vec(&info).unwrap_or_default());
-        for _ in 0..2 {
-            if objects.put_if_absent(layout::PRUNE_LOCK, bytes.clone()).await? == crate::store::Put::Created {
-                return Ok(PruneLock { store: store.clone() });
-            }
-            let held =
-                objects.get(layout::PRUNE_LOCK).await.ok().and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
-            match held {
-                Some(h) if h.time.plus_secs(PRUNE_LOCK_STALE_SECS) > now() => {
-                    return Err(EngineError::Conflict(format!(
-                        "another prune holds {} since {} (host {}, pid {}); wait for it, or delete that object if that prune is gone",
-                        layout::PRUNE_LOCK,
-                        h.time,
-                        h.host,
-                        h.pid
-                    )));
-                }
-                // Stale or unreadable: the prune that held it is gone.
-                _ => {
-                    objects.delete(layout::PRUNE_LOCK).await?;
-                }
-            }
-        }
-        Err(EngineError::Conflict(format!("could not take {}; retry", layout::PRUNE_LOCK)))
-    }
-
-    /// Releases the lock.
-    pub async fn release(self) -> Result<()> {
-        self.store.objects().delete(layout::PRUNE_LOCK).await?;
-        Ok(())
-    }
 }

@@ -194,6 +194,10 @@ pub struct PruneArgs {
     /// How long marked data waits before deletion; must exceed the longest snapshot run.
     #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = units::parse_duration)]
     grace: i64,
+    /// How often the prune refreshes the store's prune lock while it runs; a lock not
+    /// refreshed for 6 of its holder's periods is taken over by the next prune.
+    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = units::parse_duration)]
+    lock_heartbeat: i64,
     /// Print the plan; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -440,9 +444,10 @@ async fn forget(args: ForgetArgs) -> Result<()> {
 }
 
 async fn prune(args: PruneArgs) -> Result<()> {
-    let PruneArgs { store, grace, dry_run, out } = args;
+    let PruneArgs { store, grace, lock_heartbeat, dry_run, out } = args;
     let snapshots = open(&store).await?;
-    let (prune, outcome) = maintain::prune(&snapshots, grace, &berth_engine::host_name(), dry_run).await?;
+    let heartbeat = std::time::Duration::from_secs(lock_heartbeat.max(1) as u64);
+    let (prune, outcome) = maintain::prune(&snapshots, grace, &berth_engine::host_name(), heartbeat, dry_run).await?;
     if out.json {
         return print_json(&serde_json::json!({ "dry_run": dry_run, "plan": prune.plan, "outcome": outcome }));
     }

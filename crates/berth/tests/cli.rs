@@ -656,6 +656,69 @@ fn one_prune_at_a_time() {
     assert!(!lock.exists(), "the lock is released when the prune ends");
 }
 
+/// A prune killed (SIGKILL) while it holds the lock stops the next prune only until it misses
+/// its heartbeats (6 of its periods), not for hours; while it beats, it is never taken over.
+#[test]
+fn a_killed_prune_is_taken_over_after_its_heartbeats() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 1..=2u64 {
+        let _ = fs::remove_file(src.join(format!("x{}", i - 1)));
+        write_file(&src, &format!("x{i}"), &Rng::new(40 + i).bytes(100_000), 0o644);
+        env.run("create", &["--workspace", "w", s(&src)]).ok();
+    }
+    let keep = ["--keep-last", "1", "--keep-hourly", "0", "--keep-daily", "0", "--keep-weekly", "0"];
+    env.run("forget", &[&["--workspace", "w"][..], &keep].concat()).ok();
+    // The pruner beats every second and, through the test hook, stops for good once it holds
+    // the lock and has planned: the sync point is its first beat.
+    let mut cmd = env.command("prune", &["--grace", "0s", "--lock-heartbeat", "1s"]);
+    cmd.env("BERTH_TEST_PAUSE_PRUNE", "1").stdout(std::process::Stdio::null());
+    cmd.stderr(fs::File::create(env.path("pruner.log")).unwrap());
+    let mut pruner = cmd.spawn().expect("spawn the pruner");
+    let beats = env.store.join("prune/lock-beats");
+    let newest_beat = || -> Option<u64> {
+        let dir = fs::read_dir(&beats).ok()?.next()?.ok()?.path();
+        let newest = fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).max()?;
+        let beat: Value = serde_json::from_slice(&fs::read(newest).ok()?).ok()?;
+        beat["time"].as_u64()
+    };
+    let first = berth_testkit::eventually(60, "the pruner's first beat", newest_beat);
+    // Alive and beating: refused, also past 6 of its periods.
+    let alive_until = Duration::from_secs(8);
+    let started = std::time::Instant::now();
+    while started.elapsed() < alive_until {
+        env.run("prune", &["--grace", "0s"]).fails(1).stderr_has(&["prune/lock", "wait for it"]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(newest_beat().unwrap() > first, "the paused pruner kept beating");
+    pruner.kill().expect("SIGKILL the pruner");
+    pruner.wait().unwrap();
+    let last_beat = newest_beat().expect("the dead pruner's last beat");
+    // The next prune runs once the lock missed 6 beats: never before, and promptly after.
+    let killed = std::time::Instant::now();
+    let taken = loop {
+        let run = env.run("prune", &["--grace", "0s", "--json"]);
+        let ended = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        if run.status.code() == Some(0) {
+            break ended;
+        }
+        assert!(run.stderr.contains("prune/lock"), "refused for the lock, not else: {run:?}");
+        assert!(killed.elapsed() < Duration::from_secs(60), "the lock was not taken over within 60 s: {run:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(taken >= last_beat + 6_000_000_000, "taken over before 6 missed beats: {taken} vs {last_beat}");
+    // The prune that took over did the dead one's work: a second run deletes the marked packs.
+    let second = env.run("prune", &["--grace", "0s", "--json"]).ok().json();
+    assert!(second["outcome"]["packs_deleted"].as_u64().unwrap() >= 1, "{second:#}");
+    env.run("verify", &["--workspace", "w", "--read-data"]).ok();
+    let out = env.path("out");
+    env.run("restore", &["--workspace", "w", s(&out)]).ok();
+    assert_same_tree(&read_tree(&src), &read_tree(&out));
+    assert!(!env.store.join("prune/lock").exists(), "released");
+    let left: Vec<_> = fs::read_dir(&beats).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.iter().all(|d| fs::read_dir(d).map_or(true, |mut e| e.next().is_none())), "beats left: {left:?}");
+}
+
 /// Checks, from the calls a shimmed `berth snapshot create` made, that everything it made in
 /// `store` (objects by hard link, their directories) was durable before the snapshot record
 /// that makes it visible: an object's data synced before its name exists, and each new name
