@@ -527,9 +527,13 @@ fn a_warm_pool_with_rwo_claims_never_double_mounts() {
         "--gc-interval",
         "3600s",
     ];
-    let server = start(tmp.path(), &config, "w.log", &extra, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let server =
+        start(tmp.path(), &config, "w.log", &extra, &[("AWS_ENDPOINT_URL", &endpoint), ("BERTH_LOG", "debug")]);
     let c = server.client(ADMIN);
     let owners = ["agent:warm", "agent:cold"];
+    // Every warm token, and every place it must not be: the pods, the API and the logs.
+    let mut scan = util::secrets::Scan::new();
+    scan.secret("the admin token", ADMIN);
     let kubelet = tmp.path().join("kubelet");
 
     // Two warm pods, mounting no claim, each with a token of its own that is nobody's yet.
@@ -541,6 +545,7 @@ fn a_warm_pool_with_rwo_claims_never_double_mounts() {
         let p = pod(&fake, name);
         assert!(claims_of(&p).is_empty(), "a warm pod mounts a claim: {p}");
         let token = warm_token(&fake, name);
+        scan.secret(&format!("the token of warm pod {name}"), &token);
         assert!(!p.to_string().contains(&token), "the warm token is in the pod: {p}");
         assert_eq!(p["spec"]["containers"][0]["command"][2], "wait", "{p}");
         let e = rt.block_on(Client::new(&server.url, token).unwrap().sandbox_claim()).unwrap_err();
@@ -586,6 +591,7 @@ fn a_warm_pool_with_rwo_claims_never_double_mounts() {
     assert_eq!(claim["spec"]["session"]["token"], "", "the claim carries no credential: {claim}");
     assert_eq!(claim["spec"]["session"]["session_id"], ws.lease.as_ref().unwrap().session_id.as_str());
     assert_eq!(claim["command"][0], "sh");
+    scan.json("the claim as fetched", &claim);
     let running = util::kubelet::run_pod(&fake, &first.id, &kubelet);
     let note = running.path("/workspace/note.txt");
     rt.block_on(wait_until("the agent command ran", 60, || async {
@@ -594,6 +600,7 @@ fn a_warm_pool_with_rwo_claims_never_double_mounts() {
     let spec = running.path("/berth/run/spec.json");
     assert_eq!(std::fs::metadata(&spec).unwrap().permissions().mode() & 0o777, 0o400);
     assert!(std::fs::read_to_string(&spec).unwrap().contains(&token), "the fetched spec holds the pod's own token");
+    scan.file(&running.log).tree(&running.path("/workspace"));
     stop_running(&rt, &fake, &c, owners[0], &first.id, running);
     let ws = rt.block_on(c.workspace(owners[0])).unwrap();
     assert!(!ws.at_risk && ws.latest_snapshot.is_some(), "the drain published a final snapshot: {ws:?}");
@@ -606,6 +613,7 @@ fn a_warm_pool_with_rwo_claims_never_double_mounts() {
     rt.block_on(wait_until("the restored work seen", 60, || async {
         std::fs::read_to_string(&seen).is_ok_and(|t| t.trim() == "hello")
     }));
+    scan.file(&running.log).tree(&running.path("/workspace"));
     stop_running(&rt, &fake, &c, owners[0], &second.id, running);
 
     // A sandbox with limits is cold: its pod mounts the claim, and its session holds the lease.
@@ -637,6 +645,20 @@ fn a_warm_pool_with_rwo_claims_never_double_mounts() {
             assert!(claims_of(&p).is_empty(), "{p}");
         }
     }
+    rt.block_on(async {
+        scan.json("the pods", &pods(&fake))
+            .json("the sandboxes", &c.sandboxes().await.unwrap())
+            .json("the workspace", &c.workspace(owners[0]).await.unwrap())
+            .json(
+                "the events",
+                &c.events(&berth_api::client::EventQuery { owner: Some(owners[0].into()), ..Default::default() })
+                    .await
+                    .unwrap()
+                    .items,
+            )
+            .debug_log(&server.log)
+            .assert_clean();
+    });
     server.terminate(10);
 }
 
