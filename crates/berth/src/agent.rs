@@ -440,6 +440,8 @@ async fn fetch_claim(warm: &std::path::Path, spec_out: &std::path::Path) -> Resu
     let warm = berth_agent::wait::read_warm(warm)?;
     let client =
         berth_api::Client::new(&warm.server, warm.token.clone())?.with_timeout(std::time::Duration::from_secs(10));
+    // A control plane away for a while is said once every 10 s, not at every ask.
+    let mut failed: u64 = 0;
     loop {
         match berth_agent::wait::fetch_claim(&client).await {
             Ok(Some(fetched)) => {
@@ -447,8 +449,13 @@ async fn fetch_claim(warm: &std::path::Path, spec_out: &std::path::Path) -> Resu
                 tracing::info!(event = "claimed", spec = %claim.spec.display());
                 return Err(berth_agent::wait::exec_run(&claim).into());
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(event = "claim_fetch_failed", error = %e, hint = "asking again"),
+            Ok(None) => failed = 0,
+            Err(e) => {
+                if failed % 100 == 0 {
+                    tracing::warn!(event = "claim_fetch_failed", error = %e, failures = failed + 1, hint = "asking again");
+                }
+                failed += 1;
+            }
         }
         tokio::select! {
             _ = signals.term.cancelled() => return Ok(0),

@@ -762,3 +762,26 @@ fn an_unclean_pod_end_is_rescued_by_a_pod_on_the_claim() {
     util::assert_same_tree(&expected, &util::read_tree(&restored).without(".berth"));
     server.terminate(10);
 }
+
+#[test]
+fn agent_wait_fetch_outlasts_an_absent_server_and_leaves_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (warm, out, log) = (tmp.path().join("warm.json"), tmp.path().join("spec.json"), tmp.path().join("wait.log"));
+    let fetch = |warm: &Path| {
+        let mut c = util::berth(tmp.path());
+        c.args(["agent", "wait", "--fetch", warm.to_str().unwrap(), "--spec-out", out.to_str().unwrap()]);
+        c
+    };
+    util::Run::of(fetch(&warm)).fails(1).stderr_has(&["warm.json", "cannot be read"]);
+    std::fs::write(&warm, br#"{"server": "http://127.0.0.1:1", "token": "bst_0123456789abcdef"}"#).unwrap();
+    let mut c = fetch(&warm);
+    c.env("BERTH_LOG", "info").stderr(std::fs::File::create(&log).unwrap());
+    let mut child = c.spawn().unwrap();
+    let failures = || std::fs::read_to_string(&log).unwrap_or_default().matches("claim_fetch_failed").count();
+    berth_testkit::eventually(30, "the failed fetch said", || (failures() > 0).then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "it gave up waiting");
+    util::serve::terminate(&mut child, 10, "berth agent wait --fetch");
+    assert_eq!(failures(), 1, "a server away is said once per 100 asks: {}", std::fs::read_to_string(&log).unwrap());
+    assert!(!out.exists(), "a spec was written without a claim");
+}
