@@ -32,6 +32,7 @@ both!(
     unclean_ends_put_work_at_risk_and_gc_rescues_it,
     at_risk_volumes_without_a_store_are_kept_until_forced,
     a_recorded_volume_name_is_kept_and_new_generations_carry_the_installation,
+    a_session_handed_to_a_warm_sandbox_takes_its_token,
 );
 
 /// Reads from `conn` until the server closes it (or resets it); returns what it sent. Panics
@@ -876,4 +877,34 @@ async fn a_recorded_volume_name_is_kept_and_new_generations_carry_the_installati
     assert!(!volumes.join(legacy).exists(), "deletion removed the recorded volume");
     let w = s.ensure(owner.as_str()).await;
     assert_eq!(w.volume.name, VolumeName::derive(&s.app.install, &owner, Generation(2)).as_str());
+}
+
+/// A claimed warm sandbox that fetches its claim: the session takes the token the sandbox was
+/// made with (the attach's dies), that token reads the claim and acts as the session, and both
+/// end with the session.
+async fn a_session_handed_to_a_warm_sandbox_takes_its_token(db: Db) {
+    let s = TestServer::start(db, |_| {}).await;
+    s.ensure("agent:warm").await;
+    let a = s.attach("agent:warm", "sb-warm-1").await;
+    let own = "bst_the-warm-sandboxes-own-token-0123456789";
+    let warm = s.client(own);
+    assert_eq!(code(&warm.sandbox_claim().await.unwrap_err()), (401, "unauthorized"), "nobody's token yet");
+    let claim = serde_json::json!({"spec": {"session": {"token": ""}}, "command": ["sh"], "env": {"A": "1"}});
+    let session = berth_core::session::SessionId::new(a.session_id.clone()).unwrap();
+    let hash = berth_control::meta::token_hash(own);
+    s.app.meta.hand_to_warm(&session, &hash, &claim.to_string()).await.unwrap();
+    assert_eq!(warm.sandbox_claim().await.unwrap(), claim);
+    warm.heartbeat(&a.session_id, &hb(a.epoch, "sb-warm-1")).await.unwrap();
+    let attach_token = s.client(&a.token);
+    assert_eq!(code(&attach_token.heartbeat(&a.session_id, &hb(a.epoch, "sb-warm-1")).await.unwrap_err()).0, 401);
+    assert_eq!(code(&s.admin.sandbox_claim().await.unwrap_err()).0, 403, "only the sandbox reads its claim");
+    // Another session's token reads no claim.
+    s.ensure("agent:cold").await;
+    let cold = s.attach("agent:cold", "sb-cold-1").await;
+    assert_eq!(code(&s.client(&cold.token).sandbox_claim().await.unwrap_err()).0, 404);
+    warm.detach(&a.session_id).await.unwrap();
+    assert_eq!(code(&warm.sandbox_claim().await.unwrap_err()).0, 401, "the token died with the session");
+    assert!(s.app.meta.warm_claim(&session).await.unwrap().is_none());
+    let e = s.app.meta.hand_to_warm(&session, &hash, "{}").await.unwrap_err();
+    assert!(matches!(e, berth_control::error::Error::NotFound(_)), "{e}");
 }

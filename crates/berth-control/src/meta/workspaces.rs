@@ -469,7 +469,8 @@ pub(super) async fn end_open_sessions(
         EndReason::Deleted => SessionEnd::Deleted,
     };
     let n = sqlx::query(
-        "UPDATE sessions SET ended_at = $2, end_reason = $3, outcome = $4 WHERE owner = $1 AND ended_at IS NULL",
+        "UPDATE sessions SET ended_at = $2, end_reason = $3, outcome = $4, claim = NULL \
+         WHERE owner = $1 AND ended_at IS NULL",
     )
     .bind(owner.as_str())
     .bind(now.0)
@@ -483,7 +484,10 @@ pub(super) async fn end_open_sessions(
 
 /// Ends `session` with `outcome`, unless it has ended already.
 async fn end_session(conn: &mut AnyConnection, session: &SessionId, outcome: SessionEnd, now: Timestamp) -> Result<()> {
-    sqlx::query("UPDATE sessions SET ended_at = $2, end_reason = $3, outcome = $4 WHERE id = $1 AND ended_at IS NULL")
+    // A warm sandbox's claim (the agent's environment) is not kept past its session.
+    let sql = "UPDATE sessions SET ended_at = $2, end_reason = $3, outcome = $4, claim = NULL \
+               WHERE id = $1 AND ended_at IS NULL";
+    sqlx::query(sql)
         .bind(session.as_str())
         .bind(now.0)
         .bind(outcome.cause())
