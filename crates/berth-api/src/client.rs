@@ -215,6 +215,11 @@ impl Client {
         Ok((w, status == StatusCode::CREATED))
     }
 
+    /// Sets a workspace's own retention policy (`None` or `default`: the server's).
+    pub async fn set_retention(&self, owner: &str, body: &SetRetention) -> Result<Workspace, ClientError> {
+        Ok(self.call(Method::PUT, self.url(&["v1", "workspaces", owner, "retention"], &[]), Some(body)).await?.1)
+    }
+
     /// Reads one workspace.
     pub async fn workspace(&self, owner: &str) -> Result<Workspace, ClientError> {
         Ok(self.call::<(), _>(Method::GET, self.url(&["v1", "workspaces", owner], &[]), None).await?.1)

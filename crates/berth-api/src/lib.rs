@@ -84,6 +84,22 @@ pub struct EnsureWorkspace {
     /// Repositories a sandbox clones when it initialises the workspace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repos: Vec<RepoSpec>,
+    /// The workspace's own retention policy, applied by scheduled retention instead of the
+    /// server's `--retention`: `keep-last=N,hourly=N,daily=N,weekly=N[,monthly=N]`, or `default`
+    /// for the server's. Left out: an existing workspace keeps what it has, a new one (or a
+    /// new generation) gets the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+}
+
+/// Body of `PUT /v1/workspaces/{owner}/retention`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRetention {
+    /// `keep-last=N,hourly=N,daily=N,weekly=N[,monthly=N]` (a kind left out keeps none of its
+    /// kind; the latest snapshot is always kept), or `default` (or null) for the server's.
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 /// The lifecycle state of a workspace.
@@ -212,6 +228,9 @@ pub struct Workspace {
     /// Since when (the retention counts from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_risk_since: Option<String>,
+    /// Its own retention policy; absent: the server's `--retention` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
 }
 
 /// A page of workspaces.

@@ -67,7 +67,8 @@ impl Default for GcConfig {
 /// period across replicas.
 #[derive(Clone, Debug)]
 pub struct RetentionConfig {
-    /// The policy applied to each workspace's snapshots; `None`: no scheduled retention.
+    /// The policy applied to the snapshots of each workspace without one of its own; `None`:
+    /// those keep every snapshot (workspaces with their own policy still get it).
     pub policy: Option<berth_core::retention::Policy>,
     /// Seconds between retention runs.
     pub interval_secs: u64,

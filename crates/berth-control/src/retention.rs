@@ -77,7 +77,7 @@ pub struct PruneReport {
 /// A job that runs on a schedule, once per period across replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
-    /// [`apply_retention`] with the configured policy.
+    /// [`apply_retention`]: each workspace's own policy, or the configured one.
     Retention,
     /// [`prune`].
     Prune,
@@ -100,7 +100,8 @@ impl Job {
         let r = &app.config.retention;
         let store = app.config.store.is_some();
         match self {
-            Job::Retention => (store && r.policy.is_some()).then_some(r.interval_secs.max(1)),
+            // Also with the default off: workspaces with their own policy still get it.
+            Job::Retention => store.then_some(r.interval_secs.max(1)),
             Job::Prune => (store && r.prune_interval_secs > 0).then_some(r.prune_interval_secs),
             Job::Purge => Table::ALL.iter().any(|t| r.horizon(*t).is_some()).then_some(r.purge_interval_secs.max(1)),
         }
@@ -147,10 +148,7 @@ pub async fn tick(app: &App, job: Job) -> Result<Option<Done>> {
         return Ok(None);
     }
     Ok(Some(match job {
-        Job::Retention => {
-            let policy = app.config.retention.policy.unwrap_or_default();
-            Done::Retention(apply_retention(app, &policy).await?)
-        }
+        Job::Retention => Done::Retention(apply_retention(app, app.config.retention.policy.as_ref()).await?),
         Job::Prune => Done::Prune(prune(app).await?),
         Job::Purge => Done::Purge(purge_rows(app).await?),
     }))
@@ -167,21 +165,35 @@ async fn open_store(app: &App) -> Result<Option<SnapshotStore>> {
     }
 }
 
-/// Applies `policy` to the snapshots of every active or closed workspace's current generation
-/// in the server's store, keeping what something points at; retires the forgotten snapshots'
-/// pointers and records `retention_applied`.
-pub async fn apply_retention(app: &App, policy: &Policy) -> Result<RetentionReport> {
+/// Applies retention to the snapshots of every active or closed workspace's current generation
+/// in the server's store: each workspace's own policy, or `default` (`None`: those without one
+/// keep everything). Keeps what something points at; retires the forgotten snapshots' pointers
+/// and records `retention_applied`.
+pub async fn apply_retention(app: &App, default: Option<&Policy>) -> Result<RetentionReport> {
     let started = Instant::now();
+    // Nothing to apply: no store listing, no event.
+    if default.is_none() && app.meta.retained_generations().await?.values().all(Option::is_none) {
+        return Ok(RetentionReport::default());
+    }
     let Some(store) = open_store(app).await? else { return Ok(RetentionReport::default()) };
     // Records first, then what points at them (see the module's guarantees).
     let records = store.list(None, None).await?;
     let generations = app.meta.retained_generations().await?;
     let pinned = app.meta.pinned_snapshots().await?;
-    let records: Vec<_> = records
-        .into_iter()
-        .filter(|s| generations.contains(&(s.record.workspace.clone(), s.record.generation)))
-        .collect();
-    let plan = maintain::forget_plan_pinned(&records, policy, |id| pinned.contains(id));
+    // Each generation's records under its policy, one plan per policy.
+    let mut by_policy: Vec<(Policy, Vec<_>)> = Vec::new();
+    for s in records {
+        let key = (s.record.workspace.clone(), s.record.generation);
+        let Some(policy) = generations.get(&key).and_then(|own| own.as_ref().or(default)) else { continue };
+        match by_policy.iter_mut().find(|(p, _)| p == policy) {
+            Some((_, group)) => group.push(s),
+            None => by_policy.push((*policy, vec![s])),
+        }
+    }
+    let mut plan = Vec::new();
+    for (policy, records) in &by_policy {
+        plan.extend(maintain::forget_plan_pinned(records, policy, |id| pinned.contains(id)));
+    }
     let forgotten = maintain::forget_apply(&store, &plan).await?;
     let t = now();
     let mut report = RetentionReport { workspaces: plan.len() as u64, forgotten, ..Default::default() };
@@ -193,11 +205,13 @@ pub async fn apply_retention(app: &App, policy: &Policy) -> Result<RetentionRepo
             app.meta.retire_snapshots(&group.workspace, group.generation, &gone, t).await?;
         }
     }
+    let own = generations.values().filter(|p| p.is_some()).count() as u64;
     let duration_ms = started.elapsed().as_millis() as u64;
-    let detail = json!({"policy": policy.to_string(), "workspaces": report.workspaces, "kept": report.kept,
+    let shown = default.map_or_else(|| "off".to_string(), Policy::to_string);
+    let detail = json!({"policy": shown, "own_policies": own, "workspaces": report.workspaces, "kept": report.kept,
         "pinned": report.pinned, "forgotten": report.forgotten, "duration_ms": duration_ms});
     app.meta.record_event("retention_applied", detail, t).await?;
-    tracing::info!(event = "retention_applied", policy = %policy, workspaces = report.workspaces,
+    tracing::info!(event = "retention_applied", policy = %shown, own_policies = own, workspaces = report.workspaces,
         kept = report.kept, pinned = report.pinned, forgotten = report.forgotten, duration_ms);
     metrics::counter!("berth_retention_runs_total").increment(1);
     metrics::counter!("berth_snapshots_forgotten_total").increment(report.forgotten);

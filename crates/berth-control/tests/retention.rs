@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use berth_api::{Epoch, PublishSnapshot, Ready, SnapshotStats, StartDrain};
+use berth_api::{ClientError, EnsureWorkspace, Epoch, PublishSnapshot, Ready, SetRetention, SnapshotStats, StartDrain};
 use berth_control::meta::Table;
 use berth_control::retention::{apply_retention, prune, purge_rows, tick, Job};
 use berth_control::Config;
@@ -23,6 +23,7 @@ use berth_engine::snapshot_store::SnapshotStore;
 use common::{Db, TestServer};
 
 both!(
+    workspaces_with_their_own_policy,
     retention_keeps_what_is_pointed_at,
     retention_under_concurrent_publishes_keeps_the_pointer,
     old_rows_are_purged_in_batches,
@@ -89,6 +90,92 @@ async fn server(db: Db, store: &Path, tweak: impl FnOnce(&mut Config)) -> TestSe
     .await
 }
 
+/// The policy `keep-last=N` alone.
+fn keep_last(n: u32) -> Policy {
+    Policy { last: n, ..Policy::NONE }
+}
+
+fn own(policy: &str) -> EnsureWorkspace {
+    EnsureWorkspace { retention: Some(policy.into()), ..Default::default() }
+}
+
+#[track_caller]
+fn assert_bad_request(e: ClientError, names: &[&str]) {
+    assert_eq!((e.status(), e.code()), (Some(400), Some("bad_request")), "{e}");
+    for n in names {
+        assert!(e.to_string().contains(n), "'{n}' in: {e}");
+    }
+}
+
+/// A workspace's own policy (set at ensure or later, returned to the server's with `default`)
+/// wins over the server's; bad policies are refused naming the field; with the server's
+/// retention off, only workspaces with their own policy are touched.
+async fn workspaces_with_their_own_policy(db: Db) {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = server(db, tmp.path(), |c| c.retention.policy = Some(keep_last(2))).await;
+    let url = s.app.config.store.clone().unwrap();
+    let (a, _) = s.admin.ensure("own:a", &own("keep-last=3")).await.unwrap();
+    assert_eq!(a.retention.as_deref(), Some("keep-last=3,hourly=0,daily=0,weekly=0"));
+    assert_eq!(s.ensure("own:b").await.retention, None, "the server's");
+    // Ensuring again without a policy keeps the workspace's.
+    assert_eq!(s.ensure("own:a").await.retention.as_deref(), Some("keep-last=3,hourly=0,daily=0,weekly=0"));
+    let (c, _) = s.admin.ensure("own:c", &own("keep-last=1")).await.unwrap();
+    assert!(c.retention.is_some());
+    let c = s.admin.set_retention("own:c", &SetRetention { policy: Some("default".into()) }).await.unwrap();
+    assert_eq!(c.retention, None, "back to the server's");
+    let b = s.admin.set_retention("own:b", &SetRetention { policy: Some("keep-last=4".into()) }).await.unwrap();
+    assert_eq!(b.retention.as_deref(), Some("keep-last=4,hourly=0,daily=0,weekly=0"));
+    assert_eq!(s.admin.workspace("own:b").await.unwrap().retention, b.retention, "stored");
+    // Bad policies: refused, naming the field and the fault; nothing changes.
+    assert_bad_request(
+        s.admin.ensure("own:a", &own("keep=3")).await.unwrap_err(),
+        &["retention", "unknown retention key"],
+    );
+    let e = s.admin.set_retention("own:b", &SetRetention { policy: Some("hourly=x".into()) }).await.unwrap_err();
+    assert_bad_request(e, &["policy", "not a count"]);
+    assert_eq!(s.admin.workspace("own:b").await.unwrap().retention, b.retention);
+    let e = s.admin.set_retention("own:none", &SetRetention { policy: None }).await.unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    // Each change is an event of its workspace.
+    let set = s.app.meta.events(0, None, Some("retention_set"), 100).await.unwrap();
+    let policies: Vec<_> = set.iter().map(|e| e.detail["policy"].as_str().unwrap_or("default")).collect();
+    assert_eq!(policies.len(), 4, "a, c, c back, b: {policies:?}");
+
+    // Six snapshots each: a keeps 3 (its own), b 4 (its own), c 2 (the server's).
+    let mut writers = Vec::new();
+    for owner in ["own:a", "own:b", "own:c"] {
+        let mut w = Writer::new(&url, owner).await;
+        for _ in 0..6 {
+            w.snapshot(Epoch(1)).await;
+        }
+        writers.push(w);
+    }
+    let r = apply_retention(&s.app, s.app.config.retention.policy.as_ref()).await.unwrap();
+    assert_eq!((r.workspaces, r.kept, r.forgotten), (3, 9, 9), "{r:?}");
+    let kept: Vec<usize> =
+        futures::future::join_all(writers.iter().map(|w| w.ids())).await.iter().map(|i| i.len()).collect();
+    assert_eq!(kept, [3, 4, 2]);
+    let run = s.app.meta.events(0, None, Some("retention_applied"), 10).await.unwrap();
+    assert_eq!(run[0].detail["own_policies"].as_u64(), Some(2), "{:?}", run[0].detail);
+
+    // The server's retention off: only b (its own keep-last=4) and a now set to 1 are touched.
+    s.admin.set_retention("own:a", &SetRetention { policy: Some("keep-last=1".into()) }).await.unwrap();
+    for w in &mut writers {
+        w.snapshot(Epoch(1)).await;
+    }
+    let r = apply_retention(&s.app, None).await.unwrap();
+    assert_eq!((r.workspaces, r.forgotten), (2, 4), "{r:?}");
+    let kept: Vec<usize> =
+        futures::future::join_all(writers.iter().map(|w| w.ids())).await.iter().map(|i| i.len()).collect();
+    assert_eq!(kept, [1, 4, 3]);
+    // With nothing of their own either, a run with retention off does nothing, not even list.
+    for owner in ["own:a", "own:b"] {
+        s.admin.set_retention(owner, &SetRetention { policy: None }).await.unwrap();
+    }
+    assert_eq!(apply_retention(&s.app, None).await.unwrap(), Default::default());
+    assert_eq!(s.app.meta.count_events("retention_applied").await.unwrap(), 2);
+}
+
 async fn retention_keeps_what_is_pointed_at(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let s = server(db, tmp.path(), |_| {}).await;
@@ -105,7 +192,7 @@ async fn retention_keeps_what_is_pointed_at(db: Db) {
     }
     // A fourth is in the store, its publish not yet made: the pointer is still the third.
     ids.push(w.snapshot(a.epoch).await);
-    let r = apply_retention(&s.app, &KEEP_LATEST).await.unwrap();
+    let r = apply_retention(&s.app, Some(&KEEP_LATEST)).await.unwrap();
     assert_eq!((r.workspaces, r.kept, r.pinned, r.forgotten), (1, 2, 1, 2), "{r:?}");
     assert_eq!(w.ids().await, HashSet::from([ids[2], ids[3]]), "the latest and the pointer are kept");
     // The forgotten snapshots' pointers are retired: the API lists what the store holds.
@@ -113,7 +200,7 @@ async fn retention_keeps_what_is_pointed_at(db: Db) {
         s.admin.snapshots("keep:a").await.unwrap().items.into_iter().map(|x| x.snapshot_id).collect();
     assert_eq!(listed, [ids[2].to_hex()]);
     ac.publish_snapshot("keep:a", &publish(a.epoch, &ids[3], false)).await.unwrap();
-    let r = apply_retention(&s.app, &KEEP_LATEST).await.unwrap();
+    let r = apply_retention(&s.app, Some(&KEEP_LATEST)).await.unwrap();
     assert_eq!((r.kept, r.forgotten), (1, 1), "{r:?}");
 
     // A drain: the old session publishes its final snapshot and lets go; the replacement
@@ -129,11 +216,11 @@ async fn retention_keeps_what_is_pointed_at(db: Db) {
     let nonce = b.handover.clone().expect("a handover").nonce;
     let next = w.snapshot(b.epoch).await;
     bc.publish_snapshot("keep:a", &publish(b.epoch, &next, false)).await.unwrap();
-    let r = apply_retention(&s.app, &KEEP_LATEST).await.unwrap();
+    let r = apply_retention(&s.app, Some(&KEEP_LATEST)).await.unwrap();
     assert_eq!((r.kept, r.pinned, r.forgotten), (2, 1, 1), "{r:?}");
     assert_eq!(w.ids().await, HashSet::from([fin, next]), "the handover's snapshot is kept while it is pending");
     bc.ready(scope, &Ready { nonce, epoch: Some(b.epoch) }).await.unwrap();
-    let r = apply_retention(&s.app, &KEEP_LATEST).await.unwrap();
+    let r = apply_retention(&s.app, Some(&KEEP_LATEST)).await.unwrap();
     assert_eq!((r.kept, r.forgotten), (1, 1), "{r:?}");
     assert_eq!(w.ids().await, HashSet::from([next]));
 
@@ -161,7 +248,7 @@ async fn retention_under_concurrent_publishes_keeps_the_pointer(db: Db) {
         tokio::spawn(async move {
             let mut runs = 0;
             while !stop.is_cancelled() {
-                apply_retention(&app, &KEEP_LATEST).await.expect("retention beside publishes");
+                apply_retention(&app, Some(&KEEP_LATEST)).await.expect("retention beside publishes");
                 runs += 1;
             }
             runs
@@ -181,7 +268,7 @@ async fn retention_under_concurrent_publishes_keeps_the_pointer(db: Db) {
     stop.cancel();
     let runs = retainer.await.unwrap();
     assert!(runs > 0);
-    apply_retention(&s.app, &KEEP_LATEST).await.unwrap();
+    apply_retention(&s.app, Some(&KEEP_LATEST)).await.unwrap();
     assert_eq!(w.ids().await.len(), 1, "only the latest is left");
 }
 

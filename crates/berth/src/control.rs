@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use berth_api::client::{EventQuery, WorkspaceQuery};
-use berth_api::{Client, EnsureWorkspace, GcRun, Ready, RepoSpec, StartDrain, Workspace, WorkspaceState};
+use berth_api::{Client, EnsureWorkspace, GcRun, Ready, RepoSpec, SetRetention, StartDrain, Workspace, WorkspaceState};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -102,6 +102,21 @@ pub enum WorkspaceCmd {
         /// A repository to clone on init (repeatable).
         #[arg(long = "repo", value_name = "URL")]
         repos: Vec<String>,
+        /// The workspace's own retention policy (keep-last=N,hourly=N,daily=N,weekly=N[,monthly=N]),
+        /// or `default` for the server's [default: unchanged; the server's for a new workspace].
+        #[arg(long, value_name = "POLICY")]
+        retention: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Set a workspace's own retention policy, applied by scheduled retention instead of the
+    /// server's `--retention`.
+    Retention {
+        /// The owner key.
+        owner: String,
+        /// keep-last=N,hourly=N,daily=N,weekly=N[,monthly=N] (a kind left out keeps none; the
+        /// latest snapshot is always kept), or `default` for the server's.
+        policy: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -238,6 +253,14 @@ fn workspace_row(w: &Workspace) -> String {
     format!("{:<32} {:>4} {:<16} {:<28} {:<28} {}", w.owner, w.generation, state, w.volume.name, lease, snap)
 }
 
+/// A workspace's retention as `show` prints it.
+fn retention_shown(w: &Workspace) -> String {
+    match &w.retention {
+        Some(p) => format!("{p} (its own)"),
+        None => "the server's".to_string(),
+    }
+}
+
 fn show_workspace(w: &Workspace) {
     let state = serde_json::to_value(w.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     let vstate =
@@ -258,6 +281,7 @@ fn show_workspace(w: &Workspace) {
         None => println!("lease:       free"),
     }
     println!("snapshot:    {}", w.latest_snapshot.as_deref().unwrap_or("none"));
+    println!("retention:   {}", retention_shown(w));
     if w.at_risk {
         println!(
             "at risk:     since {}: {}",
@@ -291,18 +315,27 @@ pub async fn workspace(cmd: WorkspaceCmd) -> Result<()> {
     match cmd {
         WorkspaceCmd::Ls { state, labels, limit, server } => ls(state, labels, limit, &server).await,
         WorkspaceCmd::Show { owner, server } => show(&owner, &server).await,
-        WorkspaceCmd::Ensure { owner, size, storage_class, labels, repos, server } => {
+        WorkspaceCmd::Ensure { owner, size, storage_class, labels, repos, retention, server } => {
             let body = EnsureWorkspace {
                 size_bytes: size.flatten(),
                 storage_class,
                 access_mode: None,
                 labels: labels.into_iter().collect(),
                 repos: repos.into_iter().map(|url| RepoSpec { url, branch: None, depth: None, path: None }).collect(),
+                retention,
             };
             ensure(&owner, &body, &server).await
         }
         WorkspaceCmd::Attach { owner, instance, node, pool, spec_out, server } => {
             attach(&owner, berth_api::Attach { instance_id: instance, node, pool }, spec_out, &server).await
+        }
+        WorkspaceCmd::Retention { owner, policy, server } => {
+            let w = server.client()?.set_retention(&owner, &SetRetention { policy: Some(policy) }).await?;
+            if server.json {
+                return print_json(&w);
+            }
+            println!("workspace {}: retention {}", w.owner, retention_shown(&w));
+            Ok(())
         }
         WorkspaceCmd::Close { owner, server } => close(&owner, &server).await,
         WorkspaceCmd::Rm { owner, force, wait, timeout, server } => rm(&owner, force, wait, timeout, &server).await,

@@ -9,6 +9,7 @@ use berth_core::gc::{Action, OrphanAction};
 use berth_core::id::SnapshotId;
 use berth_core::lease::{Epoch, Holder};
 use berth_core::repo::RepoSpec;
+use berth_core::retention::Policy;
 use berth_core::time::Timestamp;
 use berth_core::volume::{AccessMode, MountSpec};
 use serde::de::DeserializeOwned;
@@ -86,6 +87,7 @@ pub fn workspace(ws: &WorkspaceRow, now: Timestamp) -> api::Workspace {
         at_risk: r.at_risk.is_some(),
         at_risk_reason: r.at_risk.as_ref().map(|a| a.reason()),
         at_risk_since: r.at_risk.as_ref().map(|a| ts(a.since)),
+        retention: ws.retention.map(|p| p.to_string()),
     }
 }
 
@@ -217,6 +219,17 @@ fn orphan(o: &OrphanResult) -> api::OrphanItem {
     api::OrphanItem { volume: o.volume.to_string(), action, until }
 }
 
+/// Reads a workspace's own retention policy from `field`: `None`, `default` or an empty string
+/// choose the server's.
+pub fn retention_policy(field: &str, policy: Option<&str>) -> Result<Option<Policy>> {
+    match policy.map(str::trim) {
+        None | Some("" | "default") => Ok(None),
+        Some(p) => Policy::parse(p)
+            .map(Some)
+            .map_err(|e| Error::BadRequest(format!("{field}: {e} (or 'default' for the server's policy)"))),
+    }
+}
+
 /// Validates an ensure body against the rules of every substrate; what it leaves out comes
 /// from the server's configuration.
 pub fn ensure_options(body: api::EnsureWorkspace, defaults: &Config) -> Result<EnsureOptions> {
@@ -245,7 +258,9 @@ pub fn ensure_options(body: api::EnsureWorkspace, defaults: &Config) -> Result<E
             Ok(spec)
         })
         .collect::<Result<Vec<_>>>()?;
+    let retention = body.retention.as_deref().map(|p| retention_policy("retention", Some(p))).transpose()?;
     Ok(EnsureOptions {
+        retention,
         size_bytes,
         storage_class,
         access_mode: body.access_mode.map_or(defaults.access_mode, access_mode_from),

@@ -27,6 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/workspaces", get(list_workspaces))
         .route("/v1/workspaces/{owner}", get(get_workspace).put(ensure_workspace).delete(delete_workspace))
         .route("/v1/workspaces/{owner}/close", post(close_workspace))
+        .route("/v1/workspaces/{owner}/retention", axum::routing::put(set_retention))
         .route("/v1/workspaces/{owner}/sessions", post(attach))
         .route("/v1/workspaces/{owner}/snapshots", get(list_snapshots).post(publish_snapshot))
         .route("/v1/sessions/{id}/heartbeat", post(heartbeat))

@@ -24,12 +24,13 @@ impl Modify for BearerAuth {
     info(title = "berth control plane", description = "Durable workspaces for AI agent sandboxes: workspaces, single-writer sessions, drains, GC. Every /v1 endpoint takes 'Authorization: Bearer TOKEN' (the admin token; a viewer token, for reads only; or a sandbox token for its own session, workspace and drain scope)."),
     paths(
         routes::ensure_workspace, routes::get_workspace, routes::list_workspaces, routes::close_workspace,
+        routes::set_retention,
         routes::delete_workspace, routes::attach, routes::heartbeat, routes::detach, routes::publish_snapshot,
         routes::list_snapshots, routes::start_drain, routes::get_drain, routes::list_drains, routes::ready,
         routes::events, routes::gc_run, routes::healthz, routes::readyz, routes::metrics,
     ),
     components(schemas(
-        api::EnsureWorkspace, api::Workspace, api::WorkspaceList, api::Attach, api::Session, api::Heartbeat,
+        api::EnsureWorkspace, api::SetRetention, api::Workspace, api::WorkspaceList, api::Attach, api::Session, api::Heartbeat,
         api::HeartbeatReply, api::PublishSnapshot, api::SnapshotInfo, api::SnapshotList, api::StartDrain,
         api::DrainInfo, api::DrainList, api::Ready, api::ReadyReply, api::Event, api::EventList, api::GcRun,
         api::GcReport, api::ErrorBody,

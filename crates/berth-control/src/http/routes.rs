@@ -187,6 +187,26 @@ pub async fn close_workspace(
     Ok(Json(dto::workspace(&ws, now())))
 }
 
+/// Sets a workspace's own retention policy, applied by scheduled retention instead of the
+/// server's (`default` or null: the server's again).
+#[utoipa::path(put, path = "/v1/workspaces/{owner}/retention", tag = "workspaces", params(("owner" = String, Path)),
+    request_body = api::SetRetention,
+    responses((status = 200, body = api::Workspace), (status = 400, body = api::ErrorBody, description = "not a policy"),
+        (status = 404, body = api::ErrorBody), (status = 409, body = api::ErrorBody, description = "deleting or deleted")))]
+pub async fn set_retention(
+    principal: Principal,
+    State(app): State<Arc<App>>,
+    Path(owner): Path<String>,
+    body: Bytes,
+) -> Result<Json<api::Workspace>> {
+    principal.admin()?;
+    let owner = owner_param(&owner)?;
+    let body: api::SetRetention = parse_body(&body)?;
+    let policy = dto::retention_policy("policy", body.policy.as_deref())?;
+    let ws = app.meta.set_workspace_retention(&owner, policy, now()).await?;
+    Ok(Json(dto::workspace(&ws, now())))
+}
+
 /// Query of a deletion.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

@@ -29,6 +29,7 @@ use berth_core::id::SnapshotId;
 use berth_core::lease::{Epoch, Holder, Lease};
 use berth_core::lifecycle::{AtRisk, Claim, Cleanup, Record, SessionEnd, Volume};
 use berth_core::repo::RepoSpec;
+use berth_core::retention::Policy;
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, ReplicaId, SessionId};
 use berth_core::time::Timestamp;
@@ -112,6 +113,8 @@ pub struct WorkspaceRow {
     pub updated_at: Timestamp,
     /// The workspace scope's drain, if it is draining: when its hard timeout clears it.
     pub draining_until: Option<Timestamp>,
+    /// Its own retention policy; `None`: the server's.
+    pub retention: Option<Policy>,
 }
 
 impl WorkspaceRow {
@@ -125,7 +128,7 @@ const WS_SELECT: &str = "SELECT w.owner, w.id, w.generation, w.state, w.volume, 
     w.volume_removed_at, w.volume_outcome, w.size_bytes, w.storage_class, w.access_mode, w.labels, w.repos, \
     w.lease_epoch, w.lease_session, w.lease_instance, w.lease_expires, w.latest_snapshot, w.delete_step, \
     w.last_error, w.attempts, w.retry_at, w.claim_holder, w.claim_until, w.created_at, w.updated_at, w.closed_at, \
-    w.at_risk_since, w.at_risk_outcome, w.at_risk_session, \
+    w.at_risk_since, w.at_risk_outcome, w.at_risk_session, w.retention, \
     CASE WHEN d.state = 'draining' THEN d.since END AS draining_since \
     FROM workspaces w LEFT JOIN drains d ON d.scope = 'workspace:' || w.owner";
 
@@ -187,6 +190,9 @@ fn ws_from_row(row: &AnyRow, rules: Rules) -> Result<WorkspaceRow> {
         created_at: Timestamp(int("created_at")?),
         updated_at: Timestamp(int("updated_at")?),
         draining_until: opt_ts("draining_since")?.map(|since| since.plus_secs(rules.drain_timeout_secs)),
+        retention: opt_text("retention")?
+            .map(|p| Policy::parse(&p).map_err(|e| corrupt("retention policy", format!("{p}: {e}"))))
+            .transpose()?,
     })
 }
 
@@ -356,6 +362,7 @@ fn migrator(dialect: Dialect) -> Migrator {
             (5, "drain session", include_str!("../../migrations/sqlite/0005_drain_session.sql")),
             (7, "live session of an instance", include_str!("../../migrations/sqlite/0007_live_session_of.sql")),
             (8, "session claim", include_str!("../../migrations/sqlite/0008_session_claim.sql")),
+            (9, "workspace retention", include_str!("../../migrations/sqlite/0009_workspace_retention.sql")),
         ],
         Dialect::Postgres => &[
             (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
@@ -364,6 +371,7 @@ fn migrator(dialect: Dialect) -> Migrator {
             (5, "drain session", include_str!("../../migrations/postgres/0005_drain_session.sql")),
             (7, "live session of an instance", include_str!("../../migrations/postgres/0007_live_session_of.sql")),
             (8, "session claim", include_str!("../../migrations/postgres/0008_session_claim.sql")),
+            (9, "workspace retention", include_str!("../../migrations/postgres/0009_workspace_retention.sql")),
         ],
     };
     let migrations = sql

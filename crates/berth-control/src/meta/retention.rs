@@ -2,9 +2,10 @@
 //! jobs across replicas, the snapshots something still points at, the workspaces retention
 //! applies to, retired pointers, store-wide events, and the deletion of old rows in batches.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use berth_core::id::SnapshotId;
+use berth_core::retention::Policy;
 use berth_core::session::ReplicaId;
 use berth_core::time::Timestamp;
 use berth_core::workspace::{Generation, WorkspaceId};
@@ -107,16 +108,22 @@ impl Meta {
             .collect()
     }
 
-    /// The workspace generations retention applies to: those of active and closed workspaces
-    /// (a deleting one's records are forgotten by its deletion).
-    pub async fn retained_generations(&self) -> Result<HashSet<(WorkspaceId, Generation)>> {
-        let rows = sqlx::query("SELECT owner, generation FROM workspaces WHERE state IN ('active', 'closed')")
-            .fetch_all(&self.read)
-            .await?;
+    /// The workspace generations retention applies to, each with its own policy if it has one:
+    /// those of active and closed workspaces (a deleting one's records are forgotten by its
+    /// deletion).
+    pub async fn retained_generations(&self) -> Result<HashMap<(WorkspaceId, Generation), Option<Policy>>> {
+        let rows =
+            sqlx::query("SELECT owner, generation, retention FROM workspaces WHERE state IN ('active', 'closed')")
+                .fetch_all(&self.read)
+                .await?;
         rows.iter()
             .map(|r| {
                 let owner = WorkspaceId::new(r.try_get::<String, _>(0)?).map_err(|e| Error::Corrupt(e.to_string()))?;
-                Ok((owner, Generation(r.try_get::<i64, _>(1)? as u64)))
+                let policy = r
+                    .try_get::<Option<String>, _>(2)?
+                    .map(|p| Policy::parse(&p).map_err(|e| Error::Corrupt(format!("retention policy '{p}': {e}"))))
+                    .transpose()?;
+                Ok(((owner, Generation(r.try_get::<i64, _>(1)? as u64)), policy))
             })
             .collect()
     }

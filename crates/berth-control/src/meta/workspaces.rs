@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use berth_core::gc::Outcome;
 use berth_core::lifecycle::{self, Audit, Effect, EndReason, Event, Record, Refusal, SessionEnd, State, Transition};
 use berth_core::repo::RepoSpec;
+use berth_core::retention::Policy;
 use berth_core::session::SessionId;
 use berth_core::time::Timestamp;
 use berth_core::volume::AccessMode;
@@ -29,6 +30,9 @@ pub struct EnsureOptions {
     pub labels: BTreeMap<String, String>,
     /// Repositories.
     pub repos: Vec<RepoSpec>,
+    /// The workspace's own retention policy: `None` leaves it as it is (a new generation starts
+    /// on the server's), `Some(None)` returns it to the server's, `Some(Some(p))` sets `p`.
+    pub retention: Option<Option<Policy>>,
 }
 
 /// What an ensure did.
@@ -94,9 +98,38 @@ impl Meta {
                 break how;
             }
         };
-        let ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
+        let mut ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
+        if let Some(policy) = opts.retention {
+            if set_retention(&mut tx, &ws, policy, now).await? {
+                ws.retention = policy;
+            }
+        }
         tx.commit().await?;
         Ok((ws, how))
+    }
+
+    /// Sets `owner`'s own retention policy (`None`: the server's) and records `retention_set`
+    /// when it changes. Only an active or closed workspace has snapshots retention applies to.
+    pub async fn set_workspace_retention(
+        &self,
+        owner: &WorkspaceId,
+        policy: Option<Policy>,
+        now: Timestamp,
+    ) -> Result<WorkspaceRow> {
+        let mut conn = self.write.acquire().await?;
+        let mut tx = begin(&mut conn).await?;
+        let mut ws = self.ws_for_update(&mut tx, owner).await?.ok_or_else(|| not_found(owner))?;
+        if !matches!(ws.record.state, State::Active | State::Closed) {
+            return Err(Error::WrongState(format!(
+                "workspace {owner} is {}: retention applies to active and closed workspaces; ensure it first",
+                ws.record.state
+            )));
+        }
+        if set_retention(&mut tx, &ws, policy, now).await? {
+            ws.retention = policy;
+        }
+        tx.commit().await?;
+        Ok(ws)
     }
 
     /// Marks the volume of `owner`'s `generation` present, once the substrate has it.
@@ -379,7 +412,7 @@ async fn start_generation(
 ) -> Result<()> {
     let opts = opts.ok_or_else(|| Error::Corrupt("a generation was started without options".into()))?;
     let query = sqlx::query(
-        "UPDATE workspaces SET id = $2, latest_snapshot = NULL, updated_at = $3, size_bytes = $4, \
+        "UPDATE workspaces SET id = $2, latest_snapshot = NULL, retention = NULL, updated_at = $3, size_bytes = $4, \
          storage_class = $5, access_mode = $6, labels = $7, repos = $8 WHERE owner = $1",
     )
     .bind(owner.as_str())
@@ -401,6 +434,30 @@ fn bind_options<'q>(query: AnyQuery<'q>, opts: &EnsureOptions) -> AnyQuery<'q> {
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Writes `ws`'s own retention policy and records `retention_set`, unless it is already
+/// `policy`; returns whether it changed.
+async fn set_retention(
+    conn: &mut AnyConnection,
+    ws: &WorkspaceRow,
+    policy: Option<Policy>,
+    now: Timestamp,
+) -> Result<bool> {
+    if ws.retention == policy {
+        return Ok(false);
+    }
+    let owner = &ws.record.owner;
+    sqlx::query("UPDATE workspaces SET retention = $2, updated_at = $3 WHERE owner = $1")
+        .bind(owner.as_str())
+        .bind(policy.map(|p| p.to_string()))
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await?;
+    let shown = |p: Option<Policy>| p.map(|p| p.to_string());
+    let detail = json!({"policy": shown(policy), "before": shown(ws.retention)});
+    record(conn, now, NewEvent::of("retention_set", owner, ws.record.generation).detail(detail)).await?;
+    Ok(true)
+}
 
 /// Retires the snapshot pointers of `record`'s generation; returns how many.
 async fn retire_snapshots(conn: &mut AnyConnection, record: &Record, now: Timestamp) -> Result<u64> {

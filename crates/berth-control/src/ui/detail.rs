@@ -72,6 +72,11 @@ pub async fn body(console: &Console, app: &App, owner: &WorkspaceId) -> Result<M
                 Drain::Open => span.muted { "open" },
             } }
             dt { "Labels" } dd { @for (k, v) in &ws.labels { span.label { (k) "=" (v) } " " } }
+            dt { "Retention" } dd { @match (&ws.retention, &app.config.retention.policy) {
+                (Some(own), _) => { code { (own.to_string()) } " (its own)" },
+                (None, Some(server)) => { code { (server.to_string()) } span.muted { " (the server's)" } },
+                (None, None) => span.muted { "every snapshot kept (the server's retention is off)" },
+            } }
             dt { "Created" } dd { (ago(ws.created_at, now)) }
         }
         h2 { "Restore" }

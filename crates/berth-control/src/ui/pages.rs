@@ -347,7 +347,8 @@ fn upkeep(app: &App) -> Markup {
     html! {
         p {
             @match (&r.policy, store) {
-                (Some(policy), true) => { "Retention " code { (policy.to_string()) } " every " (r.interval_secs) " s; " },
+                (Some(policy), true) => { "Retention " code { (policy.to_string()) } " (or a workspace's own) every " (r.interval_secs) " s; " },
+                (None, true) => { "Retention of workspaces with their own policy only, every " (r.interval_secs) " s; " },
                 _ => "No scheduled retention; ",
             }
             @if store && r.prune_interval_secs > 0 {
