@@ -534,7 +534,7 @@ fn a_reused_owner_name_restores_nothing_of_the_old_generation() {
     let (server, admin) = control_plane(&root, &store);
     rt().block_on(admin.ensure("thread:reused", &EnsureWorkspace::default())).unwrap();
     let spec = root.join("spec1.json");
-    attach(&server, &admin, "thread:reused", "pod-1", &spec);
+    let s1 = attach(&server, &admin, "thread:reused", "pod-1", &spec);
     let ws1 = root.join("ws1");
     let mut agent = Agent::start(
         &[
@@ -586,6 +586,19 @@ fn a_reused_owner_name_restores_nothing_of_the_old_generation() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("error: ") && out.stderr.contains("generation 1"), "{out:?}");
     assert!(ws1.join("notes.txt").exists(), "the refused directory is left as it was");
+    // Neither generation's sandbox token nor the admin token is in the logs, the workspaces or
+    // the store.
+    Scan::new()
+        .secret("the sandbox token of generation 1", &s1.token)
+        .secret("the sandbox token of generation 2", &s2.token)
+        .secret("the admin token", ADMIN)
+        .debug_log(&root.join("serve.log"))
+        .file(&root.join("agent1.log"))
+        .text("init's output", format!("{}{}", out.stdout, out.stderr))
+        .tree(&ws1)
+        .tree(&ws2)
+        .tree(&root.join("store"))
+        .assert_clean();
 }
 
 #[test]
