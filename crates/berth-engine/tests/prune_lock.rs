@@ -16,7 +16,9 @@ use berth_engine::store::{self, DynStore, Put};
 use bytes::Bytes;
 use serde_json::json;
 
-const BEAT: Duration = Duration::from_secs(1);
+/// Long enough that a loaded machine (a slow S3 server) never delays a beat by the stale window
+/// (6 beats), which would let a test's live holder be taken over.
+const BEAT: Duration = Duration::from_secs(2);
 
 fn now() -> Timestamp {
     Timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64)
@@ -47,8 +49,8 @@ async fn lock_json(objects: &DynStore) -> serde_json::Value {
     serde_json::from_slice(&objects.get(layout::PRUNE_LOCK).await.expect("lock")).expect("lock json")
 }
 
-/// Writes a lock as a prune that beat every second and died `ago` seconds before, never
-/// having beaten.
+/// Writes a lock as a prune that was to beat every second and died `ago` seconds before,
+/// never having beaten.
 async fn dead_lock(objects: &DynStore, nonce: &str, ago: i64) {
     let body = json!({"host": "gone", "pid": 1, "time": now().plus_secs(-ago), "nonce": nonce, "heartbeat_secs": 1});
     let put = objects.put_if_absent(layout::PRUNE_LOCK, Bytes::from(body.to_string())).await.expect("put lock");
@@ -60,16 +62,15 @@ async fn a_beating_lock_is_never_taken_over() {
     let stores = stores("beating").await;
     let checks = stores.iter().map(|(adapter, store, _)| async move {
         let holder = PruneLock::acquire(store, "holder", BEAT).await.expect("first acquire");
-        // Past the stale window (6 beats) by half again: the holder keeps beating, so every
-        // attempt is refused.
-        let until = Instant::now() + BEAT * 9;
+        // Past the stale window (6 beats): the holder keeps beating, so every attempt is refused.
+        let until = Instant::now() + BEAT * 7;
         let mut tries = 0;
         while Instant::now() < until {
             assert_conflict(PruneLock::acquire(store, "other", BEAT).await, &format!("{adapter}: try {tries}"));
             tries += 1;
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        assert!(tries >= 10, "{adapter}: {tries} tries");
+        assert!(tries >= 3, "{adapter}: {tries} tries");
         holder.check().await.expect("the holder still holds it");
         // Only the newest beat is kept.
         let nonce = lock_json(store.objects()).await["nonce"].as_str().expect("nonce").to_string();
