@@ -104,6 +104,13 @@ async fn login_sets_a_strict_cookie_and_pages_carry_the_csp(db: Db) {
         let (status, body) = get(&s, cookie, path).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
     }
+    // The detail page names the retention that applies: the server's, then the workspace's own.
+    let (_, page) = get(&s, cookie, "/ui/workspaces/agent:1").await;
+    assert!(page.contains("Retention") && page.contains(" (the server"), "{page}");
+    let own = berth_api::SetRetention { policy: Some("keep-last=3".into()) };
+    s.admin.set_retention("agent:1", &own).await.unwrap();
+    let (_, page) = get(&s, cookie, "/ui/workspaces/agent:1").await;
+    assert!(page.contains("keep-last=3,hourly=0,daily=0,weekly=0") && page.contains("(its own)"), "{page}");
     s.stop().await;
 }
 

@@ -9,7 +9,10 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use berth_api::{ClientError, EnsureWorkspace, Epoch, PublishSnapshot, Ready, SetRetention, SnapshotStats, StartDrain};
+use berth_api::{
+    ClientError, EnsureWorkspace, Epoch, PublishSnapshot, Ready, SetRetention, SnapshotStats, StartDrain,
+    WorkspaceState,
+};
 use berth_control::meta::Table;
 use berth_control::retention::{apply_retention, prune, purge_rows, tick, Job};
 use berth_control::Config;
@@ -20,7 +23,7 @@ use berth_core::workspace::{Generation, WorkspaceId};
 use berth_engine::create::{create, CreateOptions};
 use berth_engine::progress::Progress;
 use berth_engine::snapshot_store::SnapshotStore;
-use common::{Db, TestServer};
+use common::{eventually, Db, TestServer};
 
 both!(
     workspaces_with_their_own_policy,
@@ -174,6 +177,18 @@ async fn workspaces_with_their_own_policy(db: Db) {
     }
     assert_eq!(apply_retention(&s.app, None).await.unwrap(), Default::default());
     assert_eq!(s.app.meta.count_events("retention_applied").await.unwrap(), 2);
+
+    // A deleted workspace takes no policy; its next generation starts on the server's.
+    s.admin.ensure("own:d", &own("keep-last=5")).await.unwrap();
+    s.admin.delete("own:d").await.unwrap();
+    let e = s.admin.set_retention("own:d", &SetRetention { policy: Some("keep-last=1".into()) }).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(409), Some("wrong_state")), "{e}");
+    eventually(20, "the deletion to complete", || async {
+        (s.admin.workspace("own:d").await.unwrap().state == WorkspaceState::Deleted).then_some(())
+    })
+    .await;
+    let (d, _) = s.admin.ensure("own:d", &EnsureWorkspace::default()).await.unwrap();
+    assert_eq!((d.generation, d.retention), (2, None), "a new generation, on the server's policy");
 }
 
 async fn retention_keeps_what_is_pointed_at(db: Db) {
