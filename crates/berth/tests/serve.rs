@@ -52,6 +52,15 @@ fn serve_starts_with_no_configuration_and_the_cli_drives_it() {
     assert!(tmp.path().join("berth-data/volumes").join(&volume).is_dir());
     let out = cli(tmp.path(), &server, &["workspace", "show", "agent:1"]).ok();
     assert!(out.stdout.contains("label:       team=infra"), "{out:?}");
+    assert!(out.stdout.contains("retention:   the server's"), "{out:?}");
+    // Its own retention policy, at ensure or later; a bad one is refused, naming the fault.
+    cli(tmp.path(), &server, &["workspace", "ensure", "agent:1", "--retention", "keep-last=3,daily=7"]).ok();
+    let out = cli(tmp.path(), &server, &["workspace", "show", "agent:1"]).ok();
+    assert!(out.stdout.contains("retention:   keep-last=3,hourly=0,daily=7,weekly=0 (its own)"), "{out:?}");
+    let out = cli(tmp.path(), &server, &["workspace", "retention", "agent:1", "weekly=many"]).fails(1);
+    assert!(out.stderr.contains("policy: 'many' in 'weekly=many' is not a count"), "{out:?}");
+    let out = cli(tmp.path(), &server, &["workspace", "retention", "agent:1", "default", "--json"]).ok();
+    assert!(!out.stdout.contains("\"retention\""), "back to the server's: {out:?}");
 
     // A sandbox session (its token passes through the server), with the agent's spec file.
     let spec = tmp.path().join("spec.json");
