@@ -408,6 +408,40 @@ mod tests {
         assert_eq!(ask(&creds.helper, "git.example.test"), "", "no configured repo, no answer");
     }
 
+    /// Credentials whose token is valid for `ttl` from now, or never expires.
+    fn valid_for(ttl: Option<Duration>) -> Creds {
+        Creds {
+            helper: PathBuf::new(),
+            token_file: PathBuf::new(),
+            source: "endpoint",
+            redactor: Redactor::default(),
+            cfg: Arc::default(),
+            expires: Arc::new(Mutex::new(ttl.map(|ttl| Validity { until: Instant::now() + ttl, ttl }))),
+        }
+    }
+
+    #[test]
+    fn a_token_is_due_for_renewal_five_minutes_or_half_its_life_before_it_expires() {
+        let due = |ttl: u64| valid_for(Some(Duration::from_secs(ttl))).renewal_due_in().unwrap().as_secs_f64();
+        // An hour's token: renewed with 5 minutes left; a 10 s token with 5 s left.
+        assert!((3299.0..=3300.0).contains(&due(3600)), "{}", due(3600));
+        assert!((4.0..=5.0).contains(&due(10)), "{}", due(10));
+        assert!((299.0..=300.0).contains(&due(600)), "{}", due(600));
+        // An expired token is due now; one that never expires never is.
+        assert_eq!(valid_for(Some(Duration::ZERO)).renewal_due_in(), Some(Duration::ZERO));
+        assert_eq!(valid_for(None).renewal_due_in(), None);
+    }
+
+    #[tokio::test]
+    async fn a_token_that_never_expires_is_never_renewed() {
+        let creds = valid_for(None);
+        // keep_fresh returns at once (a hang here is the failure).
+        tokio::time::timeout(Duration::from_secs(30), creds.clone().keep_fresh(CancellationToken::new()))
+            .await
+            .expect("keep_fresh returned");
+        assert!(!creds.refresh_if_expiring(Duration::MAX).await.unwrap());
+    }
+
     #[test]
     fn redacts() {
         let r = Redactor::of(vec!["s3cr3t-token".into()]);
