@@ -5,7 +5,7 @@
 //! its final snapshot and detached first, otherwise uncleanly (the workspace is then at risk
 //! until a later session ends clean or a rescue succeeds).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -298,6 +298,45 @@ pub async fn claim_warm(app: &App, sandboxes: &dyn Sandboxes, image: &str, name:
     Ok(None)
 }
 
+/// Removes claimed warm sandboxes that fetch their claim and have had no live session for a
+/// lease TTL (`orphaned`: when each was first seen so). One that could not reach the control
+/// plane before its session's lease expired never fetched its claim: renamed, it is no longer
+/// idle, and it would wait for ever. (A sandbox that does run its session ends with it, and the
+/// death watcher removes it; one the claim put files into has nothing to wait for.)
+async fn reap_abandoned(
+    app: &App,
+    sandboxes: &dyn Sandboxes,
+    orphaned: &mut HashMap<String, tokio::time::Instant>,
+) -> Result<usize> {
+    if sandboxes.hand_over() != HandOver::Fetch {
+        return Ok(0);
+    }
+    let grace = Duration::from_secs(app.config.lease_ttl_secs.max(1) as u64);
+    let mut seen = HashMap::new();
+    let mut removed = 0;
+    for s in sandboxes.list(&install_labels(app)).await? {
+        let warm = s.labels.get(LABEL_SANDBOX).map(String::as_str) == Some(SandboxKind::Warm.as_str());
+        if !warm || !s.name.starts_with(SANDBOX_PREFIX) || s.state == "exited" {
+            continue;
+        }
+        let Ok(instance) = InstanceId::new(s.name.clone()) else { continue };
+        if app.meta.live_session_of(&instance).await?.is_some() {
+            continue;
+        }
+        let since = *orphaned.get(&s.id).unwrap_or(&tokio::time::Instant::now());
+        if since.elapsed() < grace {
+            seen.insert(s.id.clone(), since);
+            continue;
+        }
+        tracing::warn!(event = "warm_abandoned", container = %s.id, name = %s.name,
+            hint = "its session ended before it fetched its claim (could it reach --sandbox-server-url?)");
+        sandboxes.remove(&s.id).await?;
+        removed += 1;
+    }
+    *orphaned = seen;
+    Ok(removed)
+}
+
 /// Starts the death watcher (every sandbox of this installation that dies ends its session
 /// and is removed) and the warm pools' refill.
 pub fn spawn(app: &Arc<App>, tracker: &TaskTracker, shutdown: CancellationToken) {
@@ -305,9 +344,13 @@ pub fn spawn(app: &Arc<App>, tracker: &TaskTracker, shutdown: CancellationToken)
     if !app.config.sandbox.warm_pools.is_empty() {
         let (app, sandboxes, shutdown) = (app.clone(), sandboxes.clone(), shutdown.clone());
         tracker.spawn(async move {
+            let mut orphaned = HashMap::new();
             loop {
                 if let Err(e) = refill(&app, sandboxes.as_ref()).await {
                     tracing::warn!(event = "warm_refill_failed", error = %e);
+                }
+                if let Err(e) = reap_abandoned(&app, sandboxes.as_ref(), &mut orphaned).await {
+                    tracing::warn!(event = "warm_reap_failed", error = %e);
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

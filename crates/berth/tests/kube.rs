@@ -785,3 +785,34 @@ fn agent_wait_fetch_outlasts_an_absent_server_and_leaves_on_sigterm() {
     assert_eq!(failures(), 1, "a server away is said once per 100 asks: {}", std::fs::read_to_string(&log).unwrap());
     assert!(!out.exists(), "a spec was written without a claim");
 }
+
+#[test]
+fn a_claimed_warm_pod_that_never_fetches_is_removed_a_lease_after_its_session_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let fake = rt.block_on(FakeApi::start());
+    let config = kubeconfig(tmp.path(), &fake);
+    let extra = ["--sandbox-berth-image", "berth:test", "--warm-pool", "agent:1=1", "--lease-ttl", "2s"];
+    let server = start(tmp.path(), &config, "a.log", &extra, &[]);
+    let c = server.client(ADMIN);
+    rt.block_on(async {
+        wait_until("a warm pod", 60, || async { idle_warm_pods(&fake).len() == 1 }).await;
+        let body = berth_api::StartSandbox {
+            image: "agent:1".into(),
+            command: vec!["sleep".into(), "600".into()],
+            ..Default::default()
+        };
+        // Claimed, but nothing runs it: it never fetches its claim, and the lease expires.
+        let sb = c.start_sandbox("agent:lost", &body).await.unwrap();
+        assert!(sb.id.starts_with("warm-"), "{sb:?}");
+        wait_until("the lease expired", 30, || async { c.workspace("agent:lost").await.unwrap().lease.is_none() })
+            .await;
+        wait_until("the abandoned pod removed", 30, || async { fake.store().get("pods", NAMESPACE, &sb.id).is_err() })
+            .await;
+        assert!(fake.store().get("secrets", NAMESPACE, &format!("{}-files", sb.id)).is_err());
+        wait_until("the pool refilled", 30, || async { idle_warm_pods(&fake).len() == 1 }).await;
+    });
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("warm_abandoned"), "{log}");
+    server.terminate(10);
+}
