@@ -69,11 +69,30 @@ class Build:
                           f"--budget unlimited --json {src}"))
         self.ids.append(json.loads(out)["snapshot"])
 
-    def forget_first(self):
-        """A copy of the store with the first snapshot forgotten: what the prune cases start from."""
-        sh(f"rm -rf {self.forgotten} && cp -a {self.store} {self.forgotten}")
+    def stamp(self):
+        st = os.stat(self.bin)
+        return {"binary": self.bin, "size": st.st_size, "mtime": st.st_mtime}
+
+    def setup(self, trees):
+        """Snapshots each tree of `trees` in turn into a fresh store, then makes a copy of the store
+        with the first snapshot forgotten (what the prune cases start from). A setup made by the
+        same binary is reused (its ids in `setup.json`)."""
+        done = os.path.join(self.root, "setup.json")
+        if os.path.exists(done):
+            with open(done) as f:
+                saved = json.load(f)
+            if saved["stamp"] == self.stamp():
+                self.ids = saved["ids"]
+                return
+        sh(f"rm -rf {self.root}")
+        os.makedirs(self.root)
+        for tree in trees:
+            self.snapshot(tree)
+        sh(f"cp -a {self.store} {self.forgotten}")
         keep = "--keep-last 1 --keep-hourly 0 --keep-daily 0 --keep-weekly 0 --keep-monthly 0"
         sh(self.cmd("forget", f"--workspace w {keep}", self.forgotten))
+        with open(done, "w") as f:
+            json.dump({"stamp": self.stamp(), "ids": self.ids}, f)
 
     def run_case(self, case):
         """Times one case; returns seconds."""
@@ -110,23 +129,26 @@ def main():
     p.add_argument("--shared", default=os.environ.get("BERTH_BENCH_SHARED",
                                                       os.path.join(os.path.dirname(REPO), "shared", "bench")))
     p.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    p.add_argument("--setup-only", choices=["old", "new"],
+                   help="only make that build's stores now (reused by a later run with the same binary)")
     args = p.parse_args()
     corpus = os.path.join(args.work, f"corpus-s{args.scale:g}-seed42")
     if not os.path.isdir(corpus):
         sh(f"python3 {args.shared}/make_corpus.py {corpus} --scale {args.scale} --seed 42")
-    root = os.path.join(args.work, "compare")
-    sh(f"rm -rf {root}")
-    os.makedirs(root)
-    src = os.path.join(root, "src")
-    sh(f"cp -a {corpus} {src}")
+    root = os.path.join(args.work, f"compare-s{args.scale:g}")
+    os.makedirs(root, exist_ok=True)
+    # The corpus, then the corpus after one mutation round: each build snapshots both in turn.
+    mutated = os.path.join(root, "mutated")
+    if not os.path.exists(os.path.join(root, "mutated.done")):
+        sh(f"rm -rf {mutated} && cp -a {corpus} {mutated}")
+        sh(f"python3 {args.shared}/mutate.py {mutated} --round 1")
+        open(os.path.join(root, "mutated.done"), "w").close()
     builds = [Build("old", args.old, root), Build("new", args.new, root)]
     for b in builds:
-        os.makedirs(b.root)
-        b.snapshot(src)
-    sh(f"python3 {args.shared}/mutate.py {src} --round 1")
-    for b in builds:
-        b.snapshot(src)
-        b.forget_first()
+        if args.setup_only in (None, b.label):
+            b.setup([corpus, mutated])
+    if args.setup_only:
+        return
     times = {b.label: {c: [] for c in args.cases} for b in builds}
     loads = []
     for rep in range(args.reps):
@@ -136,7 +158,7 @@ def main():
                 loads.append(load())
                 times[b.label][case].append(b.run_case(case))
         print(f"rep {rep + 1}/{args.reps} done (load {load():.1f})", file=sys.stderr)
-    sh(f"rm -rf {src} " + " ".join(os.path.join(b.root, 'scratch') for b in builds))
+    sh("rm -rf " + " ".join(os.path.join(b.root, "scratch") for b in builds))
     results = {"times": times, "loads": loads, "scale": args.scale, "reps": args.reps,
                "labels": [args.old_label, args.new_label], "kernel": platform.release(), "cpus": os.cpu_count()}
     with open(os.path.join(root, "results.json"), "w") as f:
