@@ -44,8 +44,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-BERTH = os.path.join(REPO, "target", "release", "berth")
-SHARED = os.path.join(os.path.dirname(REPO), "shared", "bench")
+# BERTH_BIN names another build (e.g. target-rel/release/berth); BERTH_BENCH_SHARED the directory
+# of make_corpus.py and mutate.py when it is not ../shared/bench.
+BERTH = os.path.abspath(os.environ.get("BERTH_BIN") or os.path.join(REPO, "target", "release", "berth"))
+SHARED = os.environ.get("BERTH_BENCH_SHARED") or os.path.join(os.path.dirname(REPO), "shared", "bench")
 
 
 def sh(cmd, **kw):
@@ -137,6 +139,7 @@ def churn(args, src):
     time.sleep(3)
     n_before = len([e for e in log_events(log, "snapshot_durable") if not e[1].get("unchanged")])
     size0, c0 = store_bytes(store), cpu_secs(p.pid, children=True)
+    r["load_avg_before"] = os.getloadavg()[0]
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ws, "docs")) for f in fs)[:20]
     changes, n, stop_at = [], 0, time.time() + args.churn_secs
     t0 = time.time()
@@ -149,9 +152,12 @@ def churn(args, src):
     time.sleep(4)
     wall = time.time() - t0
     r["churn_cpu_pct"] = (cpu_secs(p.pid, children=True) - c0) / wall * 100
+    r["load_avg_after"] = os.getloadavg()[0]
     snaps = [(ts - f["secs"], ts) for ts, f in log_events(log, "snapshot_durable") if not f.get("unchanged")]
     n_snaps = len(snaps) - n_before
     r["churn_snapshots"] = n_snaps
+    secs = [f["secs"] for ts, f in log_events(log, "snapshot_durable") if ts >= t0]
+    r["churn_run_secs_median"] = sorted(secs)[len(secs) // 2] if secs else None
     r["churn_growth_per_snapshot"] = (store_bytes(store) - size0) / max(n_snaps, 1)
     lat = sorted(min([e for s, e in snaps if s >= c] or [float("inf")]) - c for c in changes)
     r["churn_rpo_p50"] = lat[len(lat) // 2]

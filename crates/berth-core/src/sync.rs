@@ -175,6 +175,30 @@ pub fn assemble(slots: Vec<Option<Entry>>, stats: &[Option<FileStat>]) -> Assemb
     out
 }
 
+/// Replaces entries of a sorted list: drops those at `removed` paths (sorted), puts in
+/// `inserted` (sorted; an inserted entry replaces a kept one at the same path). Entries move,
+/// none is copied, so the cost is a pass over `old`, whatever it holds.
+pub fn splice<T>(old: Vec<T>, removed: &[RelPath], inserted: Vec<T>, path: impl Fn(&T) -> &RelPath) -> Vec<T> {
+    let mut out = Vec::with_capacity(old.len() + inserted.len());
+    let mut removed = removed.iter().peekable();
+    let mut inserted = inserted.into_iter().peekable();
+    for e in old {
+        while removed.next_if(|r| *r < path(&e)).is_some() {}
+        if removed.peek().is_some_and(|r| *r == path(&e)) {
+            continue;
+        }
+        while let Some(n) = inserted.next_if(|n| path(n) < path(&e)) {
+            out.push(n);
+        }
+        if inserted.peek().is_some_and(|n| path(n) == path(&e)) {
+            continue;
+        }
+        out.push(e);
+    }
+    out.extend(inserted);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +217,17 @@ mod tests {
 
     fn chunk(n: u8, len: u32) -> ChunkRef {
         ChunkRef { id: ChunkId::of(&[n]), len }
+    }
+
+    #[test]
+    fn splice_replaces_and_keeps_order() {
+        let p = |s: &str| RelPath::new(s.as_bytes().to_vec()).unwrap();
+        let old: Vec<RelPath> = ["a", "a/x", "b", "c", "d"].iter().map(|s| p(s)).collect();
+        let removed = [p("a/x"), p("aa"), p("c")];
+        let inserted = vec![p("a/w"), p("c"), p("e")];
+        let out = splice(old, &removed, inserted, |e| e);
+        let names: Vec<String> = out.iter().map(|e| e.to_string()).collect();
+        assert_eq!(names, ["a", "a/w", "b", "c", "d", "e"]);
     }
 
     #[test]

@@ -134,13 +134,19 @@ impl TreeNode {
     }
 }
 
+/// The object of each directory of a tree (its first part), by path.
+pub type DirIds = HashMap<RelPath, ChunkId>;
+
 /// A manifest turned into tree objects.
 #[derive(Debug)]
 pub struct Trees {
     /// The root directory's object.
     pub root: ChunkId,
-    /// Every object of the tree, each once, children before their parents.
+    /// Every object built, each once, children before their parents: the whole tree's from
+    /// `build`, the re-encoded directories' from `rebuild`.
     pub objects: Vec<(ChunkId, Vec<u8>)>,
+    /// The object of every directory of the tree.
+    pub dirs: DirIds,
 }
 
 /// Builds the tree objects of a valid manifest (sorted, parents listed before children).
@@ -156,11 +162,11 @@ pub fn build(manifest: &Manifest) -> Trees {
         (0..manifest.entries.len()).filter(|i| matches!(manifest.entries[*i].kind, EntryKind::Dir)).collect();
     dirs.sort_by_key(|i| std::cmp::Reverse(manifest.entries[*i].path.depth()));
     let mut ids: HashMap<&RelPath, ChunkId> = HashMap::new();
-    let mut out = Trees { root: ChunkId([0; 32]), objects: Vec::new() };
+    let mut out = Trees { root: ChunkId([0; 32]), objects: Vec::new(), dirs: DirIds::new() };
     let mut seen = HashSet::new();
     let mut node_of = |dir: Option<&RelPath>, ids: &HashMap<&RelPath, ChunkId>, out: &mut Trees| {
         let entries = children.get(&dir).map(Vec::as_slice).unwrap_or_default();
-        let entries = entries.iter().map(|i| tree_entry(&manifest.entries[*i], ids)).collect();
+        let entries = entries.iter().map(|i| tree_entry(&manifest.entries[*i], |p| ids.get(p).copied())).collect();
         encode_parts(entries, out, &mut seen)
     };
     for i in dirs {
@@ -169,13 +175,82 @@ pub fn build(manifest: &Manifest) -> Trees {
         ids.insert(path, id);
     }
     out.root = node_of(None, &ids, &mut out);
+    out.dirs = ids.into_iter().map(|(p, id)| (p.clone(), id)).collect();
     out
 }
 
-fn tree_entry(e: &Entry, ids: &HashMap<&RelPath, ChunkId>) -> TreeEntry {
+/// Builds the tree objects of `manifest` from those of an earlier tree, re-encoding only the
+/// directories on the way from a `changed` path up to the root; every other directory keeps
+/// its object from `dirs` (the earlier tree's, as `build` or `rebuild` returned them).
+///
+/// `changed` names every path whose entry differs from the earlier tree's manifest (added,
+/// removed or modified); the root is the same as `build(manifest)`'s whenever it does.
+pub fn rebuild(manifest: &Manifest, mut dirs: DirIds, changed: &[RelPath]) -> Trees {
+    let entries = &manifest.entries;
+    let is_dir = |p: &RelPath| {
+        entries.binary_search_by(|e| e.path.cmp(p)).is_ok_and(|i| matches!(entries[i].kind, EntryKind::Dir))
+    };
+    let mut dirty: HashSet<RelPath> = HashSet::new();
+    for path in changed {
+        if is_dir(path) {
+            dirty.insert(path.clone());
+        } else {
+            dirs.remove(path);
+        }
+        // Every ancestor of a dirty directory is dirty: stop at the first one already known.
+        let mut up = path.parent();
+        while let Some(dir) = up {
+            up = dir.parent();
+            if !dirty.insert(dir) {
+                break;
+            }
+        }
+    }
+    // A removed directory's parent may be gone too; deepest first, so children come first.
+    let mut order: Vec<RelPath> = dirty.into_iter().filter(|d| is_dir(d)).collect();
+    order.sort_by(|a, b| b.depth().cmp(&a.depth()).then_with(|| a.cmp(b)));
+    let mut out = Trees { root: ChunkId([0; 32]), objects: Vec::new(), dirs: DirIds::new() };
+    let mut seen = HashSet::new();
+    for dir in order {
+        let listed = children_of(entries, Some(&dir));
+        let node = listed.iter().map(|i| tree_entry(&entries[*i], |p| dirs.get(p).copied())).collect();
+        let id = encode_parts(node, &mut out, &mut seen);
+        dirs.insert(dir, id);
+    }
+    let listed = children_of(entries, None);
+    let node = listed.iter().map(|i| tree_entry(&entries[*i], |p| dirs.get(p).copied())).collect();
+    out.root = encode_parts(node, &mut out, &mut seen);
+    out.dirs = dirs;
+    out
+}
+
+/// Returns the positions of the entries directly inside `dir` (`None`: the root) in a sorted
+/// manifest, jumping over the contents of subdirectories.
+fn children_of(entries: &[Entry], dir: Option<&RelPath>) -> Vec<usize> {
+    let prefix: Vec<u8> = dir.map(|d| [d.as_bytes(), b"/"].concat()).unwrap_or_default();
+    let mut i = entries.partition_point(|e| e.path.as_bytes() < prefix.as_slice());
+    let mut out = Vec::new();
+    while let Some(e) = entries.get(i) {
+        let Some(rest) = e.path.as_bytes().strip_prefix(prefix.as_slice()) else { break };
+        match rest.iter().position(|b| *b == b'/') {
+            None => {
+                out.push(i);
+                i += 1;
+            }
+            Some(k) => {
+                // Below the child `rest[..k]`: its contents sort between "child/" and "child0".
+                let end = [&prefix[..], &rest[..k], b"0"].concat();
+                i += entries[i..].partition_point(|e| e.path.as_bytes() < end.as_slice());
+            }
+        }
+    }
+    out
+}
+
+fn tree_entry(e: &Entry, id_of: impl Fn(&RelPath) -> Option<ChunkId>) -> TreeEntry {
     let kind = match &e.kind {
         // Directories are encoded deepest first, so the child's id is there.
-        EntryKind::Dir => NodeKind::Dir { tree: ids.get(&e.path).copied().unwrap_or(ChunkId([0; 32])) },
+        EntryKind::Dir => NodeKind::Dir { tree: id_of(&e.path).unwrap_or(ChunkId([0; 32])) },
         EntryKind::File { size, chunks } => NodeKind::File { size: *size, chunks: chunks.clone() },
         EntryKind::Symlink { target } => NodeKind::Symlink { target: target.clone() },
         EntryKind::Hardlink { target } => NodeKind::Hardlink { target: target.clone() },
@@ -383,5 +458,79 @@ mod tests {
             all.insert(id, node);
         }
         assert_eq!(flatten(&id, &all).unwrap().entries.len(), (2 + 4 + 8 + 16) + 16);
+    }
+
+    /// A valid manifest from path specs: `(path, is_dir, content)`; every ancestor becomes a
+    /// directory, and a path that is also an ancestor stays a directory.
+    fn manifest_of(specs: &[(String, bool, u8)]) -> Manifest {
+        let mut by_path: std::collections::BTreeMap<String, Entry> = std::collections::BTreeMap::new();
+        for (path, is_dir, content) in specs {
+            let parts: Vec<&str> = path.split('/').collect();
+            for n in 1..parts.len() {
+                let dir = parts[..n].join("/");
+                by_path.insert(dir.clone(), entry(&dir, EntryKind::Dir));
+            }
+            if by_path.get(path).is_some_and(|e| matches!(e.kind, EntryKind::Dir)) {
+                continue;
+            }
+            let e = if *is_dir { entry(path, EntryKind::Dir) } else { file(path, &[*content]) };
+            by_path.insert(path.clone(), e);
+        }
+        let mut m = Manifest { entries: by_path.into_values().collect() };
+        m.sort();
+        m.validate().unwrap();
+        m
+    }
+
+    fn spec() -> impl proptest::strategy::Strategy<Value = (String, bool, u8)> {
+        use proptest::prelude::*;
+        let name = prop::sample::select(vec!["a", "b", "a.b", "a0", "c", "a b"]);
+        (prop::collection::vec(name, 1..4), any::<bool>(), 0u8..3).prop_map(|(parts, d, c)| (parts.join("/"), d, c))
+    }
+
+    proptest::proptest! {
+        /// Rebuilding from an earlier tree's directory ids, told which paths changed, gives the
+        /// tree (root, every directory id, every object) that building from scratch gives.
+        #[test]
+        fn rebuild_equals_build(
+            before in proptest::collection::vec(spec(), 0..24),
+            after in proptest::collection::vec(spec(), 0..24),
+            keep in proptest::collection::vec(proptest::prelude::any::<bool>(), 24),
+        ) {
+            let old = manifest_of(&before);
+            // The new tree keeps some of the old specs and adds others.
+            let kept: Vec<_> = before.iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| s.clone()).collect();
+            let new = manifest_of(&[kept, after].concat());
+            let at = |m: &Manifest| -> HashMap<RelPath, Entry> { m.entries.iter().map(|e| (e.path.clone(), e.clone())).collect() };
+            let (a, b) = (at(&old), at(&new));
+            let mut changed: Vec<RelPath> =
+                a.keys().chain(b.keys()).filter(|p| a.get(*p) != b.get(*p)).cloned().collect();
+            changed.sort();
+            changed.dedup();
+            let full = build(&new);
+            let inc = rebuild(&new, build(&old).dirs, &changed);
+            proptest::prop_assert_eq!(inc.root, full.root);
+            proptest::prop_assert_eq!(&inc.dirs, &full.dirs);
+            let all: HashSet<ChunkId> = full.objects.iter().map(|o| o.0).collect();
+            proptest::prop_assert!(inc.objects.iter().all(|o| all.contains(&o.0)));
+        }
+    }
+
+    #[test]
+    fn children_jump_over_subtrees() {
+        let m = manifest_of(&[
+            ("a/x".into(), false, 0),
+            ("a.b".into(), false, 0),
+            ("a/y/z".into(), false, 0),
+            ("a0".into(), true, 0),
+            ("b".into(), false, 0),
+        ]);
+        let names = |d: Option<&str>| -> Vec<String> {
+            children_of(&m.entries, d.map(p).as_ref()).iter().map(|i| m.entries[*i].path.to_string()).collect()
+        };
+        assert_eq!(names(None), ["a", "a.b", "a0", "b"]);
+        assert_eq!(names(Some("a")), ["a/x", "a/y"]);
+        assert_eq!(names(Some("a/y")), ["a/y/z"]);
+        assert!(names(Some("a0")).is_empty());
     }
 }

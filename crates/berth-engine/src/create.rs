@@ -20,7 +20,7 @@
 //! # Assumptions
 //! - A run takes less than the prune grace period (see `berth_core::prune`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -33,7 +33,7 @@ use berth_core::changes::ChangedPaths;
 use berth_core::chunker::ChunkerParams;
 use berth_core::codec::Codecs;
 use berth_core::excludes::Excludes;
-use berth_core::id::{ChunkId, SnapshotId, TreeId};
+use berth_core::id::{ChunkId, IndexId, SnapshotId, TreeId};
 use berth_core::index::{Index, IndexFile, IndexedPack};
 use berth_core::layout;
 use berth_core::lease::{Epoch, Fenced};
@@ -41,8 +41,9 @@ use berth_core::manifest::{ChunkRef, Entry, EntryKind, Manifest};
 use berth_core::pack::{PackBuilder, SealedPack};
 use berth_core::path::RelPath;
 use berth_core::snapshot::{Contents, SnapshotRecord, RECORD_VERSION};
-use berth_core::sync;
+use berth_core::sync::{self, FileStat};
 use berth_core::time::Timestamp;
+use berth_core::tree::{self, DirIds, Trees};
 use berth_core::workspace::{Generation, WorkspaceId};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -52,11 +53,12 @@ use tokio::sync::mpsc;
 use crate::cache::{self, CachedFile, FileCache};
 use crate::error::{EngineError, Result};
 use crate::progress::Progress;
-use crate::scan::{self, FileStat};
-use crate::snapshot_store::{Head, Snapshot, SnapshotStore};
+use crate::rescan::Update;
+use crate::scan::{self, ScanEntry, ScanKind};
+use crate::snapshot_store::{Head, KnownIndex, Snapshot, SnapshotStore};
 use crate::store::{DynStore, Put};
 use crate::trees;
-use crate::warm::Warm;
+use crate::warm::{Last, Memo, MemoKey, Scanned, Warm, CACHE_SAVE_EVERY};
 
 /// Pack uploads in flight at once.
 const UPLOADS_IN_FLIGHT: usize = 4;
@@ -170,8 +172,9 @@ pub async fn create(store: &SnapshotStore, opts: &CreateOptions, progress: &Arc<
     create_warm(store, opts, progress, &mut Warm::default(), None).await
 }
 
-/// Takes a snapshot like `create`, walking only what `changed` names (and the parents of those
-/// paths) when `warm` holds the previous scan of the directory; see `Warm`.
+/// Takes a snapshot like `create`, building on what `warm` kept of the previous run of the same
+/// directory (see `Warm`): with `changed` (the paths a watcher reported), only those paths and
+/// their parents are looked at again, planned and encoded.
 pub async fn create_warm(
     store: &SnapshotStore,
     opts: &CreateOptions,
@@ -182,104 +185,217 @@ pub async fn create_warm(
     let started = Instant::now();
     let nonce = run_nonce();
     progress.start("scan", 0, 0);
-    let start = load(store, opts).await?;
+    let start = load(store, opts, warm).await?;
     let mut phases = PhaseSecs { load: started.elapsed().as_secs_f64(), ..PhaseSecs::default() };
 
     let mark = Instant::now();
-    let scan = warm.scan(&start.dir, opts, changed).await?;
-    let mut planned = plan(opts, &start, scan);
+    let Start { dir, head, cache_file, mut memo, additive } = start;
+    let last = memo.last.take();
+    let hint = changed.map(|c| {
+        let mut hint = c.clone();
+        last.iter().flat_map(|l| l.retry.iter().cloned()).for_each(|p| hint.insert(p));
+        hint
+    });
+    let (prev, base) = match last {
+        Some(Last { scan, manifest, dirs, over_budget, .. }) => {
+            (Some(scan), Some((manifest, dirs)).filter(|_| additive && !over_budget))
+        }
+        None => (None, None),
+    };
+    let Scanned { scan, update } = warm.scan(&dir, opts, prev, hint).await?;
+    let (entries, base) = match (update, base) {
+        (Some(u), Some((manifest, dirs))) if builds_on(opts, &scan, &u) => {
+            let replaced = u.replaced.into_iter().map(|e| e.path).collect();
+            (u.inserted, Some(Base { manifest, dirs, replaced }))
+        }
+        _ => (scan.entries.clone(), None),
+    };
+    let budget = opts.budget.filter(|_| base.is_none());
+    let mut planned = plan(&memo, dir, entries, budget);
     phases.scan = mark.elapsed().as_secs_f64();
 
     let mark = Instant::now();
-    let (cached_files, n_jobs) = (start.cache.files.len(), planned.jobs.len());
-    let mut read = read_and_upload(store, opts, start.index, &mut planned, nonce, progress).await?;
-    let index = std::mem::take(&mut read.index);
-    let mut built = build(planned, read);
+    let index = std::mem::take(&mut memo.index.index);
+    let read = read_and_upload(store, opts, index, &mut planned, nonce, progress).await?;
+    memo.index.index =
+        read.index.ok_or_else(|| EngineError::Invalid("the index is still shared after reading".into()))?;
+    let mut built = build(planned, read.done, read.stats, &scan);
+    built.packs = read.packs;
+    built.bytes_uploaded = read.bytes_uploaded;
     phases.read = mark.elapsed().as_secs_f64();
 
     let mark = Instant::now();
-    // Every file matched the cache and none went away: the cache on disk is already right.
-    let cache_current = n_jobs == 0 && built.cache.files.len() == cached_files;
-    let written = trees::write(store.objects(), &built.manifest, &index, nonce).await?;
+    let incremental = base.is_some();
+    let (manifest, trees) = finish_tree(&mut memo, &mut built, base, read.n_jobs);
+    let written = trees::write(store.objects(), &trees, &memo.index.index, nonce).await?;
     built.packs.extend(written.packs);
     built.bytes_uploaded += written.bytes_uploaded;
-    let published = publish(store, opts, &start.head, &built, written.root).await?;
-    if !cache_current {
-        save_cache(start.cache_file.as_deref(), &built.cache);
+    let published = publish(store, opts, &head, &built, &manifest, written.root).await?;
+    if let Some((id, file)) = &published.index {
+        memo.index.add(*id, file);
     }
+    save_cache(cache_file.as_deref(), &mut memo, !incremental);
     phases.publish = mark.elapsed().as_secs_f64();
     if !published.unchanged {
         tracing::info!(event = "snapshot_created", workspace = %opts.workspace, seq = published.seq, snapshot = %published.snapshot);
     }
-    Ok(built.summary(published, started, phases))
+    let summary = built.summary(&manifest, published, started, phases);
+    let over_budget = !summary.skipped_for_budget.is_empty();
+    memo.last = Some(Last { scan, manifest, dirs: trees.dirs, over_budget, retry: std::mem::take(&mut built.retry) });
+    warm.incremental = incremental;
+    warm.keep(memo);
+    Ok(summary)
 }
 
-/// What a run starts from: the directory, the store's index, the latest snapshot, the cache.
+/// Whether a run can plan only what the scan update looked at again, on top of the previous
+/// tree: not when hard links are involved (which name of a file comes first is a matter of
+/// the whole tree) nor when the size budget could leave something out (the budget weighs
+/// every file).
+fn builds_on(opts: &CreateOptions, scan: &scan::Scan, update: &Update) -> bool {
+    let linked = |e: &ScanEntry| matches!(e.kind, ScanKind::File { nlink, .. } if nlink > 1);
+    if update.replaced.iter().chain(&update.inserted).any(linked) {
+        return false;
+    }
+    let total = || -> u64 {
+        scan.entries.iter().filter(|e| matches!(e.kind, ScanKind::File { .. })).map(|e| e.stat.size).sum()
+    };
+    opts.budget.is_none_or(|budget| total() <= budget)
+}
+
+/// The previous run's tree, and the paths of it the scan looked at again.
+struct Base {
+    manifest: Manifest,
+    dirs: DirIds,
+    /// Paths of the previous scan looked at again (their entries are replaced), sorted.
+    replaced: Vec<RelPath>,
+}
+
+/// Assembles the run's whole tree and its objects: from the previous tree and the planned
+/// entries when there is a base, from the planned entries alone otherwise; and brings the
+/// file cache in memory up to date.
+fn finish_tree(memo: &mut Memo, built: &mut Built, base: Option<Base>, n_jobs: usize) -> (Manifest, Trees) {
+    let assembled = std::mem::take(&mut built.assembled);
+    let Some(base) = base else {
+        let mut cache = FileCache::new();
+        for (path, stat, chunks) in assembled.cache {
+            cache.files.insert(path.as_bytes().to_vec(), CachedFile { stat, chunks });
+        }
+        // Every file matched the cache and none went away: the cache is unchanged.
+        let same = n_jobs == 0 && cache.files.len() == memo.cache.files.len();
+        memo.cache_dirty |= !same;
+        memo.cache = cache;
+        let trees = tree::build(&assembled.manifest);
+        return (assembled.manifest, trees);
+    };
+    let mut gone: HashMap<Vec<u8>, CachedFile> = HashMap::new();
+    for path in &base.replaced {
+        if let Some(c) = memo.cache.files.remove(path.as_bytes()) {
+            gone.insert(path.as_bytes().to_vec(), c);
+        }
+    }
+    for (path, stat, chunks) in assembled.cache {
+        let file = CachedFile { stat, chunks };
+        let key = path.as_bytes().to_vec();
+        memo.cache_dirty |= gone.remove(&key).as_ref() != Some(&file);
+        memo.cache.files.insert(key, file);
+    }
+    memo.cache_dirty |= !gone.is_empty();
+    let mut changed: Vec<RelPath> = built.planned_paths.iter().chain(&base.replaced).cloned().collect();
+    changed.sort();
+    changed.dedup();
+    let entries = sync::splice(base.manifest.entries, &base.replaced, assembled.manifest.entries, |e| &e.path);
+    let manifest = Manifest { entries };
+    let trees = tree::rebuild(&manifest, base.dirs, &changed);
+    (manifest, trees)
+}
+
+/// What a run starts from: the directory, the latest snapshot, and the index and cache.
 struct Start {
     /// The directory, canonical.
     dir: PathBuf,
-    /// The store's index.
-    index: Index,
     /// The latest snapshot, which this run's builds on, and the highest seq in use.
     head: Head,
     /// Where the file cache of this directory lives, when there is a cache.
     cache_file: Option<PathBuf>,
-    /// The file cache as loaded.
-    cache: FileCache,
+    /// The index (up to date) and the file cache, carried over from the last run or loaded.
+    memo: Memo,
+    /// Whether the index only grew since the last run, so its tree can be built on.
+    additive: bool,
 }
 
-async fn load(store: &SnapshotStore, opts: &CreateOptions) -> Result<Start> {
+async fn load(store: &SnapshotStore, opts: &CreateOptions, warm: &mut Warm) -> Result<Start> {
     let dir = std::fs::canonicalize(&opts.dir).map_err(|e| EngineError::io("opening directory", &opts.dir, e))?;
+    let url = store.objects().url();
+    let key = MemoKey { store: url.to_string(), workspace: opts.workspace.clone(), generation: opts.generation, dir };
+    // Taken now: a run that fails or is abandoned leaves nothing behind.
+    let memo = warm.take(&key);
     let head = store.head(&opts.workspace, opts.generation).await?;
     if let Some(latest) = head.latest.as_ref().filter(|l| l.record.epoch > opts.epoch) {
         return Err(fenced(opts, latest));
     }
-    let loaded = store.load_index(opts.cache_dir.as_deref()).await?;
-    let url = store.objects().url();
-    let cache_file = opts.cache_dir.as_ref().map(|d| cache::path(d, url, &opts.workspace, opts.generation, &dir));
-    let cache = cache_file.as_deref().map(FileCache::load).unwrap_or_default();
-    Ok(Start { dir, index: loaded.index, head, cache_file, cache })
+    let cache_dir = opts.cache_dir.as_deref();
+    let cache_file = cache_dir.map(|d| cache::path(d, url, &opts.workspace, opts.generation, &key.dir));
+    let (memo, additive) = match memo {
+        Some(mut memo) => {
+            let additive = store.refresh_index(&mut memo.index, cache_dir).await?;
+            (memo, additive)
+        }
+        None => {
+            let index = KnownIndex::from(store.load_index(cache_dir).await?);
+            let cache = cache_file.as_deref().map(FileCache::load).unwrap_or_default();
+            let memo = Memo {
+                key: key.clone(),
+                index,
+                cache,
+                cache_dirty: false,
+                cache_saved: Some(Instant::now()),
+                last: None,
+            };
+            (memo, false)
+        }
+    };
+    Ok(Start { dir: key.dir, head, cache_file, memo, additive })
 }
 
-/// The scan and what it leaves to read.
+/// The entries a run plans and what they leave to read.
 struct Planned {
     /// The canonical directory.
     dir: PathBuf,
-    scan: scan::Scan,
+    /// The entries planned: the whole scan, or what an update looked at again.
+    entries: Vec<ScanEntry>,
     /// The files to read, in path order.
     jobs: Vec<ReadJob>,
     /// Their bytes.
     bytes_to_read: u64,
-    /// Manifest entries known without reading, per scanned entry.
+    /// Manifest entries known without reading, per planned entry.
     slots: Vec<Option<Entry>>,
-    /// Metadata to cache, per scanned entry.
+    /// Metadata to cache, per planned entry.
     stats: Vec<Option<FileStat>>,
-    /// Paths the size budget leaves out.
-    skipped_for_budget: Vec<String>,
+    /// Slots the size budget leaves out.
+    over_budget: Vec<usize>,
 }
 
-/// Plans the run from the scan: what the cache lets it reuse, what it must read.
-fn plan(opts: &CreateOptions, start: &Start, scan: scan::Scan) -> Planned {
+/// Plans `entries`: what the cache lets the run reuse, what it must read.
+fn plan(memo: &Memo, dir: PathBuf, entries: Vec<ScanEntry>, budget: Option<u64>) -> Planned {
     let plan = sync::plan(
-        &scan.entries,
-        opts.budget,
-        |path, stat| start.cache.lookup(path.as_bytes(), stat).map(<[ChunkRef]>::to_vec),
-        |id| start.index.is_reusable(id),
+        &entries,
+        budget,
+        |path, stat| memo.cache.lookup(path.as_bytes(), stat).map(<[ChunkRef]>::to_vec),
+        |id| memo.index.index.is_reusable(id),
     );
-    let skipped_for_budget = plan.over_budget.iter().map(|s| scan::show(&scan.entries[*s].path)).collect();
     let jobs = plan
         .read
         .iter()
-        .map(|&slot| ReadJob { path: scan.entries[slot].path.clone(), slot, size: scan.entries[slot].stat.size })
+        .map(|&slot| ReadJob { path: entries[slot].path.clone(), slot, size: entries[slot].stat.size })
         .collect();
     Planned {
-        dir: start.dir.clone(),
-        scan,
+        dir,
+        entries,
         jobs,
         bytes_to_read: plan.bytes_to_read,
         slots: plan.slots,
         stats: plan.stats,
-        skipped_for_budget,
+        over_budget: plan.over_budget,
     }
 }
 
@@ -287,12 +403,15 @@ fn plan(opts: &CreateOptions, start: &Start, scan: scan::Scan) -> Planned {
 struct ReadOutcome {
     done: Vec<ReadDone>,
     stats: ReadStats,
+    /// How many files were to be read.
+    n_jobs: usize,
     /// The packs uploaded, for the index.
     packs: Vec<IndexedPack>,
     /// Bytes of those packs the store did not have.
     bytes_uploaded: u64,
-    /// The store's index as the run loaded it (this run's packs not included).
-    index: Index,
+    /// The store's index as the run loaded it (this run's packs not included); `None` if it
+    /// could not be taken back from the readers.
+    index: Option<Index>,
 }
 
 /// Reads, chunks and packs the planned files on worker threads, uploading packs as they fill.
@@ -305,6 +424,7 @@ async fn read_and_upload(
     progress: &Arc<Progress>,
 ) -> Result<ReadOutcome> {
     let jobs = std::mem::take(&mut planned.jobs);
+    let n_jobs = jobs.len();
     progress.start("read", jobs.len() as u64, planned.bytes_to_read);
     let threads = opts.threads.max(1);
     let (tx, rx) = mpsc::channel::<SealedPack>(threads);
@@ -329,16 +449,19 @@ async fn read_and_upload(
     // An upload error explains a reader that stopped because the uploader hung up.
     let (packs, bytes_uploaded) = upload_result?;
     let (done, stats) = read_result?;
-    // The readers are done, so this is the last reference; were it not, every tree object
-    // would be uploaded again, which costs bytes, never correctness.
-    let index = Arc::try_unwrap(ctx).map(|c| c.index).unwrap_or_default();
-    Ok(ReadOutcome { done, stats, packs, bytes_uploaded, index })
+    // The readers are done, so this is the last reference.
+    let index = Arc::try_unwrap(ctx).ok().map(|c| c.index);
+    Ok(ReadOutcome { done, stats, n_jobs, packs, bytes_uploaded, index })
 }
 
-/// The manifest of a run, with what its summary and the cache need.
+/// What a run produced, with what its summary and the cache need.
 struct Built {
-    manifest: Manifest,
-    cache: FileCache,
+    /// The planned entries as manifest entries, and what to cache of them.
+    assembled: sync::Assembled,
+    /// The paths planned.
+    planned_paths: Vec<RelPath>,
+    /// Planned files whose read failed or raced a write.
+    retry: Vec<RelPath>,
     packs: Vec<IndexedPack>,
     bytes_uploaded: u64,
     files_read: u64,
@@ -350,11 +473,11 @@ struct Built {
     special_files_skipped: u64,
 }
 
-/// Puts the read files into their slots and assembles the manifest and the new cache.
-fn build(planned: Planned, read: ReadOutcome) -> Built {
-    let Planned { scan, mut slots, mut stats, skipped_for_budget, .. } = planned;
-    for d in read.done {
-        let e = &scan.entries[d.slot];
+/// Puts the read files into their slots and assembles the planned entries and what to cache.
+fn build(planned: Planned, done: Vec<ReadDone>, read: ReadStats, scan: &scan::Scan) -> Built {
+    let Planned { entries, mut slots, mut stats, over_budget, .. } = planned;
+    for d in done {
+        let e = &entries[d.slot];
         let size = d.chunks.iter().map(|c| c.len as u64).sum();
         let kind = EntryKind::File { size, chunks: d.chunks };
         slots[d.slot] = Some(Entry { path: e.path.clone(), mode: e.mode, mtime_ns: d.stat.mtime_ns, kind });
@@ -362,23 +485,33 @@ fn build(planned: Planned, read: ReadOutcome) -> Built {
             stats[d.slot] = Some(d.stat);
         }
     }
+    let skipped_for_budget = over_budget.iter().map(|s| scan::show(&entries[*s].path)).collect();
+    let over: HashSet<usize> = over_budget.into_iter().collect();
+    // A file read while it changed, or not read at all, is not settled: the next run looks again.
+    let retry = entries
+        .iter()
+        .enumerate()
+        .filter(|(slot, e)| match &slots[*slot] {
+            Some(Entry { kind: EntryKind::File { .. }, .. }) => stats[*slot].is_none(),
+            Some(_) => false,
+            None => matches!(e.kind, ScanKind::File { .. }) && !over.contains(slot),
+        })
+        .map(|(_, e)| e.path.clone())
+        .collect();
     let assembled = sync::assemble(slots, &stats);
-    let mut skipped_unreadable = scan.problems;
-    skipped_unreadable.extend(read.stats.skipped);
-    skipped_unreadable.extend(assembled.skipped);
-    let mut cache = FileCache::new();
-    for (path, stat, chunks) in assembled.cache {
-        cache.files.insert(path.as_bytes().to_vec(), CachedFile { stat, chunks });
-    }
+    let mut skipped_unreadable = scan.problems.clone();
+    skipped_unreadable.extend(read.skipped);
+    skipped_unreadable.extend(assembled.skipped.iter().cloned());
     Built {
-        manifest: assembled.manifest,
-        cache,
-        packs: read.packs,
-        bytes_uploaded: read.bytes_uploaded,
-        files_read: read.stats.files_read,
-        bytes_read: read.stats.bytes_read,
-        chunks_new: read.stats.chunks_new,
-        bytes_new: read.stats.bytes_new,
+        assembled,
+        planned_paths: entries.into_iter().map(|e| e.path).collect(),
+        retry,
+        packs: Vec::new(),
+        bytes_uploaded: 0,
+        files_read: read.files_read,
+        bytes_read: read.bytes_read,
+        chunks_new: read.chunks_new,
+        bytes_new: read.bytes_new,
         skipped_for_budget,
         skipped_unreadable,
         special_files_skipped: scan.special,
@@ -386,8 +519,14 @@ fn build(planned: Planned, read: ReadOutcome) -> Built {
 }
 
 impl Built {
-    fn summary(self, published: Published, started: Instant, phase_secs: PhaseSecs) -> CreateSummary {
-        let totals = self.manifest.totals();
+    fn summary(
+        &self,
+        manifest: &Manifest,
+        published: Published,
+        started: Instant,
+        phase_secs: PhaseSecs,
+    ) -> CreateSummary {
+        let totals = manifest.totals();
         CreateSummary {
             snapshot: published.snapshot,
             seq: published.seq,
@@ -401,8 +540,8 @@ impl Built {
             bytes_new: self.bytes_new,
             bytes_uploaded: self.bytes_uploaded + published.bytes_uploaded,
             packs_uploaded: self.packs.len() as u64,
-            skipped_for_budget: self.skipped_for_budget,
-            skipped_unreadable: self.skipped_unreadable,
+            skipped_for_budget: self.skipped_for_budget.clone(),
+            skipped_unreadable: self.skipped_unreadable.clone(),
             special_files_skipped: self.special_files_skipped,
             duration_secs: started.elapsed().as_secs_f64(),
             phase_secs,
@@ -420,6 +559,8 @@ struct Published {
     unchanged: bool,
     /// Bytes of the index and record written.
     bytes_uploaded: u64,
+    /// The index object written, naming the run's packs.
+    index: Option<(IndexId, IndexFile)>,
 }
 
 /// Publishes in durability order: packs of data and of tree objects (already uploaded), index,
@@ -430,20 +571,24 @@ async fn publish(
     opts: &CreateOptions,
     head: &Head,
     built: &Built,
+    manifest: &Manifest,
     root: ChunkId,
 ) -> Result<Published> {
     let objects = store.objects();
     let parent = head.latest.as_ref();
     let mut bytes_uploaded = 0;
+    let mut index = None;
     if !built.packs.is_empty() {
-        let (index_id, bytes) = IndexFile { packs: built.packs.clone() }.encode();
+        let file = IndexFile { packs: built.packs.clone() };
+        let (index_id, bytes) = file.encode();
         bytes_uploaded += bytes.len() as u64;
         objects.put_if_absent(&layout::index(&index_id), Bytes::from(bytes)).await?;
+        index = Some((index_id, file));
     }
     // The root object's id names the whole tree.
     let tree = TreeId(root.0);
     if let Some(p) = parent.filter(|p| p.record.tree == tree && p.record.epoch == opts.epoch) {
-        return Ok(Published { snapshot: p.id, seq: p.record.seq, unchanged: true, bytes_uploaded });
+        return Ok(Published { snapshot: p.id, seq: p.record.seq, unchanged: true, bytes_uploaded, index });
     }
     let seq = head.max_seq + 1;
     let record = SnapshotRecord {
@@ -457,7 +602,7 @@ async fn publish(
         tree,
         parent: parent.map(|p| p.id),
         host: opts.host.clone(),
-        totals: built.manifest.totals(),
+        totals: manifest.totals(),
         skipped_for_budget: built.skipped_for_budget.clone(),
     };
     let (snapshot_id, record_bytes) = record.encode();
@@ -466,7 +611,7 @@ async fn publish(
     if objects.put_if_absent(&key, Bytes::from(record_bytes)).await? == Put::AlreadyExists {
         return Err(lost_race(store, opts, &key, seq).await);
     }
-    Ok(Published { snapshot: snapshot_id, seq, unchanged: false, bytes_uploaded })
+    Ok(Published { snapshot: snapshot_id, seq, unchanged: false, bytes_uploaded, index })
 }
 
 /// The error of a run whose record key was taken by another writer: `Fenced` when that writer
@@ -499,12 +644,20 @@ fn fenced(opts: &CreateOptions, latest: &Snapshot) -> EngineError {
     }
 }
 
-/// Saves the new file cache; a cache that cannot be saved costs a full read next time, no more.
-fn save_cache(path: Option<&std::path::Path>, cache: &FileCache) {
-    if let Some(path) = path {
-        if let Err(e) = cache.save(path) {
-            tracing::warn!(event = "cache_save_failed", path = %path.display(), error = %e);
+/// Saves the file cache when it changed: after a run that planned every entry, and otherwise
+/// at most every `CACHE_SAVE_EVERY` (a cache on disk that lags costs reads, never correctness).
+/// A cache that cannot be saved costs a full read next time, no more.
+fn save_cache(path: Option<&std::path::Path>, memo: &mut Memo, planned_all: bool) {
+    let Some(path) = path.filter(|_| memo.cache_dirty) else { return };
+    if !planned_all && memo.cache_saved.is_some_and(|t| t.elapsed() < CACHE_SAVE_EVERY) {
+        return;
+    }
+    match memo.cache.save(path) {
+        Ok(()) => {
+            memo.cache_dirty = false;
+            memo.cache_saved = Some(Instant::now());
         }
+        Err(e) => tracing::warn!(event = "cache_save_failed", path = %path.display(), error = %e),
     }
 }
 

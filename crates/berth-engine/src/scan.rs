@@ -79,11 +79,19 @@ fn scan_from(dir: PathBuf, rel: Option<RelPath>, excludes: &Excludes, skip: &[Pa
 pub const BERTH_DIR: &[u8] = b".berth";
 
 fn drop_bare_berth_dir(entries: &mut Vec<ScanEntry>) {
-    let holds_more =
-        entries.iter().any(|e| e.path.as_bytes().strip_prefix(BERTH_DIR).is_some_and(|r| r.starts_with(b"/")));
-    if !holds_more {
-        entries.retain(|e| !(e.path.as_bytes() == BERTH_DIR && matches!(e.kind, ScanKind::Dir)));
+    if let Some(i) = bare_berth_dir(entries) {
+        entries.remove(i);
     }
+}
+
+/// Returns where `.berth` is in sorted `entries` when it is a directory with nothing below it.
+pub(crate) fn bare_berth_dir(entries: &[ScanEntry]) -> Option<usize> {
+    let lower = |key: &[u8]| entries.partition_point(|e| e.path.as_bytes() < key);
+    let i = lower(BERTH_DIR);
+    let dir = entries.get(i).is_some_and(|e| e.path.as_bytes() == BERTH_DIR && matches!(e.kind, ScanKind::Dir));
+    let below = [BERTH_DIR, b"/"].concat();
+    let holds_more = entries.get(lower(&below)).is_some_and(|e| e.path.as_bytes().starts_with(&below));
+    Some(i).filter(|_| dir && !holds_more)
 }
 
 type DirJob = (PathBuf, Option<RelPath>);

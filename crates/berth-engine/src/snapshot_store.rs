@@ -1,7 +1,7 @@
 //! `SnapshotStore`: an object store opened as berth's snapshot store: its config, index,
 //! snapshot records and manifests, read with validation.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
 use berth_core::config::StoreConfig;
@@ -43,6 +43,40 @@ pub struct LoadedIndex {
     pub files: Vec<(IndexId, IndexFile)>,
     /// The prune marks in force.
     pub marks: Vec<(MarkId, Mark)>,
+}
+
+/// An index kept in memory between runs of one writer, with what it was built from.
+#[derive(Debug, Default)]
+pub struct KnownIndex {
+    /// Chunk locations.
+    pub index: Index,
+    /// The index objects it holds.
+    pub ids: HashSet<IndexId>,
+    /// The prune marks in force when it was loaded.
+    pub marks: BTreeSet<MarkId>,
+}
+
+impl KnownIndex {
+    /// Adds an index object (one this writer wrote, or one found since).
+    pub fn add(&mut self, id: IndexId, file: &IndexFile) {
+        if self.ids.insert(id) {
+            self.index.add(file);
+        }
+    }
+}
+
+impl From<LoadedIndex> for KnownIndex {
+    fn from(loaded: LoadedIndex) -> Self {
+        KnownIndex {
+            index: loaded.index,
+            ids: loaded.files.iter().map(|(id, _)| *id).collect(),
+            marks: loaded.marks.iter().map(|(id, _)| *id).collect(),
+        }
+    }
+}
+
+fn mark_id(o: &crate::store::ObjectInfo) -> Option<MarkId> {
+    MarkId::from_hex(layout::parse_id_hex(&o.key)?).ok()
 }
 
 /// The state of one workspace generation's lineage.
@@ -120,39 +154,78 @@ impl SnapshotStore {
     pub async fn load_index(&self, cache_dir: Option<&Path>) -> Result<LoadedIndex> {
         let marks = self.marks().await?;
         let doomed: HashSet<PackId> = marks.iter().flat_map(|(_, m)| m.packs.iter().copied()).collect();
-        let objects = self.objects.list(layout::INDEX).await?;
-        let cache = cache_dir.map(|d| d.join("index"));
-        let files: Vec<(IndexId, IndexFile)> = futures::stream::iter(objects)
+        let listed = self.index_ids().await?;
+        let files = self.index_files(listed, cache_dir).await?;
+        let mut index = Index::new(doomed);
+        for (_, f) in &files {
+            index.add(f);
+        }
+        Ok(LoadedIndex { index, files, marks })
+    }
+
+    /// Brings `known` (an index loaded earlier) up to date, reading only the index objects that
+    /// appeared since. When a prune mark came or went, or an index object went away (a prune
+    /// rewrote the index), it loads everything again instead and returns `false`: then what was
+    /// reusable before may not be any more.
+    pub async fn refresh_index(&self, known: &mut KnownIndex, cache_dir: Option<&Path>) -> Result<bool> {
+        let marks: BTreeSet<MarkId> = self.objects.list(layout::MARKS).await?.iter().filter_map(mark_id).collect();
+        let listed = self.index_ids().await?;
+        let ids: HashSet<IndexId> = listed.iter().map(|(id, _)| *id).collect();
+        if marks != known.marks || !known.ids.is_subset(&ids) {
+            *known = KnownIndex::from(self.load_index(cache_dir).await?);
+            return Ok(false);
+        }
+        let new: Vec<(IndexId, String)> = listed.into_iter().filter(|(id, _)| !known.ids.contains(id)).collect();
+        for (id, file) in self.index_files(new, cache_dir).await? {
+            known.add(id, &file);
+        }
+        Ok(true)
+    }
+
+    /// Lists the index objects.
+    async fn index_ids(&self) -> Result<Vec<(IndexId, String)>> {
+        let listed = self.objects.list(layout::INDEX).await?;
+        listed
+            .into_iter()
             .map(|o| {
+                let hex = layout::parse_id_hex(&o.key).ok_or_else(|| FormatError::new(&o.key, "not an index key"))?;
+                let id = IndexId::from_hex(hex).map_err(|e| FormatError::new(&o.key, e.to_string()))?;
+                Ok((id, o.key))
+            })
+            .collect()
+    }
+
+    /// Reads index objects, from `cache_dir/index/` when it holds a valid copy.
+    async fn index_files(
+        &self,
+        keys: Vec<(IndexId, String)>,
+        cache_dir: Option<&Path>,
+    ) -> Result<Vec<(IndexId, IndexFile)>> {
+        let cache = cache_dir.map(|d| d.join("index"));
+        futures::stream::iter(keys)
+            .map(|(id, key)| {
                 let cache = cache.clone();
                 async move {
-                    let hex =
-                        layout::parse_id_hex(&o.key).ok_or_else(|| FormatError::new(&o.key, "not an index key"))?;
-                    let id = IndexId::from_hex(hex).map_err(|e| FormatError::new(&o.key, e.to_string()))?;
+                    let hex = id.to_hex();
                     if let Some(dir) = &cache {
-                        if let Ok(bytes) = std::fs::read(dir.join(hex)) {
+                        if let Ok(bytes) = std::fs::read(dir.join(&hex)) {
                             if let Ok(file) = IndexFile::decode(&id, &bytes) {
                                 return Ok((id, file));
                             }
                         }
                     }
-                    let bytes = self.objects.get(&o.key).await?;
+                    let bytes = self.objects.get(&key).await?;
                     let file = IndexFile::decode(&id, &bytes)?;
                     if let Some(dir) = &cache {
                         // The cache is an optimisation: failing to fill it is not an error.
-                        let _ = std::fs::create_dir_all(dir).and_then(|()| write_atomic(&dir.join(hex), &bytes));
+                        let _ = std::fs::create_dir_all(dir).and_then(|()| write_atomic(&dir.join(&hex), &bytes));
                     }
                     Ok::<_, EngineError>((id, file))
                 }
             })
             .buffered(FETCH_CONCURRENCY)
             .try_collect()
-            .await?;
-        let mut index = Index::new(doomed);
-        for (_, f) in &files {
-            index.add(f);
-        }
-        Ok(LoadedIndex { index, files, marks })
+            .await
     }
 
     async fn read_records(&self, keys: Vec<String>) -> Result<Vec<Snapshot>> {

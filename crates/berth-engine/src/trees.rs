@@ -17,7 +17,7 @@ use berth_core::index::{Index, IndexedPack, Location};
 use berth_core::layout;
 use berth_core::manifest::Manifest;
 use berth_core::pack::PackBuilder;
-use berth_core::tree::{self, TreeNode};
+use berth_core::tree::{self, TreeNode, Trees};
 use berth_core::FormatError;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -126,10 +126,9 @@ pub struct Written {
     pub bytes_uploaded: u64,
 }
 
-/// Turns `manifest` into tree objects and uploads, in packs of their own, those that `index`
-/// does not hold in a live pack.
-pub async fn write(objects: &DynStore, manifest: &Manifest, index: &Index, nonce: [u8; 16]) -> Result<Written> {
-    let trees = tree::build(manifest);
+/// Uploads, in packs of their own, the tree objects of `trees` that `index` does not hold in a
+/// live pack.
+pub async fn write(objects: &DynStore, trees: &Trees, index: &Index, nonce: [u8; 16]) -> Result<Written> {
     let new: Vec<&(ChunkId, Vec<u8>)> = trees.objects.iter().filter(|(id, _)| !index.is_reusable(id)).collect();
     let mut out = Written { root: trees.root, packs: Vec::new(), objects_new: new.len() as u64, bytes_uploaded: 0 };
     let mut codecs = Codecs::new();

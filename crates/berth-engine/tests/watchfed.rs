@@ -1,5 +1,5 @@
 //! Watch-fed snapshots equal full-scan snapshots: random sequences of creates, writes, renames,
-//! deletes, chmods, symlink swaps and new directories are applied to a tree; after some of them
+//! deletes, chmods, symlink swaps, hard links and new directories are applied to a tree; after some of them
 //! a snapshot is taken from the paths a watcher would have reported (`create_warm` with the
 //! changed paths), and one of the same tree by a full scan into another store. Both must have the
 //! same tree id. A lost watcher (overflow) falls back to a full scan and loses nothing, and a
@@ -48,6 +48,12 @@ enum Op {
     Overflow {
         slot: u8,
     },
+    /// A second name for a file (inotify reports the new name, and the old one's link count
+    /// as an attribute change).
+    HardLink {
+        from: u8,
+        to: u8,
+    },
     Snapshot,
 }
 
@@ -66,6 +72,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(|slot| Op::SymlinkSwap { slot }),
         1 => (any::<u8>(), 0u8..4).prop_map(|(slot, files)| Op::NewDir { slot, files }),
         1 => any::<u8>().prop_map(|slot| Op::Overflow { slot }),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(from, to)| Op::HardLink { from, to }),
         3 => Just(Op::Snapshot),
     ]
 }
@@ -75,8 +82,33 @@ fn rel(s: &str) -> RelPath {
 }
 
 /// Applies `op` to `root`; returns the paths a watcher reports for it.
+/// The other names of the files at `paths` (slot paths only): unlinking, replacing or
+/// chmodding one name changes the inode's link count or mode, which inotify reports for
+/// every name as an attribute change.
+fn other_names(root: &Path, paths: &[String]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let file = |p: &str| root.join(p).symlink_metadata().ok().filter(|m| m.is_file());
+    let all: Vec<String> = (0..28).map(slot_path).collect();
+    let mut out = Vec::new();
+    for p in paths {
+        let Some(m) = file(p).filter(|m| m.nlink() > 1) else { continue };
+        out.extend(all.iter().filter(|q| *q != p && file(q).is_some_and(|o| o.ino() == m.ino())).cloned());
+    }
+    out
+}
+
 fn apply(root: &Path, op: &Op, n: &mut u64, changed: &mut ChangedPaths) {
     *n += 1;
+    let touched = match op {
+        Op::Write { slot, .. } | Op::Delete { slot } | Op::Chmod { slot, .. } | Op::SymlinkSwap { slot } => {
+            vec![slot_path(*slot)]
+        }
+        Op::Rename { from, to } | Op::HardLink { from, to } => vec![slot_path(*from), slot_path(*to)],
+        Op::NewDir { .. } | Op::Overflow { .. } | Op::Snapshot => Vec::new(),
+    };
+    for p in other_names(root, &touched) {
+        changed.insert(rel(&p));
+    }
     let at = |s: &str| root.join(s);
     let ensure_parent = |s: &str| std::fs::create_dir_all(at(s).parent().expect("a parent")).expect("mkdir");
     let mut report = |s: &str| changed.insert(rel(s));
@@ -157,6 +189,18 @@ fn apply(root: &Path, op: &Op, n: &mut u64, changed: &mut ChangedPaths) {
             std::fs::write(at(&p), format!("unreported {n}")).expect("write");
             changed.lose_track();
         }
+        Op::HardLink { from, to } => {
+            let (from, to) = (slot_path(*from), slot_path(*to));
+            let is_file = |p: &str| at(p).symlink_metadata().is_ok_and(|m| m.is_file());
+            if from == to || !is_file(&from) || !at(&to).parent().is_some_and(Path::is_dir) {
+                return;
+            }
+            let _ = std::fs::remove_dir_all(at(&to));
+            let _ = std::fs::remove_file(at(&to));
+            std::fs::hard_link(at(&from), at(&to)).expect("link");
+            report(&from);
+            report(&to);
+        }
         Op::Snapshot => {}
     }
 }
@@ -203,6 +247,10 @@ proptest! {
                     let (w, c) = both(&store, &mut warm, &changed, &dir).await;
                     assert_eq!(w, c, "after {ops:?}");
                     assert_eq!(warm.full_scan, lost, "a full scan exactly when track was lost");
+                    // Without hard links, a watch-fed run plans and encodes only what changed.
+                    let linked = ops.iter().any(|o| matches!(o, Op::HardLink { .. }));
+                    assert!(!lost || !warm.incremental, "a lost watcher plans everything");
+                    assert!(lost || linked || warm.incremental, "a watch-fed run builds on the last tree");
                     changed = ChangedPaths::new();
                 }
             }
