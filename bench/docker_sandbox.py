@@ -9,9 +9,10 @@ One run, on the test image (images/test-image), of:
   cold start      `berth sandbox start OWNER --image IMAGE -- sh -c '...same...'` for a fresh
                   owner each time (a new workspace and volume, nothing to restore), through a
                   `berth serve --substrate docker` with a file:// store; stopped afterwards
-  restore alone   `berth snapshot restore` of a 100 MiB workspace (100 files of 1 MiB of random
-                  bytes, so nothing compresses or deduplicates) inside a container of the image,
-                  into its own /workspace, timed by the container's clock around the command
+  restore alone   `berth snapshot restore --no-cache` of a 100 MiB workspace (100 files of 1 MiB
+                  of random bytes, so nothing compresses or deduplicates) inside a container of
+                  the image, into its own /workspace, timed by the container's clock around the
+                  command; then the same writing the file cache, as the supervisor's restore does
   warm claim      `berth sandbox start OWNER --image IMAGE -- ...` of that 100 MiB workspace with
                   `--warm-pool IMAGE=1`: a claimed warm container restores it from the store, then
                   the command prints its clock; stopped afterwards, and the pool refilled before
@@ -208,11 +209,14 @@ def seed(server, image, run, owner):
     server.stop(owner)
 
 
-def restores(berth, image, run, store, owner, reps):
+def restores(berth, image, run, store, owner, reps, cache=False):
+    """`berth snapshot restore` alone in a container: with `--no-cache` (the reference), or
+    writing the file cache to /tmp as a sandbox's supervisor does (`cache`)."""
     times = []
-    script = ("a=$(date +%s%N); /berth/bin/berth snapshot restore --no-cache --store file://{store} "
+    flag = "--cache-dir /tmp/berth-cache" if cache else "--no-cache"
+    script = ("a=$(date +%s%N); /berth/bin/berth snapshot restore {flag} --store file://{store} "
               "--workspace {owner} /workspace >/dev/null; b=$(date +%s%N); echo R=$((b-a))").format(
-        store=store, owner=owner)
+        flag=flag, store=store, owner=owner)
     for _ in range(reps):
         out = sh(["docker", "run", "--rm", "--network", "host", "--user", "1000:1000", "--label", f"{LABEL}={run}",
                   "-v", f"{os.path.abspath(berth)}:/berth/bin/berth:ro", "-v", f"{store}:{store}", image, "sh", "-c",
@@ -281,6 +285,7 @@ def main():
         finally:
             cold_server.close()
         alone = restores(berth, image, run, store, owner, a.reps)
+        cached = restores(berth, image, run, store, owner, a.reps, cache=True)
         warm_server = Server(berth, work, store, image, run, 1)
         try:
             warm = warm_claims(warm_server, image, run, owner, a.reps, warm_split)
@@ -290,6 +295,7 @@ def main():
         cleanup(run)
     rows = [("docker run, to the command running", plain), ("berth sandbox start, cold (empty workspace)", cold),
             ("restore of the 100 MiB workspace alone, in a container", alone),
+            ("the same restore writing the file cache (as a sandbox's supervisor does)", cached),
             ("berth sandbox start, warm claim, 100 MiB workspace, to the command running", warm)]
     print("| case | median | min-max |")
     print("|---|---|---|")

@@ -167,7 +167,20 @@ impl Control {
     /// A stale epoch, a session the server no longer knows (404, or 401: its token died with
     /// it), or one attached by another instance id fences this sandbox.
     pub async fn heartbeat(&self) -> Result<(), AgentError> {
-        let body = Heartbeat { epoch: self.cfg.epoch, instance_id: self.instance.clone() };
+        self.beat(None).await
+    }
+
+    /// Sends the heartbeat that says init has ended (the warm pool this sandbox was claimed
+    /// from waits for it to refill). A failure is logged, never fatal: a control plane that
+    /// does not know the field refuses it, and the next regular heartbeat renews the lease.
+    pub async fn init_done(&self) {
+        if let Err(e) = self.beat(Some(true)).await {
+            tracing::debug!(event = "init_done_heartbeat_failed", error = %e);
+        }
+    }
+
+    async fn beat(&self, init_done: Option<bool>) -> Result<(), AgentError> {
+        let body = Heartbeat { epoch: self.cfg.epoch, instance_id: self.instance.clone(), init_done };
         let sent = self.now_ms();
         match self.client.heartbeat(self.cfg.session.as_str(), &body).await {
             Ok(reply) => {

@@ -152,7 +152,8 @@ pub async fn init(
     dir.check().map_err(|r| run.refused(r))?;
     let latest = read_latest(cfg, store).await;
     let plan = init::plan(&dir, &latest, &cfg.repos).map_err(|r| run.refused(r))?;
-    let manifest = run.manifest(store, &plan.restore).await?;
+    // Only cloning reads it (whether the snapshot holds a repo); the restore reads its own.
+    let manifest = if plan.repos.is_empty() { None } else { run.manifest(store, &plan.restore).await? };
     let fresh = run.clone_repos(&git, &plan, manifest.as_ref()).await?;
     run.restore(store, &plan.restore, &fresh).await?;
     run.checkpoint()?;

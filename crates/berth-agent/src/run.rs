@@ -236,8 +236,13 @@ pub async fn run(cfg: AgentConfig, argv: Vec<String>, signals: Signals, observer
         }
     };
     let restored = matches!(report.restore, Some(RestoreOutcome::Restored | RestoreOutcome::KeptLocal));
+    let control = prepared.control.clone();
     let ended = match Running::start(cfg.clone(), prepared, creds, &argv, restored, &stop) {
         Ok(mut running) => {
+            // The agent command runs: a warm pool waiting for this sandbox's init may refill.
+            if let Some(c) = control {
+                tokio::spawn(async move { c.init_done().await });
+            }
             let ended = running.supervise(&signals).await;
             // Background work stops before the job's paths and the locks go with `running`.
             stop.cancel();

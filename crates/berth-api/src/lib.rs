@@ -349,6 +349,11 @@ pub struct Heartbeat {
     /// The sending instance: the one the session attached with (a heartbeat naming another is
     /// refused with `wrong_instance`; a sandbox with a new instance id attaches a new session).
     pub instance_id: String,
+    /// Sent `true` once, by the heartbeat a sandbox sends as soon as its init has ended (the
+    /// workspace restored, the agent command started): the warm pool it was claimed from
+    /// refills after that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_done: Option<bool>,
 }
 
 /// Response of a heartbeat: the renewed lease and the drain state of the session's scopes,

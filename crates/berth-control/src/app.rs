@@ -265,6 +265,8 @@ pub struct App {
     pub wake_delete: Notify,
     /// Keeps GC sweeps of this process from overlapping.
     pub gc_running: tokio::sync::Mutex<()>,
+    /// The warm pools' refills waiting for claimed sandboxes to end their init.
+    pub refill_holds: crate::sandboxes::RefillHolds,
     /// Prometheus rendering.
     pub metrics: PrometheusHandle,
     /// Cancelled at shutdown: ends the live event streams, which would otherwise hold the
@@ -424,6 +426,7 @@ impl App {
             tokens,
             wake_delete: Notify::new(),
             gc_running: tokio::sync::Mutex::new(()),
+            refill_holds: Default::default(),
             metrics: metrics_handle(),
             streams: tokio_util::sync::CancellationToken::new(),
             config,

@@ -5,13 +5,14 @@
 //! its final snapshot and detached first, otherwise uncleanly (the workspace is then at risk
 //! until a later session ends clean or a rescue succeeds).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
 use berth_core::session::{InstanceId, ReplicaId, SessionId};
+use berth_core::time::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,6 +46,9 @@ pub const WARM_PREFIX: &str = "warm-";
 pub const SANDBOX_PREFIX: &str = "sb-";
 /// Seconds between two checks of the warm pools.
 const REFILL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a pool's refill waits at most for the sandboxes claimed from it to end their init,
+/// unless configured.
+pub const DEFAULT_REFILL_HOLD_SECS: u64 = 10;
 /// Seconds a claim of a warm container is held in the database: the claimed container is
 /// renamed at once, so it never shows up as idle again.
 const CLAIM_TTL_SECS: i64 = 24 * 3600;
@@ -91,9 +95,17 @@ pub struct SandboxConfig {
     /// The image holding berth's binary, copied into sandbox pods by an init container
     /// (kubernetes substrate); `None`: no sandboxes on kubernetes.
     pub berth_image: Option<String>,
+    /// How long a pool's refill waits at most for the sandboxes claimed from it to end their
+    /// init, in seconds; `None`: [`DEFAULT_REFILL_HOLD_SECS`]; `Some(0)`: it never waits.
+    pub refill_hold_secs: Option<u64>,
 }
 
 impl SandboxConfig {
+    /// How long a pool's refill waits at most for claimed sandboxes' init, in seconds.
+    pub fn refill_hold_secs(&self) -> u64 {
+        self.refill_hold_secs.unwrap_or(DEFAULT_REFILL_HOLD_SECS)
+    }
+
     /// The URL sandboxes reach the control plane at.
     pub fn server_url(&self, config: &Config) -> String {
         self.server_url.clone().unwrap_or_else(|| format!("http://{}", config.listen))
@@ -249,11 +261,89 @@ fn warm_spec(app: &App, image: &str, hand_over: HandOver) -> Result<SandboxSpec>
     })
 }
 
+/// The sandboxes claimed from each warm pool whose init has not ended yet. A pool's refill
+/// waits for them: starting a new warm container (the engine creating it, mounting its
+/// filesystem, the supervisor starting) takes the CPU and disk the claimed sandboxes' restores
+/// need, and their time to the command running is what a warm pool is for.
+///
+/// # Guarantees
+/// - The refill never waits longer than the hold (`--warm-refill-hold`) at a time: the wait
+///   starts with the first claim it waits for, and claims that come while it waits do not
+///   extend it. When it is over, those claims hold nothing any more, so a steady stream of
+///   claims delays each refill by at most the hold; it never starves the pool.
+/// - A claim stops holding when its sandbox says its init has ended (the heartbeat carrying
+///   `init_done`) or when it dies.
+///
+/// # Caveats
+/// - Kept in memory by the replica that claimed. Another replica's refill does not wait, and
+///   a sandbox whose `init_done` heartbeat reaches another replica holds this one's refill
+///   until the bound.
+#[derive(Debug, Default)]
+pub struct RefillHolds(Mutex<BTreeMap<String, Hold>>);
+
+/// One pool's wait.
+#[derive(Debug, Default)]
+struct Hold {
+    /// The claimed sandboxes (instance ids) still initialising.
+    initialising: BTreeSet<String>,
+    /// When the refill began to wait for them.
+    since: Option<Timestamp>,
+}
+
+impl RefillHolds {
+    fn pools(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Hold>> {
+        // Every critical section leaves the map whole.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `instance` was claimed from `image`'s pool at `now`: it holds the pool's
+    /// refill until its init ends.
+    pub fn claimed(&self, image: &str, instance: &str, now: Timestamp) {
+        let mut pools = self.pools();
+        let hold = pools.entry(image.to_string()).or_default();
+        hold.initialising.insert(instance.to_string());
+        hold.since.get_or_insert(now);
+    }
+
+    /// Records that `instance`'s init has ended (or that it died) at `now`: it holds no
+    /// refill any more.
+    pub fn init_ended(&self, instance: &str, now: Timestamp) {
+        for (image, hold) in self.pools().iter_mut() {
+            if hold.initialising.remove(instance) && hold.initialising.is_empty() {
+                if let Some(since) = hold.since.take() {
+                    tracing::info!(event = "warm_refill_released", image = %image, reason = "init_done",
+                        instance, held_ms = (now.0 - since.0) / 1_000_000);
+                }
+            }
+        }
+    }
+
+    /// Whether `image`'s refill waits at `now`: a sandbox claimed from it is still
+    /// initialising, and the refill has waited less than `hold_secs`.
+    pub fn holds(&self, image: &str, now: Timestamp, hold_secs: u64) -> bool {
+        let mut pools = self.pools();
+        let Some(hold) = pools.get_mut(image) else { return false };
+        let Some(since) = hold.since else { return false };
+        if hold.initialising.is_empty() || now.0 >= since.plus_secs(hold_secs as i64).0 {
+            if !hold.initialising.is_empty() {
+                tracing::info!(event = "warm_refill_released", image = %image, reason = "bound",
+                    initialising = hold.initialising.len(), held_ms = (now.0 - since.0) / 1_000_000);
+            }
+            pools.remove(image);
+            return false;
+        }
+        true
+    }
+}
+
 /// Starts the warm containers each pool lacks. One replica at a time fills a pool (a lock in
 /// the database), so replicas never overfill it.
 pub async fn refill(app: &App, sandboxes: &dyn Sandboxes) -> Result<usize> {
     let mut started = 0;
     for (image, want) in &app.config.sandbox.warm_pools {
+        if app.refill_holds.holds(image, now(), app.config.sandbox.refill_hold_secs()) {
+            continue;
+        }
         let lock = format!("warm-fill:{image}");
         if !app.meta.try_lock(&lock, &app.replica, now(), 60).await? {
             continue;
@@ -290,7 +380,10 @@ pub async fn claim_warm(app: &App, sandboxes: &dyn Sandboxes, image: &str, name:
             continue;
         }
         match sandboxes.rename(&candidate.id, name).await {
-            Ok(()) => return Ok(Some(SandboxInfo { name: name.to_string(), ..candidate })),
+            Ok(()) => {
+                app.refill_holds.claimed(image, name, now());
+                return Ok(Some(SandboxInfo { name: name.to_string(), ..candidate }));
+            }
             // Gone meanwhile (died, removed): the next one.
             Err(e) => tracing::warn!(event = "warm_claim_failed", container = %candidate.id, error = %e),
         }
@@ -386,6 +479,7 @@ async fn on_death(app: &App, sandboxes: &dyn Sandboxes, death: &Death) -> Result
             session = app.meta.live_session_of(&instance).await?.map(|s| s.id);
         }
     }
+    app.refill_holds.init_ended(&death.name, now());
     tracing::info!(
         event = "sandbox_died",
         container = %death.id,

@@ -163,7 +163,7 @@ fn code(e: &ClientError) -> (u16, &str) {
 }
 
 fn hb(epoch: Epoch, instance: &str) -> Heartbeat {
-    Heartbeat { epoch, instance_id: instance.into() }
+    Heartbeat { epoch, instance_id: instance.into(), init_done: None }
 }
 
 fn snap(epoch: Epoch, n: u8) -> PublishSnapshot {

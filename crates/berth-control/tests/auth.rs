@@ -125,7 +125,9 @@ async fn sandbox_tokens_die_with_their_session(db: Db) {
     s.ensure("agent:d").await;
     let a = s.attach("agent:d", "pod").await;
     let c = s.client(&a.token);
-    c.heartbeat(&a.session_id, &Heartbeat { epoch: a.epoch, instance_id: "pod".into() }).await.unwrap();
+    c.heartbeat(&a.session_id, &Heartbeat { epoch: a.epoch, instance_id: "pod".into(), init_done: None })
+        .await
+        .unwrap();
     c.workspace("agent:d").await.unwrap();
     c.detach(&a.session_id).await.unwrap();
     assert_eq!(

@@ -319,10 +319,17 @@ impl Sandboxes for DockerSandboxes {
     }
 
     async fn put_file(&self, id: &str, file: &PrivateFile, user: (u32, u32)) -> Result<(), VolumeError> {
+        self.put_files(id, std::slice::from_ref(file), user).await
+    }
+
+    /// One archive upload for all of them: the engine unpacks its entries in order.
+    async fn put_files(&self, id: &str, files: &[PrivateFile], user: (u32, u32)) -> Result<(), VolumeError> {
         let docker = self.engine.client().await?;
-        let what = format!("putting {} into container {id}", file.path);
-        let tar = crate::tar::private_file(&file.path, &file.content, user)
-            .map_err(|e| VolumeError::permanent(format!("{what}: {e}")))?;
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        let what = format!("putting {} into container {id}", paths.join(", "));
+        let entries: Vec<(&str, &[u8])> = files.iter().map(|f| (f.path.as_str(), f.content.as_slice())).collect();
+        let tar =
+            crate::tar::private_files(&entries, user).map_err(|e| VolumeError::permanent(format!("{what}: {e}")))?;
         let options = UploadToContainerOptions { path: "/".into(), ..Default::default() };
         docker
             .upload_to_container(id, Some(options), bollard::body_full(bytes::Bytes::from(tar)))

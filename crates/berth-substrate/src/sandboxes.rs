@@ -179,6 +179,16 @@ pub trait Sandboxes: Send + Sync + fmt::Debug {
     /// Puts `file` into a running sandbox (owned by `user`, mode 0400); only where
     /// [`Sandboxes::hand_over`] is [`HandOver::PutFiles`].
     async fn put_file(&self, id: &str, file: &PrivateFile, user: (u32, u32)) -> Result<(), VolumeError>;
+    /// Puts `files` into a running sandbox in their order, each complete before the next
+    /// appears (a reader that sees a later one finds the earlier ones whole); only where
+    /// [`Sandboxes::hand_over`] is [`HandOver::PutFiles`]. Substrates that can write several
+    /// files in one call do; the default puts them one by one.
+    async fn put_files(&self, id: &str, files: &[PrivateFile], user: (u32, u32)) -> Result<(), VolumeError> {
+        for file in files {
+            self.put_file(id, file, user).await?;
+        }
+        Ok(())
+    }
     /// Renames a sandbox (a warm one, once claimed): its [`SandboxInfo::name`] is `name` from
     /// then on; its id does not change.
     async fn rename(&self, id: &str, name: &str) -> Result<(), VolumeError>;

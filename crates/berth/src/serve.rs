@@ -134,6 +134,10 @@ pub struct Serve {
     /// container with the workspace volume.
     #[arg(long = "warm-pool", value_name = "IMAGE=N", value_parser = parse_warm_pool)]
     warm_pools: Vec<(String, usize)>,
+    /// How long a warm pool's refill waits at most for the sandboxes just claimed from it to
+    /// end their init (a new warm container's start would slow their restores); 0s: never.
+    #[arg(long, default_value = "10s", value_parser = units::parse_duration)]
+    warm_refill_hold: i64,
     /// A label of every sandbox container, as KEY=VALUE (repeatable).
     #[arg(long = "sandbox-label", value_name = "KEY=VALUE", value_parser = parse_volume_opt)]
     sandbox_labels: Vec<(String, String)>,
@@ -328,6 +332,7 @@ impl Serve {
             labels: self.sandbox_labels.into_iter().collect(),
             rescue_image: self.rescue_image,
             berth_image: self.sandbox_berth_image,
+            refill_hold_secs: Some(secs(self.warm_refill_hold)),
         };
         config.gc = GcConfig {
             interval_secs: secs(self.gc_interval),

@@ -640,3 +640,88 @@ fn an_at_risk_docker_volume_is_rescued_by_a_short_container_before_gc_removes_it
     let leftover = t.run.docker(&["ps", "-aq", "--filter", "label=berth.rescue"]);
     assert!(leftover.is_empty(), "a rescue container was left behind: {leftover}");
 }
+
+/// The server's log events named `name`, in order, each with its line number.
+fn logged(log: &Path, name: &str) -> Vec<(usize, serde_json::Value)> {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, l)| serde_json::from_str::<serde_json::Value>(l).ok().map(|v| (i, v)))
+        .filter(|(_, v)| v["fields"]["event"] == name)
+        .collect()
+}
+
+/// Waits up to `secs` for a connection to `listener`, and keeps it open without answering.
+fn accept_within(listener: &std::net::TcpListener, secs: u64) -> std::net::TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match listener.accept() {
+            Ok((conn, _)) => return conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("no connection within {secs} s: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_warm_pool_refill_waits_for_the_claimed_sandboxs_init_but_never_past_the_hold() {
+    const HOLD_MS: u64 = 15_000;
+    let image = berth_docker::testing::image();
+    let pool = format!("{image}=1");
+    let run_label = TestRun::new();
+    let label = run_label.label();
+    let t = Sandboxed::new(&["--warm-pool", &pool, "--sandbox-label", &label, "--warm-refill-hold", "15s"]);
+    // The warm containers carry the run's label, so the run removes them.
+    let t = Sandboxed { run: run_label, ..t };
+    let rt = rt();
+    let log = t.server.log.clone();
+    rt.block_on(wait_until("a warm container", 120, || async { t.idle_warm() == 1 }));
+
+    // A claimed sandbox whose init cannot end: its repo's host takes the clone's connection and
+    // never answers. The refill waits the whole hold, then refills all the same.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let repos = format!(r#"[{{"url": "http://127.0.0.1:{port}/never.git", "path": "never"}}]"#);
+    let slow = format!("agent:{}-slow", t.run.id());
+    let s = t.start_json(&slow, &["--repos", &repos], "echo command-running; sleep 600");
+    assert_eq!(s["warm"], true, "{s}");
+    let slow_name = s["name"].as_str().unwrap().to_string();
+    let clone = accept_within(&host, 60);
+    rt.block_on(wait_until("the pool refilled past the hold", 120, || async { t.idle_warm() == 1 }));
+    assert!(!t.logs(&slow).contains("command-running"), "the init that cannot end ended");
+    let claimed =
+        logged(&log, "sandbox_started").iter().find(|(_, v)| v["fields"]["container"] == *slow_name).unwrap().0;
+    let released = logged(&log, "warm_refill_released");
+    let (at, bound) = released.iter().find(|(i, _)| *i > claimed).expect("the hold was never released");
+    assert_eq!(bound["fields"]["reason"], "bound", "{bound}");
+    assert!(bound["fields"]["held_ms"].as_u64().unwrap() >= HOLD_MS, "{bound}");
+    let started: Vec<usize> = logged(&log, "warm_started").iter().map(|(i, _)| *i).collect();
+    assert!(!started.iter().any(|i| (claimed..*at).contains(i)), "a warm container started during the hold");
+    assert!(started.iter().any(|i| i > at), "no refill after the hold");
+    // It stays in its clone until the run removes it.
+    let _clone = clone;
+
+    // A claimed sandbox whose init ends (nothing to restore, no repo): its heartbeat saying so
+    // releases the refill, well before the hold.
+    let fast = format!("agent:{}-fast", t.run.id());
+    let s = t.start_json(&fast, &[], "echo command-running; sleep 600");
+    assert_eq!(s["warm"], true, "{s}");
+    let fast_name = s["name"].as_str().unwrap().to_string();
+    rt.block_on(wait_until("the pool refilled after the init", 120, || async { t.idle_warm() == 1 }));
+    let claimed =
+        logged(&log, "sandbox_started").iter().find(|(_, v)| v["fields"]["container"] == *fast_name).unwrap().0;
+    let released = logged(&log, "warm_refill_released");
+    let (at, done) = released.iter().find(|(i, _)| *i > claimed).expect("the hold was never released");
+    assert_eq!(
+        (&done["fields"]["reason"], &done["fields"]["instance"]),
+        (&"init_done".into(), &fast_name.clone().into())
+    );
+    assert!(done["fields"]["held_ms"].as_u64().unwrap() < HOLD_MS, "{done}");
+    let started: Vec<usize> = logged(&log, "warm_started").iter().map(|(i, _)| *i).collect();
+    assert!(!started.iter().any(|i| (claimed..*at).contains(i)), "a warm container started during the init");
+    assert!(t.logs(&fast).contains("command-running"));
+    assert!(t.berth(&["sandbox", "stop", &fast]).status.success());
+}

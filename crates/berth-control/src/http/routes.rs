@@ -300,6 +300,9 @@ pub async fn heartbeat(
     let instance = instance_param(body.instance_id)?;
     let hb = app.meta.heartbeat(&id, body.epoch, &instance, now()).await?;
     metrics::counter!("berth_heartbeats_total").increment(1);
+    if body.init_done == Some(true) {
+        app.refill_holds.init_ended(instance.as_str(), now());
+    }
     let drains: Vec<_> = hb
         .draining
         .iter()

@@ -293,8 +293,9 @@ async fn hand_over(
             let claim = serde_json::json!({"spec": SPEC_PATH, "command": body.command, "env": body.env});
             let claim = PrivateFile { path: CLAIM_PATH.into(), content: claim.to_string().into_bytes() };
             let user = app.config.sandbox.user();
-            sandboxes.put_file(&info.id, &spec, user).await?;
-            Ok(sandboxes.put_file(&info.id, &claim, user).await?)
+            // The spec first: the claim is what the waiting supervisor looks for. One call (on
+            // Docker one archive upload, each a round trip of 100-200 ms on a loaded engine).
+            Ok(sandboxes.put_files(&info.id, &[spec, claim], user).await?)
         }
         HandOver::Fetch => {
             let hash = info.labels.get(LABEL_TOKEN_HASH).ok_or_else(|| {
