@@ -27,7 +27,7 @@ Every container and volume carries berth-test-run=<run id>, removed when the scr
 
 Usage:
   cargo build -p berth     # or --release, and pass --berth target/release/berth
-  python3 bench/docker_sandbox.py [--reps 5] [--berth target/debug/berth]
+  python3 bench/docker_sandbox.py [--reps 5] [--berth target/debug/berth] [--compare-hold]
 """
 import argparse
 import datetime
@@ -82,7 +82,7 @@ def mark_of(container, deadline_s=120):
 
 
 class Server:
-    def __init__(self, berth, work, store, image, run, warm):
+    def __init__(self, berth, work, store, image, run, warm, extra=()):
         self.berth = berth
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -91,6 +91,7 @@ class Server:
                 "--sandbox-label", f"{LABEL}={run}", "--gc-interval", "3600s"]
         if warm:
             args += ["--warm-pool", f"{image}={warm}"]
+        args += list(extra)
         env = dict(os.environ, BERTH_ADMIN_TOKEN=ADMIN, BERTH_LOG_FORMAT="json")
         self.log = open(os.path.join(work, f"serve-{self.port}.log"), "w")
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
@@ -262,6 +263,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--berth", default=os.path.join(REPO, "target", "debug", "berth"))
+    ap.add_argument("--compare-hold", action="store_true",
+                    help="also time the warm claims with the pool's refill not held (--warm-refill-hold 0s)")
     a = ap.parse_args()
     berth = os.path.abspath(a.berth)
     image = sh([os.path.join(REPO, "images", "test-image")])
@@ -291,6 +294,15 @@ def main():
             warm = warm_claims(warm_server, image, run, owner, a.reps, warm_split)
         finally:
             warm_server.close()
+        unheld = None
+        if a.compare_hold:
+            # The same claims with the refill not held: a new warm container starts within a
+            # second of each claim, beside its restore.
+            unheld_server = Server(berth, work, store, image, run, 1, ["--warm-refill-hold", "0s"])
+            try:
+                unheld = warm_claims(unheld_server, image, run, owner, a.reps, Split())
+            finally:
+                unheld_server.close()
     finally:
         cleanup(run)
     rows = [("docker run, to the command running", plain), ("berth sandbox start, cold (empty workspace)", cold),
@@ -299,10 +311,14 @@ def main():
             ("berth sandbox start, warm claim, 100 MiB workspace, to the command running", warm)]
     print("| case | median | min-max |")
     print("|---|---|---|")
+    if unheld:
+        rows.append(("the same warm claim with the refill not held (--warm-refill-hold 0s)", unheld))
     for name, xs in rows:
         print(f"| {name} | {med(xs) * 1000:.0f} ms | {min(xs) * 1000:.0f}-{max(xs) * 1000:.0f} ms |")
     print(f"cold overhead over docker run: {(med(cold) - med(plain)) * 1000:.0f} ms (target <= 300 ms + the restore)")
     print(f"warm claim / restore alone: {med(warm) / med(alone):.2f}x (target <= 1.5x)")
+    if unheld:
+        print(f"warm claim, refill not held / restore alone: {med(unheld) / med(alone):.2f}x")
     for line in cold_split.lines("cold") + warm_split.lines("warm"):
         print(line)
 
