@@ -119,8 +119,8 @@ class Build:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--old", required=True, help="the baseline build's berth binary")
-    p.add_argument("--new", required=True, help="the build under test")
+    p.add_argument("--old", help="the baseline build's berth binary")
+    p.add_argument("--new", help="the build under test")
     p.add_argument("--old-label", default="old")
     p.add_argument("--new-label", default="new")
     p.add_argument("--scale", type=float, default=1)
@@ -129,9 +129,16 @@ def main():
     p.add_argument("--shared", default=os.environ.get("BERTH_BENCH_SHARED",
                                                       os.path.join(os.path.dirname(REPO), "shared", "bench")))
     p.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    p.add_argument("--report", action="store_true", help="print the last run's report (also a partial one)")
     p.add_argument("--setup-only", choices=["old", "new"],
                    help="only make that build's stores now (reused by a later run with the same binary)")
     args = p.parse_args()
+    if args.report:
+        with open(os.path.join(args.work, f"compare-s{args.scale:g}", "results.json")) as f:
+            print(report(json.load(f)))
+        return
+    if not (args.old and args.new):
+        p.error("--old and --new name the two builds' binaries")
     corpus = os.path.join(args.work, f"corpus-s{args.scale:g}-seed42")
     if not os.path.isdir(corpus):
         sh(f"python3 {args.shared}/make_corpus.py {corpus} --scale {args.scale} --seed 42")
@@ -151,18 +158,20 @@ def main():
         return
     times = {b.label: {c: [] for c in args.cases} for b in builds}
     loads = []
+    results = {"times": times, "loads": loads, "scale": args.scale, "reps": 0,
+               "labels": [args.old_label, args.new_label], "kernel": platform.release(), "cpus": os.cpu_count()}
     for rep in range(args.reps):
         order = builds if rep % 2 == 0 else builds[::-1]
         for case in args.cases:
             for b in order:
                 loads.append(load())
                 times[b.label][case].append(b.run_case(case))
+        # Kept after every rep, so a run cut short still reports what it measured.
+        results["reps"] = rep + 1
+        with open(os.path.join(root, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
         print(f"rep {rep + 1}/{args.reps} done (load {load():.1f})", file=sys.stderr)
     sh("rm -rf " + " ".join(os.path.join(b.root, "scratch") for b in builds))
-    results = {"times": times, "loads": loads, "scale": args.scale, "reps": args.reps,
-               "labels": [args.old_label, args.new_label], "kernel": platform.release(), "cpus": os.cpu_count()}
-    with open(os.path.join(root, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
     print(report(results))
 
 
