@@ -1,9 +1,23 @@
-//! Sandboxes on the substrate: the settings, [`open`] (Docker only: the local substrate runs
-//! no sandboxes), and the death watcher that ends the session of every sandbox that dies.
+//! Sandboxes on the substrate: the settings, [`open`] (Docker, or Kubernetes with a berth
+//! image: the local substrate runs no sandboxes), the death watcher that ends the session of
+//! every sandbox that dies, and the warm pools ([`refill`], [`claim_warm`], `reap_abandoned`).
 //!
 //! A sandbox's session ends when its container dies: cleanly when the supervisor published
 //! its final snapshot and detached first, otherwise uncleanly (the workspace is then at risk
 //! until a later session ends clean or a rescue succeeds).
+//!
+//! Warm pools: [`refill`] starts the idle sandboxes a pool lacks under a `warm-fill:IMAGE` lock
+//! row, so replicas never overfill it; [`claim_warm`] takes a `warm:CONTAINER` lock row (one
+//! claim alone) and renames the sandbox out of the pool. The claimed sandbox gets its session as
+//! its substrate's `HandOver` says: `PutFiles` (Docker: the spec and the claim uploaded into it
+//! together) or `Fetch` (Kubernetes: made with a token of its own in its 0400 `WARM_PATH` file
+//! and the token's hash in a label, it asks `GET /v1/sandboxes/claim`, 401 until the claim makes
+//! that hash the session's, `Meta::hand_to_warm`). `reap_abandoned` removes a fetching sandbox
+//! whose session had no live lease for a lease TTL (it never fetched and would wait for ever).
+//!
+//! **Invariant:** a warm sandbox never mounts a workspace volume; it restores from the store
+//! once claimed. No credential crosses the API at claim time, and the sandbox's token reads
+//! only its own session's claim.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;

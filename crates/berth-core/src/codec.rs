@@ -16,7 +16,7 @@ pub enum Codec {
     Zstd,
 }
 
-/// zstd level used for chunks: level 3 is zstd's default and the speed/ratio sweet spot.
+/// zstd level used for chunk frames (one above zstd's default of 3).
 pub const ZSTD_LEVEL: i32 = 4;
 
 /// Reusable zstd contexts: creating one per blob costs more than compressing a small file.

@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! config                               store format and chunker parameters
-//! packs/<2 hex>/<pack id>              blobs + trailer (immutable)
-//! index/<index id>                     which pack holds which chunk (immutable)
-//! manifests/<manifest id>              one tree per snapshot (immutable)
-//! snapshots/<workspace>/<gen>/<seq>    snapshot records; the highest seq is the latest
+//! packs/<2 hex>/<pack id>              blobs (chunks, or tree objects) + trailer (immutable)
+//! index/<index id>                     which pack holds which chunk or tree object (immutable)
+//! manifests/<manifest id>              one whole tree per snapshot (records of version 1: read,
+//!                                      no longer written)
+//! snapshots/<workspace>/<gen>/<seq>    snapshot records, each naming its writer's epoch; the
+//!                                      latest is the greatest by (epoch, seq)
 //! prune/marks/<mark id>                objects found unreferenced, deleted after a grace period
 //! prune/lock                           held by the running prune
 //! prune/lock-beats/<nonce>/<seq>       its heartbeats (the newest one is kept)

@@ -1,6 +1,7 @@
 //! berth's Kubernetes substrate: workspace volumes as PersistentVolumeClaims
-//! ([`KubeVolumes`]), reached through the Kubernetes API with kube-rs in one namespace
-//! ([`Kube`]), and a fake API server to test them on (feature `fake`).
+//! ([`KubeVolumes`]), sandboxes as pods ([`KubeSandboxes`]) and node cordons ([`NodeWatch`]),
+//! reached through the Kubernetes API with kube-rs in one namespace ([`Kube`]), and a fake API
+//! server to test them on (feature `fake`).
 //!
 //! **Invariant:** only this crate talks to a Kubernetes API server; the control plane reaches it
 //! through the ports of `berth-substrate`. Every call the adapter makes is listed in

@@ -8,8 +8,8 @@
 //! 2. it calls [`Rescuer::rescue`] with that session, its epoch and the volume;
 //! 3. the rescuer writes one snapshot of the volume into the store, as `(owner, generation)`,
 //!    and returns its id. On local, in process; on a container substrate, a short job that
-//!    mounts the volume and runs `berth agent rescue` (which may publish the snapshot itself,
-//!    with `final: true`, using the request's token);
+//!    mounts the volume read-only and runs `berth snapshot create --epoch` (a job may also
+//!    publish the snapshot itself, with `final: true`, using the request's token);
 //! 4. the control plane records the snapshot as the session's final one (idempotent when the
 //!    job published it already), which clears the risk, and releases the lease.
 //!
@@ -17,7 +17,7 @@
 //! - It never writes into the volume, and never snapshots a volume another process still uses:
 //!   that is a temporary error (the rescue is retried after a backoff).
 //! - It returns only once the snapshot is durable in the store (the engine's order: packs,
-//!   index, manifest, record).
+//!   index, record).
 //! - A failure says why in words an operator can act on; nothing is removed because of it.
 
 use std::fmt;

@@ -1,6 +1,8 @@
 //! The `berth` binary: parses the command line and hands each subcommand to its module.
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage error.
+//! Exit codes: 0 success, 1 failure, 2 usage error; `berth agent` ends with the agent's own
+//! (`berth_agent::run::exit`: 3 fenced, 130 and 143 on a signal), and `berth sandbox stop` with
+//! the stopped container's.
 
 mod agent;
 mod control;

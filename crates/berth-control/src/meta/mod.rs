@@ -7,6 +7,25 @@
 //! serialised), lets the pure core decide (`berth_core::lifecycle`, `berth_core::lease`,
 //! `berth_core::drain`, `berth_core::gc`), and writes the result with an audit event.
 //!
+//! SQLite has one writer connection (WAL, `synchronous=FULL`) plus readers; heartbeats are
+//! batched (`heartbeat`). Migrations are embedded from `migrations/<dialect>/`, and a test
+//! compares the migrated schema with `schema/<dialect>.txt`. The tables:
+//!
+//! ```text
+//! workspaces  one row per owner: generation, state, volume and its state, lease (epoch, holder,
+//!             expiry), latest snapshot, deletion step, cleanup attempts and backoff, reconciler
+//!             claim, at risk (since, the session and how it ended), retention policy
+//! sessions    one row per attach (and per rescue): epoch, instance, node, pool, token hash, a
+//!             fetching warm sandbox's claim, when and why it ended and the outcome, the final
+//!             snapshot it published last
+//! snapshots   published snapshot pointers per (owner, generation), retired on deletion
+//! drains      one row per scope: state, nonce, drained instance and session, since, how it cleared
+//! events      the audit log
+//! orphans     volumes with berth's labels and no record, and when the sweep first saw them
+//! locks       named leases: sweeps (gc, orphans), warm pools (warm-fill:IMAGE, warm:CONTAINER)
+//!             and the turns of scheduled jobs (turn:retention, turn:prune, turn:purge)
+//! ```
+//!
 //! **Invariant:** every write that carries an epoch is checked in the transaction that applies it.
 //! **Invariant:** the store never reads a clock: `now` is a parameter.
 
