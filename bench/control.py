@@ -119,15 +119,15 @@ LUA = r"""
 local sessions = {}
 local i = 0
 for line in io.lines("%s") do
-  local id, token, epoch = line:match("(%%S+) (%%S+) (%%S+)")
-  table.insert(sessions, {id = id, token = token, epoch = epoch})
+  local id, token, epoch, instance = line:match("(%%S+) (%%S+) (%%S+) (%%S+)")
+  table.insert(sessions, {id = id, token = token, epoch = epoch, instance = instance})
 end
 request = function()
   i = i %% #sessions + 1
   local s = sessions[i]
   return wrk.format("POST", "/v1/sessions/" .. s.id .. "/heartbeat",
     {["Authorization"] = "Bearer " .. s.token, ["Content-Type"] = "application/json"},
-    '{"epoch": ' .. s.epoch .. ', "instance_id": "pod-' .. s.id .. '"}')
+    '{"epoch": ' .. s.epoch .. ', "instance_id": "' .. s.instance .. '"}')
 end
 done = function(summary, latency, requests)
   io.write(string.format("RESULT requests=%%d errors=%%d non2xx=%%d p50=%%d p90=%%d p99=%%d max=%%d\n",
@@ -143,9 +143,11 @@ def heartbeats(server, work, args):
     for i in range(args.sessions):
         owner = f"hb:{i:05d}"
         api.call("PUT", f"/v1/workspaces/{owner}", {})
-        s = api.call("POST", f"/v1/workspaces/{owner}/sessions", {"instance_id": f"pod-x"})
-        lines.append(f"{s['session_id']} {s['token']} {s['epoch']}")
-    # Sessions heartbeat with their own instance id, as a sandbox would.
+        instance = f"pod-{i:05d}"
+        s = api.call("POST", f"/v1/workspaces/{owner}/sessions", {"instance_id": instance})
+        lines.append(f"{s['session_id']} {s['token']} {s['epoch']} {instance}")
+    # Sessions heartbeat with the instance id they attached with, as a sandbox would (another
+    # is refused as wrong_instance and fences the session).
     sessions = os.path.join(work, "sessions.txt")
     with open(sessions, "w") as f:
         f.write("\n".join(lines) + "\n")
