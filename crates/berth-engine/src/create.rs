@@ -328,8 +328,9 @@ async fn load(store: &SnapshotStore, opts: &CreateOptions, warm: &mut Warm) -> R
     let url = store.objects().url();
     let key = MemoKey { store: url.to_string(), workspace: opts.workspace.clone(), generation: opts.generation, dir };
     // Taken now: a run that fails or is abandoned leaves nothing behind.
-    let memo = warm.take(&key);
-    let head = store.head(&opts.workspace, opts.generation).await?;
+    let mut memo = warm.take(&key);
+    let mut records = memo.as_mut().map(|m| std::mem::take(&mut m.records)).unwrap_or_default();
+    let head = store.head_known(&opts.workspace, opts.generation, &mut records).await?;
     if let Some(latest) = head.latest.as_ref().filter(|l| l.record.epoch > opts.epoch) {
         return Err(fenced(opts, latest));
     }
@@ -338,6 +339,7 @@ async fn load(store: &SnapshotStore, opts: &CreateOptions, warm: &mut Warm) -> R
     let (memo, additive) = match memo {
         Some(mut memo) => {
             let additive = store.refresh_index(&mut memo.index, cache_dir).await?;
+            memo.records = records;
             (memo, additive)
         }
         None => {
@@ -346,6 +348,7 @@ async fn load(store: &SnapshotStore, opts: &CreateOptions, warm: &mut Warm) -> R
             let memo = Memo {
                 key: key.clone(),
                 index,
+                records,
                 cache,
                 cache_dirty: false,
                 cache_saved: Some(Instant::now()),

@@ -1,7 +1,7 @@
 //! `SnapshotStore`: an object store opened as berth's snapshot store: its config, index,
 //! snapshot records and manifests, read with validation.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use berth_core::config::StoreConfig;
@@ -78,6 +78,9 @@ impl From<LoadedIndex> for KnownIndex {
 fn mark_id(o: &crate::store::ObjectInfo) -> Option<MarkId> {
     MarkId::from_hex(layout::parse_id_hex(&o.key)?).ok()
 }
+
+/// Records read earlier, by key, with the size they were listed with.
+pub type KnownRecords = HashMap<String, (u64, Snapshot)>;
 
 /// The state of one workspace generation's lineage.
 #[derive(Clone, Debug, Default)]
@@ -290,6 +293,36 @@ impl SnapshotStore {
         let snaps = self.list(Some(workspace), Some(generation)).await?;
         let max_seq = snaps.iter().map(|s| s.record.seq).max().unwrap_or(0);
         Ok(Head { latest: snaps.into_iter().last(), max_seq })
+    }
+
+    /// Like `head`, reading only the records that `known` (records read earlier, by key) does
+    /// not hold with the size listed now; `known` becomes what is listed now. A record's key
+    /// is written once, create-if-absent, and only a forget removes one, never the latest of a
+    /// generation, so nobody writes a key again below the highest seq: a key listed with the
+    /// size it had holds the record it held.
+    pub async fn head_known(
+        &self,
+        workspace: &WorkspaceId,
+        generation: Generation,
+        known: &mut KnownRecords,
+    ) -> Result<Head> {
+        let listed = self.objects.list(&layout::snapshots_of(workspace, generation)).await?;
+        let mut now = KnownRecords::new();
+        let mut sizes: HashMap<String, u64> = HashMap::new();
+        for o in listed.into_iter().filter(|o| layout::parse_snapshot(&o.key).is_some()) {
+            match known.remove(&o.key) {
+                Some((size, snapshot)) if size == o.size => drop(now.insert(o.key, (size, snapshot))),
+                _ => drop(sizes.insert(o.key, o.size)),
+            }
+        }
+        for snapshot in self.read_records(sizes.keys().cloned().collect()).await? {
+            let size = sizes.get(&snapshot.key).copied().unwrap_or_default();
+            now.insert(snapshot.key.clone(), (size, snapshot));
+        }
+        *known = now;
+        let max_seq = known.values().map(|(_, s)| s.record.seq).max().unwrap_or(0);
+        let latest = known.values().map(|(_, s)| s).max_by_key(|s| s.record.order()).cloned();
+        Ok(Head { latest, max_seq })
     }
 
     /// Reads the record under `key`, if there is one.

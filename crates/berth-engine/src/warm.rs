@@ -29,7 +29,7 @@ use crate::create::CreateOptions;
 use crate::error::{EngineError, Result};
 use crate::rescan::{self, Update};
 use crate::scan::{self, Scan};
-use crate::snapshot_store::KnownIndex;
+use crate::snapshot_store::{KnownIndex, KnownRecords};
 
 /// Longest the file cache on disk lags the one in memory while watch-fed runs succeed.
 pub const CACHE_SAVE_EVERY: Duration = Duration::from_secs(60);
@@ -63,6 +63,8 @@ pub(crate) struct Memo {
     pub key: MemoKey,
     /// The store's index as of the end of the last run (its own packs included).
     pub index: KnownIndex,
+    /// The generation's records as listed and read by the last run.
+    pub records: KnownRecords,
     /// The file cache, newer than the one on disk when `cache_dirty`.
     pub cache: FileCache,
     pub cache_dirty: bool,

@@ -269,3 +269,46 @@ fn records_without_epoch_restore_as_epoch_zero() {
         assert_eq!((next.seq, next.unchanged), (2, false));
     });
 }
+
+/// A writer that keeps its memory between runs (`Warm`, as the agent does) reads only the
+/// records that appeared since its last run, and still sees a higher epoch published in
+/// between: its next run is fenced and writes no record.
+#[test]
+fn a_warm_writer_sees_a_higher_epoch_published_between_its_runs() {
+    common::runtime().block_on(async {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let memory = store::memory();
+        let (dir, _) = fill(tmp.path(), 7);
+        let snapshots = SnapshotStore::open_or_init(memory.clone()).await.expect("init");
+        let mut warm = berth_engine::warm::Warm::default();
+        let progress = Arc::new(Progress::default());
+        let warm_run = |warm: &mut berth_engine::warm::Warm, n: u64| {
+            std::fs::write(dir.join("changing"), n.to_string()).expect("write");
+            let (snapshots, opts, progress) = (snapshots.clone(), opts(&dir, 1), progress.clone());
+            let warm = std::mem::take(warm);
+            async move {
+                let mut warm = warm;
+                let r = create::create_warm(&snapshots, &opts, &progress, &mut warm, None).await;
+                (r, warm)
+            }
+        };
+        for n in 0..3 {
+            let (r, w) = warm_run(&mut warm, n).await;
+            assert_eq!(r.expect("epoch 1 writes").seq, n + 1);
+            warm = w;
+        }
+        let latest = snapshots.latest(&common::workspace(), berth_core::workspace::Generation(1)).await.unwrap();
+        let (key, bytes) = moved(&latest.expect("a record"), 2, 4);
+        assert_eq!(memory.put_if_absent(&key, bytes).await.expect("put"), Put::Created);
+        let before = listing(&memory).await;
+        let (r, w) = warm_run(&mut warm, 9).await;
+        let err = r.expect_err("epoch 1 is fenced by epoch 2");
+        assert_eq!(err.fenced(), Some(Fenced { presented: Epoch(1), current: Some(Epoch(2)) }), "{err:?}");
+        assert_eq!(listing(&memory).await, before, "no record written");
+        warm = w;
+        // The fenced run kept nothing; once the intruder's record is gone, epoch 1 writes again.
+        assert_eq!(memory.delete(&key).await.expect("delete"), Deleted::Removed);
+        let (r, _) = warm_run(&mut warm, 10).await;
+        assert_eq!(r.expect("epoch 1 writes again").seq, 4);
+    });
+}
