@@ -202,6 +202,12 @@ pub async fn diff(store: &SnapshotStore, old: &Snapshot, new: &Snapshot) -> Resu
         (Contents::Manifest(_), Contents::Manifest(_)) => None,
         _ => Some(store.load_index(None).await?.index),
     };
+    // Two trees: their objects in one pass, so the directories they share (most of them) are
+    // fetched and decoded once.
+    if let (Contents::Root(a), Contents::Root(b), Some(index)) = (&old.record.contents, &new.record.contents, &index) {
+        let nodes = trees::load(store.objects(), index, [*a, *b], None).await?;
+        return Ok(diff::diff(&tree::flatten(a, &nodes)?, &tree::flatten(b, &nodes)?));
+    }
     let a = store.tree(&old.record.contents, index.as_ref()).await?;
     let b = store.tree(&new.record.contents, index.as_ref()).await?;
     Ok(diff::diff(&a, &b))
