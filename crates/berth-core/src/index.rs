@@ -1,11 +1,12 @@
 //! Index objects (which pack holds which chunk) and the in-memory index built from them.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::id::{ChunkId, IndexId, PackId};
+use crate::id::{ChunkId, ChunkMap, IndexId, PackId};
 use crate::pack::BlobEntry;
 use crate::FormatError;
 
@@ -66,7 +67,7 @@ pub struct Location {
 /// against them, so nothing new comes to depend on a pack that prune may delete.
 #[derive(Debug, Default)]
 pub struct Index {
-    chunks: HashMap<ChunkId, Location>,
+    chunks: ChunkMap<Location>,
     packs: HashMap<PackId, u64>,
     doomed: HashSet<PackId>,
 }
@@ -75,6 +76,11 @@ impl Index {
     /// Creates an index that treats `doomed` packs as unusable for deduplication.
     pub fn new(doomed: HashSet<PackId>) -> Self {
         Self { doomed, ..Self::default() }
+    }
+
+    /// Makes room for `blobs` more locations at once (an index load knows how many it adds).
+    pub fn reserve(&mut self, blobs: usize) {
+        self.chunks.reserve(blobs);
     }
 
     /// Adds every pack of an index object; a location in a live pack wins over a doomed one.
@@ -90,10 +96,13 @@ impl Index {
         let live = !self.doomed.contains(&pack);
         for b in blobs {
             let loc = Location { pack, blob: *b };
-            match self.chunks.get(&b.id) {
-                Some(old) if !live || !self.doomed.contains(&old.pack) => {}
-                _ => {
-                    self.chunks.insert(b.id, loc);
+            match self.chunks.entry(b.id) {
+                Entry::Occupied(old) if !live || !self.doomed.contains(&old.get().pack) => {}
+                Entry::Occupied(mut old) => {
+                    old.insert(loc);
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(loc);
                 }
             }
         }

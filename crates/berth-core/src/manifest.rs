@@ -1,13 +1,13 @@
 //! The manifest: one snapshot's whole tree (directories, files with their chunk lists, symlinks,
 //! hard links), with modes and mtimes. A restore needs nothing else besides the chunks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::MAX_CHUNK;
 use crate::codec;
-use crate::id::{ChunkId, ManifestId, TreeId};
+use crate::id::{ChunkId, FastHasher, ManifestId, TreeId};
 use crate::path::{serde_bytes_vec, RelPath};
 use crate::FormatError;
 
@@ -148,18 +148,17 @@ impl Manifest {
     /// listed earlier, sizes match chunk lists, hard links point to earlier regular files,
     /// symlink targets are sane.
     pub fn validate(&self) -> Result<(), String> {
-        let mut dirs: HashSet<&RelPath> = HashSet::new();
-        let mut files: HashMap<&RelPath, ()> = HashMap::new();
+        let mut dirs: HashSet<&[u8], FastHasher> = HashSet::default();
         let mut prev: Option<&RelPath> = None;
-        for e in &self.entries {
+        for (i, e) in self.entries.iter().enumerate() {
             if let Some(p) = prev {
                 if p >= &e.path {
                     return Err(format!("entries are not sorted or repeat at {}", e.path));
                 }
             }
             prev = Some(&e.path);
-            if let Some(parent) = e.path.parent() {
-                if !dirs.contains(&parent) {
+            if let Some(parent) = e.path.parent_bytes() {
+                if !dirs.contains(parent) {
                     return Err(format!("the parent of {} is not a directory of the snapshot", e.path));
                 }
             }
@@ -168,7 +167,7 @@ impl Manifest {
             }
             match &e.kind {
                 EntryKind::Dir => {
-                    dirs.insert(&e.path);
+                    dirs.insert(e.path.as_bytes());
                 }
                 EntryKind::File { size, chunks } => {
                     let mut sum = 0u64;
@@ -181,7 +180,6 @@ impl Manifest {
                     if sum != *size {
                         return Err(format!("{} claims {size} bytes but its chunks hold {sum}", e.path));
                     }
-                    files.insert(&e.path, ());
                 }
                 EntryKind::Symlink { target } => {
                     if target.is_empty() || target.contains(&0) || target.len() > crate::path::MAX_PATH {
@@ -189,7 +187,10 @@ impl Manifest {
                     }
                 }
                 EntryKind::Hardlink { target } => {
-                    if !files.contains_key(target) {
+                    // The entries before this one are strictly sorted (checked above).
+                    let earlier = &self.entries[..i];
+                    let file = earlier.binary_search_by(|x| x.path.cmp(target)).ok().map(|j| &earlier[j].kind);
+                    if !matches!(file, Some(EntryKind::File { .. })) {
                         return Err(format!("{} links to {target}, which is not an earlier regular file", e.path));
                     }
                 }

@@ -65,6 +65,12 @@ impl RelPath {
         Some(RelPath(self.0[..pos].to_vec()))
     }
 
+    /// Returns the parent's bytes without copying them.
+    pub fn parent_bytes(&self) -> Option<&[u8]> {
+        let pos = self.0.iter().rposition(|b| *b == b'/')?;
+        Some(&self.0[..pos])
+    }
+
     /// Returns the last component.
     pub fn file_name(&self) -> &[u8] {
         match self.0.iter().rposition(|b| *b == b'/') {
@@ -78,10 +84,24 @@ impl RelPath {
         if name.contains(&b'/') {
             return Err(PathError { path: escape(name), reason: "a name contains '/'" });
         }
-        let mut bytes = self.0.clone();
+        let mut bytes = Vec::with_capacity(self.0.len() + 1 + name.len());
+        bytes.extend_from_slice(&self.0);
         bytes.push(b'/');
         bytes.extend_from_slice(name);
-        RelPath::new(bytes)
+        // `self` is valid: only the new component and the length need checking (what `new`
+        // would refuse, with its words), not every component again.
+        let refused = match name {
+            b"" => Some("it has an empty component"),
+            b"." | b".." => Some("it has a '.' or '..' component"),
+            _ if name.len() > MAX_NAME => Some("a component is longer than 255 bytes"),
+            _ if name.contains(&0) => Some("it contains a NUL byte"),
+            _ if bytes.len() > MAX_PATH => Some("it is longer than 4096 bytes"),
+            _ => None,
+        };
+        match refused {
+            Some(reason) => Err(PathError { path: crate::bounded(&escape(&bytes), crate::ECHO_MAX), reason }),
+            None => Ok(Self(bytes)),
+        }
     }
 
     /// Returns the number of components.

@@ -12,6 +12,7 @@
 //! snapshot is checked for; shared subtrees cannot inflate it past `MAX_ENTRIES`.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 
 use serde::{Deserialize, Serialize};
 
@@ -101,14 +102,14 @@ impl TreeNode {
 
     /// Decodes a tree object read as a blob, checking it against its id.
     pub fn decode(id: &ChunkId, plain: &[u8]) -> Result<Self, FormatError> {
-        let what = format!("tree object {}", id.short());
+        let what = || format!("tree object {}", id.short());
         if ChunkId::of(plain) != *id {
-            return Err(FormatError::new(what, "content does not match its id"));
+            return Err(FormatError::new(what(), "content does not match its id"));
         }
         let Some(body) = plain.strip_prefix(TREE_MAGIC) else {
-            return Err(FormatError::new(what, "not a tree object"));
+            return Err(FormatError::new(what(), "not a tree object"));
         };
-        postcard::from_bytes(body).map_err(|e| FormatError::new(what, format!("cannot be decoded: {e}")))
+        postcard::from_bytes(body).map_err(|e| FormatError::new(what(), format!("cannot be decoded: {e}")))
     }
 
     /// Returns the objects this one references: child directories and the next part.
@@ -294,52 +295,97 @@ fn encode_parts(entries: Vec<TreeEntry>, out: &mut Trees, seen: &mut HashSet<Chu
 
 /// Rebuilds the manifest of the tree under `root` from its objects (`nodes`, every object
 /// reachable from `root`), and validates it as a manifest is validated.
-pub fn flatten(root: &ChunkId, nodes: &HashMap<ChunkId, TreeNode>) -> Result<Manifest, FormatError> {
+///
+/// Entries come out in path order as they are listed, with no sort: a directory's contents
+/// sort as `name/`, so they follow the siblings that extend its name with a byte below '/'
+/// (`name-x`, `name.x`) and precede the rest (`name0`).
+pub fn flatten<S: BuildHasher>(root: &ChunkId, nodes: &HashMap<ChunkId, TreeNode, S>) -> Result<Manifest, FormatError> {
     let what = format!("tree {}", root.short());
     let fail = |reason: String| FormatError::new(&what, reason);
-    let mut manifest = Manifest::default();
-    let mut stack: Vec<(Option<RelPath>, ChunkId)> = vec![(None, *root)];
-    while let Some((dir, mut id)) = stack.pop() {
-        let mut prev: Option<&[u8]> = None;
-        loop {
-            let node = nodes.get(&id).ok_or_else(|| fail(format!("tree object {} is missing", id.short())))?;
-            for e in &node.entries {
-                if prev.is_some_and(|p| p >= e.name.as_slice()) {
-                    return Err(fail(format!("names are not sorted or repeat in tree object {}", id.short())));
-                }
-                prev = Some(&e.name);
-                let path = match &dir {
-                    // `join` refuses a '/' in a name; at the top, so must this.
-                    None if e.name.contains(&b'/') => {
-                        return Err(fail(format!("a name contains '/' in tree object {}", id.short())));
-                    }
-                    None => RelPath::new(e.name.clone()),
-                    Some(d) => d.join(&e.name),
-                }
-                .map_err(|err| fail(err.to_string()))?;
-                let kind = match &e.kind {
-                    NodeKind::Dir { tree } => {
-                        stack.push((Some(path.clone()), *tree));
-                        EntryKind::Dir
-                    }
-                    NodeKind::File { size, chunks } => EntryKind::File { size: *size, chunks: chunks.clone() },
-                    NodeKind::Symlink { target } => EntryKind::Symlink { target: target.clone() },
-                    NodeKind::Hardlink { target } => EntryKind::Hardlink { target: target.clone() },
-                };
-                manifest.entries.push(Entry { path, mode: e.mode, mtime_ns: e.mtime_ns, kind });
-                if manifest.entries.len() > MAX_ENTRIES {
-                    return Err(fail(format!("holds more than {MAX_ENTRIES} entries")));
-                }
+    // As many entries as the objects hold, at most (fewer when some are another tree's).
+    let mut manifest = Manifest { entries: Vec::with_capacity(nodes.values().map(|n| n.entries.len()).sum()) };
+    let mut stack = vec![Listing::open(None, root, nodes).map_err(fail)?];
+    while let Some(top) = stack.last_mut() {
+        let Some(&(i, contents)) = top.order.get(top.next) else {
+            stack.pop();
+            continue;
+        };
+        top.next += 1;
+        let e = top.entries[i];
+        let path = match &top.dir {
+            // `join` refuses a '/' in a name; at the top, so must this.
+            None if e.name.contains(&b'/') => return Err(fail("a name contains '/'".into())),
+            None => RelPath::new(e.name.clone()),
+            Some(d) => d.join(&e.name),
+        }
+        .map_err(|err| fail(err.to_string()))?;
+        if contents {
+            if let NodeKind::Dir { tree } = &e.kind {
+                let listing = Listing::open(Some(path), tree, nodes).map_err(fail)?;
+                stack.push(listing);
             }
-            match node.next {
+            continue;
+        }
+        let kind = match &e.kind {
+            NodeKind::Dir { .. } => EntryKind::Dir,
+            NodeKind::File { size, chunks } => EntryKind::File { size: *size, chunks: chunks.clone() },
+            NodeKind::Symlink { target } => EntryKind::Symlink { target: target.clone() },
+            NodeKind::Hardlink { target } => EntryKind::Hardlink { target: target.clone() },
+        };
+        manifest.entries.push(Entry { path, mode: e.mode, mtime_ns: e.mtime_ns, kind });
+        if manifest.entries.len() > MAX_ENTRIES {
+            return Err(fail(format!("holds more than {MAX_ENTRIES} entries")));
+        }
+    }
+    // The order is checked here with everything else a restore relies on.
+    manifest.validate().map_err(fail)?;
+    Ok(manifest)
+}
+
+/// One directory `flatten` is listing: its entries (every part's) and the order in which they
+/// and their directories' contents come in path order.
+struct Listing<'a> {
+    dir: Option<RelPath>,
+    entries: Vec<&'a TreeEntry>,
+    /// Indexes into `entries`; `(i, true)` stands for the contents of directory `i`.
+    order: Vec<(usize, bool)>,
+    next: usize,
+}
+
+impl<'a> Listing<'a> {
+    fn open<S: BuildHasher>(
+        dir: Option<RelPath>,
+        first: &ChunkId,
+        nodes: &'a HashMap<ChunkId, TreeNode, S>,
+    ) -> Result<Self, String> {
+        let mut entries: Vec<&TreeEntry> = Vec::new();
+        let mut id = first;
+        loop {
+            let node = nodes.get(id).ok_or_else(|| format!("tree object {} is missing", id.short()))?;
+            for e in &node.entries {
+                if entries.last().is_some_and(|p| p.name >= e.name) {
+                    return Err(format!("names are not sorted or repeat in tree object {}", id.short()));
+                }
+                entries.push(e);
+            }
+            match &node.next {
                 Some(next) => id = next,
                 None => break,
             }
         }
+        let mut order: Vec<(usize, bool)> = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            order.push((i, false));
+            if matches!(e.kind, NodeKind::Dir { .. }) {
+                order.push((i, true));
+            }
+        }
+        // Names are sorted: only the contents need moving, past the names that extend theirs
+        // with a byte below '/' (a stable sort of nearly sorted keys).
+        let key = |&(i, contents): &(usize, bool)| entries[i].name.iter().chain(contents.then_some(&b'/'));
+        order.sort_by(|a, b| key(a).cmp(key(b)));
+        Ok(Self { dir, entries, order, next: 0 })
     }
-    manifest.sort();
-    manifest.validate().map_err(fail)?;
-    Ok(manifest)
 }
 
 #[cfg(test)]
@@ -383,6 +429,32 @@ mod tests {
         m.sort();
         m.validate().unwrap();
         m
+    }
+
+    #[test]
+    fn contents_follow_names_that_extend_their_directory_below_slash() {
+        let mut m = Manifest {
+            entries: vec![
+                entry("a", EntryKind::Dir),
+                file("a/1", b"1"),
+                entry("a-b", EntryKind::Dir),
+                entry("a-b/c", EntryKind::Dir),
+                file("a-b/c/3", b"3"),
+                entry("a-b/c-d", EntryKind::Dir),
+                file("a-b/c-d/2", b"2"),
+                file("a-b/c.e", b"e"),
+                file("a!", b"!"),
+                file("a.x", b"x"),
+                entry("a0", EntryKind::Dir),
+                file("a0/4", b"4"),
+                entry("a-", EntryKind::Dir),
+                entry("a-/a", EntryKind::Dir),
+            ],
+        };
+        m.sort();
+        m.validate().unwrap();
+        let trees = build(&m);
+        assert_eq!(flatten(&trees.root, &nodes(&trees)).unwrap(), m);
     }
 
     #[test]

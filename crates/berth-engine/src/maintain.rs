@@ -126,7 +126,7 @@ async fn read_trees<'a>(
         Ok(nodes) => nodes,
         // Some tree is unreadable: read each on its own, so each snapshot gets its own verdict.
         Err(_) => {
-            let mut nodes = trees::Nodes::new();
+            let mut nodes = trees::Nodes::default();
             for root in &roots {
                 match trees::load(store.objects(), index, [*root], None).await {
                     Ok(n) => nodes.extend(n),

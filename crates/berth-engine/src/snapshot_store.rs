@@ -160,6 +160,7 @@ impl SnapshotStore {
         let listed = self.index_ids().await?;
         let files = self.index_files(listed, cache_dir).await?;
         let mut index = Index::new(doomed);
+        index.reserve(files.iter().flat_map(|(_, f)| &f.packs).map(|p| p.blobs.len()).sum());
         for (_, f) in &files {
             index.add(f);
         }

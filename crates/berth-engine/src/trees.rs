@@ -11,8 +11,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use berth_core::codec::{Codecs, FrameCache};
-use berth_core::id::{ChunkId, PackId};
+use berth_core::codec::{self, Codecs};
+use berth_core::id::{ChunkId, ChunkMap, PackId};
 use berth_core::index::{Index, IndexedPack, Location};
 use berth_core::layout;
 use berth_core::manifest::Manifest;
@@ -30,10 +30,11 @@ use crate::store::{DynStore, Put};
 const FETCHES_IN_FLIGHT: usize = 8;
 
 /// Tree objects by id.
-pub type Nodes = HashMap<ChunkId, TreeNode>;
+pub type Nodes = ChunkMap<TreeNode>;
 
 /// Reads every tree object reachable from `roots`, level by level; each pack is fetched once
-/// (from `cache_dir/trees/` when it holds a copy: tree packs are immutable).
+/// (from `cache_dir/trees/` when it holds a copy: tree packs are immutable), and each frame is
+/// decoded once (a first snapshot's tree is one frame that every level reads from).
 pub async fn load(
     objects: &DynStore,
     index: &Index,
@@ -41,8 +42,9 @@ pub async fn load(
     cache_dir: Option<&Path>,
 ) -> Result<Nodes> {
     let cache = cache_dir.map(|d| d.join("trees"));
-    let mut nodes = Nodes::new();
+    let mut nodes = Nodes::default();
     let mut packs: HashMap<PackId, Bytes> = HashMap::new();
+    let mut frames = Frames::default();
     let mut frontier: Vec<ChunkId> = roots.into_iter().collect::<HashSet<_>>().into_iter().collect();
     while !frontier.is_empty() {
         let mut wanted: Vec<(ChunkId, Location)> = Vec::with_capacity(frontier.len());
@@ -60,8 +62,10 @@ pub async fn load(
             .await?;
         packs.extend(fetched);
         wanted.sort_by_key(|(_, l)| (l.pack, l.blob.offset, l.blob.inner));
-        let decoded = decode(&packs, wanted)?;
-        for (id, node) in decoded {
+        for (id, loc) in wanted {
+            // Every wanted pack was fetched above.
+            let Some(bytes) = packs.get(&loc.pack) else { continue };
+            let node = TreeNode::decode(&id, frames.blob(&loc, bytes)?)?;
             frontier.extend(node.children().filter(|c| !nodes.contains_key(*c)).copied());
             nodes.insert(id, node);
         }
@@ -70,6 +74,43 @@ pub async fn load(
         frontier.retain(|c| !nodes.contains_key(c));
     }
     Ok(nodes)
+}
+
+/// Decoded frames of one `load`, kept across levels up to `FRAMES_KEPT` bytes (a hostile index
+/// could name many large frames; past the bound they are decoded again when read again).
+#[derive(Default)]
+struct Frames {
+    codecs: Codecs,
+    decoded: HashMap<(PackId, u32), Vec<u8>>,
+    bytes: usize,
+}
+
+/// Most decoded frame bytes one `load` keeps.
+const FRAMES_KEPT: usize = 256 << 20;
+
+impl Frames {
+    /// The blob at `loc` in `pack` (the pack object's bytes), its hash checked.
+    fn blob(&mut self, loc: &Location, pack: &[u8]) -> Result<&[u8]> {
+        let b = &loc.blob;
+        let key = (loc.pack, b.offset);
+        if !self.decoded.contains_key(&key) {
+            let stored = pack.get(b.offset as usize..b.offset as usize + b.len as usize).ok_or_else(|| {
+                FormatError::new(
+                    format!("tree object {}", b.id.short()),
+                    format!("lies past its pack's end ({} bytes)", pack.len()),
+                )
+            })?;
+            let frame = self.codecs.decode_frame(b.codec, stored, b.frame_raw_len)?;
+            if self.bytes + frame.len() > FRAMES_KEPT {
+                self.decoded.clear();
+                self.bytes = 0;
+            }
+            self.bytes += frame.len();
+            self.decoded.insert(key, frame);
+        }
+        let frame = self.decoded.get(&key).map(Vec::as_slice).unwrap_or_default();
+        Ok(codec::extract(frame, b.inner, b.raw_len, &b.id)?)
+    }
 }
 
 async fn fetch(objects: &DynStore, pack: PackId, cache: Option<&Path>) -> Result<(PackId, Bytes)> {
@@ -86,25 +127,6 @@ async fn fetch(objects: &DynStore, pack: PackId, cache: Option<&Path>) -> Result
         let _ = write_atomic(file, &bytes);
     }
     Ok((pack, bytes))
-}
-
-/// Decodes the wanted objects (sorted by pack and position, so a shared frame decodes once).
-fn decode(packs: &HashMap<PackId, Bytes>, wanted: Vec<(ChunkId, Location)>) -> Result<Vec<(ChunkId, TreeNode)>> {
-    let mut codecs = Codecs::new();
-    let mut frame = FrameCache::default();
-    let mut last_pack = None;
-    let mut out = Vec::with_capacity(wanted.len());
-    for (id, loc) in wanted {
-        if last_pack != Some(loc.pack) {
-            frame = FrameCache::default();
-            last_pack = Some(loc.pack);
-        }
-        // Every wanted pack was fetched above.
-        let Some(bytes) = packs.get(&loc.pack) else { continue };
-        let plain = codecs.blob(&mut frame, bytes, &loc.blob)?;
-        out.push((id, TreeNode::decode(&id, plain)?));
-    }
-    Ok(out)
 }
 
 /// Reads the tree under `root` and returns it as a validated manifest.
