@@ -1,11 +1,18 @@
-//! Differences between two manifests: added, removed and modified paths with sizes.
+//! Differences between two snapshots' trees: added, removed and modified paths with sizes.
+//! Two manifests are compared entry by entry; two trees of tree objects level by level, a
+//! directory whose object is the same on both sides skipped with everything below it.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use serde::Serialize;
 
+use crate::id::ChunkId;
 use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::path::RelPath;
+use crate::tree::{self, NodeKind, TreeEntry, TreeNode};
+use crate::FormatError;
 
 /// How a path differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -74,6 +81,137 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
         }
     }
     out
+}
+
+/// A directory two trees are compared at: its path (`None` for the root) and its first object
+/// on each side (`None` where the directory is not there).
+pub type DirPair = (Option<RelPath>, Option<ChunkId>, Option<ChunkId>);
+
+/// The objects the directories of `level` need that `nodes` lacks: a first part, or the next
+/// part of one already there. Loading them and asking again until none is missing readies a
+/// level for `diff_level`.
+pub fn missing<S: BuildHasher>(level: &[DirPair], nodes: &HashMap<ChunkId, TreeNode, S>) -> Vec<ChunkId> {
+    let mut out = Vec::new();
+    for id in level.iter().flat_map(|(_, a, b)| [a, b]).flatten() {
+        let mut id = id;
+        loop {
+            match nodes.get(id) {
+                None => {
+                    out.push(*id);
+                    break;
+                }
+                Some(TreeNode { next: Some(next), .. }) => id = next,
+                Some(_) => break,
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Compares the directories of one level (their objects all in `nodes`), adds the changes
+/// among their entries to `changes`, and returns the directories below them to compare next:
+/// those on both sides with different objects, and those on one side only (whose every entry
+/// is added or removed). At most `limit` changes are kept: a hostile tree that shares one
+/// subtree many times cannot grow the list past it.
+pub fn diff_level<S: BuildHasher>(
+    level: Vec<DirPair>,
+    nodes: &HashMap<ChunkId, TreeNode, S>,
+    changes: &mut Vec<Change>,
+    limit: usize,
+) -> Result<Vec<DirPair>, FormatError> {
+    let mut next = Vec::new();
+    for (dir, a, b) in level {
+        let side = |id: Option<ChunkId>| match id {
+            Some(id) => tree::listing(&id, nodes).map_err(|reason| FormatError::new(format!("tree {}", id.short()), reason)),
+            None => Ok(Vec::new()),
+        };
+        let (old, new) = (side(a)?, side(b)?);
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            let ord = match (old.get(i), new.get(j)) {
+                (Some(x), Some(y)) => x.name.cmp(&y.name),
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            let (x, y) = match ord {
+                Ordering::Less => (old.get(i).copied(), None),
+                Ordering::Greater => (None, new.get(j).copied()),
+                Ordering::Equal => (old.get(i).copied(), new.get(j).copied()),
+            };
+            i += usize::from(x.is_some());
+            j += usize::from(y.is_some());
+            let name = x.or(y).map(|e| e.name.as_slice()).unwrap_or_default();
+            let path = match &dir {
+                None => RelPath::new(name.to_vec()),
+                Some(d) => d.join(name),
+            }
+            .map_err(|e| FormatError::new("tree", e.to_string()))?;
+            let kind = match (x, y) {
+                (Some(x), Some(y)) if same_entry(x, y) => None,
+                (Some(_), Some(_)) => Some(ChangeKind::Modified),
+                (Some(_), None) => Some(ChangeKind::Removed),
+                _ => Some(ChangeKind::Added),
+            };
+            let (sub_a, sub_b) = (x.and_then(subtree), y.and_then(subtree));
+            if (sub_a.is_some() || sub_b.is_some()) && sub_a != sub_b {
+                next.push((Some(path.clone()), sub_a, sub_b));
+            }
+            if let Some(kind) = kind {
+                if changes.len() >= limit {
+                    return Err(FormatError::new("tree", format!("differs in more than {limit} entries")));
+                }
+                changes.push(Change { path, kind, size_before: x.map_or(0, size), size_after: y.map_or(0, size) });
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// The changes between the trees under `a` and `b`, every object of both in `nodes` (the
+/// engine loads only what each level needs, and calls `diff_level` itself).
+pub fn diff_trees<S: BuildHasher>(
+    a: &ChunkId,
+    b: &ChunkId,
+    nodes: &HashMap<ChunkId, TreeNode, S>,
+) -> Result<Vec<Change>, FormatError> {
+    let mut changes = Vec::new();
+    let mut level = vec![(None, Some(*a), Some(*b))];
+    while !level.is_empty() {
+        level = diff_level(level, nodes, &mut changes, tree::MAX_ENTRIES)?;
+    }
+    Ok(in_path_order(changes))
+}
+
+/// Sorts changes found level by level into path order, as `diff` lists them.
+pub fn in_path_order(mut changes: Vec<Change>) -> Vec<Change> {
+    changes.sort_unstable_by(|x, y| x.path.cmp(&y.path));
+    changes
+}
+
+fn subtree(e: &TreeEntry) -> Option<ChunkId> {
+    match &e.kind {
+        NodeKind::Dir { tree } => Some(*tree),
+        _ => None,
+    }
+}
+
+fn size(e: &TreeEntry) -> u64 {
+    match &e.kind {
+        NodeKind::File { size, .. } => *size,
+        _ => 0,
+    }
+}
+
+/// `same` for tree entries: a directory is the same entry whatever its contents.
+fn same_entry(a: &TreeEntry, b: &TreeEntry) -> bool {
+    let content = match (&a.kind, &b.kind) {
+        (NodeKind::Dir { .. }, NodeKind::Dir { .. }) => true,
+        (NodeKind::File { chunks: x, .. }, NodeKind::File { chunks: y, .. }) => x == y,
+        (x, y) => x == y,
+    };
+    content && a.mode == b.mode
 }
 
 #[cfg(test)]
