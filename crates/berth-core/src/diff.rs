@@ -124,7 +124,9 @@ pub fn diff_level<S: BuildHasher>(
     let mut next = Vec::new();
     for (dir, a, b) in level {
         let side = |id: Option<ChunkId>| match id {
-            Some(id) => tree::listing(&id, nodes).map_err(|reason| FormatError::new(format!("tree {}", id.short()), reason)),
+            Some(id) => {
+                tree::listing(&id, nodes).map_err(|reason| FormatError::new(format!("tree {}", id.short()), reason))
+            }
             None => Ok(Vec::new()),
         };
         let (old, new) = (side(a)?, side(b)?);

@@ -202,11 +202,23 @@ pub async fn diff(store: &SnapshotStore, old: &Snapshot, new: &Snapshot) -> Resu
         (Contents::Manifest(_), Contents::Manifest(_)) => None,
         _ => Some(store.load_index(None).await?.index),
     };
-    // Two trees: their objects in one pass, so the directories they share (most of them) are
-    // fetched and decoded once.
+    // Two trees: compared level by level, reading only the directories whose objects differ
+    // (a directory with the same object on both sides is the same with all it holds).
     if let (Contents::Root(a), Contents::Root(b), Some(index)) = (&old.record.contents, &new.record.contents, &index) {
-        let nodes = trees::load(store.objects(), index, [*a, *b], None).await?;
-        return Ok(diff::diff(&tree::flatten(a, &nodes)?, &tree::flatten(b, &nodes)?));
+        let mut loader = trees::Loader::new(store.objects(), index, None);
+        let mut changes = Vec::new();
+        let mut level = vec![(None, Some(*a), Some(*b))];
+        while !level.is_empty() {
+            loop {
+                let missing = diff::missing(&level, &loader.nodes);
+                if missing.is_empty() {
+                    break;
+                }
+                loader.read(&missing).await?;
+            }
+            level = diff::diff_level(level, &loader.nodes, &mut changes, tree::MAX_ENTRIES)?;
+        }
+        return Ok(diff::in_path_order(changes));
     }
     let a = store.tree(&old.record.contents, index.as_ref()).await?;
     let b = store.tree(&new.record.contents, index.as_ref()).await?;

@@ -41,42 +41,78 @@ pub async fn load(
     roots: impl IntoIterator<Item = ChunkId>,
     cache_dir: Option<&Path>,
 ) -> Result<Nodes> {
-    let cache = cache_dir.map(|d| d.join("trees"));
-    let mut nodes = Nodes::default();
-    let mut packs: HashMap<PackId, Bytes> = HashMap::new();
-    let mut frames = Frames::default();
-    let mut frontier: Vec<ChunkId> = roots.into_iter().collect::<HashSet<_>>().into_iter().collect();
+    let mut loader = Loader::new(objects, index, cache_dir);
+    let mut frontier: Vec<ChunkId> = roots.into_iter().collect();
     while !frontier.is_empty() {
-        let mut wanted: Vec<(ChunkId, Location)> = Vec::with_capacity(frontier.len());
-        for id in frontier.drain(..) {
-            let loc = index.get(&id).ok_or_else(|| {
+        let read = loader.read(&frontier).await?;
+        frontier = read.iter().flat_map(|id| loader.nodes[id].children()).copied().collect();
+        frontier.sort();
+        frontier.dedup();
+        frontier.retain(|c| !loader.nodes.contains_key(c));
+    }
+    Ok(loader.nodes)
+}
+
+/// Reads tree objects on demand, keeping what it read: each pack fetched once, each frame
+/// decoded once (`load` reads whole trees with it, `diff` only the directories that differ).
+pub struct Loader<'a> {
+    objects: &'a DynStore,
+    index: &'a Index,
+    cache: Option<std::path::PathBuf>,
+    packs: HashMap<PackId, Bytes>,
+    frames: Frames,
+    /// Every object read so far.
+    pub nodes: Nodes,
+}
+
+impl std::fmt::Debug for Loader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("packs", &self.packs.len())
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Loader<'a> {
+    /// A loader that finds objects through `index` (and tree packs in `cache_dir/trees/`).
+    pub fn new(objects: &'a DynStore, index: &'a Index, cache_dir: Option<&Path>) -> Self {
+        let cache = cache_dir.map(|d| d.join("trees"));
+        Self { objects, index, cache, packs: HashMap::new(), frames: Frames::default(), nodes: Nodes::default() }
+    }
+
+    /// Reads the objects of `ids` not read yet (their packs fetched together); returns those it read.
+    pub async fn read(&mut self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        let mut wanted: Vec<(ChunkId, Location)> = Vec::with_capacity(ids.len());
+        for id in ids.iter().filter(|id| !self.nodes.contains_key(*id)) {
+            let loc = self.index.get(id).ok_or_else(|| {
                 FormatError::new(format!("tree object {}", id.short()), "is in no index: the store lost it")
             })?;
-            wanted.push((id, *loc));
+            wanted.push((*id, *loc));
         }
-        let missing: HashSet<PackId> = wanted.iter().map(|(_, l)| l.pack).filter(|p| !packs.contains_key(p)).collect();
+        wanted.sort_by_key(|(_, l)| (l.pack, l.blob.offset, l.blob.inner));
+        wanted.dedup_by_key(|(id, _)| *id);
+        let missing: HashSet<PackId> =
+            wanted.iter().map(|(_, l)| l.pack).filter(|p| !self.packs.contains_key(p)).collect();
         let fetched: Vec<(PackId, Bytes)> = futures::stream::iter(missing)
-            .map(|p| fetch(objects, p, cache.as_deref()))
+            .map(|p| fetch(self.objects, p, self.cache.as_deref()))
             .buffer_unordered(FETCHES_IN_FLIGHT)
             .try_collect()
             .await?;
-        packs.extend(fetched);
-        wanted.sort_by_key(|(_, l)| (l.pack, l.blob.offset, l.blob.inner));
+        self.packs.extend(fetched);
+        let mut read = Vec::with_capacity(wanted.len());
         for (id, loc) in wanted {
             // Every wanted pack was fetched above.
-            let Some(bytes) = packs.get(&loc.pack) else { continue };
-            let node = TreeNode::decode(&id, frames.blob(&loc, bytes)?)?;
-            frontier.extend(node.children().filter(|c| !nodes.contains_key(*c)).copied());
-            nodes.insert(id, node);
+            let Some(bytes) = self.packs.get(&loc.pack) else { continue };
+            let node = TreeNode::decode(&id, self.frames.blob(&loc, bytes)?)?;
+            self.nodes.insert(id, node);
+            read.push(id);
         }
-        frontier.sort();
-        frontier.dedup();
-        frontier.retain(|c| !nodes.contains_key(c));
+        Ok(read)
     }
-    Ok(nodes)
 }
 
-/// Decoded frames of one `load`, kept across levels up to `FRAMES_KEPT` bytes (a hostile index
+/// Decoded frames of one `Loader`, kept across levels up to `FRAMES_KEPT` bytes (a hostile index
 /// could name many large frames; past the bound they are decoded again when read again).
 #[derive(Default)]
 struct Frames {
