@@ -83,6 +83,9 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
     out
 }
 
+/// Most entries a tree diff compares: both trees' whole, each at most `tree::MAX_ENTRIES`.
+pub const ENTRIES_COMPARED: usize = 2 * tree::MAX_ENTRIES;
+
 /// A directory two trees are compared at: its path (`None` for the root) and its first object
 /// on each side (`None` where the directory is not there).
 pub type DirPair = (Option<RelPath>, Option<ChunkId>, Option<ChunkId>);
@@ -113,13 +116,16 @@ pub fn missing<S: BuildHasher>(level: &[DirPair], nodes: &HashMap<ChunkId, TreeN
 /// Compares the directories of one level (their objects all in `nodes`), adds the changes
 /// among their entries to `changes`, and returns the directories below them to compare next:
 /// those on both sides with different objects, and those on one side only (whose every entry
-/// is added or removed). At most `limit` changes are kept: a hostile tree that shares one
-/// subtree many times cannot grow the list past it.
+/// is added or removed).
+///
+/// Each entry compared takes one from `budget`; none left is an error. Start it at
+/// `ENTRIES_COMPARED`: two valid trees never use it up, while trees that share a subtree many
+/// times (a hostile store's) cannot make the walk, or the list, grow without bound.
 pub fn diff_level<S: BuildHasher>(
     level: Vec<DirPair>,
     nodes: &HashMap<ChunkId, TreeNode, S>,
     changes: &mut Vec<Change>,
-    limit: usize,
+    budget: &mut usize,
 ) -> Result<Vec<DirPair>, FormatError> {
     let mut next = Vec::new();
     for (dir, a, b) in level {
@@ -132,6 +138,9 @@ pub fn diff_level<S: BuildHasher>(
         let (old, new) = (side(a)?, side(b)?);
         let (mut i, mut j) = (0, 0);
         while i < old.len() || j < new.len() {
+            *budget = budget.checked_sub(1).ok_or_else(|| {
+                FormatError::new("tree", format!("the two trees hold more than {ENTRIES_COMPARED} entries to compare"))
+            })?;
             let ord = match (old.get(i), new.get(j)) {
                 (Some(x), Some(y)) => x.name.cmp(&y.name),
                 (Some(_), None) => Ordering::Less,
@@ -161,9 +170,6 @@ pub fn diff_level<S: BuildHasher>(
                 next.push((Some(path.clone()), sub_a, sub_b));
             }
             if let Some(kind) = kind {
-                if changes.len() >= limit {
-                    return Err(FormatError::new("tree", format!("differs in more than {limit} entries")));
-                }
                 changes.push(Change { path, kind, size_before: x.map_or(0, size), size_after: y.map_or(0, size) });
             }
         }
@@ -178,10 +184,10 @@ pub fn diff_trees<S: BuildHasher>(
     b: &ChunkId,
     nodes: &HashMap<ChunkId, TreeNode, S>,
 ) -> Result<Vec<Change>, FormatError> {
-    let mut changes = Vec::new();
+    let (mut changes, mut budget) = (Vec::new(), ENTRIES_COMPARED);
     let mut level = vec![(None, Some(*a), Some(*b))];
     while !level.is_empty() {
-        level = diff_level(level, nodes, &mut changes, tree::MAX_ENTRIES)?;
+        level = diff_level(level, nodes, &mut changes, &mut budget)?;
     }
     Ok(in_path_order(changes))
 }
@@ -219,7 +225,6 @@ fn same_entry(a: &TreeEntry, b: &TreeEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::ChunkId;
     use crate::manifest::ChunkRef;
 
     fn file(path: &str, data: &[u8], mtime_ns: i64) -> Entry {
@@ -246,5 +251,38 @@ mod tests {
                 ("d".into(), ChangeKind::Added, 0, 1),
             ]
         );
+    }
+
+    /// Two trees that each share one subtree twice at every level (as a hostile store could
+    /// write them) would make 2^40 comparisons: the budget stops the walk.
+    #[test]
+    fn a_tree_diff_stops_when_its_budget_is_spent() {
+        let chain = |leaf: &[u8]| {
+            let file = NodeKind::File { size: 1, chunks: vec![ChunkRef { id: ChunkId::of(leaf), len: 1 }] };
+            let entry = |name: &[u8], kind| TreeEntry { name: name.to_vec(), mode: 0o755, mtime_ns: 0, kind };
+            let mut node = TreeNode { entries: vec![entry(b"f", file)], next: None };
+            let mut all = HashMap::new();
+            for _ in 0..40 {
+                let (id, _) = node.encode();
+                all.insert(id, node);
+                let sub = |name: &[u8]| entry(name, NodeKind::Dir { tree: id });
+                node = TreeNode { entries: vec![sub(b"a"), sub(b"b")], next: None };
+            }
+            let (root, _) = node.encode();
+            all.insert(root, node);
+            (root, all)
+        };
+        let ((a, mut nodes), (b, other)) = (chain(b"x"), chain(b"y"));
+        nodes.extend(other);
+        let (mut changes, mut budget) = (Vec::new(), 10_000);
+        let mut level = vec![(None, Some(a), Some(b))];
+        let err = loop {
+            match diff_level(level, &nodes, &mut changes, &mut budget) {
+                Ok(next) => level = next,
+                Err(e) => break e,
+            }
+        };
+        assert!(err.reason.contains("entries to compare"), "{err}");
+        assert!(changes.len() <= 10_000);
     }
 }

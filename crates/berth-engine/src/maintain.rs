@@ -206,7 +206,7 @@ pub async fn diff(store: &SnapshotStore, old: &Snapshot, new: &Snapshot) -> Resu
     // (a directory with the same object on both sides is the same with all it holds).
     if let (Contents::Root(a), Contents::Root(b), Some(index)) = (&old.record.contents, &new.record.contents, &index) {
         let mut loader = trees::Loader::new(store.objects(), index, None);
-        let mut changes = Vec::new();
+        let (mut changes, mut budget) = (Vec::new(), diff::ENTRIES_COMPARED);
         let mut level = vec![(None, Some(*a), Some(*b))];
         while !level.is_empty() {
             loop {
@@ -216,7 +216,7 @@ pub async fn diff(store: &SnapshotStore, old: &Snapshot, new: &Snapshot) -> Resu
                 }
                 loader.read(&missing).await?;
             }
-            level = diff::diff_level(level, &loader.nodes, &mut changes, tree::MAX_ENTRIES)?;
+            level = diff::diff_level(level, &loader.nodes, &mut changes, &mut budget)?;
         }
         return Ok(diff::in_path_order(changes));
     }
