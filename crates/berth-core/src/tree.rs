@@ -337,6 +337,11 @@ pub fn flatten<S: BuildHasher>(root: &ChunkId, nodes: &HashMap<ChunkId, TreeNode
             return Err(fail(format!("holds more than {MAX_ENTRIES} entries")));
         }
     }
+    // `nodes` may hold other trees too (verify reads every snapshot's at once): give back
+    // what the estimate reserved beyond this tree.
+    if manifest.entries.capacity() > 2 * manifest.entries.len() {
+        manifest.entries.shrink_to_fit();
+    }
     // The order is checked here with everything else a restore relies on.
     manifest.validate().map_err(fail)?;
     Ok(manifest)
