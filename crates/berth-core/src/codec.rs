@@ -110,17 +110,23 @@ impl Codecs {
     ) -> Result<&'a [u8], FormatError> {
         if cache.frame.as_ref().is_none_or(|(offset, _)| *offset != entry.offset) {
             cache.frame = None;
-            let (start, end) = (entry.offset as usize, entry.offset as usize + entry.len as usize);
-            let stored = pack.get(start..end).ok_or_else(|| {
-                FormatError::new(
-                    format!("chunk {}", entry.id.short()),
-                    format!("lies past its end: bytes {start}..{end} of a {}-byte pack", pack.len()),
-                )
-            })?;
-            cache.frame = Some((entry.offset, self.decode_frame(entry.codec, stored, entry.frame_raw_len)?));
+            cache.frame = Some((entry.offset, self.frame(pack, entry)?));
         }
         let frame = cache.frame.as_ref().map(|(_, f)| f.as_slice()).unwrap_or_default();
         extract(frame, entry.inner, entry.raw_len, &entry.id)
+    }
+
+    /// Decodes the frame that holds `entry` inside `pack` (the whole pack object), checking
+    /// that it lies inside the pack; the blob itself is then `extract`ed from it.
+    pub fn frame(&mut self, pack: &[u8], entry: &BlobEntry) -> Result<Vec<u8>, FormatError> {
+        let (start, end) = (entry.offset as usize, entry.offset as usize + entry.len as usize);
+        let stored = pack.get(start..end).ok_or_else(|| {
+            FormatError::new(
+                format!("chunk {}", entry.id.short()),
+                format!("lies past its end: bytes {start}..{end} of a {}-byte pack", pack.len()),
+            )
+        })?;
+        self.decode_frame(entry.codec, stored, entry.frame_raw_len)
     }
 }
 

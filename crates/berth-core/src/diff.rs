@@ -154,11 +154,7 @@ pub fn diff_level<S: BuildHasher>(
             i += usize::from(x.is_some());
             j += usize::from(y.is_some());
             let name = x.or(y).map(|e| e.name.as_slice()).unwrap_or_default();
-            let path = match &dir {
-                None => RelPath::new(name.to_vec()),
-                Some(d) => d.join(name),
-            }
-            .map_err(|e| FormatError::new("tree", e.to_string()))?;
+            let path = RelPath::child(dir.as_ref(), name).map_err(|e| FormatError::new("tree", e.to_string()))?;
             let kind = match (x, y) {
                 (Some(x), Some(y)) if same_entry(x, y) => None,
                 (Some(_), Some(_)) => Some(ChangeKind::Modified),
@@ -284,5 +280,21 @@ mod tests {
         };
         assert!(err.reason.contains("entries to compare"), "{err}");
         assert!(changes.len() <= 10_000);
+    }
+
+    /// A name is one component on every level: a top-level "x/y" would otherwise be listed as
+    /// a path below a directory neither tree has.
+    #[test]
+    fn a_tree_diff_refuses_a_slash_in_a_top_level_name() {
+        let file = NodeKind::File { size: 1, chunks: vec![ChunkRef { id: ChunkId::of(b"f"), len: 1 }] };
+        let node = |name: &[u8]| TreeNode {
+            entries: vec![TreeEntry { name: name.to_vec(), mode: 0o644, mtime_ns: 0, kind: file.clone() }],
+            next: None,
+        };
+        let (a, b) = (node(b"a"), node(b"x/y"));
+        let (ia, ib) = (a.encode().0, b.encode().0);
+        let nodes = HashMap::from([(ia, a), (ib, b)]);
+        let err = diff_trees(&ia, &ib, &nodes).unwrap_err();
+        assert!(err.reason.contains("a name contains '/'"), "{err}");
     }
 }

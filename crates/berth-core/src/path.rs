@@ -104,6 +104,16 @@ impl RelPath {
         }
     }
 
+    /// Returns `name` inside `dir` (at the top when `None`), refusing a '/' in `name` at the
+    /// top as `join` does below it: a tree's entry names one component, never a path.
+    pub fn child(dir: Option<&RelPath>, name: &[u8]) -> Result<RelPath, PathError> {
+        match dir {
+            None if name.contains(&b'/') => Err(PathError { path: escape(name), reason: "a name contains '/'" }),
+            None => RelPath::new(name.to_vec()),
+            Some(d) => d.join(name),
+        }
+    }
+
     /// Returns the number of components.
     pub fn depth(&self) -> usize {
         self.0.iter().filter(|b| **b == b'/').count() + 1

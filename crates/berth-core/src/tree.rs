@@ -312,13 +312,7 @@ pub fn flatten<S: BuildHasher>(root: &ChunkId, nodes: &HashMap<ChunkId, TreeNode
         };
         top.next += 1;
         let e = top.entries[i];
-        let path = match &top.dir {
-            // `join` refuses a '/' in a name; at the top, so must this.
-            None if e.name.contains(&b'/') => return Err(fail("a name contains '/'".into())),
-            None => RelPath::new(e.name.clone()),
-            Some(d) => d.join(&e.name),
-        }
-        .map_err(|err| fail(err.to_string()))?;
+        let path = RelPath::child(top.dir.as_ref(), &e.name).map_err(|err| fail(err.to_string()))?;
         if contents {
             if let NodeKind::Dir { tree } = &e.kind {
                 let listing = Listing::open(Some(path), tree, nodes).map_err(fail)?;

@@ -121,7 +121,7 @@ struct Frames {
     bytes: usize,
 }
 
-/// Most decoded frame bytes one `load` keeps.
+/// Most decoded frame bytes one `Loader` keeps.
 const FRAMES_KEPT: usize = 256 << 20;
 
 impl Frames {
@@ -130,13 +130,7 @@ impl Frames {
         let b = &loc.blob;
         let key = (loc.pack, b.offset);
         if !self.decoded.contains_key(&key) {
-            let stored = pack.get(b.offset as usize..b.offset as usize + b.len as usize).ok_or_else(|| {
-                FormatError::new(
-                    format!("tree object {}", b.id.short()),
-                    format!("lies past its pack's end ({} bytes)", pack.len()),
-                )
-            })?;
-            let frame = self.codecs.decode_frame(b.codec, stored, b.frame_raw_len)?;
+            let frame = self.codecs.frame(pack, b)?;
             if self.bytes + frame.len() > FRAMES_KEPT {
                 self.decoded.clear();
                 self.bytes = 0;
