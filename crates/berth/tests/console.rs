@@ -202,7 +202,7 @@ fn the_console_in_a_browser() {
     assert!(data.join("volumes").join(&done.volume.name).is_dir(), "the preview removed nothing");
     shot(&b, "gc-preview.png");
     b.click(&b.get("section.confirm form button"));
-    b.wait_until(30, "the GC result", |b| b.find("main h1").filter(|h| b.text(h) == "GC ran"));
+    b.wait_until(30, "the GC result", |b| b.text_of("main h1").filter(|h| h == "GC ran"));
     assert!(!data.join("volumes").join(&done.volume.name).exists(), "the run removed the volume");
     b.goto(&format!("{url}/ui/gc"));
     assert!(b.text(&b.get("#sweeps")).contains("ago"), "the sweep is in the history");
@@ -211,7 +211,7 @@ fn the_console_in_a_browser() {
     // Store: the scheduled retention and prune runs appear as they are recorded.
     b.goto(&format!("{url}/ui/store"));
     b.wait_until(30, "a retention and a prune run", |b| {
-        let runs = b.find("#runs").map(|t| b.text(&t)).unwrap_or_default();
+        let runs = b.text_of("#runs").unwrap_or_default();
         (runs.contains("retention") && runs.contains("prune")).then_some(())
     });
     shot(&b, "store.png");

@@ -100,9 +100,11 @@ impl Browser {
         v[ELEMENT].as_str().map(String::from)
     }
 
-    /// The element matching `css`; panics when there is none.
+    /// The element matching `css`, waiting up to 10 s for it (a click that navigates can
+    /// return before the next page is there); panics when none comes.
     pub fn get(&self, css: &str) -> String {
-        self.find(css).unwrap_or_else(|| panic!("no element matches {css} on {}", self.url()))
+        let what = format!("an element matching {css}");
+        self.wait_until(10, &what, |b| b.find(css))
     }
 
     /// How many elements match `css`.
@@ -124,6 +126,15 @@ impl Browser {
     /// The element's visible text.
     pub fn text(&self, element: &str) -> String {
         self.ok("GET", &format!("/element/{element}/text"), None).as_str().unwrap_or_default().to_string()
+    }
+
+    /// The visible text of the element matching `css`, if there is one now. For polling a page
+    /// that is loading or being changed by its scripts: an element that goes stale between
+    /// the lookup and the read counts as not there yet.
+    pub fn text_of(&self, css: &str) -> Option<String> {
+        let element = self.find(css)?;
+        let v = self.call("GET", &format!("/element/{element}/text"), None).ok()?;
+        v.as_str().map(String::from)
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) and returns its value.
