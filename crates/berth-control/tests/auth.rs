@@ -90,6 +90,12 @@ async fn every_endpoint_checks_who_asks(db: Db) {
         assert_eq!(status(&s, Some(ADMIN), call).await, 404, "{} {}", call.0, call.1);
     }
     assert_eq!(status(&s, Some(&b.token), &unknown[0]).await, 403);
+    // The heartbeat checks a sandbox token in its own statement; a refusal still says why, and
+    // says it before anything about the body.
+    assert_eq!(status(&s, Some(&b.token), &unknown[2]).await, 403, "another session's token, an unknown session");
+    let bad_beat = Call(Method::POST, format!("/v1/sessions/{sb}/heartbeat"), "{");
+    assert_eq!(status(&s, Some("not-a-token-at-all"), &bad_beat).await, 401, "an unknown token, a bad body");
+    assert_eq!(status(&s, Some(&b.token), &bad_beat).await, 400, "its own token, a bad body");
     // Malformed path parameters are 400.
     assert_eq!(status(&s, Some(ADMIN), &Call(Method::GET, "/v1/drains/galaxy:far".into(), "")).await, 400);
     assert_eq!(status(&s, Some(ADMIN), &Call(Method::GET, "/v1/workspaces?limit=0".into(), "")).await, 400);

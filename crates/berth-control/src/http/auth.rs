@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 
 use crate::app::App;
 use crate::error::{Error, Result};
@@ -15,14 +16,31 @@ impl FromRequestParts<Arc<App>> for Principal {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(Error::Unauthorized)?;
-        app.tokens.principal(&app.meta, token).await
+        let Bearer(token) = Bearer::from_request_parts(parts, app).await?;
+        app.tokens.principal(&app.meta, &token).await
     }
+}
+
+/// The bearer token of a request, not yet resolved: for a handler that checks a sandbox token
+/// inside its own statement instead of looking it up first (the heartbeat).
+pub struct Bearer(pub String);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Bearer {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<App>) -> Result<Self> {
+        bearer(&parts.headers).map(|t| Bearer(t.to_string())).ok_or(Error::Unauthorized)
+    }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header, if there is a non-empty one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    Some(value.strip_prefix("Bearer ")?.trim()).filter(|t| !t.is_empty())
 }

@@ -30,6 +30,9 @@ pub(super) struct Beat {
     epoch: Epoch,
     instance: InstanceId,
     now: Timestamp,
+    /// The hash of the sandbox token presented, checked against the session's; `None` when
+    /// the caller is already known (the admin).
+    token: Option<String>,
 }
 
 /// A queued heartbeat and where its answer goes.
@@ -39,15 +42,19 @@ impl Meta {
     /// Renews a session's lease and returns the drain state of its scopes, in one transaction.
     /// A heartbeat must come from the instance the session attached with (`WrongInstance`
     /// otherwise, and nothing changes); one from a session of another instance than the drained
-    /// one (the replacement's) clears a workspace drain.
+    /// one (the replacement's) clears a workspace drain. With `token` (a sandbox token's hash),
+    /// the session must be live and hold that token (`Unauthorized` otherwise): the token
+    /// check and the heartbeat are one statement.
     pub async fn heartbeat(
         &self,
         session: &SessionId,
         epoch: Epoch,
         instance: &InstanceId,
         now: Timestamp,
+        token: Option<&str>,
     ) -> Result<HeartbeatOutcome> {
-        let beat = Beat { session: session.clone(), epoch, instance: instance.clone(), now };
+        let token = token.map(String::from);
+        let beat = Beat { session: session.clone(), epoch, instance: instance.clone(), now, token };
         if let Some(queue) = &self.beats {
             let (tx, rx) = oneshot::channel();
             let gone = || Error::Busy { message: "the heartbeat writer stopped".into(), retry_after_secs: 1 };
@@ -71,7 +78,7 @@ impl Meta {
             Dialect::Sqlite => "",
         };
         let sql = format!(
-            "SELECT {relax}s.id, s.owner, s.generation, s.epoch, s.instance, s.node, s.pool, s.ended_at, \
+            "SELECT {relax}s.id, s.owner, s.generation, s.epoch, s.instance, s.node, s.pool, s.ended_at, s.token_hash, \
              w.lease_epoch, w.lease_session, w.lease_expires, \
              (SELECT COUNT(*) FROM drains d WHERE d.state = 'draining' AND d.scope IN \
               ('workspace:' || s.owner, 'node:' || s.node, 'pool:' || s.pool)) AS n_draining \
@@ -84,6 +91,11 @@ impl Meta {
             .await?
             .ok_or_else(|| Error::NotFound(format!("session {} does not exist", beat.session)))?;
         let s = session_from_row(&row)?;
+        if let Some(token) = &beat.token {
+            if s.ended_at.is_some() || row.try_get::<String, _>("token_hash")? != *token {
+                return Err(Error::Unauthorized);
+            }
+        }
         let lease = Lease {
             epoch: Epoch(row.try_get::<i64, _>("lease_epoch")? as u64),
             holder: Some(Holder { session: s.id.clone(), instance: s.instance.clone() }),

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -60,8 +59,7 @@ async fn start(
     headers: &HeaderMap,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Error> {
-    let bearer = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match bearer.map(str::trim).filter(|t| !t.is_empty()) {
+    match crate::http::auth::bearer(headers) {
         Some(token) => app.tokens.principal(&app.meta, token).await?.reader()?,
         None if super::session::console_of(&app, headers, now()).is_some() => {}
         None => return Err(Error::Unauthorized),
