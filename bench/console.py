@@ -39,19 +39,12 @@ import tempfile
 import time
 import urllib.parse
 
+from benchlib import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 ADMIN = "bench-admin-token-0123456789abcdef"
 TARGET_P95_MS = 200.0
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start(berth, data, log):

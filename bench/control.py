@@ -41,19 +41,12 @@ import threading
 import time
 import urllib.parse
 
+from benchlib import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BERTH = os.path.join(REPO, "target", "release", "berth")
 ADMIN = "bench-admin-token-0123456789abcdef"
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Api:

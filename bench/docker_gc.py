@@ -35,6 +35,8 @@ import tempfile
 import time
 import urllib.parse
 
+from benchlib import free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 ADMIN = "bench-admin-token-0123456789abcdef"
@@ -83,14 +85,6 @@ def make_volumes(run, names):
                 e.call("POST", "/volumes/create", {"Name": n, "Labels": {LABEL: run}})
         chunks = [names[i::8] for i in range(8)]
         list(pool.map(create, chunks))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Api:

@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+from benchlib import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -53,14 +54,6 @@ MARK = "echo T=$(date +%s%N); sleep 600"
 
 def now_ns():
     return time.time_ns()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def sh(cmd, **kw):
