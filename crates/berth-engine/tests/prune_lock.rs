@@ -49,11 +49,18 @@ async fn lock_json(objects: &DynStore) -> serde_json::Value {
     serde_json::from_slice(&objects.get(layout::PRUNE_LOCK).await.expect("lock")).expect("lock json")
 }
 
+/// A lock (or takeover claim) as `host` writes it: last beaten `ago` seconds before, to beat
+/// every `beat_secs`.
+fn lock_body(host: &str, nonce: &str, ago: i64, beat_secs: u64) -> Bytes {
+    let body =
+        json!({"host": host, "pid": 1, "time": now().plus_secs(-ago), "nonce": nonce, "heartbeat_secs": beat_secs});
+    Bytes::from(body.to_string())
+}
+
 /// Writes a lock as a prune that was to beat every second and died `ago` seconds before,
 /// never having beaten.
 async fn dead_lock(objects: &DynStore, nonce: &str, ago: i64) {
-    let body = json!({"host": "gone", "pid": 1, "time": now().plus_secs(-ago), "nonce": nonce, "heartbeat_secs": 1});
-    let put = objects.put_if_absent(layout::PRUNE_LOCK, Bytes::from(body.to_string())).await.expect("put lock");
+    let put = objects.put_if_absent(layout::PRUNE_LOCK, lock_body("gone", nonce, ago, 1)).await.expect("put lock");
     assert_eq!(put, Put::Created);
 }
 
@@ -117,17 +124,13 @@ async fn a_taker_that_died_midway_is_taken_over_once_stale() {
         let objects = store.objects();
         dead_lock(objects, "deadholder", 60).await;
         // A taker claimed the takeover a second ago and is still within its window: refused.
-        let taker =
-            json!({"host": "taker", "pid": 2, "time": now().plus_secs(-1), "nonce": "t1", "heartbeat_secs": 20});
         let marker = layout::prune_lock_break("deadholder");
-        objects.put_if_absent(&marker, Bytes::from(taker.to_string())).await.expect("marker");
+        objects.put_if_absent(&marker, lock_body("taker", "t1", 1, 20)).await.expect("marker");
         assert_conflict(PruneLock::acquire(store, "next", BEAT).await, adapter);
         assert_eq!(lock_json(objects).await["nonce"], "deadholder", "{adapter}: left alone");
         // That taker died long ago: its claim is taken over in turn, and the lock with it.
         objects.delete(&marker).await.expect("delete marker");
-        let taker =
-            json!({"host": "taker", "pid": 2, "time": now().plus_secs(-600), "nonce": "t1", "heartbeat_secs": 20});
-        objects.put_if_absent(&marker, Bytes::from(taker.to_string())).await.expect("marker");
+        objects.put_if_absent(&marker, lock_body("taker", "t1", 600, 20)).await.expect("marker");
         let lock = PruneLock::acquire(store, "next", BEAT).await.expect("takes over");
         assert_eq!(lock_json(objects).await["host"], "next", "{adapter}");
         lock.release().await.expect("release");
@@ -142,10 +145,10 @@ async fn a_holder_whose_lock_was_taken_over_stops() {
         let holder = PruneLock::acquire(store, "slow", BEAT).await.expect("acquire");
         let nonce = lock_json(objects).await["nonce"].as_str().expect("nonce").to_string();
         // What a taker does once it judged the holder gone: claim, delete, take.
-        let taker = json!({"host": "taker", "pid": 2, "time": now(), "nonce": "t2", "heartbeat_secs": 1});
-        objects.put_if_absent(&layout::prune_lock_break(&nonce), Bytes::from(taker.to_string())).await.expect("claim");
+        let taker = lock_body("taker", "t2", 0, 1);
+        objects.put_if_absent(&layout::prune_lock_break(&nonce), taker.clone()).await.expect("claim");
         objects.delete(layout::PRUNE_LOCK).await.expect("delete");
-        objects.put_if_absent(layout::PRUNE_LOCK, Bytes::from(taker.to_string())).await.expect("take");
+        objects.put_if_absent(layout::PRUNE_LOCK, taker).await.expect("take");
         assert_conflict(holder.check().await, adapter);
         assert_conflict(holder.release().await, adapter);
         assert_eq!(lock_json(objects).await["host"], "taker", "{adapter}: the taker's lock is left alone");
