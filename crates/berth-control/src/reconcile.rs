@@ -459,7 +459,6 @@ async fn rescue(app: &App, c: &Claimed) -> std::result::Result<SnapshotId, Strin
         generation: lease.generation,
         epoch: lease.epoch,
         session: lease.session.clone(),
-        token: lease.token.clone(),
         volume: c.candidate.volume.clone(),
         mount: app.volumes.mount(&c.candidate.volume),
         store,

@@ -8,10 +8,11 @@
 //! 2. it calls [`Rescuer::rescue`] with that session, its epoch and the volume;
 //! 3. the rescuer writes one snapshot of the volume into the store, as `(owner, generation)`,
 //!    and returns its id. On local, in process; on a container substrate, a short job that
-//!    mounts the volume read-only and runs `berth snapshot create --epoch` (a job may also
-//!    publish the snapshot itself, with `final: true`, using the request's token);
-//! 4. the control plane records the snapshot as the session's final one (idempotent when the
-//!    job published it already), which clears the risk, and releases the lease.
+//!    mounts the volume read-only, runs `berth snapshot create --epoch` and prints the
+//!    snapshot's summary, which the control plane reads from the job's log. The job holds no
+//!    control-plane credential: it never calls the API;
+//! 4. the control plane records the snapshot as the session's final one, which clears the
+//!    risk, and releases the lease.
 //!
 //! # Guarantees (of every rescuer)
 //! - It never writes into the volume, and never snapshots a volume another process still uses:
@@ -30,7 +31,7 @@ use berth_core::volume::{MountSpec, VolumeName};
 use berth_core::workspace::{Generation, WorkspaceId};
 
 /// What to rescue, under which lease.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RescueRequest {
     /// The workspace's owner (the snapshot's workspace id).
     pub owner: WorkspaceId,
@@ -40,29 +41,12 @@ pub struct RescueRequest {
     pub epoch: Epoch,
     /// The rescue session.
     pub session: SessionId,
-    /// The rescue session's sandbox token, for a job that publishes itself (never logged).
-    pub token: String,
     /// The volume.
     pub volume: VolumeName,
     /// How to mount it.
     pub mount: MountSpec,
     /// The object store URL snapshots go to.
     pub store: String,
-}
-
-impl fmt::Debug for RescueRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RescueRequest")
-            .field("owner", &self.owner)
-            .field("generation", &self.generation)
-            .field("epoch", &self.epoch)
-            .field("session", &self.session)
-            .field("token", &"***")
-            .field("volume", &self.volume)
-            .field("mount", &self.mount)
-            .field("store", &self.store)
-            .finish()
-    }
 }
 
 /// A finished rescue.

@@ -35,8 +35,6 @@ pub struct RescueLease {
     pub session: SessionId,
     /// Its epoch.
     pub epoch: Epoch,
-    /// Its sandbox token (for a rescue job that publishes itself; never logged).
-    pub token: String,
 }
 
 impl std::fmt::Debug for RescueLease {
@@ -81,11 +79,12 @@ impl Meta {
             pool: None,
             ended_at: None,
         };
-        let token = format!("bst_{}", random_hex(32));
-        insert_session(&mut tx, &row, &token_hash(&token), now).await?;
+        // Nobody gets the session's token: the rescue acts through the control plane itself,
+        // and a rescue job holds no credential of it. The hash only fills the column.
+        insert_session(&mut tx, &row, &token_hash(&format!("bst_{}", random_hex(32))), now).await?;
         self.store(&mut tx, Some(&ws), transition, None, now).await?;
         tx.commit().await?;
-        Ok(RescueLease { owner: owner.clone(), generation: ws.record.generation, session, epoch, token })
+        Ok(RescueLease { owner: owner.clone(), generation: ws.record.generation, session, epoch })
     }
 
     /// Finishes a rescue: on success, records `snapshot` as the rescue session's final one
