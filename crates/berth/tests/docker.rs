@@ -18,23 +18,7 @@ use util::serve::{events, marks, metric, rt, wait_until, Server, ADMIN};
 
 /// `berth serve --substrate docker` with fast GC settings and `extra` flags.
 fn start(tmp: &Path, log: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let data = tmp.join("data");
-    let mut args = vec![
-        "--substrate",
-        "docker",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--gc-cooldown",
-        "0s",
-        "--gc-timeout",
-        "1s",
-        "--claim-ttl",
-        "2s",
-    ];
-    args.extend(extra);
-    let mut env = env.to_vec();
-    env.push(("BERTH_ADMIN_TOKEN", ADMIN));
-    Server::start(tmp, &tmp.join(log), &args, &env)
+    Server::start_admin(tmp, &tmp.join("data"), log, &[&["--substrate", "docker"], extra].concat(), env)
 }
 
 fn labelled(run: &TestRun) -> EnsureWorkspace {

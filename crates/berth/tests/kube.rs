@@ -45,26 +45,10 @@ fn kubeconfig(dir: &Path, fake: &FakeApi) -> PathBuf {
 
 /// `berth serve --substrate kubernetes --namespace berth-test` with fast GC settings.
 fn start(tmp: &Path, kubeconfig: &Path, log: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let data = tmp.join("data");
-    let mut args = vec![
-        "--substrate",
-        "kubernetes",
-        "--namespace",
-        NAMESPACE,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--gc-cooldown",
-        "0s",
-        "--gc-timeout",
-        "1s",
-        "--claim-ttl",
-        "2s",
-    ];
-    args.extend(extra);
     let mut env = env.to_vec();
-    env.push(("BERTH_ADMIN_TOKEN", ADMIN));
     env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
-    Server::start(tmp, &tmp.join(log), &args, &env)
+    let substrate = ["--substrate", "kubernetes", "--namespace", NAMESPACE];
+    Server::start_admin(tmp, &tmp.join("data"), log, &[&substrate, extra].concat(), &env)
 }
 
 fn claims(fake: &FakeApi) -> usize {

@@ -145,24 +145,6 @@ fn serve_starts_with_no_configuration_and_the_cli_drives_it() {
     assert!(out.stdout.contains("up to date"), "{out:?}");
 }
 
-fn serve_args(data: &Path, gc_interval: &str) -> Vec<String> {
-    [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--gc-interval",
-        gc_interval,
-        "--gc-cooldown",
-        "0s",
-        "--gc-timeout",
-        "1s",
-        "--claim-ttl",
-        "2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 fn start(tmp: &Path, data: &Path, log: &str, extra: &[&str]) -> Server {
     start_gc_every(tmp, data, log, "1s", extra)
 }
@@ -179,12 +161,7 @@ fn start_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Server {
-    let mut args = serve_args(data, gc_interval);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut env = env.to_vec();
-    env.push(("BERTH_ADMIN_TOKEN", ADMIN));
-    Server::start(tmp, &tmp.join(log), &args, &env)
+    Server::start_admin(tmp, data, log, &[&["--gc-interval", gc_interval], extra].concat(), env)
 }
 
 /// Starts a server whose substrate lets `n` volume deletes through and holds every later one

@@ -23,7 +23,21 @@ pub struct Server {
     pub log: PathBuf,
 }
 
+/// The flags that let GC act at once in a test: no cooldown, a 1 s removal timeout, 2 s claims.
+const FAST_GC: [&str; 6] = ["--gc-cooldown", "0s", "--gc-timeout", "1s", "--claim-ttl", "2s"];
+
 impl Server {
+    /// Starts `berth serve` as [`Server::start`] does, with the admin token [`ADMIN`], its data
+    /// in `data`, GC flags that act at once, then `args`; it logs to `cwd/log`.
+    pub fn start_admin(cwd: &Path, data: &Path, log: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut all = vec!["--data-dir", data.to_str().expect("a UTF-8 data dir")];
+        all.extend(FAST_GC);
+        all.extend(args);
+        let mut env = env.to_vec();
+        env.push(("BERTH_ADMIN_TOKEN", ADMIN));
+        Server::start(cwd, &cwd.join(log), &all, &env)
+    }
+
     /// Starts `berth serve` in `cwd` with `args`, logging JSON to `log` (appended to), and waits
     /// until it is ready: it binds port 0 itself, its `serve_started` line names the address,
     /// and `/healthz` there answers 200.
