@@ -16,7 +16,8 @@ One run measures, for each database:
              through POST /v1/gc/run; the server reports each sweep's time in
              the database (`db_ms`) and in all (`duration_ms`)
 
-The server is the release binary (`cargo build --release -p berth`); SQLite
+The server is the release binary (`cargo build --release -p berth`, or --berth PATH
+for another build, named in the results by --label); SQLite
 lives in a fresh data dir, PostgreSQL is the cluster in BERTH_TEST_PG_URL
 (fsync on with `./dev pg -- ...`), a fresh database per run.
 
@@ -46,6 +47,7 @@ from benchlib import free_port
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BERTH = os.path.join(REPO, "target", "release", "berth")
+LABEL = None  # which build ran: --label, or the checkout's commit
 ADMIN = "bench-admin-token-0123456789abcdef"
 
 
@@ -274,8 +276,7 @@ def machine():
             mem = f"{int(f.readline().split()[1]) / 1024 / 1024:.1f} GiB"
     except OSError:
         pass
-    git = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return f"{cpus} CPUs, {mem} RAM, kernel {platform.release()}, berth {git}"
+    return f"{cpus} CPUs, {mem} RAM, kernel {platform.release()}, berth {LABEL}"
 
 
 def summarize(results, args):
@@ -309,6 +310,7 @@ def summarize(results, args):
 
 
 def main():
+    global BERTH, LABEL
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dbs", default="sqlite,postgres")
     p.add_argument("--duration", type=int, default=15)
@@ -318,7 +320,12 @@ def main():
     p.add_argument("--closed", type=int, default=100_000)
     p.add_argument("--sweeps", type=int, default=3)
     p.add_argument("--json", help="also write raw results here")
+    p.add_argument("--berth", default=BERTH, help="the berth binary to serve with (default: target/release/berth)")
+    p.add_argument("--label", help="what to call that build in the results (default: the checkout's commit)")
     args = p.parse_args()
+    BERTH = os.path.abspath(args.berth)
+    LABEL = args.label or subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                                         capture_output=True, text=True).stdout.strip()
     if not os.path.exists(BERTH):
         sys.exit(f"{BERTH} is missing: run `cargo build --release -p berth` first")
     if not shutil.which("wrk"):

@@ -4,7 +4,7 @@
 use berth_core::drain::{self, Drain};
 use berth_core::id::SnapshotId;
 use berth_core::lease::{Acquired, Epoch, Holder, Lease};
-use berth_core::lifecycle::{self, Event, SessionEnd};
+use berth_core::lifecycle::{self, Event, Record, SessionEnd};
 use berth_core::scope::Scope;
 use berth_core::session::{InstanceId, PlaceName, SessionId};
 use berth_core::time::Timestamp;
@@ -163,13 +163,14 @@ impl Meta {
         };
         let token = format!("bst_{}", random_hex(32));
         insert_session(&mut tx, &session, &token_hash(&token), now).await?;
-        write_lease(&mut tx, owner, &lease, now).await?;
         if let (Acquired::TakenOver, Some(old)) = (how, &before.holder) {
-            self.end_session_in(&mut tx, owner, &old.session, SessionEnd::Fenced, now).await?;
+            self.end_session_in(&mut tx, &ws, lease.clone(), &old.session, SessionEnd::Fenced, now).await?;
             let detail = json!({"previous_session": old.session.as_str(), "previous_instance": old.instance.as_str(),
                 "previous_epoch": before.epoch, "epoch": lease.epoch});
             let ev = NewEvent::of("lease_taken_over", owner, generation).session(&session.id).detail(detail);
             record(&mut tx, now, ev).await?;
+        } else {
+            write_lease(&mut tx, owner, &lease, now).await?;
         }
         let detail = json!({"epoch": lease.epoch, "instance": instance.as_str(),
             "node": node.map(|n| n.as_str()), "pool": pool.map(|p| p.as_str()), "handover": handover.is_some()});
@@ -224,9 +225,10 @@ impl Meta {
         }
         let ws = self.ws_for_update(&mut tx, &s.owner).await?.ok_or_else(|| not_found(&s.owner))?;
         let lease = &ws.record.lease;
-        if lease.holder.as_ref().is_some_and(|h| h.session == s.id) {
-            write_lease(&mut tx, &s.owner, &lease.release(lease.epoch)?, now).await?;
-        }
+        let lease = match &lease.holder {
+            Some(h) if h.session == s.id => lease.release(lease.epoch)?,
+            _ => lease.clone(),
+        };
         let final_snapshot = final_snapshot_of(&mut tx, &s.id).await?;
         let outcome = match final_snapshot {
             Some(f) if ws.latest_snapshot == Some(f) && ws.is_draining(now) => SessionEnd::Drained,
@@ -236,25 +238,27 @@ impl Meta {
         let ev =
             NewEvent::of("session_detached", &s.owner, s.generation).session(&s.id).detail(json!({"epoch": s.epoch}));
         record(&mut tx, now, ev).await?;
-        self.end_session_in(&mut tx, &s.owner, &s.id, outcome, now).await?;
+        self.end_session_in(&mut tx, &ws, lease, &s.id, outcome, now).await?;
         tx.commit().await?;
         Ok(SessionRow { ended_at: Some(now), ..s })
     }
 
-    /// Ends `session` of `owner` with `outcome` through the lifecycle (which decides whether
-    /// the workspace is at risk), inside the caller's transaction, after its lease change.
+    /// Ends `session` of the workspace `ws` (as read, locked, in the caller's transaction) with
+    /// `outcome` through the lifecycle (which decides whether the workspace is at risk), after
+    /// the caller's change of its lease to `lease`: one write of the record holds both.
     async fn end_session_in(
         &self,
         conn: &mut AnyConnection,
-        owner: &WorkspaceId,
+        ws: &WorkspaceRow,
+        lease: Lease,
         session: &SessionId,
         outcome: SessionEnd,
         now: Timestamp,
     ) -> Result<()> {
-        let ws = self.ws_for_update(conn, owner).await?.ok_or_else(|| not_found(owner))?;
+        let current = Record { lease, ..ws.record.clone() };
         let event = Event::SessionEnded { session: session.clone(), outcome };
-        let transition = lifecycle::step(&ws.record, event, now).map_err(|r| refused(owner, r, now))?;
-        self.store(conn, Some(&ws), transition, None, now).await?;
+        let transition = lifecycle::step(&current, event, now).map_err(|r| refused(&ws.record.owner, r, now))?;
+        self.store(conn, Some(ws), transition, None, now).await?;
         Ok(())
     }
 
@@ -332,8 +336,8 @@ impl Meta {
             let Some(ws) = self.ws_for_update(&mut tx, &owner).await? else { continue };
             let lease = &ws.record.lease;
             let Some(holder) = lease.holder.clone().filter(|_| !lease.is_live(now)) else { continue };
-            write_lease(&mut tx, &owner, &lease.release(lease.epoch)?, now).await?;
-            self.end_session_in(&mut tx, &owner, &holder.session, SessionEnd::Expired, now).await?;
+            self.end_session_in(&mut tx, &ws, lease.release(lease.epoch)?, &holder.session, SessionEnd::Expired, now)
+                .await?;
             let detail = json!({"epoch": lease.epoch, "instance": holder.instance.as_str(), "expired_at": lease.expires.to_string()});
             let ev =
                 NewEvent::of("lease_expired", &owner, ws.record.generation).session(&holder.session).detail(detail);
