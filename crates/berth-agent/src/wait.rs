@@ -66,10 +66,10 @@ pub fn read_warm(path: &Path) -> Result<Warm, AgentError> {
     serde_json::from_slice(&body).map_err(|e| fail(format!("is not a valid warm file: {e}")))
 }
 
-/// Asks the control plane for this sandbox's claim once: `None` while it is not claimed (its
-/// token is nobody's: 401).
-pub async fn fetch_claim(client: &berth_api::Client) -> Result<Option<serde_json::Value>, AgentError> {
-    match client.sandbox_claim().await {
+/// Asks the control plane for this sandbox's claim once, waiting up to `wait_secs` on the
+/// server for it: `None` while it is not claimed (its token is nobody's: 401).
+pub async fn fetch_claim(client: &berth_api::Client, wait_secs: u64) -> Result<Option<serde_json::Value>, AgentError> {
+    match client.sandbox_claim_within(wait_secs).await {
         Ok(claim) => Ok(Some(claim)),
         Err(e) if e.status() == Some(401) => Ok(None),
         Err(e) => Err(AgentError::Control(e)),

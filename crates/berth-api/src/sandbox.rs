@@ -94,12 +94,23 @@ pub struct StopReply {
     pub stopped: Vec<StoppedSandbox>,
 }
 
+/// The longest a claim request waits for its claim (`wait_secs`) before it answers 401.
+pub const CLAIM_WAIT_MAX_SECS: u64 = 25;
+
 impl Client {
     /// The claim of the calling warm sandbox (whose own token its claim made the session's):
     /// `spec` (the supervisor's spec without the token), `command` and `env`. A 401 while the
     /// sandbox is not claimed.
     pub async fn sandbox_claim(&self) -> Result<serde_json::Value, ClientError> {
-        let url = self.url(&["v1", "sandboxes", "claim"], &[]);
+        self.sandbox_claim_within(0).await
+    }
+
+    /// [`Client::sandbox_claim`], but the server holds the request up to `wait_secs` (at most
+    /// [`CLAIM_WAIT_MAX_SECS`]) for the claim to come before it answers 401. The client's
+    /// timeout must outlast the wait.
+    pub async fn sandbox_claim_within(&self, wait_secs: u64) -> Result<serde_json::Value, ClientError> {
+        let query: &[(&str, String)] = if wait_secs == 0 { &[] } else { &[("wait_secs", wait_secs.to_string())] };
+        let url = self.url(&["v1", "sandboxes", "claim"], query);
         Ok(self.call::<(), _>(Method::GET, url, None).await?.1)
     }
 

@@ -6,6 +6,8 @@
 //! sandbox token acts only on its own session, workspace and drain scope, and only while that
 //! session lives.
 
+use std::time::Duration;
+
 use berth_core::scope::Scope;
 use berth_core::session::SessionId;
 use berth_core::workspace::WorkspaceId;
@@ -177,9 +179,15 @@ impl Tokens {
     /// Returns who `token` is; an unknown token, or the token of a session that has ended, is
     /// `Unauthorized`.
     pub async fn principal(&self, meta: &Meta, token: &str) -> Result<Principal> {
+        self.principal_within(meta, token, Duration::ZERO).await
+    }
+
+    /// [`Tokens::principal`], but a token of no live session is waited for up to `wait`, for a
+    /// session to take it (a warm sandbox waiting for its claim), before it is `Unauthorized`.
+    pub async fn principal_within(&self, meta: &Meta, token: &str, wait: Duration) -> Result<Principal> {
         match self.configured(token) {
             Ok(known) => Ok(known),
-            Err(hash) => match meta.session_by_token(&hash).await? {
+            Err(hash) => match meta.session_by_token_within(&hash, wait).await? {
                 Some(s) => Ok(Principal::Sandbox { session: s.id, owner: s.owner }),
                 None => Err(Error::Unauthorized),
             },

@@ -12,7 +12,8 @@
 //! its substrate's `HandOver` says: `PutFiles` (Docker: the spec and the claim uploaded into it
 //! together) or `Fetch` (Kubernetes: made with a token of its own in its 0400 `WARM_PATH` file
 //! and the token's hash in a label, it asks `GET /v1/sandboxes/claim`, 401 until the claim makes
-//! that hash the session's, `Meta::hand_to_warm`). `reap_abandoned` removes a fetching sandbox
+//! that hash the session's, `Meta::hand_to_warm`; the ask is a long poll that a hand-over in the
+//! same process wakes at once, and one on another replica within `CLAIM_RECHECK`). `reap_abandoned` removes a fetching sandbox
 //! whose session had no live lease for a lease TTL (it never fetched and would wait for ever).
 //!
 //! **Invariant:** a warm sandbox never mounts a workspace volume; it restores from the store

@@ -889,10 +889,22 @@ async fn a_session_handed_to_a_warm_sandbox_takes_its_token(db: Db) {
     let own = "bst_the-warm-sandboxes-own-token-0123456789";
     let warm = s.client(own);
     assert_eq!(code(&warm.sandbox_claim().await.unwrap_err()), (401, "unauthorized"), "nobody's token yet");
+    // A long poll that no claim answers ends in 401 once its wait is over, not before.
+    let asked = std::time::Instant::now();
+    assert_eq!(code(&warm.sandbox_claim_within(1).await.unwrap_err()).0, 401);
+    assert!(asked.elapsed() >= std::time::Duration::from_secs(1), "the server held the ask for its wait");
+    // One that is waiting when the claim is made gets it.
+    let waiting = tokio::spawn({
+        let warm = warm.clone();
+        async move { warm.sandbox_claim_within(berth_api::CLAIM_WAIT_MAX_SECS).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the ask waits for the claim");
     let claim = serde_json::json!({"spec": {"session": {"token": ""}}, "command": ["sh"], "env": {"A": "1"}});
     let session = berth_core::session::SessionId::new(a.session_id.clone()).unwrap();
     let hash = berth_control::meta::token_hash(own);
     s.app.meta.hand_to_warm(&session, &hash, &claim.to_string()).await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), claim, "the waiting ask got the claim");
     assert_eq!(warm.sandbox_claim().await.unwrap(), claim);
     warm.heartbeat(&a.session_id, &hb(a.epoch, "sb-warm-1")).await.unwrap();
     let attach_token = s.client(&a.token);

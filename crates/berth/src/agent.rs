@@ -431,19 +431,29 @@ async fn wait_for_claim(path: &std::path::Path) -> Result<i32> {
     }
 }
 
-/// `berth agent wait --fetch`: asks the control plane for the claim every
-/// [`FETCH_INTERVAL`] until it comes (a 401 meanwhile: the token is nobody's yet), or exits 0
-/// on SIGTERM or SIGINT.
+/// `berth agent wait --fetch`: asks the control plane for the claim until it comes, or exits 0
+/// on SIGTERM or SIGINT. Each ask is a long poll: the server holds it up to [`WAIT_SECS`] and
+/// answers as soon as the claim is made (a 401 at the end of the wait: the token is nobody's
+/// yet). Asks start at least [`FETCH_INTERVAL`] apart, so a server that answers at once (one
+/// that predates the long poll, or one that is failing) is not asked in a busy loop.
 async fn fetch_claim(warm: &std::path::Path, spec_out: &std::path::Path) -> Result<i32> {
-    const FETCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+    use std::time::{Duration, Instant};
+    const WAIT_SECS: u64 = 20;
+    const FETCH_INTERVAL: Duration = Duration::from_millis(100);
     let signals = signals();
     let warm = berth_agent::wait::read_warm(warm)?;
     let client =
-        berth_api::Client::new(&warm.server, warm.token.clone())?.with_timeout(std::time::Duration::from_secs(10));
+        berth_api::Client::new(&warm.server, warm.token.clone())?.with_timeout(Duration::from_secs(WAIT_SECS + 10));
     // A control plane away for a while is said once every 10 s, not at every ask.
     let mut failed: u64 = 0;
     loop {
-        match berth_agent::wait::fetch_claim(&client).await {
+        let asked = Instant::now();
+        let answer = tokio::select! {
+            _ = signals.term.cancelled() => return Ok(0),
+            _ = signals.int.cancelled() => return Ok(0),
+            answer = berth_agent::wait::fetch_claim(&client, WAIT_SECS) => answer,
+        };
+        match answer {
             Ok(Some(fetched)) => {
                 let claim = berth_agent::wait::write_fetched(&fetched, &warm.token, spec_out)?;
                 tracing::info!(event = "claimed", spec = %claim.spec.display());
@@ -460,7 +470,7 @@ async fn fetch_claim(warm: &std::path::Path, spec_out: &std::path::Path) -> Resu
         tokio::select! {
             _ = signals.term.cancelled() => return Ok(0),
             _ = signals.int.cancelled() => return Ok(0),
-            _ = tokio::time::sleep(FETCH_INTERVAL) => {}
+            _ = tokio::time::sleep(FETCH_INTERVAL.saturating_sub(asked.elapsed())) => {}
         }
     }
 }

@@ -48,7 +48,7 @@ fn instance_param(s: String) -> Result<InstanceId> {
     InstanceId::new(s).map_err(|e| Error::BadRequest(format!("instance_id: {e}")))
 }
 
-fn query_param<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
+pub(super) fn query_param<T>(query: std::result::Result<Query<T>, QueryRejection>) -> Result<T> {
     query.map(|Query(q)| q).map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))
 }
 

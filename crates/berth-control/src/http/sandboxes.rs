@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -20,7 +21,7 @@ use berth_core::workspace::WorkspaceId;
 use serde::Deserialize;
 use utoipa::OpenApi;
 
-use super::auth::Principal;
+use super::auth::{Bearer, Principal};
 use super::dto::{self, parse_body};
 use super::routes;
 use super::App;
@@ -314,13 +315,28 @@ async fn hand_over(
     }
 }
 
+/// Query of a claim request.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimQuery {
+    /// Seconds to wait for the claim before answering 401, 0-25 (default 0: answer at once).
+    wait_secs: Option<u64>,
+}
+
 /// The claim of the calling warm sandbox (by its own token, which its claim made the
 /// session's): the supervisor's spec without the token, the agent command and its environment.
-/// A warm sandbox not claimed yet holds a token of no session, so it gets 401 until then.
-#[utoipa::path(get, path = "/v1/sandboxes/claim", tag = "sandboxes",
+/// A warm sandbox not claimed yet holds a token of no session, so it gets 401 until then; with
+/// `wait_secs` the request is held until the claim comes or the wait ends (a long poll).
+#[utoipa::path(get, path = "/v1/sandboxes/claim", tag = "sandboxes", params(ClaimQuery),
     responses((status = 200, body = Object), (status = 401, body = api::ErrorBody, description = "not claimed (yet)"),
         (status = 404, body = api::ErrorBody, description = "the session was not handed to a warm sandbox")))]
-pub async fn sandbox_claim(principal: Principal, State(app): State<Arc<App>>) -> Result<impl IntoResponse> {
+pub async fn sandbox_claim(
+    Bearer(token): Bearer,
+    State(app): State<Arc<App>>,
+    query: std::result::Result<Query<ClaimQuery>, QueryRejection>,
+) -> Result<impl IntoResponse> {
+    let wait = routes::query_param(query)?.wait_secs.unwrap_or(0).min(api::CLAIM_WAIT_MAX_SECS);
+    let principal = app.tokens.principal_within(&app.meta, &token, Duration::from_secs(wait)).await?;
     let session = principal
         .sandbox_session()
         .ok_or_else(|| Error::Forbidden("only a claimed warm sandbox's own token reads its claim".into()))?;
@@ -391,7 +407,7 @@ pub async fn sandbox_logs(
 ) -> Result<Json<String>> {
     principal.admin()?;
     let owner = owner_param(&owner)?;
-    let q = query.map(|Query(q)| q).map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let q = routes::query_param(query)?;
     let tail = q.tail.unwrap_or(200).clamp(1, LOG_TAIL_MAX);
     let sandboxes = sb::of(&app)?;
     let found = owner_sandboxes(&app, sandboxes.as_ref(), &owner).await?;

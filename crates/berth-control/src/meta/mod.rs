@@ -104,6 +104,9 @@ pub struct Meta {
     beats: Option<tokio::sync::mpsc::Sender<heartbeat::Queued>>,
     /// This installation's id, read (or made) once.
     install: Arc<tokio::sync::OnceCell<String>>,
+    /// Wakes the claim requests waiting in this process when a session is handed to a warm
+    /// sandbox.
+    handed: Arc<tokio::sync::Notify>,
 }
 
 /// A workspace record as stored: its lifecycle (decided by `berth_core::lifecycle`) and what
@@ -438,7 +441,15 @@ impl Meta {
                         .await?
                 };
                 let (beats, queue) = tokio::sync::mpsc::channel(4 * 1024);
-                let inner = Meta { write, read, dialect, rules, beats: None, install: Default::default() };
+                let inner = Meta {
+                    write,
+                    read,
+                    dialect,
+                    rules,
+                    beats: None,
+                    install: Default::default(),
+                    handed: Default::default(),
+                };
                 tokio::spawn(heartbeat::batcher(inner.clone(), queue));
                 Ok(Meta { beats: Some(beats), ..inner })
             }
@@ -448,7 +459,15 @@ impl Meta {
                     .acquire_timeout(Duration::from_secs(30))
                     .connect_with(options)
                     .await?;
-                Ok(Meta { write: pool.clone(), read: pool, dialect, rules, beats: None, install: Default::default() })
+                Ok(Meta {
+                    write: pool.clone(),
+                    read: pool,
+                    dialect,
+                    rules,
+                    beats: None,
+                    install: Default::default(),
+                    handed: Default::default(),
+                })
             }
         }
     }

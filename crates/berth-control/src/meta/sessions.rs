@@ -1,6 +1,8 @@
 //! Sessions and their lease: attach, heartbeat, detach, lease expiry; and snapshot pointers,
 //! which a session publishes under its epoch.
 
+use std::time::Duration;
+
 use berth_core::drain::{self, Drain};
 use berth_core::id::SnapshotId;
 use berth_core::lease::{Acquired, Epoch, Holder, Lease};
@@ -16,6 +18,9 @@ use super::drains::DrainRow;
 use super::workspaces::{not_found, refused};
 use super::{begin, random_hex, record, token_hash, Meta, NewEvent, WorkspaceRow};
 use crate::error::{Error, Result};
+
+/// How often a claim request that waits looks again for a hand-over another replica made.
+const CLAIM_RECHECK: Duration = Duration::from_millis(250);
 
 /// Seconds an attach into a workspace whose previous sandbox is still draining should wait.
 const HANDOVER_RETRY_SECS: u64 = 5;
@@ -293,6 +298,30 @@ impl Meta {
         row.as_ref().map(session_from_row).transpose()
     }
 
+    /// [`Meta::session_by_token`], waiting up to `wait` for a session to take the token: woken
+    /// at once by a hand-over in this process ([`Meta::hand_to_warm`]), and looking again every
+    /// [`CLAIM_RECHECK`] for one another replica made.
+    pub async fn session_by_token_within(&self, hash: &str, wait: Duration) -> Result<Option<SessionRow>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Listen before looking, so a hand-over between the two is not missed.
+            let handed = self.handed.notified();
+            tokio::pin!(handed);
+            handed.as_mut().enable();
+            if let Some(s) = self.session_by_token(hash).await? {
+                return Ok(Some(s));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            tokio::select! {
+                _ = handed => {}
+                _ = tokio::time::sleep(left.min(CLAIM_RECHECK)) => {}
+            }
+        }
+    }
+
     /// Hands live `session` to a claimed warm sandbox that fetches its claim: the session's
     /// token becomes the sandbox's own (made with the sandbox; only `token_hash` is known
     /// here), and `claim` (holding no credential) is kept for the sandbox to read with it.
@@ -307,6 +336,7 @@ impl Meta {
         if done.rows_affected() == 0 {
             return Err(Error::NotFound(format!("session {session} ended before its warm sandbox was handed it")));
         }
+        self.handed.notify_waiters();
         Ok(())
     }
 
