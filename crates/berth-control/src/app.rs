@@ -269,8 +269,8 @@ pub struct App {
     pub refill_holds: crate::sandboxes::RefillHolds,
     /// Prometheus rendering.
     pub metrics: PrometheusHandle,
-    /// Cancelled at shutdown: ends the live event streams, which would otherwise hold the
-    /// graceful shutdown open.
+    /// Cancelled at shutdown: ends the live event streams and the waiting claim requests, which
+    /// would otherwise hold the graceful shutdown open.
     pub streams: tokio_util::sync::CancellationToken,
 }
 

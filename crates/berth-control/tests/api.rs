@@ -919,4 +919,13 @@ async fn a_session_handed_to_a_warm_sandbox_takes_its_token(db: Db) {
     assert!(s.app.meta.warm_claim(&session).await.unwrap().is_none());
     let e = s.app.meta.hand_to_warm(&session, &hash, "{}").await.unwrap_err();
     assert!(matches!(e, berth_control::error::Error::NotFound(_)), "{e}");
+    // A waiting ask does not hold the server's shutdown open: it ends with 503, to be asked again.
+    let waiting = tokio::spawn({
+        let other = s.client("bst_a-warm-sandbox-nobody-has-claimed");
+        async move { other.sandbox_claim_within(berth_api::CLAIM_WAIT_MAX_SECS).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), s.stop()).await;
+    assert!(stopped.is_ok(), "the server stopped without waiting for the ask's 25 s");
+    assert_eq!(code(&waiting.await.unwrap().unwrap_err()).0, 503);
 }

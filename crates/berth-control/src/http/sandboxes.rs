@@ -336,7 +336,13 @@ pub async fn sandbox_claim(
     query: std::result::Result<Query<ClaimQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse> {
     let wait = routes::query_param(query)?.wait_secs.unwrap_or(0).min(api::CLAIM_WAIT_MAX_SECS);
-    let principal = app.tokens.principal_within(&app.meta, &token, Duration::from_secs(wait)).await?;
+    let principal = tokio::select! {
+        p = app.tokens.principal_within(&app.meta, &token, Duration::from_secs(wait)) => p?,
+        // A waiting ask must not hold the server's shutdown open: the sandbox asks again.
+        _ = app.streams.cancelled() => {
+            return Err(Error::Busy { message: "the server is shutting down; ask again".into(), retry_after_secs: 1 })
+        }
+    };
     let session = principal
         .sandbox_session()
         .ok_or_else(|| Error::Forbidden("only a claimed warm sandbox's own token reads its claim".into()))?;
