@@ -102,10 +102,17 @@ impl TreeNode {
 
     /// Decodes a tree object read as a blob, checking it against its id.
     pub fn decode(id: &ChunkId, plain: &[u8]) -> Result<Self, FormatError> {
-        let what = || format!("tree object {}", id.short());
         if ChunkId::of(plain) != *id {
-            return Err(FormatError::new(what(), "content does not match its id"));
+            return Err(FormatError::new(format!("tree object {}", id.short()), "content does not match its id"));
         }
+        Self::decode_checked(id, plain)
+    }
+
+    /// Decodes a tree object whose bytes the caller has already checked against `id` (a blob
+    /// read out of a pack is, by `codec::extract`): the same as [`TreeNode::decode`] without
+    /// hashing them a second time.
+    pub fn decode_checked(id: &ChunkId, plain: &[u8]) -> Result<Self, FormatError> {
+        let what = || format!("tree object {}", id.short());
         let Some(body) = plain.strip_prefix(TREE_MAGIC) else {
             return Err(FormatError::new(what(), "not a tree object"));
         };

@@ -104,7 +104,14 @@ impl<'a> Loader<'a> {
         for (id, loc) in wanted {
             // Every wanted pack was fetched above.
             let Some(bytes) = self.packs.get(&loc.pack) else { continue };
-            let node = TreeNode::decode(&id, self.frames.blob(&loc, bytes)?)?;
+            // The blob's hash is checked against its entry's id as it is extracted from its
+            // frame; the index files each entry under its own id, which is `id`.
+            if loc.blob.id != id {
+                return Err(
+                    FormatError::new(format!("tree object {}", id.short()), "is indexed under another id").into()
+                );
+            }
+            let node = TreeNode::decode_checked(&id, self.frames.blob(&loc, bytes)?)?;
             self.nodes.insert(id, node);
             read.push(id);
         }
