@@ -96,6 +96,9 @@ async fn every_endpoint_checks_who_asks(db: Db) {
     let bad_beat = Call(Method::POST, format!("/v1/sessions/{sb}/heartbeat"), "{");
     assert_eq!(status(&s, Some("not-a-token-at-all"), &bad_beat).await, 401, "an unknown token, a bad body");
     assert_eq!(status(&s, Some(&b.token), &bad_beat).await, 400, "its own token, a bad body");
+    let bad_wait = Call(Method::GET, "/v1/sandboxes/claim?wait_secs=soon".into(), "");
+    assert_eq!(status(&s, Some("not-a-token-at-all"), &bad_wait).await, 401, "an unknown token, a bad query");
+    assert_eq!(status(&s, Some(&b.token), &bad_wait).await, 400, "a live token, a bad query");
     // Malformed path parameters are 400.
     assert_eq!(status(&s, Some(ADMIN), &Call(Method::GET, "/v1/drains/galaxy:far".into(), "")).await, 400);
     assert_eq!(status(&s, Some(ADMIN), &Call(Method::GET, "/v1/workspaces?limit=0".into(), "")).await, 400);

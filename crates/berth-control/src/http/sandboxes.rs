@@ -335,7 +335,12 @@ pub async fn sandbox_claim(
     State(app): State<Arc<App>>,
     query: std::result::Result<Query<ClaimQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse> {
-    let wait = routes::query_param(query)?.wait_secs.unwrap_or(0).min(api::CLAIM_WAIT_MAX_SECS);
+    let query = match routes::query_param(query) {
+        Ok(q) => q,
+        // Who asks is said first, as for every other call.
+        Err(e) => return Err(app.tokens.principal(&app.meta, &token).await.err().unwrap_or(e)),
+    };
+    let wait = query.wait_secs.unwrap_or(0).min(api::CLAIM_WAIT_MAX_SECS);
     let principal = tokio::select! {
         p = app.tokens.principal_within(&app.meta, &token, Duration::from_secs(wait)) => p?,
         // A waiting ask must not hold the server's shutdown open: the sandbox asks again.
