@@ -92,6 +92,7 @@ pub async fn prune(cfg: &AgentConfig, store: &SnapshotStore) {
                 marked = o.marked,
                 waiting = plan.plan.waiting,
                 packs_total = plan.plan.packs_total,
+                index_objects_compacted = o.index_objects_compacted,
                 duration_ms = started.elapsed().as_millis() as u64
             );
         }

@@ -72,6 +72,8 @@ pub struct PruneReport {
     pub waiting: u64,
     /// Packs in the store before the run.
     pub packs_total: u64,
+    /// Index objects compacted into one.
+    pub index_objects_compacted: u64,
 }
 
 /// A job that runs on a schedule, once per period across replicas.
@@ -235,6 +237,7 @@ pub async fn prune(app: &App) -> Result<PruneReport> {
         marked: outcome.marked,
         waiting: plan.plan.waiting as u64,
         packs_total: plan.plan.packs_total as u64,
+        index_objects_compacted: outcome.index_objects_compacted,
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     let t = now();
@@ -249,6 +252,7 @@ pub async fn prune(app: &App) -> Result<PruneReport> {
         marked = report.marked,
         waiting = report.waiting,
         packs_total = report.packs_total,
+        index_objects_compacted = report.index_objects_compacted,
         duration_ms
     );
     metrics::counter!("berth_prune_runs_total").increment(1);

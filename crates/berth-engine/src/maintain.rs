@@ -360,14 +360,19 @@ pub struct PruneOutcome {
     pub manifests_deleted: u64,
     /// Objects newly marked.
     pub marked: u64,
+    /// Index objects replaced by one that holds them all (one per snapshot run accumulates
+    /// until a prune compacts them).
+    pub index_objects_compacted: u64,
 }
 
 /// Carries out a prune plan.
 ///
 /// # Guarantees
-/// Order: the new mark; then, when packs go, a new index without them before the old index
-/// objects are deleted, and those before the packs; the retired marks last. A crash between
-/// any two steps leaves every snapshot restorable, and the next run finishes the work.
+/// Order: the new mark; then, when packs go or index objects have piled up, one new index
+/// object (without the packs that go) before the old index objects are deleted, and those
+/// before the packs; the retired marks last. A crash between any two steps leaves every
+/// snapshot restorable, and the next run finishes the work. An index object written after the
+/// plan listed them is not in the new one and is left alone.
 pub async fn prune_apply(store: &SnapshotStore, prune: &Prune) -> Result<PruneOutcome> {
     let objects = store.objects();
     let plan = &prune.plan;
@@ -377,19 +382,21 @@ pub async fn prune_apply(store: &SnapshotStore, prune: &Prune) -> Result<PruneOu
         objects.put_if_absent(&layout::mark(&id), Bytes::from(bytes)).await?;
         out.marked = (mark.packs.len() + mark.manifests.len()) as u64;
     }
-    if !plan.delete_packs.is_empty() {
+    if !plan.delete_packs.is_empty() || prune.index_files.len() > 1 {
         let doomed: HashSet<PackId> = plan.delete_packs.iter().copied().collect();
+        let mut seen = HashSet::new();
         let kept: Vec<IndexedPack> = prune
             .index_files
             .iter()
             .flat_map(|(_, f)| f.packs.iter())
-            .filter(|p| !doomed.contains(&p.id))
+            .filter(|p| !doomed.contains(&p.id) && seen.insert(p.id))
             .cloned()
             .collect();
         let (new_id, bytes) = IndexFile { packs: kept }.encode();
         objects.put_if_absent(&layout::index(&new_id), Bytes::from(bytes)).await?;
         for (id, _) in prune.index_files.iter().filter(|(id, _)| *id != new_id) {
             objects.delete(&layout::index(id)).await?;
+            out.index_objects_compacted += 1;
         }
         // Owned ids: a stream over borrowed ones is not `Send` for every lifetime, which a
         // spawned prune (the scheduled ones) needs.

@@ -23,6 +23,9 @@ use crate::trees;
 /// How many small objects are fetched at once.
 const FETCH_CONCURRENCY: usize = 16;
 
+/// How many times a reader lists the index objects again when a prune compacts them under it.
+const INDEX_READ_TRIES: usize = 3;
+
 /// A published snapshot.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -157,8 +160,7 @@ impl SnapshotStore {
     pub async fn load_index(&self, cache_dir: Option<&Path>) -> Result<LoadedIndex> {
         let marks = self.marks().await?;
         let doomed: HashSet<PackId> = marks.iter().flat_map(|(_, m)| m.packs.iter().copied()).collect();
-        let listed = self.index_ids().await?;
-        let files = self.index_files(listed, cache_dir).await?;
+        let files = self.all_index_files(cache_dir).await?;
         let mut index = Index::new(doomed);
         index.reserve(files.iter().flat_map(|(_, f)| &f.packs).map(|p| p.blobs.len()).sum());
         for (_, f) in &files {
@@ -180,10 +182,30 @@ impl SnapshotStore {
             return Ok(false);
         }
         let new: Vec<(IndexId, String)> = listed.into_iter().filter(|(id, _)| !known.ids.contains(id)).collect();
-        for (id, file) in self.index_files(new, cache_dir).await? {
+        let Some(files) = self.index_files(new, cache_dir).await? else {
+            // A prune compacted the index since the listing.
+            *known = KnownIndex::from(self.load_index(cache_dir).await?);
+            return Ok(false);
+        };
+        for (id, file) in files {
             known.add(id, &file);
         }
         Ok(true)
+    }
+
+    /// Lists and reads every index object. A prune that compacts the index between the
+    /// listing and the reads deletes what was listed: the listing is then taken again.
+    async fn all_index_files(&self, cache_dir: Option<&Path>) -> Result<Vec<(IndexId, IndexFile)>> {
+        for _ in 0..INDEX_READ_TRIES {
+            let listed = self.index_ids().await?;
+            if let Some(files) = self.index_files(listed, cache_dir).await? {
+                return Ok(files);
+            }
+        }
+        Err(EngineError::Conflict(format!(
+            "the index objects changed under {INDEX_READ_TRIES} readings in a row (prunes running back to back?); \
+             try again"
+        )))
     }
 
     /// Lists the index objects.
@@ -199,12 +221,13 @@ impl SnapshotStore {
             .collect()
     }
 
-    /// Reads index objects, from `cache_dir/index/` when it holds a valid copy.
+    /// Reads index objects, from `cache_dir/index/` when it holds a valid copy; `None` when one
+    /// of them is gone since it was listed (a prune compacted the index).
     async fn index_files(
         &self,
         keys: Vec<(IndexId, String)>,
         cache_dir: Option<&Path>,
-    ) -> Result<Vec<(IndexId, IndexFile)>> {
+    ) -> Result<Option<Vec<(IndexId, IndexFile)>>> {
         let cache = cache_dir.map(|d| d.join("index"));
         futures::stream::iter(keys)
             .map(|(id, key)| {
@@ -214,22 +237,27 @@ impl SnapshotStore {
                     if let Some(dir) = &cache {
                         if let Ok(bytes) = std::fs::read(dir.join(&hex)) {
                             if let Ok(file) = IndexFile::decode(&id, &bytes) {
-                                return Ok((id, file));
+                                return Ok(Some((id, file)));
                             }
                         }
                     }
-                    let bytes = self.objects.get(&key).await?;
+                    let bytes = match self.objects.get(&key).await {
+                        Ok(bytes) => bytes,
+                        Err(StoreError::NotFound { .. }) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    };
                     let file = IndexFile::decode(&id, &bytes)?;
                     if let Some(dir) = &cache {
                         // The cache is an optimisation: failing to fill it is not an error.
                         let _ = std::fs::create_dir_all(dir).and_then(|()| write_atomic(&dir.join(&hex), &bytes));
                     }
-                    Ok::<_, EngineError>((id, file))
+                    Ok::<_, EngineError>(Some((id, file)))
                 }
             })
             .buffered(FETCH_CONCURRENCY)
-            .try_collect()
+            .try_collect::<Vec<_>>()
             .await
+            .map(|files| files.into_iter().collect())
     }
 
     async fn read_records(&self, keys: Vec<String>) -> Result<Vec<Snapshot>> {

@@ -466,6 +466,9 @@ async fn prune(args: PruneArgs) -> Result<()> {
         p.packs_partly_used,
         units::bytes(p.partly_used_waste_bytes)
     );
+    if let Some(o) = outcome.filter(|o| o.index_objects_compacted > 0) {
+        println!("replaced {} index objects with one", o.index_objects_compacted);
+    }
     Ok(())
 }
 
