@@ -13,8 +13,9 @@
 //! together) or `Fetch` (Kubernetes: made with a token of its own in its 0400 `WARM_PATH` file
 //! and the token's hash in a label, it asks `GET /v1/sandboxes/claim`, 401 until the claim makes
 //! that hash the session's, `Meta::hand_to_warm`; the ask is a long poll that a hand-over in the
-//! same process wakes at once, and one on another replica within `CLAIM_RECHECK`). `reap_abandoned` removes a fetching sandbox
-//! whose session had no live lease for a lease TTL (it never fetched and would wait for ever).
+//! same process wakes at once, and one on another replica within `CLAIM_RECHECK`).
+//! `reap_abandoned` removes a fetching sandbox whose session had no live lease for a lease TTL
+//! (it never fetched and would wait for ever).
 //!
 //! **Invariant:** a warm sandbox never mounts a workspace volume; it restores from the store
 //! once claimed. No credential crosses the API at claim time, and the sandbox's token reads

@@ -177,20 +177,18 @@ impl SnapshotStore {
         let marks: BTreeSet<MarkId> = self.objects.list(layout::MARKS).await?.iter().filter_map(mark_id).collect();
         let listed = self.index_ids().await?;
         let ids: HashSet<IndexId> = listed.iter().map(|(id, _)| *id).collect();
-        if marks != known.marks || !known.ids.is_subset(&ids) {
-            *known = KnownIndex::from(self.load_index(cache_dir).await?);
-            return Ok(false);
+        if marks == known.marks && known.ids.is_subset(&ids) {
+            let new: Vec<(IndexId, String)> = listed.into_iter().filter(|(id, _)| !known.ids.contains(id)).collect();
+            // `None`: a prune compacted the index since the listing.
+            if let Some(files) = self.index_files(new, cache_dir).await? {
+                for (id, file) in files {
+                    known.add(id, &file);
+                }
+                return Ok(true);
+            }
         }
-        let new: Vec<(IndexId, String)> = listed.into_iter().filter(|(id, _)| !known.ids.contains(id)).collect();
-        let Some(files) = self.index_files(new, cache_dir).await? else {
-            // A prune compacted the index since the listing.
-            *known = KnownIndex::from(self.load_index(cache_dir).await?);
-            return Ok(false);
-        };
-        for (id, file) in files {
-            known.add(id, &file);
-        }
-        Ok(true)
+        *known = KnownIndex::from(self.load_index(cache_dir).await?);
+        Ok(false)
     }
 
     /// Lists and reads every index object. A prune that compacts the index between the

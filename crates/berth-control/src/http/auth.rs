@@ -7,6 +7,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
+use berth_core::session::SessionId;
+
 use crate::app::App;
 use crate::error::{Error, Result};
 
@@ -36,6 +38,17 @@ impl FromRequestParts<Arc<App>> for Bearer {
 
     async fn from_request_parts(parts: &mut Parts, _: &Arc<App>) -> Result<Self> {
         bearer(&parts.headers).map(|t| Bearer(t.to_string())).ok_or(Error::Unauthorized)
+    }
+}
+
+/// Why a request with `token` that a handler refused with `e` (having checked the token in its
+/// own statement, or not yet) is refused, as the token's lookup says it, so that who asks is
+/// said first: an unknown or dead token is unauthorized; another session's than `session`, when
+/// the request acts on one, is forbidden; otherwise `e` stands.
+pub async fn refusal(app: &App, token: &str, session: Option<&SessionId>, e: Error) -> Error {
+    match app.tokens.principal(&app.meta, token).await {
+        Ok(p) => session.and_then(|s| p.session(s).err()).unwrap_or(e),
+        Err(auth) => auth,
     }
 }
 

@@ -16,7 +16,7 @@ use berth_core::session::{InstanceId, PlaceName, SessionId};
 use berth_core::workspace::WorkspaceId;
 use serde::Deserialize;
 
-use super::auth::{Bearer, Principal};
+use super::auth::{refusal, Bearer, Principal};
 use super::dto::{self, parse_body};
 use super::App;
 use crate::app::now;
@@ -308,12 +308,12 @@ pub async fn heartbeat(
         parse_body::<api::Heartbeat>(&body).and_then(|b| Ok((b.epoch, instance_param(b.instance_id)?, b.init_done)));
     let (epoch, instance, init_done) = match parsed {
         Ok(parsed) => parsed,
-        Err(e) if sandbox.is_some() => return Err(refusal(&app, &token, &id, e).await),
+        Err(e) if sandbox.is_some() => return Err(refusal(&app, &token, Some(&id), e).await),
         Err(e) => return Err(e),
     };
     let hb = match app.meta.heartbeat(&id, epoch, &instance, now(), sandbox.as_deref()).await {
         Err(e @ (Error::Unauthorized | Error::NotFound(_))) if sandbox.is_some() => {
-            return Err(refusal(&app, &token, &id, e).await)
+            return Err(refusal(&app, &token, Some(&id), e).await)
         }
         other => other?,
     };
@@ -334,15 +334,6 @@ pub async fn heartbeat(
         })
         .collect();
     Ok(Json(api::HeartbeatReply { lease_expires_at: dto::ts(hb.expires), draining: !drains.is_empty(), drains }))
-}
-
-/// Why a sandbox token's request for `session` was refused, as the token's lookup says it: an
-/// unknown or dead token is unauthorized, another session's is forbidden; `e` otherwise.
-async fn refusal(app: &App, token: &str, session: &SessionId, e: Error) -> Error {
-    match app.tokens.principal(&app.meta, token).await {
-        Ok(p) => p.session(session).err().unwrap_or(e),
-        Err(auth) => auth,
-    }
 }
 
 /// Detaches a session and releases its lease (idempotent).

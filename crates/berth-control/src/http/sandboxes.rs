@@ -21,7 +21,7 @@ use berth_core::workspace::WorkspaceId;
 use serde::Deserialize;
 use utoipa::OpenApi;
 
-use super::auth::{Bearer, Principal};
+use super::auth::{refusal, Bearer, Principal};
 use super::dto::{self, parse_body};
 use super::routes;
 use super::App;
@@ -337,8 +337,7 @@ pub async fn sandbox_claim(
 ) -> Result<impl IntoResponse> {
     let query = match routes::query_param(query) {
         Ok(q) => q,
-        // Who asks is said first, as for every other call.
-        Err(e) => return Err(app.tokens.principal(&app.meta, &token).await.err().unwrap_or(e)),
+        Err(e) => return Err(refusal(&app, &token, None, e).await),
     };
     let wait = query.wait_secs.unwrap_or(0).min(api::CLAIM_WAIT_MAX_SECS);
     let principal = tokio::select! {
